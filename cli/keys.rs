@@ -1,0 +1,196 @@
+//! `msgd keys`: issue, list, rotate, revoke and verify application API keys.
+//! The rules live in `msgd::keys`; this file parses and prints.
+
+use std::io::Read;
+use std::time::Duration;
+
+use msgd::clock::{format_ms, now_ms};
+use msgd::config::Config;
+use msgd::keys::{self, IssuedKey, KeyError, KeyInfo, Scope};
+use msgd::store::Stores;
+
+use crate::{output, Failure};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: KeysCommand,
+    /// Print one JSON document instead of a table
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(clap::Subcommand)]
+enum KeysCommand {
+    /// Create an app and its first admin key
+    CreateApp {
+        /// A human name for the app
+        name: String,
+    },
+    /// Issue a key for an app (shown once)
+    Create {
+        /// The app id (app_…)
+        #[arg(long)]
+        app: String,
+        /// admin: manage everything in the app; write: send and create; read: read
+        #[arg(long, value_parser = parse_scope)]
+        scope: Scope,
+        /// A label to recognise the key by
+        #[arg(long)]
+        name: Option<String>,
+        /// Expire the key after this long (e.g. 30d, 12h)
+        #[arg(long, value_parser = parse_duration)]
+        expires_in: Option<Duration>,
+    },
+    /// List keys (never their secrets)
+    List {
+        /// Only this app's keys
+        #[arg(long)]
+        app: Option<String>,
+    },
+    /// Issue a successor; the old key keeps working for the grace period
+    Rotate {
+        key_id: String,
+        /// How long the old key stays valid
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        grace: Duration,
+    },
+    /// Revoke a key now
+    Revoke { key_id: String },
+    /// Check a key read from stdin: which app, scope and status (exit 1 when refused)
+    Verify,
+}
+
+fn parse_scope(text: &str) -> Result<Scope, String> {
+    text.parse()
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("not a duration like 24h or 30d: {e}"))
+}
+
+pub async fn run(args: &Args, config: Config) -> Result<(), Failure> {
+    let meta = Stores::open_metadata(&config).await?;
+    let meta = meta.as_ref();
+    let now = now_ms();
+    match &args.command {
+        KeysCommand::CreateApp { name } => {
+            let (app, key) = keys::create_app(meta, name, now).await.map_err(failure)?;
+            if args.json {
+                output::json(&serde_json::json!({"app": app, "key": key}));
+            } else {
+                output::table(&["app id", "name", "created"], [vec![app.id.clone(), app.name.clone(), format_ms(app.created_at)]]);
+                print_issued(&key);
+            }
+        }
+        KeysCommand::Create { app, scope, name, expires_in } => {
+            let key = keys::create_key(meta, app, *scope, name.as_deref(), *expires_in, now).await.map_err(failure)?;
+            if args.json {
+                output::json(&key);
+            } else {
+                print_issued(&key);
+            }
+        }
+        KeysCommand::List { app } => {
+            let keys = keys::list_keys(meta, app.as_deref()).await.map_err(failure)?;
+            if args.json {
+                let listed: Vec<_> = keys.iter().map(|k| with_status(k, now)).collect();
+                output::json(&serde_json::json!({"keys": listed}));
+            } else {
+                output::table(
+                    &["key id", "app", "scope", "name", "status", "created", "expires", "last used"],
+                    keys.iter().map(|k| {
+                        vec![
+                            format!("{}{}…", k.prefix, k.id),
+                            k.app_id.clone(),
+                            k.scope.as_str().into(),
+                            k.name.clone().unwrap_or_default(),
+                            k.status(now).into(),
+                            format_ms(k.created_at),
+                            k.expires_at.map(format_ms).unwrap_or_else(|| "never".into()),
+                            k.last_used_at.map(format_ms).unwrap_or_else(|| "never".into()),
+                        ]
+                    }),
+                );
+            }
+        }
+        KeysCommand::Rotate { key_id, grace } => {
+            let key = keys::rotate_key(meta, key_id, *grace, now).await.map_err(failure)?;
+            let old_valid_until = now + grace.as_millis() as i64;
+            if args.json {
+                output::json(&serde_json::json!({"rotated": key_id, "old_valid_until": old_valid_until, "new": key}));
+            } else {
+                eprintln!("key {key_id} stays valid until {}", format_ms(old_valid_until));
+                print_issued(&key);
+            }
+        }
+        KeysCommand::Revoke { key_id } => {
+            let info = keys::revoke_key(meta, key_id, now).await.map_err(failure)?;
+            if args.json {
+                output::json(&with_status(&info, now));
+            } else {
+                println!("revoked {} ({}) of {}", info.id, info.scope.as_str(), info.app_id);
+            }
+        }
+        KeysCommand::Verify => {
+            let mut presented = String::new();
+            std::io::stdin().read_to_string(&mut presented).map_err(|e| Failure::Failed(e.into()))?;
+            match keys::authenticate(meta, presented.trim(), now).await {
+                Ok(auth) => {
+                    if args.json {
+                        output::json(&serde_json::json!({
+                            "ok": true, "key_id": auth.key_id, "app_id": auth.app_id,
+                            "scope": auth.scope, "expires_at": auth.expires_at,
+                        }));
+                    } else {
+                        output::table(
+                            &["key id", "app", "scope", "expires"],
+                            [vec![
+                                auth.key_id,
+                                auth.app_id,
+                                auth.scope.as_str().into(),
+                                auth.expires_at.map(format_ms).unwrap_or_else(|| "never".into()),
+                            ]],
+                        );
+                    }
+                }
+                Err(KeyError::Rejected(rejection)) => {
+                    if args.json {
+                        output::json(&serde_json::json!({
+                            "ok": false, "error": {"code": rejection.code(), "message": rejection.to_string()},
+                        }));
+                    }
+                    return Err(Failure::Failed(anyhow::anyhow!("{} ({})", rejection, rejection.code())));
+                }
+                Err(e) => return Err(failure(e)),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn with_status(info: &KeyInfo, now: i64) -> serde_json::Value {
+    let mut value = serde_json::to_value(info).expect("key info serializes");
+    value["status"] = info.status(now).into();
+    value
+}
+
+fn print_issued(key: &IssuedKey) {
+    output::table(
+        &["key id", "app", "scope", "expires", "key"],
+        [vec![
+            key.info.id.clone(),
+            key.info.app_id.clone(),
+            key.info.scope.as_str().into(),
+            key.info.expires_at.map(format_ms).unwrap_or_else(|| "never".into()),
+            key.key.clone(),
+        ]],
+    );
+    eprintln!("store this key now: it is shown once and cannot be recovered");
+}
+
+/// Caller mistakes (unknown app or key, bad names) and refusals are failures
+/// of the request: exit 1 with the reason.
+fn failure(err: KeyError) -> Failure {
+    Failure::Failed(anyhow::Error::new(err))
+}

@@ -1,0 +1,94 @@
+//! The `msgd` binary: parses the command line, loads the one config, and
+//! dispatches to a subcommand. Each subcommand lives in its own file with its
+//! options and a `run`; the work itself is in the `msgd` library.
+//!
+//! Exit codes: 0 ok, 1 failure, 2 usage or configuration error.
+
+mod config;
+mod keys;
+mod output;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// msgd — a self-hosted real-time messaging backend.
+///
+/// Runs embedded (SQLite + local files under the data dir) unless the config
+/// names Postgres, Redis and S3, in which case it runs on those services.
+#[derive(Parser)]
+#[command(name = "msgd", version, propagate_version = true)]
+struct Cli {
+    /// Config file (TOML). Every key can also be set as MSGD_<SECTION>__<KEY>.
+    #[arg(long, global = true, env = "MSGD_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server: HTTP API, /healthz, /readyz, /metrics
+    Serve(serve::Args),
+    /// Issue, list, rotate, revoke and verify application API keys
+    Keys(keys::Args),
+    /// Print the effective configuration (secrets redacted) or check it
+    Config(config::Args),
+}
+
+/// A failure with the exit code it maps to.
+pub enum Failure {
+    /// Something went wrong doing the work: exit 1.
+    Failed(anyhow::Error),
+    /// The invocation or configuration is wrong: exit 2.
+    Usage(String),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(err: anyhow::Error) -> Self {
+        Failure::Failed(err)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let loaded = msgd::config::load(cli.config.as_deref(), env);
+
+    if let Command::Config(args) = &cli.command {
+        return exit(config::run(args, loaded));
+    }
+    let config = match loaded {
+        Ok(config) => config,
+        Err(e) => return exit(Err(Failure::Usage(e.to_string()))),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => return exit(Err(Failure::Failed(anyhow::Error::new(e).context("cannot start the async runtime")))),
+    };
+    let result = match cli.command {
+        Command::Serve(args) => runtime.block_on(serve::run(&args, config)),
+        Command::Keys(args) => runtime.block_on(keys::run(&args, config)),
+        Command::Config(_) => unreachable!("handled above"),
+    };
+    // Background tasks (lazy connections' reconnect loops) must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    exit(result)
+}
+
+fn exit(result: Result<(), Failure>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Failed(e)) => {
+            eprintln!("msgd: error: {e:#}");
+            ExitCode::from(1)
+        }
+        Err(Failure::Usage(message)) => {
+            eprintln!("msgd: {message}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Installs (when missing), starts and stops the real servers msgd's tests and a
+# local services-mode deployment use: PostgreSQL 15, Redis 7 and an S3 server
+# (s3s-fs, a SigV4-checking S3 implementation over a directory).
+#
+#   scripts/services.sh up     install what is missing, start what is not running
+#   scripts/services.sh down   stop everything this script started (by PID)
+#   scripts/services.sh env    print the environment the tests read
+#
+# Everything lives under $MSGD_SERVICES_DIR (default /tmp/msgd-services) and
+# listens on 127.0.0.1 only. No systemd: each server is a background process
+# whose PID file is in that directory. `up` is idempotent.
+set -euo pipefail
+export PATH="$HOME/.cargo/bin:$PATH"
+
+DIR="${MSGD_SERVICES_DIR:-/tmp/msgd-services}"
+PG_PORT="${MSGD_SERVICES_PG_PORT:-54329}"
+REDIS_PORT="${MSGD_SERVICES_REDIS_PORT:-63799}"
+S3_PORT="${MSGD_SERVICES_S3_PORT:-9199}"
+S3_ACCESS_KEY="msgdtest"
+S3_SECRET_KEY="msgdtest-secret-key"
+S3FS_VERSION="0.14.1"
+
+log() { echo "services: $*" >&2; }
+
+pg_bin() {
+  local d
+  for d in /usr/lib/postgresql/*/bin; do
+    [ -x "$d/initdb" ] && { echo "$d"; return; }
+  done
+  return 1
+}
+
+s3s_bin() {
+  if command -v s3s-fs >/dev/null 2>&1; then command -v s3s-fs; return; fi
+  if [ -x "$HOME/.cargo/bin/s3s-fs" ]; then echo "$HOME/.cargo/bin/s3s-fs"; return; fi
+  return 1
+}
+
+install_missing() {
+  local pkgs=()
+  pg_bin >/dev/null || pkgs+=(postgresql-15)
+  command -v redis-server >/dev/null || pkgs+=(redis-server)
+  if [ "${#pkgs[@]}" -gt 0 ]; then
+    log "installing ${pkgs[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${pkgs[@]}" >/dev/null
+  fi
+  if ! s3s_bin >/dev/null; then
+    # Pinned: newer releases need a newer rustc than Debian 12 machines here have.
+    log "installing s3s-fs $S3FS_VERSION (cargo install, ~2 min)"
+    cargo install "s3s-fs@$S3FS_VERSION" --locked --features binary
+  fi
+}
+
+alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+wait_for() { # name, command...
+  local name="$1"; shift
+  for _ in $(seq 1 100); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 0.1
+  done
+  log "$name did not become ready"; return 1
+}
+
+start_postgres() {
+  local bin; bin="$(pg_bin)"
+  mkdir -p "$DIR/pg"
+  chown postgres:postgres "$DIR/pg"
+  if [ ! -f "$DIR/pg/data/PG_VERSION" ]; then
+    runuser -u postgres -- "$bin/initdb" -D "$DIR/pg/data" -U postgres --auth=trust -E UTF8 >/dev/null
+  fi
+  if alive "$DIR/pg/data/postmaster.pid"; then return; fi
+  runuser -u postgres -- "$bin/pg_ctl" -D "$DIR/pg/data" -l "$DIR/pg/log" -w \
+    -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $DIR/pg -c fsync=off -c max_connections=300" start >/dev/null
+  log "postgres on 127.0.0.1:$PG_PORT"
+}
+
+start_redis() {
+  mkdir -p "$DIR/redis"
+  if alive "$DIR/redis/pid"; then return; fi
+  redis-server --daemonize yes --appendonly yes --appendfsync everysec \
+    --maxmemory-policy noeviction --bind 127.0.0.1 --port "$REDIS_PORT" \
+    --dir "$DIR/redis" --pidfile "$DIR/redis/pid" --logfile "$DIR/redis/log" --databases 16
+  wait_for redis redis-cli -p "$REDIS_PORT" ping
+  log "redis on 127.0.0.1:$REDIS_PORT"
+}
+
+start_s3() {
+  mkdir -p "$DIR/s3/data"
+  if alive "$DIR/s3/pid"; then return; fi
+  nohup "$(s3s_bin)" --host 127.0.0.1 --port "$S3_PORT" --access-key "$S3_ACCESS_KEY" \
+    --secret-key "$S3_SECRET_KEY" "$DIR/s3/data" >"$DIR/s3/log" 2>&1 &
+  echo $! >"$DIR/s3/pid"
+  wait_for s3 bash -c "exec 3<>/dev/tcp/127.0.0.1/$S3_PORT"
+  log "s3 (s3s-fs) on 127.0.0.1:$S3_PORT"
+}
+
+write_env() {
+  cat >"$DIR/env" <<ENV
+export MSGD_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:$PG_PORT/postgres
+export MSGD_TEST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT
+export MSGD_TEST_S3_ENDPOINT=http://127.0.0.1:$S3_PORT
+export MSGD_TEST_S3_ACCESS_KEY_ID=$S3_ACCESS_KEY
+export MSGD_TEST_S3_SECRET_ACCESS_KEY=$S3_SECRET_KEY
+export MSGD_TEST_S3_ROOT=$DIR/s3/data
+export MSGD_TEST_PG_BIN=$(pg_bin)
+export MSGD_TEST_REDIS_SERVER=$(command -v redis-server)
+export MSGD_TEST_S3S_FS=$(s3s_bin)
+ENV
+}
+
+stop_pidfile() { # name, pidfile
+  if alive "$2"; then
+    kill "$(head -1 "$2")" 2>/dev/null || true
+    for _ in $(seq 1 50); do alive "$2" || break; sleep 0.1; done
+    log "stopped $1"
+  fi
+}
+
+case "${1:-}" in
+  up)
+    install_missing
+    mkdir -p "$DIR"; chmod 755 "$DIR"
+    start_postgres; start_redis; start_s3; write_env
+    log "ready; environment in $DIR/env" ;;
+  down)
+    if alive "$DIR/pg/data/postmaster.pid"; then
+      runuser -u postgres -- "$(pg_bin)/pg_ctl" -D "$DIR/pg/data" -m fast -w stop >/dev/null
+      log "stopped postgres"
+    fi
+    stop_pidfile redis "$DIR/redis/pid"
+    stop_pidfile s3 "$DIR/s3/pid" ;;
+  env)
+    cat "$DIR/env" ;;
+  *)
+    echo "usage: $0 up|down|env" >&2; exit 2 ;;
+esac

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The whole test suite: starts the real Postgres, Redis and S3 servers the
+# services-mode tests need (installing them on a fresh Debian machine), runs
+# every test, and stops the servers again. This is the README's test command
+# and exactly what CI (.ci/run) runs.
+set -euo pipefail
+export PATH="$HOME/.cargo/bin:$PATH"
+cd "$(dirname "$0")/.."
+DIR="${MSGD_SERVICES_DIR:-/tmp/msgd-services}"
+export MSGD_SERVICES_DIR="$DIR"
+scripts/services.sh up
+trap 'scripts/services.sh down' EXIT
+# shellcheck disable=SC1091
+. "$DIR/env"
+export MSGD_TEST_REQUIRE_SERVICES=1
+cargo test --locked "$@"

@@ -1,0 +1,617 @@
+//! The one typed, validated configuration every subcommand shares (DESIGN §10).
+//!
+//! A TOML file (optional) is merged with `MSGD_<SECTION>__<KEY>` environment
+//! overrides, deserialized strictly (unknown keys are errors) and validated once
+//! into [`Config`]. Errors name the key, the offending value (secrets redacted)
+//! and the reason. This module never reads the process environment itself: the
+//! CLI passes the variables in, so tests can drive it with any set.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Prefix of every environment override.
+pub const ENV_PREFIX: &str = "MSGD_";
+/// The environment variable naming the config file; not an override.
+pub const ENV_CONFIG_FILE: &str = "MSGD_CONFIG";
+
+/// Keys whose values are secrets in full.
+const SECRET_KEYS: &[&str] = &["s3.secret_access_key"];
+/// Keys holding URLs whose password part is a secret.
+const URL_KEYS: &[&str] = &["postgres.url", "redis.url"];
+
+/// A configuration error: which key, which value, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key path (`s3.endpoint`), or `config` for the file as a whole.
+    pub key: String,
+    /// The offending value as given, with secrets redacted; `None` when missing.
+    pub value: Option<String>,
+    /// Why the value was refused.
+    pub reason: String,
+    /// The environment variable the value came from, when it did.
+    pub env_var: Option<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "config key `{}`", self.key)?;
+        if let Some(value) = &self.value {
+            write!(f, " = {value:?}")?;
+        }
+        if let Some(var) = &self.env_var {
+            write!(f, " (from {var})")?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    fn new(key: &str, value: Option<String>, reason: impl Into<String>) -> Self {
+        ConfigError { key: key.to_string(), value, reason: reason.into(), env_var: None }
+    }
+}
+
+/// A secret string: never printed, never serialized in clear.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The clear value, for the one place that needs it (a client constructor).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(REDACTED)
+    }
+}
+
+const REDACTED: &str = "<redacted>";
+
+/// A URL that may carry a password: shown with the password redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(url::Url);
+
+impl SecretUrl {
+    pub fn expose(&self) -> &str {
+        self.0.as_str()
+    }
+    pub fn redacted(&self) -> String {
+        redact_url(&self.0)
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl Serialize for SecretUrl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.redacted())
+    }
+}
+
+fn redact_url(url: &url::Url) -> String {
+    let mut shown = url.clone();
+    if shown.password().is_some() {
+        let _ = shown.set_password(Some(REDACTED));
+    }
+    shown.to_string()
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// Where embedded mode keeps its SQLite file and objects.
+    pub data_dir: PathBuf,
+    pub http: HttpConfig,
+    /// Embedded or services, decided by which sections are present.
+    pub backend: Backend,
+    pub retention: RetentionConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    /// How long `serve` waits for in-flight work after SIGTERM before exiting.
+    #[serde(serialize_with = "ser_duration")]
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum Backend {
+    Embedded,
+    Services(ServicesConfig),
+}
+
+impl Backend {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Embedded => "embedded",
+            Backend::Services(_) => "services",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServicesConfig {
+    pub postgres: PostgresConfig,
+    pub redis: RedisConfig,
+    pub s3: S3Config,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PostgresConfig {
+    pub url: SecretUrl,
+    pub max_connections: u32,
+    #[serde(serialize_with = "ser_duration")]
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RedisConfig {
+    pub url: SecretUrl,
+    /// Prefix of every key msgd writes, so several deployments (or tests) can
+    /// share one Redis.
+    pub key_prefix: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct S3Config {
+    /// Custom endpoint (MinIO, R2); `None` means AWS for the region.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    pub bucket: String,
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    /// Path-style addressing (`endpoint/bucket/key`), needed by MinIO.
+    pub path_style: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RetentionConfig {
+    pub days: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LogConfig {
+    /// A tracing filter directive, e.g. `info` or `msgd=debug`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+impl Config {
+    /// The effective configuration in the file's own shape (services sections
+    /// at the top level), secrets redacted: what `msgd config` prints.
+    pub fn effective_view(&self) -> serde_json::Value {
+        let mut view = serde_json::to_value(self).expect("config serializes");
+        let object = view.as_object_mut().expect("config is an object");
+        let backend = object.remove("backend").expect("backend is serialized");
+        object.insert("mode".into(), self.backend.name().into());
+        if let serde_json::Value::Object(sections) = backend {
+            for (name, section) in sections.into_iter().filter(|(name, _)| name != "mode") {
+                object.insert(name, section);
+            }
+        }
+        view
+    }
+}
+
+fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+// ---------------------------------------------------------------------------
+// The raw, file-shaped configuration.
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    data_dir: Option<String>,
+    http: RawHttp,
+    postgres: Option<RawPostgres>,
+    redis: Option<RawRedis>,
+    s3: Option<RawS3>,
+    retention: RawRetention,
+    log: RawLog,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawHttp {
+    listen: Option<String>,
+    shutdown_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPostgres {
+    url: String,
+    #[serde(default, deserialize_with = "lenient")]
+    max_connections: Option<u32>,
+    #[serde(default)]
+    connect_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRedis {
+    url: String,
+    #[serde(default)]
+    key_prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawS3 {
+    #[serde(default)]
+    endpoint: Option<String>,
+    bucket: String,
+    #[serde(default)]
+    region: Option<String>,
+    access_key_id: String,
+    secret_access_key: String,
+    #[serde(default, deserialize_with = "lenient")]
+    path_style: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawRetention {
+    #[serde(deserialize_with = "lenient")]
+    days: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawLog {
+    level: Option<String>,
+    format: Option<String>,
+}
+
+/// Accepts a typed TOML value or a string (environment overrides are always
+/// strings), parsing the latter with `FromStr`.
+fn lenient<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr + Deserialize<'de>,
+    T::Err: fmt::Display,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either<T> {
+        Typed(T),
+        Text(String),
+    }
+    match Option::<Either<T>>::deserialize(d) {
+        Ok(None) => Ok(None),
+        Ok(Some(Either::Typed(v))) => Ok(Some(v)),
+        Ok(Some(Either::Text(s))) => s
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("cannot parse {s:?}: {e}"))),
+        Err(_) => Err(serde::de::Error::custom(format!(
+            "expected a {}",
+            std::any::type_name::<T>().rsplit("::").next().unwrap_or("value")
+        ))),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Loading.
+
+/// Reads the file (when given), applies the `MSGD_*` overrides from `env`,
+/// and validates the result.
+pub fn load(
+    path: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    let text = match path {
+        Some(path) => std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new("config", Some(path.display().to_string()), format!("cannot read the config file: {e}"))
+        })?,
+        None => String::new(),
+    };
+    from_toml(&text, env)
+}
+
+/// As [`load`], from TOML text.
+pub fn from_toml(
+    text: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    let mut table: toml::Table = toml::from_str(text).map_err(|e| {
+        ConfigError::new("config", None, format!("the file is not valid TOML: {}", e.message()))
+    })?;
+    let mut from_env = BTreeMap::new();
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+        if name == ENV_CONFIG_FILE || rest.is_empty() {
+            continue;
+        }
+        let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+        let key = path.join(".");
+        set_path(&mut table, &path, value).map_err(|reason| ConfigError {
+            env_var: Some(name.clone()),
+            ..ConfigError::new(&key, None, reason)
+        })?;
+        from_env.insert(key, name);
+    }
+    check_services_set(&table)?;
+    let merged = toml::Value::Table(table);
+    let raw: RawConfig = serde_path_to_error::deserialize(merged.clone()).map_err(|e| {
+        let mut key = e.path().to_string();
+        let full = e.inner().to_string();
+        // The TOML deserializer appends "in `key`"; the key is named already.
+        let message = full.split("\nin `").next().unwrap_or(&full).trim().to_string();
+        // serde reports a missing field at its parent; name the field itself.
+        let missing = message.strip_prefix("missing field `").and_then(|rest| rest.split('`').next());
+        if let Some(field) = missing {
+            key = if key == "." { field.to_string() } else { format!("{key}.{field}") };
+        }
+        let value = match missing {
+            Some(_) => None,
+            None => lookup(&merged, &key).map(|v| shown_value(&key, v)),
+        };
+        let reason = if missing.is_some() {
+            "required but missing".to_string()
+        } else if SECRET_KEYS.contains(&key.as_str()) {
+            "invalid value".to_string()
+        } else {
+            message
+        };
+        ConfigError { env_var: from_env.get(&key).cloned(), ..ConfigError::new(&key, value, reason) }
+    })?;
+    validate(raw).map_err(|err| ConfigError { env_var: from_env.get(&err.key).cloned(), ..err })
+}
+
+/// Services mode needs postgres, redis and s3 together: a partial set is
+/// refused before anything else, since the rest of the errors would mislead.
+fn check_services_set(table: &toml::Table) -> Result<(), ConfigError> {
+    let sections = ["postgres", "redis", "s3"];
+    let (set, missing): (Vec<&str>, Vec<&str>) = sections.iter().partition(|name| table.contains_key(**name));
+    if set.is_empty() || missing.is_empty() {
+        return Ok(());
+    }
+    Err(ConfigError::new(
+        missing[0],
+        None,
+        format!(
+            "services mode needs postgres, redis and s3 together; {} set but {} missing \
+             (set none of them for embedded mode)",
+            set.join(", "),
+            missing.join(", ")
+        ),
+    ))
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: String) -> Result<(), String> {
+    let (last, parents) = path.split_last().expect("path has at least one part");
+    let mut current = table;
+    for part in parents {
+        let entry = current.entry(part.clone()).or_insert_with(|| toml::Value::Table(Default::default()));
+        current = entry.as_table_mut().ok_or_else(|| format!("`{part}` is not a section"))?;
+    }
+    current.insert(last.clone(), toml::Value::String(value));
+    Ok(())
+}
+
+fn lookup<'a>(value: &'a toml::Value, key: &str) -> Option<&'a toml::Value> {
+    key.split('.').try_fold(value, |v, part| v.get(part))
+}
+
+fn shown_value(key: &str, value: &toml::Value) -> String {
+    if SECRET_KEYS.contains(&key) {
+        return REDACTED.to_string();
+    }
+    let text = match value {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if URL_KEYS.contains(&key) {
+        return url::Url::parse(&text).map(|u| redact_url(&u)).unwrap_or_else(|_| {
+            // Unparseable: it may still hold a password after `:`; show only the scheme.
+            match text.split_once("://") {
+                Some((scheme, _)) => format!("{scheme}://{REDACTED}"),
+                None => REDACTED.to_string(),
+            }
+        });
+    }
+    text
+}
+
+fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    let data_dir = PathBuf::from(raw.data_dir.unwrap_or_else(|| "./msgd-data".into()));
+    if data_dir.as_os_str().is_empty() {
+        return Err(ConfigError::new("data_dir", Some(String::new()), "must not be empty"));
+    }
+
+    let listen_text = raw.http.listen.unwrap_or_else(|| "127.0.0.1:8080".into());
+    let listen = listen_text.parse().map_err(|e| {
+        ConfigError::new("http.listen", Some(listen_text.clone()), format!("not a socket address (host:port): {e}"))
+    })?;
+    let shutdown_timeout = duration("http.shutdown_timeout", raw.http.shutdown_timeout, Duration::from_secs(10))?;
+
+    let backend = match (raw.postgres, raw.redis, raw.s3) {
+        (None, None, None) => Backend::Embedded,
+        (Some(pg), Some(redis), Some(s3)) => Backend::Services(ServicesConfig {
+            postgres: PostgresConfig {
+                url: service_url("postgres.url", &pg.url, &["postgres", "postgresql"])?,
+                max_connections: match pg.max_connections.unwrap_or(10) {
+                    0 => return Err(ConfigError::new("postgres.max_connections", Some("0".into()), "must be at least 1")),
+                    n => n,
+                },
+                connect_timeout: duration("postgres.connect_timeout", pg.connect_timeout, Duration::from_secs(5))?,
+            },
+            redis: RedisConfig {
+                url: service_url("redis.url", &redis.url, &["redis", "rediss"])?,
+                key_prefix: redis.key_prefix.unwrap_or_else(|| "msgd".into()),
+            },
+            s3: validate_s3(s3)?,
+        }),
+        _ => unreachable!("a partial services set is refused by check_services_set"),
+    };
+
+    let days = raw.retention.days.unwrap_or(30);
+    if days == 0 {
+        return Err(ConfigError::new("retention.days", Some("0".into()), "must be at least 1"));
+    }
+
+    let level = raw.log.level.unwrap_or_else(|| "info".into());
+    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&level) {
+        return Err(ConfigError::new("log.level", Some(level), format!("not a log filter: {e}")));
+    }
+    let format = match raw.log.format.as_deref().unwrap_or("json") {
+        "json" => LogFormat::Json,
+        "text" => LogFormat::Text,
+        other => return Err(ConfigError::new("log.format", Some(other.into()), "must be `json` or `text`")),
+    };
+
+    Ok(Config {
+        data_dir,
+        http: HttpConfig { listen, shutdown_timeout },
+        backend,
+        retention: RetentionConfig { days },
+        log: LogConfig { level, format },
+    })
+}
+
+fn validate_s3(s3: RawS3) -> Result<S3Config, ConfigError> {
+    let endpoint = match s3.endpoint {
+        None => None,
+        Some(text) => {
+            let url = url::Url::parse(&text)
+                .map_err(|e| ConfigError::new("s3.endpoint", Some(text.clone()), format!("not a URL: {e}")))?;
+            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                return Err(ConfigError::new("s3.endpoint", Some(text), "must be an http:// or https:// URL with a host"));
+            }
+            Some(text.trim_end_matches('/').to_string())
+        }
+    };
+    if !valid_bucket_name(&s3.bucket) {
+        return Err(ConfigError::new(
+            "s3.bucket",
+            Some(s3.bucket),
+            "not a valid bucket name (3-63 characters: lowercase letters, digits, `-`, `.`)",
+        ));
+    }
+    if s3.access_key_id.is_empty() {
+        return Err(ConfigError::new("s3.access_key_id", Some(String::new()), "must not be empty"));
+    }
+    if s3.secret_access_key.is_empty() {
+        return Err(ConfigError::new("s3.secret_access_key", Some(String::new()), "must not be empty"));
+    }
+    Ok(S3Config {
+        endpoint,
+        bucket: s3.bucket,
+        region: s3.region.unwrap_or_else(|| "us-east-1".into()),
+        access_key_id: s3.access_key_id,
+        secret_access_key: Secret::new(s3.secret_access_key),
+        path_style: s3.path_style.unwrap_or(true),
+    })
+}
+
+fn valid_bucket_name(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric()
+}
+
+fn service_url(key: &str, text: &str, schemes: &[&str]) -> Result<SecretUrl, ConfigError> {
+    let shown = || Some(shown_value(key, &toml::Value::String(text.to_string())));
+    let url = url::Url::parse(text).map_err(|e| ConfigError::new(key, shown(), format!("not a URL: {e}")))?;
+    if !schemes.contains(&url.scheme()) {
+        return Err(ConfigError::new(
+            key,
+            shown(),
+            format!("unsupported scheme `{}`; expected {}", url.scheme(), schemes.join(" or ")),
+        ));
+    }
+    if url.host_str().map_or(true, str::is_empty) {
+        return Err(ConfigError::new(key, shown(), "the URL has no host"));
+    }
+    Ok(SecretUrl(url))
+}
+
+fn duration(key: &str, text: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+    match text {
+        None => Ok(default),
+        Some(text) => humantime::parse_duration(text.trim()).map_err(|e| {
+            ConfigError::new(key, Some(text.clone()), format!("not a duration like `10s` or `5m`: {e}"))
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_are_embedded() {
+        let config = from_toml("", env(&[])).unwrap();
+        assert_eq!(config.backend.name(), "embedded");
+        assert_eq!(config.retention.days, 30);
+        assert_eq!(config.http.listen.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn env_overrides_file_and_parses_numbers() {
+        let config = from_toml("[retention]\ndays = 7\n", env(&[("MSGD_RETENTION__DAYS", "14")])).unwrap();
+        assert_eq!(config.retention.days, 14);
+    }
+
+    #[test]
+    fn unknown_env_key_is_named() {
+        let err = from_toml("", env(&[("MSGD_HTTP__LISTN", "x")])).unwrap_err();
+        assert_eq!(err.key, "http.listn");
+        assert_eq!(err.env_var.as_deref(), Some("MSGD_HTTP__LISTN"));
+    }
+
+    #[test]
+    fn secret_values_never_appear_in_errors() {
+        let text = "[postgres]\nurl = \"postgres://u:hunter2@h/db\"\n[redis]\nurl = \"redis://:hunter2@h\"\n\
+                    [s3]\nbucket = \"b-1\"\naccess_key_id = \"a\"\nsecret_access_key = 12345\n";
+        let err = from_toml(text, env(&[])).unwrap_err();
+        assert_eq!(err.key, "s3.secret_access_key");
+        assert!(!err.to_string().contains("12345"), "{err}");
+        let err = from_toml("[postgres]\nurl = \"mysql://u:hunter2@h/db\"\n", env(&[])).unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+}

@@ -1,0 +1,11 @@
+//! msgd: a self-hosted real-time messaging backend. This library is shared by
+//! every subcommand of the `msgd` binary (in `cli/`); the module map and the
+//! rules between modules are in ARCHITECTURE.md.
+
+pub mod clock;
+pub mod config;
+pub mod http;
+pub mod keys;
+pub mod server;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,162 @@
+//! The per-instance live hub: one local broadcast channel per conversation
+//! with subscribers, reference-counted, shared by both tails.
+//!
+//! An instance holds at most one upstream subscription per conversation (a
+//! Redis channel in services mode; nothing upstream when embedded) and
+//! releases it when its last local subscriber leaves.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+
+use super::tail::{LiveEvent, LiveSubscription};
+use super::StoreError;
+
+/// How many events one local channel buffers for its slowest subscriber
+/// before that subscriber is told it lagged.
+const CHANNEL_CAPACITY: usize = 1024;
+
+/// Where a hub's events come from beyond this process.
+#[async_trait]
+pub(super) trait Upstream: Send + Sync {
+    async fn subscribe(&self, channel: &str) -> Result<(), StoreError>;
+    async fn unsubscribe(&self, channel: &str) -> Result<(), StoreError>;
+}
+
+#[derive(Clone)]
+pub(super) struct LiveHub {
+    inner: Arc<HubInner>,
+}
+
+struct HubInner {
+    channels: Mutex<HashMap<String, Channel>>,
+    upstream: Option<Box<dyn Upstream>>,
+    /// Serializes upstream (un)subscribe calls so a release racing a new
+    /// subscription cannot leave the channel unsubscribed upstream.
+    upstream_ops: tokio::sync::Mutex<()>,
+}
+
+struct Channel {
+    sender: broadcast::Sender<LiveEvent>,
+    subscribers: usize,
+}
+
+/// Releases one local subscription when dropped.
+pub(crate) struct SubscriptionGuard {
+    hub: Arc<HubInner>,
+    channel: String,
+}
+
+impl LiveHub {
+    pub(super) fn new(upstream: Option<Box<dyn Upstream>>) -> Self {
+        LiveHub {
+            inner: Arc::new(HubInner {
+                channels: Mutex::default(),
+                upstream,
+                upstream_ops: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    pub(super) async fn subscribe(&self, channel: String) -> Result<LiveSubscription, StoreError> {
+        let _ops = self.inner.upstream_ops.lock().await;
+        let (receiver, first) = {
+            let mut channels = self.inner.channels.lock().expect("live hub lock");
+            match channels.get_mut(&channel) {
+                Some(existing) => {
+                    existing.subscribers += 1;
+                    (existing.sender.subscribe(), false)
+                }
+                None => {
+                    let (sender, receiver) = broadcast::channel(CHANNEL_CAPACITY);
+                    channels.insert(channel.clone(), Channel { sender, subscribers: 1 });
+                    (receiver, true)
+                }
+            }
+        };
+        if first {
+            if let Some(upstream) = &self.inner.upstream {
+                if let Err(e) = upstream.subscribe(&channel).await {
+                    self.inner.channels.lock().expect("live hub lock").remove(&channel);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(LiveSubscription { receiver, _guard: SubscriptionGuard { hub: self.inner.clone(), channel } })
+    }
+
+    /// Hands an event to this instance's local subscribers of `channel`.
+    pub(super) fn deliver(&self, channel: &str, event: LiveEvent) {
+        let channels = self.inner.channels.lock().expect("live hub lock");
+        if let Some(local) = channels.get(channel) {
+            // No receiver left is fine: the guard is about to remove the channel.
+            let _ = local.sender.send(event);
+        }
+    }
+
+    /// Number of channels with local subscribers.
+    #[cfg(test)]
+    pub(super) fn channel_count(&self) -> usize {
+        self.inner.channels.lock().expect("live hub lock").len()
+    }
+}
+
+impl Drop for SubscriptionGuard {
+    fn drop(&mut self) {
+        let released = {
+            let mut channels = self.hub.channels.lock().expect("live hub lock");
+            match channels.get_mut(&self.channel) {
+                Some(local) if local.subscribers > 1 => {
+                    local.subscribers -= 1;
+                    false
+                }
+                Some(_) => {
+                    channels.remove(&self.channel);
+                    true
+                }
+                None => false,
+            }
+        };
+        if !released || self.hub.upstream.is_none() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let hub = self.hub.clone();
+        let channel = std::mem::take(&mut self.channel);
+        runtime.spawn(async move {
+            let _ops = hub.upstream_ops.lock().await;
+            // A new local subscriber may have arrived meanwhile and re-subscribed.
+            if hub.channels.lock().expect("live hub lock").contains_key(&channel) {
+                return;
+            }
+            if let Some(upstream) = &hub.upstream {
+                if let Err(e) = upstream.unsubscribe(&channel).await {
+                    tracing::warn!(component = "live", channel = %channel, error = %e, "live unsubscribe failed");
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::TailEntry;
+
+    #[tokio::test]
+    async fn channels_are_released_with_their_last_subscriber() {
+        let hub = LiveHub::new(None);
+        let mut first = hub.subscribe("c".into()).await.unwrap();
+        let second = hub.subscribe("c".into()).await.unwrap();
+        assert_eq!(hub.channel_count(), 1);
+        let event = LiveEvent::Message(TailEntry { seq: 1, ts_ms: 1, body: b"x".to_vec() });
+        hub.deliver("c", event.clone());
+        assert_eq!(first.recv().await.unwrap(), event);
+        drop(second);
+        assert_eq!(hub.channel_count(), 1);
+        drop(first);
+        assert_eq!(hub.channel_count(), 0);
+    }
+}

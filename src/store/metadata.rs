@@ -1,0 +1,58 @@
+//! The metadata interface: apps, API keys and (as later capabilities land)
+//! conversations, members and the segment index. Plain rows in, plain rows
+//! out; the rules about what the rows mean live in the domain modules.
+
+use async_trait::async_trait;
+
+use super::StoreError;
+
+/// One application (tenant).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AppRow {
+    pub id: String,
+    pub name: String,
+    pub created_at: i64,
+}
+
+/// One API key as stored: never the key itself, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRow {
+    /// The short public id embedded in the key, used for lookup and display.
+    pub id: String,
+    pub app_id: String,
+    pub name: Option<String>,
+    pub scope: String,
+    /// The visible prefix (`msgd_sk` or `msgd_pk`).
+    pub prefix: String,
+    pub secret_hash: Vec<u8>,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+    pub last_used_at: Option<i64>,
+    /// The key that replaced this one by rotation.
+    pub rotated_to: Option<String>,
+}
+
+#[async_trait]
+pub trait Metadata: Send + Sync {
+    /// Succeeds when the database answers a trivial query and the schema is
+    /// migrated.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    async fn insert_app(&self, app: &AppRow) -> Result<(), StoreError>;
+    async fn get_app(&self, id: &str) -> Result<Option<AppRow>, StoreError>;
+    async fn list_apps(&self) -> Result<Vec<AppRow>, StoreError>;
+
+    async fn insert_api_key(&self, key: &ApiKeyRow) -> Result<(), StoreError>;
+    async fn get_api_key(&self, id: &str) -> Result<Option<ApiKeyRow>, StoreError>;
+    /// Keys of one app, or of all apps, oldest first.
+    async fn list_api_keys(&self, app_id: Option<&str>) -> Result<Vec<ApiKeyRow>, StoreError>;
+    /// Inserts `new` and, in the same transaction, points `old_id` at it and
+    /// moves its expiry to `old_expires_at` (the end of the grace period).
+    async fn rotate_api_key(&self, old_id: &str, old_expires_at: i64, new: &ApiKeyRow) -> Result<(), StoreError>;
+    /// Marks a key revoked; returns false when no such key exists.
+    async fn revoke_api_key(&self, id: &str, at: i64) -> Result<bool, StoreError>;
+    /// Records use, at most once per `min_interval_ms` per key so the hot path
+    /// does not write on every request.
+    async fn touch_api_key(&self, id: &str, at: i64, min_interval_ms: i64) -> Result<(), StoreError>;
+}

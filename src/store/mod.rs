@@ -1,0 +1,145 @@
+//! The storage layer: the only code that talks to Postgres, SQLite, Redis or an
+//! object store (DESIGN §2–3).
+//!
+//! Three interfaces — [`Metadata`], [`Tail`] and [`Objects`] — each with a
+//! services implementation (Postgres, Redis, S3) and an embedded one (SQLite,
+//! a SQLite-backed tail with in-process fanout, the local filesystem).
+//! [`Stores::open`] picks them from the config. Nothing here knows about HTTP,
+//! keys' formats or messages' shapes: callers hand in bytes and plain rows.
+
+mod live;
+mod metadata;
+mod objects;
+mod redis_tail;
+mod sql;
+mod sqlite_tail;
+mod tail;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use std::time::{Duration, Instant};
+
+pub use metadata::{ApiKeyRow, AppRow, Metadata};
+pub use objects::Objects;
+pub use tail::{
+    AppendOutcome, AppendRequest, ConvKey, DirtyConversation, IdempotencyClaim, LiveEvent, LiveSubscription, Tail,
+    TailEntry, TAIL_SHARDS,
+};
+
+use crate::config::{Backend, Config};
+use crate::telemetry::Metrics;
+
+/// Why a storage call failed, in the terms callers branch on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The dependency could not be reached or answered with an error; the
+    /// request may succeed later.
+    #[error("{dependency} unavailable: {message}")]
+    Unavailable { dependency: &'static str, message: String },
+    /// A uniqueness or state precondition failed.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// Stored data did not have the expected shape.
+    #[error("corrupt data in {dependency}: {message}")]
+    Corrupt { dependency: &'static str, message: String },
+}
+
+impl StoreError {
+    pub(crate) fn unavailable(dependency: &'static str, err: impl std::fmt::Display) -> Self {
+        StoreError::Unavailable { dependency, message: err.to_string() }
+    }
+}
+
+/// One dependency's readiness, as `/readyz` reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DependencyStatus {
+    /// `postgres`, `redis`, `s3`, or `sqlite`, `tail`, `filesystem` when embedded.
+    pub name: &'static str,
+    pub ok: bool,
+    pub latency_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The opened stores of one deployment.
+#[derive(Clone)]
+pub struct Stores {
+    pub metadata: Arc<dyn Metadata>,
+    pub tail: Arc<dyn Tail>,
+    pub objects: Objects,
+    /// Which backend these are, for logs and `/readyz`.
+    pub backend: &'static str,
+}
+
+impl Stores {
+    /// Opens the stores the config names. Services are connected lazily: a
+    /// dependency that is down now makes [`Stores::check`] report it, and work
+    /// resumes by itself when it returns. Embedded stores are opened eagerly
+    /// because a failure there (an unwritable data dir) is a config problem.
+    pub async fn open(config: &Config, metrics: &Metrics) -> anyhow::Result<Stores> {
+        match &config.backend {
+            Backend::Embedded => {
+                let db = sql::Db::open_sqlite(&config.data_dir).await?;
+                let objects = Objects::local(&config.data_dir.join("objects"), metrics)?;
+                Ok(Stores {
+                    metadata: Arc::new(db.clone()),
+                    tail: Arc::new(sqlite_tail::SqliteTail::new(db)),
+                    objects,
+                    backend: "embedded",
+                })
+            }
+            Backend::Services(services) => {
+                let db = sql::Db::connect_postgres(&services.postgres)?;
+                let tail = redis_tail::RedisTail::open(&services.redis)?;
+                let objects = Objects::s3(&services.s3, metrics)?;
+                Ok(Stores { metadata: Arc::new(db), tail: Arc::new(tail), objects, backend: "services" })
+            }
+        }
+    }
+
+    /// Opens only the metadata store, connected and migrated now: for one-shot
+    /// commands (`msgd keys`) that should fail fast with a clear error.
+    pub async fn open_metadata(config: &Config) -> anyhow::Result<Arc<dyn Metadata>> {
+        match &config.backend {
+            Backend::Embedded => Ok(Arc::new(sql::Db::open_sqlite(&config.data_dir).await?)),
+            Backend::Services(services) => {
+                let db = sql::Db::connect_postgres(&services.postgres)?;
+                db.migrate()
+                    .await
+                    .with_context(|| format!("postgres at {} is not usable", services.postgres.url.redacted()))?;
+                Ok(Arc::new(db))
+            }
+        }
+    }
+
+    /// Checks every dependency concurrently, each bounded by `timeout`.
+    pub async fn check(&self, timeout: Duration) -> Vec<DependencyStatus> {
+        let (meta_name, tail_name, objects_name) = match self.backend {
+            "embedded" => ("sqlite", "tail", "filesystem"),
+            _ => ("postgres", "redis", "s3"),
+        };
+        let (meta, tail, objects) = tokio::join!(
+            timed(meta_name, timeout, self.metadata.ping()),
+            timed(tail_name, timeout, self.tail.ping()),
+            timed(objects_name, timeout, self.objects.ping()),
+        );
+        vec![meta, tail, objects]
+    }
+}
+
+async fn timed(
+    name: &'static str,
+    timeout: Duration,
+    check: impl std::future::Future<Output = Result<(), StoreError>>,
+) -> DependencyStatus {
+    let started = Instant::now();
+    let result = tokio::time::timeout(timeout, check).await;
+    let latency_ms = (started.elapsed().as_secs_f64() * 1000.0 * 100.0).round() / 100.0;
+    let error = match result {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(format!("{name} did not answer within {} ms", timeout.as_millis())),
+    };
+    DependencyStatus { name, ok: error.is_none(), latency_ms, error }
+}

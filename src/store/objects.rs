@@ -1,0 +1,168 @@
+//! The object store: segments and attachments, on S3-compatible storage
+//! (services) or the local filesystem (embedded), behind one small wrapper
+//! that counts and times every request.
+//!
+//! `object_store` already abstracts S3 and the filesystem, so this is a
+//! struct, not a trait: the two modes differ only in the store it wraps.
+
+use std::path::Path as FsPath;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::StreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
+
+use super::StoreError;
+use crate::config::S3Config;
+use crate::telemetry::Metrics;
+
+/// The key readiness lists under: cheap, and it proves the bucket exists and
+/// the credentials are accepted.
+const PROBE_PREFIX: &str = "msgd-readyz";
+
+#[derive(Clone)]
+pub struct Objects {
+    store: Arc<dyn ObjectStore>,
+    /// Human description (`s3 bucket x at y`, `directory z`) for errors and logs.
+    location: String,
+    /// The bucket name, or `local` for the filesystem; for log fields.
+    pub bucket: String,
+    metrics: Metrics,
+    dependency: &'static str,
+}
+
+impl Objects {
+    pub(crate) fn s3(config: &S3Config, metrics: &Metrics) -> anyhow::Result<Objects> {
+        let mut builder = AmazonS3Builder::new()
+            .with_bucket_name(&config.bucket)
+            .with_region(&config.region)
+            .with_access_key_id(&config.access_key_id)
+            .with_secret_access_key(config.secret_access_key.expose())
+            .with_virtual_hosted_style_request(!config.path_style)
+            .with_retry(RetryConfig { max_retries: 3, retry_timeout: Duration::from_secs(30), ..Default::default() })
+            .with_client_options(
+                ClientOptions::new().with_connect_timeout(Duration::from_secs(5)).with_timeout(Duration::from_secs(60)),
+            );
+        let location = match &config.endpoint {
+            Some(endpoint) => {
+                builder = builder.with_endpoint(endpoint).with_allow_http(endpoint.starts_with("http://"));
+                format!("s3 bucket `{}` at {endpoint}", config.bucket)
+            }
+            None => format!("s3 bucket `{}` in {}", config.bucket, config.region),
+        };
+        let store = builder.build().with_context(|| format!("cannot configure {location}"))?;
+        Ok(Objects {
+            store: Arc::new(store),
+            location,
+            bucket: config.bucket.clone(),
+            metrics: metrics.clone(),
+            dependency: "s3",
+        })
+    }
+
+    pub(crate) fn local(dir: &FsPath, metrics: &Metrics) -> anyhow::Result<Objects> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create the object directory {}", dir.display()))?;
+        let store = LocalFileSystem::new_with_prefix(dir)
+            .with_context(|| format!("cannot use {} as an object store", dir.display()))?
+            .with_automatic_cleanup(true);
+        Ok(Objects {
+            store: Arc::new(store),
+            location: format!("directory {}", dir.display()),
+            bucket: "local".into(),
+            metrics: metrics.clone(),
+            dependency: "filesystem",
+        })
+    }
+
+    /// Where the objects live, for messages.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let prefix = Path::from(PROBE_PREFIX);
+        self.timed("list", async {
+            match self.store.list(Some(&prefix)).next().await {
+                None | Some(Ok(_)) => Ok(()),
+                Some(Err(e)) => Err(e),
+            }
+        })
+        .await
+    }
+
+    pub async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        let path = Path::from(key);
+        self.timed("put", async { self.store.put(&path, PutPayload::from(bytes)).await.map(|_| ()) }).await
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
+        let path = Path::from(key);
+        self.timed("get", async { Ok(self.store.get(&path).await?.bytes().await?.to_vec()) }).await
+    }
+
+    /// Bytes `[start, end)` of an object: how readers fetch one block.
+    pub async fn get_range(&self, key: &str, start: u64, end: u64) -> Result<Vec<u8>, StoreError> {
+        let path = Path::from(key);
+        self.timed("get_range", async { Ok(self.store.get_range(&path, start..end).await?.to_vec()) }).await
+    }
+
+    /// Deletes an object; deleting a missing object succeeds.
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let path = Path::from(key);
+        self.timed("delete", async {
+            match self.store.delete(&path).await {
+                Err(object_store::Error::NotFound { .. }) => Ok(()),
+                other => other,
+            }
+        })
+        .await
+    }
+
+    /// Every object key under `prefix`, sorted.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let path = Path::from(prefix);
+        let mut keys = self
+            .timed("list", async {
+                let metas: Vec<_> = self.store.list(Some(&path)).collect().await;
+                metas.into_iter().map(|m| m.map(|m| m.location.to_string())).collect::<Result<Vec<_>, _>>()
+            })
+            .await?;
+        keys.sort();
+        Ok(keys)
+    }
+
+    async fn timed<T>(
+        &self,
+        op: &'static str,
+        request: impl std::future::Future<Output = object_store::Result<T>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let result = request.await;
+        self.metrics.object_store_request_duration_seconds.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        self.metrics.object_store_requests_total.with_label_values(&[op, outcome]).inc();
+        result.map_err(|e| StoreError::Unavailable {
+            dependency: self.dependency,
+            message: format!("{} failed on {}: {}", op, self.location, describe(&e)),
+        })
+    }
+}
+
+/// The most useful line of an object_store error: S3 error codes (NoSuchBucket,
+/// SignatureDoesNotMatch, InvalidAccessKeyId) sit in the innermost source.
+fn describe(err: &object_store::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(inner) = source {
+        let line = inner.to_string();
+        if !text.contains(&line) {
+            text = format!("{text}: {line}");
+        }
+        source = inner.source();
+    }
+    text
+}

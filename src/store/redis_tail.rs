@@ -1,0 +1,376 @@
+//! The services-mode tail in Redis (key schema in ARCHITECTURE.md).
+//!
+//! Every key one append touches carries the conversation's flush-shard hash
+//! tag `{sN}`, so the append script runs on Redis Cluster. Commands go through
+//! a lazily connecting, self-reconnecting `ConnectionManager`; live messages
+//! arrive on a second, RESP3 connection that re-subscribes after reconnects.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, PushKind, Script, Value};
+
+use super::live::{LiveHub, Upstream};
+use super::tail::{
+    AppendOutcome, AppendRequest, ConvKey, DirtyConversation, LiveEvent, LiveSubscription, Tail, TailEntry,
+};
+use super::StoreError;
+use crate::config::RedisConfig;
+
+const DEPENDENCY: &str = "redis";
+
+/// Idempotency check, seq assignment, append, dirty mark and publish in one
+/// round trip. Replies `{code, seq}`: 0 appended, 1 replay, 2 key reused,
+/// 3 counter missing, 4 the log already holds this seq (counter regressed).
+const APPEND_LUA: &str = r#"
+if ARGV[5] ~= '' then
+  local prior = redis.call('GET', KEYS[5])
+  if prior then
+    local sep = string.find(prior, ':', 1, true)
+    local seq = tonumber(string.sub(prior, 1, sep - 1))
+    if string.sub(prior, sep + 1) == ARGV[5] then return {1, seq} end
+    return {2, seq}
+  end
+end
+local last = redis.call('GET', KEYS[1])
+if not last then return {3, 0} end
+local seq = tonumber(last) + 1
+local added = redis.pcall('XADD', KEYS[2], seq .. '-0', 'ts', ARGV[1], 'body', ARGV[2])
+if type(added) == 'table' and added.err then return {4, seq} end
+redis.call('SET', KEYS[1], seq)
+if ARGV[5] ~= '' then redis.call('SET', KEYS[5], seq .. ':' .. ARGV[5], 'PX', ARGV[6]) end
+redis.call('ZADD', KEYS[3], 'NX', ARGV[1], ARGV[3])
+redis.call('HINCRBY', KEYS[4], ARGV[3], #ARGV[2])
+redis.call('PUBLISH', ARGV[4], 'm' .. seq .. ':' .. ARGV[1] .. ':' .. ARGV[2])
+return {0, seq}
+"#;
+
+/// Raises the counter to max(counter, floor, newest log entry): the log's top
+/// id is the seq, so a lost counter is re-seeded past anything still held.
+const SEED_LUA: &str = r#"
+local floor = tonumber(ARGV[1])
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+if top[1] then
+  local id = top[1][1]
+  local logged = tonumber(string.sub(id, 1, string.find(id, '-', 1, true) - 1))
+  if logged > floor then floor = logged end
+end
+if current > floor then floor = current end
+redis.call('SET', KEYS[1], floor)
+return floor
+"#;
+
+/// Clears a dirty mark only if nothing was appended since it was read.
+const CLEAR_DIRTY_LUA: &str = r#"
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+local bytes = redis.call('HGET', KEYS[2], ARGV[1]) or '0'
+if score and tonumber(score) == tonumber(ARGV[2]) and tonumber(bytes) == tonumber(ARGV[3]) then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"#;
+
+pub(crate) struct RedisTail {
+    commands: ConnectionManager,
+    keys: KeySchema,
+    hub: LiveHub,
+    append_script: Script,
+    seed_script: Script,
+    clear_dirty_script: Script,
+}
+
+/// Builds every key and channel name; the one place the schema is spelled out.
+#[derive(Clone)]
+struct KeySchema {
+    prefix: String,
+}
+
+impl KeySchema {
+    fn tag(&self, conv: &ConvKey) -> String {
+        format!("{}:{{s{}}}", self.prefix, conv.shard())
+    }
+    fn seq(&self, conv: &ConvKey) -> String {
+        format!("{}:seq:{}:{}", self.tag(conv), conv.app_id, conv.conversation_id)
+    }
+    fn log(&self, conv: &ConvKey) -> String {
+        format!("{}:log:{}:{}", self.tag(conv), conv.app_id, conv.conversation_id)
+    }
+    fn idempotency(&self, conv: &ConvKey, key: &str) -> String {
+        format!("{}:idem:{}:{}:{}", self.tag(conv), conv.app_id, conv.conversation_id, key)
+    }
+    fn dirty(&self, shard: u32) -> String {
+        format!("{}:{{s{shard}}}:dirty", self.prefix)
+    }
+    fn dirty_bytes(&self, shard: u32) -> String {
+        format!("{}:{{s{shard}}}:dirty-bytes", self.prefix)
+    }
+    fn channel(&self, conv: &ConvKey) -> String {
+        format!("{}:live:{}:{}", self.prefix, conv.app_id, conv.conversation_id)
+    }
+    fn state(&self, key: &str) -> String {
+        format!("{}:state:{key}", self.prefix)
+    }
+}
+
+fn dirty_member(conv: &ConvKey) -> String {
+    format!("{}/{}", conv.app_id, conv.conversation_id)
+}
+
+fn parse_dirty_member(member: &str) -> Option<ConvKey> {
+    let (app, conv) = member.split_once('/')?;
+    Some(ConvKey::new(app, conv))
+}
+
+fn unavailable(err: redis::RedisError) -> StoreError {
+    StoreError::unavailable(DEPENDENCY, err)
+}
+
+fn corrupt(message: impl Into<String>) -> StoreError {
+    StoreError::Corrupt { dependency: DEPENDENCY, message: message.into() }
+}
+
+fn manager_config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(5)))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(2))
+}
+
+struct RedisUpstream {
+    connection: ConnectionManager,
+}
+
+#[async_trait]
+impl Upstream for RedisUpstream {
+    async fn subscribe(&self, channel: &str) -> Result<(), StoreError> {
+        self.connection.clone().subscribe(channel).await.map_err(unavailable)
+    }
+    async fn unsubscribe(&self, channel: &str) -> Result<(), StoreError> {
+        self.connection.clone().unsubscribe(channel).await.map_err(unavailable)
+    }
+}
+
+impl RedisTail {
+    /// Builds the clients without dialling; the first command connects.
+    pub(crate) fn open(config: &RedisConfig) -> anyhow::Result<RedisTail> {
+        let shown = config.url.redacted();
+        let client = redis::Client::open(config.url.expose())
+            .map_err(|e| anyhow::anyhow!("redis.url {shown} is not usable: {e}"))?;
+        let commands = ConnectionManager::new_lazy_with_config(client, manager_config())
+            .map_err(|e| anyhow::anyhow!("cannot set up the redis connection to {shown}: {e}"))?;
+
+        // Live messages use RESP3 push frames so the manager can re-subscribe by
+        // itself after a reconnect.
+        let mut pubsub_url = url::Url::parse(config.url.expose())?;
+        pubsub_url.query_pairs_mut().append_pair("protocol", "resp3");
+        let pubsub_client = redis::Client::open(pubsub_url.as_str())
+            .map_err(|e| anyhow::anyhow!("redis.url {shown} is not usable: {e}"))?;
+        let (push_sender, mut pushes) = tokio::sync::mpsc::unbounded_channel();
+        let pubsub = ConnectionManager::new_lazy_with_config(
+            pubsub_client,
+            manager_config().set_push_sender(push_sender).set_automatic_resubscription(),
+        )
+        .map_err(|e| anyhow::anyhow!("cannot set up the redis pub/sub connection to {shown}: {e}"))?;
+
+        let hub = LiveHub::new(Some(Box::new(RedisUpstream { connection: pubsub })));
+        let dispatch = hub.clone();
+        tokio::spawn(async move {
+            while let Some(push) = pushes.recv().await {
+                if push.kind != PushKind::Message {
+                    continue;
+                }
+                let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
+                    (push.data.first(), push.data.get(1))
+                else {
+                    continue;
+                };
+                match LiveEvent::decode(payload) {
+                    Some(event) => dispatch.deliver(&String::from_utf8_lossy(channel), event),
+                    None => tracing::warn!(component = "live", "undecodable live payload dropped"),
+                }
+            }
+        });
+
+        Ok(RedisTail {
+            commands,
+            keys: KeySchema { prefix: config.key_prefix.clone() },
+            hub,
+            append_script: Script::new(APPEND_LUA),
+            seed_script: Script::new(SEED_LUA),
+            clear_dirty_script: Script::new(CLEAR_DIRTY_LUA),
+        })
+    }
+
+    fn connection(&self) -> ConnectionManager {
+        self.commands.clone()
+    }
+}
+
+#[async_trait]
+impl Tail for RedisTail {
+    async fn ping(&self) -> Result<(), StoreError> {
+        let _: String = redis::cmd("PING").query_async(&mut self.connection()).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn append(&self, request: &AppendRequest) -> Result<AppendOutcome, StoreError> {
+        let conv = &request.conv;
+        let shard = conv.shard();
+        let (idempotency_key, fingerprint, ttl_ms) = match &request.idempotency {
+            Some(claim) => (
+                self.keys.idempotency(conv, &claim.key),
+                claim.fingerprint.clone(),
+                claim.ttl.as_millis().max(1) as u64,
+            ),
+            // Unused by the script, but every key must hash to the same slot.
+            None => (self.keys.seq(conv), String::new(), 0),
+        };
+        let (code, seq): (u8, u64) = self
+            .append_script
+            .key(self.keys.seq(conv))
+            .key(self.keys.log(conv))
+            .key(self.keys.dirty(shard))
+            .key(self.keys.dirty_bytes(shard))
+            .key(idempotency_key)
+            .arg(request.ts_ms)
+            .arg(&request.body[..])
+            .arg(dirty_member(conv))
+            .arg(self.keys.channel(conv))
+            .arg(fingerprint)
+            .arg(ttl_ms)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(match code {
+            0 => AppendOutcome::Appended(TailEntry { seq, ts_ms: request.ts_ms, body: request.body.clone() }),
+            1 => AppendOutcome::Replayed { seq },
+            2 => AppendOutcome::KeyReused { seq },
+            3 | 4 => AppendOutcome::NeedsSeed,
+            other => return Err(corrupt(format!("append script answered code {other}"))),
+        })
+    }
+
+    async fn seed_seq(&self, conv: &ConvKey, last_seq: u64) -> Result<(), StoreError> {
+        let _: u64 = self
+            .seed_script
+            .key(self.keys.seq(conv))
+            .key(self.keys.log(conv))
+            .arg(last_seq)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn last_seq(&self, conv: &ConvKey) -> Result<Option<u64>, StoreError> {
+        self.connection().get(self.keys.seq(conv)).await.map_err(unavailable)
+    }
+
+    async fn read(&self, conv: &ConvKey, after_seq: u64, limit: usize) -> Result<Vec<TailEntry>, StoreError> {
+        let reply: redis::streams::StreamRangeReply = self
+            .connection()
+            .xrange_count(self.keys.log(conv), format!("{}-0", after_seq + 1), "+", limit)
+            .await
+            .map_err(unavailable)?;
+        reply
+            .ids
+            .into_iter()
+            .map(|entry| {
+                let seq = entry
+                    .id
+                    .split_once('-')
+                    .and_then(|(seq, _)| seq.parse().ok())
+                    .ok_or_else(|| corrupt(format!("tail entry id {} is not <seq>-0", entry.id)))?;
+                let ts_ms = match entry.map.get("ts") {
+                    Some(value) => redis::from_redis_value::<i64>(value.clone()).map_err(|e| corrupt(e.to_string()))?,
+                    None => return Err(corrupt(format!("tail entry {} has no ts", entry.id))),
+                };
+                let body = match entry.map.get("body") {
+                    Some(value) => {
+                        redis::from_redis_value::<Vec<u8>>(value.clone()).map_err(|e| corrupt(e.to_string()))?
+                    }
+                    None => return Err(corrupt(format!("tail entry {} has no body", entry.id))),
+                };
+                Ok(TailEntry { seq, ts_ms, body })
+            })
+            .collect()
+    }
+
+    async fn trim(&self, conv: &ConvKey, through_seq: u64) -> Result<u64, StoreError> {
+        redis::cmd("XTRIM")
+            .arg(self.keys.log(conv))
+            .arg("MINID")
+            .arg(format!("{}-0", through_seq + 1))
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn dirty(&self, shard: u32) -> Result<Vec<DirtyConversation>, StoreError> {
+        let mut connection = self.connection();
+        let (marks, bytes): (Vec<(String, f64)>, std::collections::HashMap<String, u64>) = redis::pipe()
+            .zrange_withscores(self.keys.dirty(shard), 0, -1)
+            .hgetall(self.keys.dirty_bytes(shard))
+            .query_async(&mut connection)
+            .await
+            .map_err(unavailable)?;
+        Ok(marks
+            .into_iter()
+            .filter_map(|(member, first_ts)| {
+                let conv = parse_dirty_member(&member)?;
+                let bytes = bytes.get(&member).copied().unwrap_or(0);
+                Some(DirtyConversation { conv, first_ts_ms: first_ts as i64, bytes })
+            })
+            .collect())
+    }
+
+    async fn clear_dirty(&self, seen: &DirtyConversation) -> Result<bool, StoreError> {
+        let shard = seen.conv.shard();
+        let cleared: u8 = self
+            .clear_dirty_script
+            .key(self.keys.dirty(shard))
+            .key(self.keys.dirty_bytes(shard))
+            .arg(dirty_member(&seen.conv))
+            .arg(seen.first_ts_ms)
+            .arg(seen.bytes)
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(cleared == 1)
+    }
+
+    async fn publish(&self, conv: &ConvKey, event: &[u8]) -> Result<(), StoreError> {
+        let payload = LiveEvent::Event(event.to_vec()).encode();
+        let _: i64 = self.connection().publish(self.keys.channel(conv), payload).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn subscribe(&self, conv: &ConvKey) -> Result<LiveSubscription, StoreError> {
+        self.hub.subscribe(self.keys.channel(conv)).await
+    }
+
+    async fn state_set(&self, key: &str, field: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError> {
+        let key = self.keys.state(key);
+        let _: () = redis::pipe()
+            .atomic()
+            .hset(&key, field, value)
+            .ignore()
+            .pexpire(&key, ttl.as_millis().max(1) as i64)
+            .ignore()
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn state_get(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let fields: std::collections::BTreeMap<String, Vec<u8>> =
+            self.connection().hgetall(self.keys.state(key)).await.map_err(unavailable)?;
+        Ok(fields.into_iter().collect())
+    }
+}

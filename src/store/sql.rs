@@ -1,0 +1,300 @@
+//! The SQL metadata store: one implementation of [`Metadata`] over either a
+//! Postgres pool (services) or a SQLite file in WAL mode (embedded).
+//!
+//! Both dialects accept the same statements here (`$N` placeholders, `ON
+//! CONFLICT`, integer milliseconds for time), so each query is written once and
+//! run against whichever pool is open. The schemas live in `migrations/postgres`
+//! and `migrations/sqlite`, embedded in the binary.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
+
+use super::metadata::{ApiKeyRow, AppRow, Metadata};
+use super::StoreError;
+use crate::config::PostgresConfig;
+
+static PG_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// The file embedded mode keeps its metadata and tail in.
+pub const SQLITE_FILE: &str = "msgd.sqlite";
+
+#[derive(Clone)]
+pub(crate) enum Pool {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+/// A metadata database handle; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Db {
+    pub(crate) pool: Pool,
+    /// Set once the migrations have been applied; `ping` reports not-ready until then.
+    migrated: Arc<AtomicBool>,
+}
+
+/// Runs `$body` with `$pool` bound to the open pool, whichever dialect it is,
+/// mapping driver errors to [`StoreError`].
+macro_rules! on_db {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match &$db.pool {
+            Pool::Postgres($pool) => $body.map_err(|e| db_error("postgres", e)),
+            Pool::Sqlite($pool) => $body.map_err(|e| db_error("sqlite", e)),
+        }
+    };
+}
+
+fn db_error(dependency: &'static str, err: sqlx::Error) -> StoreError {
+    if let Some(db) = err.as_database_error() {
+        if db.is_unique_violation() || db.is_foreign_key_violation() {
+            return StoreError::Conflict(db.message().to_string());
+        }
+    }
+    match err {
+        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) | sqlx::Error::ColumnNotFound(_) => {
+            StoreError::Corrupt { dependency, message: err.to_string() }
+        }
+        other => StoreError::unavailable(dependency, other),
+    }
+}
+
+impl Db {
+    /// A lazily connecting Postgres pool: nothing is dialled until first use,
+    /// so `serve` starts while Postgres is down. Call [`Db::migrate`] before
+    /// relying on the schema.
+    pub(crate) fn connect_postgres(config: &PostgresConfig) -> anyhow::Result<Db> {
+        let options: PgConnectOptions = config
+            .url
+            .expose()
+            .parse()
+            .with_context(|| format!("postgres.url {} is not a usable connection string", config.url.redacted()))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(config.connect_timeout)
+            .connect_lazy_with(options.application_name("msgd"));
+        Ok(Db { pool: Pool::Postgres(pool), migrated: Arc::default() })
+    }
+
+    /// Opens (creating when missing) the SQLite file under `data_dir` and
+    /// applies the migrations.
+    pub(crate) async fn open_sqlite(data_dir: &Path) -> anyhow::Result<Db> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
+        let probe = data_dir.join(".msgd-write-test");
+        std::fs::write(&probe, b"ok")
+            .with_context(|| format!("the data dir {} is not writable", data_dir.display()))?;
+        let _ = std::fs::remove_file(&probe);
+        let path = data_dir.join(SQLITE_FILE);
+        // WAL with synchronous=NORMAL survives any process crash; a power loss may
+        // drop the last commits, the same window as Redis' `appendfsync everysec`.
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        let db = Db { pool: Pool::Sqlite(pool), migrated: Arc::default() };
+        db.migrate().await.with_context(|| format!("cannot migrate {}", path.display()))?;
+        Ok(db)
+    }
+
+    /// Applies the embedded migrations; idempotent, and safe to run from several
+    /// instances at once (the migrator takes a database lock).
+    pub(crate) async fn migrate(&self) -> Result<(), StoreError> {
+        match &self.pool {
+            Pool::Postgres(pool) => PG_MIGRATOR.run(pool).await,
+            Pool::Sqlite(pool) => SQLITE_MIGRATOR.run(pool).await,
+        }
+        .map_err(|e| StoreError::unavailable(self.dependency(), format!("migrations failed: {e}")))?;
+        self.migrated.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    fn dependency(&self) -> &'static str {
+        match self.pool {
+            Pool::Postgres(_) => "postgres",
+            Pool::Sqlite(_) => "sqlite",
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct AppRecord {
+    id: String,
+    name: String,
+    created_at: i64,
+}
+
+impl From<AppRecord> for AppRow {
+    fn from(r: AppRecord) -> Self {
+        AppRow { id: r.id, name: r.name, created_at: r.created_at }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct ApiKeyRecord {
+    id: String,
+    app_id: String,
+    name: Option<String>,
+    scope: String,
+    prefix: String,
+    secret_hash: Vec<u8>,
+    created_at: i64,
+    expires_at: Option<i64>,
+    revoked_at: Option<i64>,
+    last_used_at: Option<i64>,
+    rotated_to: Option<String>,
+}
+
+impl From<ApiKeyRecord> for ApiKeyRow {
+    fn from(r: ApiKeyRecord) -> Self {
+        ApiKeyRow {
+            id: r.id,
+            app_id: r.app_id,
+            name: r.name,
+            scope: r.scope,
+            prefix: r.prefix,
+            secret_hash: r.secret_hash,
+            created_at: r.created_at,
+            expires_at: r.expires_at,
+            revoked_at: r.revoked_at,
+            last_used_at: r.last_used_at,
+            rotated_to: r.rotated_to,
+        }
+    }
+}
+
+const KEY_COLUMNS: &str =
+    "id, app_id, name, scope, prefix, secret_hash, created_at, expires_at, revoked_at, last_used_at, rotated_to";
+const INSERT_KEY: &str = "INSERT INTO api_keys (id, app_id, name, scope, prefix, secret_hash, created_at, expires_at) \
+                          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+
+macro_rules! insert_key {
+    ($executor:expr, $key:expr) => {
+        sqlx::query(INSERT_KEY)
+            .bind(&$key.id)
+            .bind(&$key.app_id)
+            .bind(&$key.name)
+            .bind(&$key.scope)
+            .bind(&$key.prefix)
+            .bind(&$key.secret_hash)
+            .bind($key.created_at)
+            .bind($key.expires_at)
+            .execute($executor)
+    };
+}
+
+#[async_trait]
+impl Metadata for Db {
+    async fn ping(&self) -> Result<(), StoreError> {
+        on_db!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(|r| r.rows_affected()))?;
+        if !self.migrated.load(Ordering::Acquire) {
+            // Reachable but not migrated yet: migrate now rather than wait for the
+            // boot loop's next attempt.
+            self.migrate().await?;
+        }
+        Ok(())
+    }
+
+    async fn insert_app(&self, app: &AppRow) -> Result<(), StoreError> {
+        on_db!(self, pool => sqlx::query("INSERT INTO apps (id, name, created_at) VALUES ($1, $2, $3)")
+            .bind(&app.id)
+            .bind(&app.name)
+            .bind(app.created_at)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    async fn get_app(&self, id: &str) -> Result<Option<AppRow>, StoreError> {
+        let row = on_db!(self, pool => sqlx::query_as::<_, AppRecord>("SELECT id, name, created_at FROM apps WHERE id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await)?;
+        Ok(row.map(Into::into))
+    }
+
+    async fn list_apps(&self) -> Result<Vec<AppRow>, StoreError> {
+        let rows = on_db!(self, pool => sqlx::query_as::<_, AppRecord>("SELECT id, name, created_at FROM apps ORDER BY created_at, id")
+            .fetch_all(pool)
+            .await)?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    async fn insert_api_key(&self, key: &ApiKeyRow) -> Result<(), StoreError> {
+        on_db!(self, pool => insert_key!(pool, key).await.map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+
+    async fn get_api_key(&self, id: &str) -> Result<Option<ApiKeyRow>, StoreError> {
+        let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1");
+        let row = on_db!(self, pool => sqlx::query_as::<_, ApiKeyRecord>(sqlx::AssertSqlSafe(sql.as_str())).bind(id).fetch_optional(pool).await)?;
+        Ok(row.map(Into::into))
+    }
+
+    async fn list_api_keys(&self, app_id: Option<&str>) -> Result<Vec<ApiKeyRow>, StoreError> {
+        let sql = format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE ($1 IS NULL OR app_id = $1) ORDER BY created_at, id"
+        );
+        let rows = on_db!(self, pool => sqlx::query_as::<_, ApiKeyRecord>(sqlx::AssertSqlSafe(sql.as_str())).bind(app_id).fetch_all(pool).await)?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    async fn rotate_api_key(&self, old_id: &str, old_expires_at: i64, new: &ApiKeyRow) -> Result<(), StoreError> {
+        // The guard on `rotated_to` makes a concurrent second rotation of the same
+        // key fail instead of leaving two live successors.
+        let update = "UPDATE api_keys SET rotated_to = $2, \
+                      expires_at = CASE WHEN expires_at IS NULL OR expires_at > $3 THEN $3 ELSE expires_at END \
+                      WHERE id = $1 AND rotated_to IS NULL AND revoked_at IS NULL";
+        let updated = on_db!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            insert_key!(&mut *tx, new).await?;
+            let done = sqlx::query(update).bind(old_id).bind(&new.id).bind(old_expires_at).execute(&mut *tx).await?;
+            if done.rows_affected() == 1 {
+                tx.commit().await?;
+            }
+            Ok(done.rows_affected())
+        }.await)?;
+        if updated != 1 {
+            return Err(StoreError::Conflict(format!("key {old_id} was already rotated or revoked")));
+        }
+        Ok(())
+    }
+
+    async fn revoke_api_key(&self, id: &str, at: i64) -> Result<bool, StoreError> {
+        let done = on_db!(self, pool => sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1")
+            .bind(id)
+            .bind(at)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))?;
+        Ok(done == 1)
+    }
+
+    async fn touch_api_key(&self, id: &str, at: i64, min_interval_ms: i64) -> Result<(), StoreError> {
+        on_db!(self, pool => sqlx::query(
+            "UPDATE api_keys SET last_used_at = $2 WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $3)",
+        )
+        .bind(id)
+        .bind(at)
+        .bind(at - min_interval_ms)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(())
+    }
+}

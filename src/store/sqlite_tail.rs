@@ -1,0 +1,290 @@
+//! The embedded tail: the same contract as the Redis tail, kept in SQLite
+//! tables beside the metadata (so it survives a crash) with an in-process
+//! broadcast hub for live fanout.
+//!
+//! Appends are serialized by one in-process writer lock, held across the
+//! transaction and the publish, so live subscribers see messages in seq order.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::{Row, SqlitePool};
+
+use super::live::LiveHub;
+use super::sql::{Db, Pool};
+use super::tail::{
+    AppendOutcome, AppendRequest, ConvKey, DirtyConversation, LiveEvent, LiveSubscription, Tail, TailEntry,
+};
+use super::StoreError;
+
+const DEPENDENCY: &str = "tail";
+
+pub(crate) struct SqliteTail {
+    pool: SqlitePool,
+    hub: LiveHub,
+    writer: tokio::sync::Mutex<()>,
+}
+
+fn failed(err: sqlx::Error) -> StoreError {
+    StoreError::unavailable(DEPENDENCY, err)
+}
+
+fn now_ms() -> i64 {
+    crate::clock::now_ms()
+}
+
+fn channel(conv: &ConvKey) -> String {
+    format!("{}/{}", conv.app_id, conv.conversation_id)
+}
+
+impl SqliteTail {
+    pub(crate) fn new(db: Db) -> SqliteTail {
+        let Pool::Sqlite(pool) = db.pool else { panic!("the embedded tail needs the SQLite pool") };
+        SqliteTail { pool, hub: LiveHub::new(None), writer: tokio::sync::Mutex::new(()) }
+    }
+}
+
+#[async_trait]
+impl Tail for SqliteTail {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT count(*) FROM tail_counters WHERE 0").execute(&self.pool).await.map_err(failed)?;
+        Ok(())
+    }
+
+    async fn append(&self, request: &AppendRequest) -> Result<AppendOutcome, StoreError> {
+        let conv = &request.conv;
+        let _writer = self.writer.lock().await;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(failed)?;
+
+        if let Some(claim) = &request.idempotency {
+            let prior = sqlx::query(
+                "SELECT seq, fingerprint FROM tail_idempotency \
+                 WHERE app_id = $1 AND conversation_id = $2 AND idempotency_key = $3 AND expires_at > $4",
+            )
+            .bind(&conv.app_id)
+            .bind(&conv.conversation_id)
+            .bind(&claim.key)
+            .bind(now_ms())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(failed)?;
+            if let Some(row) = prior {
+                let seq = row.get::<i64, _>("seq") as u64;
+                return Ok(if row.get::<String, _>("fingerprint") == claim.fingerprint {
+                    AppendOutcome::Replayed { seq }
+                } else {
+                    AppendOutcome::KeyReused { seq }
+                });
+            }
+        }
+
+        let last: Option<i64> =
+            sqlx::query_scalar("SELECT last_seq FROM tail_counters WHERE app_id = $1 AND conversation_id = $2")
+                .bind(&conv.app_id)
+                .bind(&conv.conversation_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(failed)?;
+        let Some(last) = last else { return Ok(AppendOutcome::NeedsSeed) };
+        let seq = last + 1;
+
+        sqlx::query("UPDATE tail_counters SET last_seq = $3 WHERE app_id = $1 AND conversation_id = $2")
+            .bind(&conv.app_id)
+            .bind(&conv.conversation_id)
+            .bind(seq)
+            .execute(&mut *tx)
+            .await
+            .map_err(failed)?;
+        let inserted = sqlx::query(
+            "INSERT INTO tail_entries (app_id, conversation_id, seq, ts, body) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&conv.app_id)
+        .bind(&conv.conversation_id)
+        .bind(seq)
+        .bind(request.ts_ms)
+        .bind(&request.body)
+        .execute(&mut *tx)
+        .await
+        .map_err(failed)?;
+        if inserted.rows_affected() == 0 {
+            // The log already holds this seq: the counter is behind. Re-seed.
+            return Ok(AppendOutcome::NeedsSeed);
+        }
+        if let Some(claim) = &request.idempotency {
+            sqlx::query(
+                "INSERT OR REPLACE INTO tail_idempotency \
+                 (app_id, conversation_id, idempotency_key, fingerprint, seq, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&conv.app_id)
+            .bind(&conv.conversation_id)
+            .bind(&claim.key)
+            .bind(&claim.fingerprint)
+            .bind(seq)
+            .bind(now_ms() + claim.ttl.as_millis() as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(failed)?;
+        }
+        sqlx::query(
+            "INSERT INTO tail_dirty (shard, app_id, conversation_id, first_ts, bytes) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (shard, app_id, conversation_id) DO UPDATE SET bytes = bytes + excluded.bytes",
+        )
+        .bind(conv.shard() as i64)
+        .bind(&conv.app_id)
+        .bind(&conv.conversation_id)
+        .bind(request.ts_ms)
+        .bind(request.body.len() as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(failed)?;
+        tx.commit().await.map_err(failed)?;
+
+        let entry = TailEntry { seq: seq as u64, ts_ms: request.ts_ms, body: request.body.clone() };
+        self.hub.deliver(&channel(conv), LiveEvent::Message(entry.clone()));
+        Ok(AppendOutcome::Appended(entry))
+    }
+
+    async fn seed_seq(&self, conv: &ConvKey, last_seq: u64) -> Result<(), StoreError> {
+        let _writer = self.writer.lock().await;
+        sqlx::query(
+            "INSERT INTO tail_counters (app_id, conversation_id, last_seq) \
+             VALUES ($1, $2, max($3, COALESCE((SELECT max(seq) FROM tail_entries WHERE app_id = $1 AND conversation_id = $2), 0))) \
+             ON CONFLICT (app_id, conversation_id) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)",
+        )
+        .bind(&conv.app_id)
+        .bind(&conv.conversation_id)
+        .bind(last_seq as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(failed)?;
+        Ok(())
+    }
+
+    async fn last_seq(&self, conv: &ConvKey) -> Result<Option<u64>, StoreError> {
+        let last: Option<i64> =
+            sqlx::query_scalar("SELECT last_seq FROM tail_counters WHERE app_id = $1 AND conversation_id = $2")
+                .bind(&conv.app_id)
+                .bind(&conv.conversation_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(failed)?;
+        Ok(last.map(|s| s as u64))
+    }
+
+    async fn read(&self, conv: &ConvKey, after_seq: u64, limit: usize) -> Result<Vec<TailEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, ts, body FROM tail_entries WHERE app_id = $1 AND conversation_id = $2 AND seq > $3 \
+             ORDER BY seq LIMIT $4",
+        )
+        .bind(&conv.app_id)
+        .bind(&conv.conversation_id)
+        .bind(after_seq as i64)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(failed)?;
+        Ok(rows
+            .into_iter()
+            .map(|row| TailEntry {
+                seq: row.get::<i64, _>("seq") as u64,
+                ts_ms: row.get("ts"),
+                body: row.get("body"),
+            })
+            .collect())
+    }
+
+    async fn trim(&self, conv: &ConvKey, through_seq: u64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM tail_entries WHERE app_id = $1 AND conversation_id = $2 AND seq <= $3")
+            .bind(&conv.app_id)
+            .bind(&conv.conversation_id)
+            .bind(through_seq as i64)
+            .execute(&self.pool)
+            .await
+            .map_err(failed)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn dirty(&self, shard: u32) -> Result<Vec<DirtyConversation>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT app_id, conversation_id, first_ts, bytes FROM tail_dirty WHERE shard = $1 ORDER BY first_ts",
+        )
+        .bind(shard as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(failed)?;
+        Ok(rows
+            .into_iter()
+            .map(|row| DirtyConversation {
+                conv: ConvKey::new(row.get::<String, _>("app_id"), row.get::<String, _>("conversation_id")),
+                first_ts_ms: row.get("first_ts"),
+                bytes: row.get::<i64, _>("bytes") as u64,
+            })
+            .collect())
+    }
+
+    async fn clear_dirty(&self, seen: &DirtyConversation) -> Result<bool, StoreError> {
+        let _writer = self.writer.lock().await;
+        let done = sqlx::query(
+            "DELETE FROM tail_dirty WHERE shard = $1 AND app_id = $2 AND conversation_id = $3 \
+             AND first_ts = $4 AND bytes = $5",
+        )
+        .bind(seen.conv.shard() as i64)
+        .bind(&seen.conv.app_id)
+        .bind(&seen.conv.conversation_id)
+        .bind(seen.first_ts_ms)
+        .bind(seen.bytes as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(failed)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn publish(&self, conv: &ConvKey, event: &[u8]) -> Result<(), StoreError> {
+        self.hub.deliver(&channel(conv), LiveEvent::Event(event.to_vec()));
+        Ok(())
+    }
+
+    async fn subscribe(&self, conv: &ConvKey) -> Result<LiveSubscription, StoreError> {
+        self.hub.subscribe(channel(conv)).await
+    }
+
+    async fn state_set(&self, key: &str, field: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError> {
+        // As with a Redis hash, a write extends the life of the whole key.
+        let expires_at = now_ms() + ttl.as_millis() as i64;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(failed)?;
+        sqlx::query("DELETE FROM tail_state WHERE state_key = $1 AND expires_at <= $2")
+            .bind(key)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await
+            .map_err(failed)?;
+        sqlx::query("INSERT OR REPLACE INTO tail_state (state_key, field, value, expires_at) VALUES ($1, $2, $3, $4)")
+            .bind(key)
+            .bind(field)
+            .bind(value)
+            .bind(expires_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(failed)?;
+        sqlx::query("UPDATE tail_state SET expires_at = $2 WHERE state_key = $1")
+            .bind(key)
+            .bind(expires_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(failed)?;
+        tx.commit().await.map_err(failed)
+    }
+
+    async fn state_get(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT field, value FROM tail_state WHERE state_key = $1 AND expires_at > $2 ORDER BY field",
+        )
+        .bind(key)
+        .bind(now_ms())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(failed)?;
+        Ok(rows.into_iter().map(|row| (row.get("field"), row.get("value"))).collect())
+    }
+}

@@ -1,0 +1,221 @@
+//! The realtime tail interface: per-conversation seq assignment, the durable
+//! recent-message log, live publish/subscribe and TTL'd state (receipts).
+//!
+//! Services mode keeps it in Redis, embedded mode in SQLite with in-process
+//! fanout; both honour the same contract: one atomic step checks idempotency,
+//! assigns the next seq, appends, marks the conversation dirty and publishes.
+//! Bodies are opaque bytes: the envelope format belongs to the domain layer.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+
+use super::StoreError;
+
+/// Number of flush shards. Part of the Redis key schema (keys are hash-tagged
+/// `{sN}` by shard), so it never changes for an existing deployment.
+pub const TAIL_SHARDS: u32 = 64;
+
+/// Names one conversation of one app.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConvKey {
+    pub app_id: String,
+    pub conversation_id: String,
+}
+
+impl ConvKey {
+    pub fn new(app_id: impl Into<String>, conversation_id: impl Into<String>) -> Self {
+        ConvKey { app_id: app_id.into(), conversation_id: conversation_id.into() }
+    }
+
+    /// The flush shard of this conversation: FNV-1a of the ids, stable across
+    /// releases and platforms.
+    pub fn shard(&self) -> u32 {
+        let mut hash: u32 = 0x811c_9dc5;
+        for byte in self.app_id.bytes().chain([0u8]).chain(self.conversation_id.bytes()) {
+            hash ^= u32::from(byte);
+            hash = hash.wrapping_mul(0x0100_0193);
+        }
+        hash % TAIL_SHARDS
+    }
+}
+
+/// A retry-safe claim on an idempotency key, checked inside the append step.
+#[derive(Debug, Clone)]
+pub struct IdempotencyClaim {
+    pub key: String,
+    /// A digest of the request; the same key with another fingerprint is a
+    /// reuse, not a replay.
+    pub fingerprint: String,
+    pub ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AppendRequest {
+    pub conv: ConvKey,
+    /// Server receive time, Unix milliseconds.
+    pub ts_ms: i64,
+    /// The encoded message without its seq (the domain layer adds it on read).
+    pub body: Vec<u8>,
+    pub idempotency: Option<IdempotencyClaim>,
+}
+
+/// One message in the tail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TailEntry {
+    pub seq: u64,
+    pub ts_ms: i64,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// Written with the next seq.
+    Appended(TailEntry),
+    /// The idempotency key was already used with the same fingerprint for `seq`:
+    /// nothing was written.
+    Replayed { seq: u64 },
+    /// The idempotency key was already used with a different fingerprint.
+    KeyReused { seq: u64 },
+    /// The conversation's counter is missing (new conversation, or the tail lost
+    /// it): call [`Tail::seed_seq`] with the highest seq known elsewhere, then
+    /// append again. This is what keeps seq from regressing after a loss.
+    NeedsSeed,
+}
+
+/// A conversation with messages not yet in a segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirtyConversation {
+    pub conv: ConvKey,
+    /// Receive time of the oldest unflushed message.
+    pub first_ts_ms: i64,
+    /// Body bytes appended since the conversation became dirty.
+    pub bytes: u64,
+}
+
+/// What travels on a conversation's live channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LiveEvent {
+    /// A message just appended.
+    Message(TailEntry),
+    /// An ephemeral event (receipt, typing), opaque to the store.
+    Event(Vec<u8>),
+}
+
+impl LiveEvent {
+    /// Wire form on the live channel: `m<seq>:<ts>:<body>` or `e<bytes>`. The
+    /// Redis append script builds the first form itself.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            LiveEvent::Message(entry) => {
+                let mut out = format!("m{}:{}:", entry.seq, entry.ts_ms).into_bytes();
+                out.extend_from_slice(&entry.body);
+                out
+            }
+            LiveEvent::Event(bytes) => {
+                let mut out = Vec::with_capacity(bytes.len() + 1);
+                out.push(b'e');
+                out.extend_from_slice(bytes);
+                out
+            }
+        }
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<LiveEvent> {
+        let (&kind, rest) = bytes.split_first()?;
+        match kind {
+            b'e' => Some(LiveEvent::Event(rest.to_vec())),
+            b'm' => {
+                let mut parts = rest.splitn(3, |&b| b == b':');
+                let seq = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+                let ts_ms = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+                let body = parts.next()?.to_vec();
+                Some(LiveEvent::Message(TailEntry { seq, ts_ms, body }))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A live subscription to one conversation. Dropping it releases the
+/// instance-wide channel subscription when it was the last one.
+pub struct LiveSubscription {
+    pub(super) receiver: broadcast::Receiver<LiveEvent>,
+    pub(super) _guard: super::live::SubscriptionGuard,
+}
+
+impl LiveSubscription {
+    /// The next event; `Err(Lagged(n))` when this subscriber fell `n` events
+    /// behind and must catch up from the tail.
+    pub async fn recv(&mut self) -> Result<LiveEvent, broadcast::error::RecvError> {
+        self.receiver.recv().await
+    }
+}
+
+#[async_trait]
+pub trait Tail: Send + Sync {
+    /// Succeeds when the tail answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// The atomic write step: idempotency check, next seq, append, dirty mark,
+    /// live publish. Returns only once the entry is durable in the tail.
+    async fn append(&self, request: &AppendRequest) -> Result<AppendOutcome, StoreError>;
+
+    /// Sets the conversation's counter to `last_seq` when it is missing or lower
+    /// (never lowers it).
+    async fn seed_seq(&self, conv: &ConvKey, last_seq: u64) -> Result<(), StoreError>;
+
+    /// The last assigned seq, `None` when the counter is missing.
+    async fn last_seq(&self, conv: &ConvKey) -> Result<Option<u64>, StoreError>;
+
+    /// Entries with seq > `after_seq`, ascending, at most `limit`.
+    async fn read(&self, conv: &ConvKey, after_seq: u64, limit: usize) -> Result<Vec<TailEntry>, StoreError>;
+
+    /// Drops entries with seq ≤ `through_seq`; returns how many were removed.
+    async fn trim(&self, conv: &ConvKey, through_seq: u64) -> Result<u64, StoreError>;
+
+    /// The dirty conversations of one shard.
+    async fn dirty(&self, shard: u32) -> Result<Vec<DirtyConversation>, StoreError>;
+
+    /// Clears the dirty mark when nothing was appended since `seen` was read
+    /// (otherwise the conversation stays dirty for the next flush).
+    async fn clear_dirty(&self, seen: &DirtyConversation) -> Result<bool, StoreError>;
+
+    /// Publishes an ephemeral event on the conversation's live channel.
+    async fn publish(&self, conv: &ConvKey, event: &[u8]) -> Result<(), StoreError>;
+
+    /// Subscribes to the conversation's live channel.
+    async fn subscribe(&self, conv: &ConvKey) -> Result<LiveSubscription, StoreError>;
+
+    /// Sets one field of a TTL'd hash (e.g. one member's receipt marks); the
+    /// whole hash expires `ttl` after its last write.
+    async fn state_set(&self, key: &str, field: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError>;
+
+    /// All live fields of a TTL'd hash, sorted by field.
+    async fn state_get(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_events_round_trip() {
+        for event in [
+            LiveEvent::Message(TailEntry { seq: 42, ts_ms: 1_700_000_000_123, body: b"{\"a\":\"x:y\"}".to_vec() }),
+            LiveEvent::Event(b"{\"op\":\"typing\"}".to_vec()),
+        ] {
+            assert_eq!(LiveEvent::decode(&event.encode()), Some(event));
+        }
+        assert_eq!(LiveEvent::decode(b"mx:1:"), None);
+        assert_eq!(LiveEvent::decode(b""), None);
+    }
+
+    #[test]
+    fn shards_are_stable_and_in_range() {
+        let conv = ConvKey::new("app_1", "0190c0de-0000-7000-8000-000000000001");
+        assert_eq!(conv.shard(), conv.clone().shard());
+        assert!(conv.shard() < TAIL_SHARDS);
+    }
+}

@@ -1,0 +1,107 @@
+//! Metrics and logs: the Prometheus registry every component records into,
+//! and the tracing subscriber set up from `[log]`.
+//!
+//! Naming follows Prometheus conventions: `msgd_` prefix, base units,
+//! `_total` counters, and never a user or conversation id as a label.
+//! Each registry is per instance (not the global default) so several servers
+//! can run in one test process.
+
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::config::{LogConfig, LogFormat};
+
+/// Every metric msgd exports; cheap to clone (handles share the registry).
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub http_requests_total: IntCounterVec,
+    pub http_request_duration_seconds: HistogramVec,
+    pub object_store_requests_total: IntCounterVec,
+    pub object_store_request_duration_seconds: HistogramVec,
+    /// 1 when the last readiness check of a dependency passed.
+    pub dependency_up: IntGaugeVec,
+    pub dependency_check_duration_seconds: GaugeVec,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+impl Metrics {
+    pub fn new(backend: &str) -> Metrics {
+        let registry = Registry::new();
+        let metrics = Metrics {
+            http_requests_total: IntCounterVec::new(
+                Opts::new("msgd_http_requests_total", "HTTP requests by method, route template and status"),
+                &["method", "route", "status"],
+            )
+            .expect("metric"),
+            http_request_duration_seconds: HistogramVec::new(
+                HistogramOpts::new("msgd_http_request_duration_seconds", "HTTP request latency by route template")
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                &["method", "route"],
+            )
+            .expect("metric"),
+            object_store_requests_total: IntCounterVec::new(
+                Opts::new("msgd_object_store_requests_total", "Object store requests by operation and result"),
+                &["op", "result"],
+            )
+            .expect("metric"),
+            object_store_request_duration_seconds: HistogramVec::new(
+                HistogramOpts::new("msgd_object_store_request_duration_seconds", "Object store request latency")
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                &["op"],
+            )
+            .expect("metric"),
+            dependency_up: IntGaugeVec::new(
+                Opts::new("msgd_dependency_up", "1 when the dependency passed its last readiness check"),
+                &["dependency"],
+            )
+            .expect("metric"),
+            dependency_check_duration_seconds: GaugeVec::new(
+                Opts::new("msgd_dependency_check_duration_seconds", "Duration of the last readiness check"),
+                &["dependency"],
+            )
+            .expect("metric"),
+            registry,
+        };
+        let build_info = IntGaugeVec::new(
+            Opts::new("msgd_build_info", "Constant 1, labelled with the version and backend"),
+            &["version", "backend"],
+        )
+        .expect("metric");
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), backend]).set(1);
+        let r = &metrics.registry;
+        for collector in [
+            Box::new(metrics.http_requests_total.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(metrics.http_request_duration_seconds.clone()),
+            Box::new(metrics.object_store_requests_total.clone()),
+            Box::new(metrics.object_store_request_duration_seconds.clone()),
+            Box::new(metrics.dependency_up.clone()),
+            Box::new(metrics.dependency_check_duration_seconds.clone()),
+            Box::new(build_info),
+            Box::new(prometheus::process_collector::ProcessCollector::new(std::process::id() as i32, "msgd")),
+        ] {
+            r.register(collector).expect("metric names are unique");
+        }
+        metrics
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding cannot fail");
+        String::from_utf8(out).expect("prometheus text is UTF-8")
+    }
+}
+
+/// Installs the global log subscriber (stderr). Idempotent: a second call
+/// (tests) keeps the first subscriber.
+pub fn init_logging(config: &LogConfig) {
+    let filter = tracing_subscriber::EnvFilter::builder().parse_lossy(&config.level);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match config.format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Text => builder.with_target(false).try_init(),
+    };
+}
