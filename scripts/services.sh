@@ -7,16 +7,16 @@
 #   scripts/services.sh down   stop everything this script started (by PID)
 #   scripts/services.sh env    print the environment the tests read
 #
-# Everything lives under $MSGD_SERVICES_DIR (default /tmp/msgd-services) and
+# Everything lives under $MSGDTEST_SERVICES_DIR (default /tmp/msgd-services) and
 # listens on 127.0.0.1 only. No systemd: each server is a background process
 # whose PID file is in that directory. `up` is idempotent.
 set -euo pipefail
 export PATH="$HOME/.cargo/bin:$PATH"
 
-DIR="${MSGD_SERVICES_DIR:-/tmp/msgd-services}"
-PG_PORT="${MSGD_SERVICES_PG_PORT:-54329}"
-REDIS_PORT="${MSGD_SERVICES_REDIS_PORT:-63799}"
-S3_PORT="${MSGD_SERVICES_S3_PORT:-9199}"
+DIR="${MSGDTEST_SERVICES_DIR:-/tmp/msgd-services}"
+PG_PORT="${MSGDTEST_PG_PORT:-54329}"
+REDIS_PORT="${MSGDTEST_REDIS_PORT:-63799}"
+S3_PORT="${MSGDTEST_S3_PORT:-9199}"
 S3_ACCESS_KEY="msgdtest"
 S3_SECRET_KEY="msgdtest-secret-key"
 S3FS_VERSION="0.14.1"
@@ -54,7 +54,7 @@ install_missing() {
   fi
 }
 
-alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+alive() { [ -f "$1" ] && kill -0 "$(head -1 "$1")" 2>/dev/null; }
 
 wait_for() { # name, command...
   local name="$1"; shift
@@ -100,15 +100,15 @@ start_s3() {
 
 write_env() {
   cat >"$DIR/env" <<ENV
-export MSGD_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:$PG_PORT/postgres
-export MSGD_TEST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT
-export MSGD_TEST_S3_ENDPOINT=http://127.0.0.1:$S3_PORT
-export MSGD_TEST_S3_ACCESS_KEY_ID=$S3_ACCESS_KEY
-export MSGD_TEST_S3_SECRET_ACCESS_KEY=$S3_SECRET_KEY
-export MSGD_TEST_S3_ROOT=$DIR/s3/data
-export MSGD_TEST_PG_BIN=$(pg_bin)
-export MSGD_TEST_REDIS_SERVER=$(command -v redis-server)
-export MSGD_TEST_S3S_FS=$(s3s_bin)
+export MSGDTEST_POSTGRES_URL=postgres://postgres@127.0.0.1:$PG_PORT/postgres
+export MSGDTEST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT
+export MSGDTEST_S3_ENDPOINT=http://127.0.0.1:$S3_PORT
+export MSGDTEST_S3_ACCESS_KEY_ID=$S3_ACCESS_KEY
+export MSGDTEST_S3_SECRET_ACCESS_KEY=$S3_SECRET_KEY
+export MSGDTEST_S3_ROOT=$DIR/s3/data
+export MSGDTEST_PG_BIN=$(pg_bin)
+export MSGDTEST_REDIS_SERVER=$(command -v redis-server)
+export MSGDTEST_S3S_FS=$(s3s_bin)
 ENV
 }
 

@@ -6,11 +6,11 @@
 set -euo pipefail
 export PATH="$HOME/.cargo/bin:$PATH"
 cd "$(dirname "$0")/.."
-DIR="${MSGD_SERVICES_DIR:-/tmp/msgd-services}"
-export MSGD_SERVICES_DIR="$DIR"
+DIR="${MSGDTEST_SERVICES_DIR:-/tmp/msgd-services}"
+export MSGDTEST_SERVICES_DIR="$DIR"
 scripts/services.sh up
 trap 'scripts/services.sh down' EXIT
 # shellcheck disable=SC1091
 . "$DIR/env"
-export MSGD_TEST_REQUIRE_SERVICES=1
+export MSGDTEST_REQUIRE_SERVICES=1
 cargo test --locked "$@"

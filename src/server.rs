@@ -5,8 +5,9 @@
 //! `/readyz` and the dependency watcher brings it back (including applying
 //! migrations once Postgres answers) without a restart.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -20,14 +21,38 @@ use crate::telemetry::Metrics;
 /// How often the dependency watcher re-checks every dependency.
 const WATCH_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Checks every dependency and records the result in the metrics.
-pub async fn check_dependencies(stores: &Stores, metrics: &Metrics, timeout: Duration) -> Vec<DependencyStatus> {
-    let checks = stores.check(timeout).await;
-    for check in &checks {
-        metrics.dependency_up.with_label_values(&[check.name]).set(i64::from(check.ok));
-        metrics.dependency_check_duration_seconds.with_label_values(&[check.name]).set(check.latency_ms / 1000.0);
+/// Dependency readiness, shared by `/readyz` and the watcher: every check
+/// records the metrics and logs each change of state once (down, then
+/// recovered), whoever ran it.
+pub struct Readiness {
+    stores: Stores,
+    metrics: Metrics,
+    /// The last known state of each dependency; absent before the first check.
+    last: Mutex<HashMap<&'static str, bool>>,
+}
+
+impl Readiness {
+    pub fn new(stores: Stores, metrics: Metrics) -> Readiness {
+        Readiness { stores, metrics, last: Mutex::default() }
     }
-    checks
+
+    pub async fn check(&self, timeout: Duration) -> Vec<DependencyStatus> {
+        let checks = self.stores.check(timeout).await;
+        let mut last = self.last.lock().expect("readiness lock");
+        for check in &checks {
+            self.metrics.dependency_up.with_label_values(&[check.name]).set(i64::from(check.ok));
+            self.metrics.dependency_check_duration_seconds.with_label_values(&[check.name]).set(check.latency_ms / 1000.0);
+            let error = check.error.as_deref().unwrap_or("");
+            match (last.insert(check.name, check.ok), check.ok) {
+                (None, true) => tracing::info!(component = "readiness", dependency = check.name, "latency-ms" = check.latency_ms, "dependency ok"),
+                (None, false) => tracing::warn!(component = "readiness", dependency = check.name, error, "dependency down; serving not-ready until it returns"),
+                (Some(true), false) => tracing::warn!(component = "readiness", dependency = check.name, error, "dependency down"),
+                (Some(false), true) => tracing::info!(component = "readiness", dependency = check.name, "latency-ms" = check.latency_ms, "dependency recovered"),
+                _ => tracing::debug!(component = "readiness", dependency = check.name, ok = check.ok, "dependency checked"),
+            }
+        }
+        checks
+    }
 }
 
 /// How `serve` ended.
@@ -49,14 +74,9 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
     let stores = Stores::open(&config, &metrics).await?;
     tracing::info!(component = "boot", step = "stores", backend = stores.backend, objects = stores.objects.location(), "stores opened");
 
-    let checks = check_dependencies(&stores, &metrics, http::CHECK_TIMEOUT).await;
-    for check in &checks {
-        if check.ok {
-            tracing::info!(component = "boot", step = "dependency", dependency = check.name, "latency-ms" = check.latency_ms, "dependency ok");
-        } else {
-            tracing::warn!(component = "boot", step = "dependency", dependency = check.name, error = check.error.as_deref().unwrap_or(""), "dependency down; serving not-ready until it returns");
-        }
-    }
+    let readiness = Arc::new(Readiness::new(stores.clone(), metrics.clone()));
+    let ready = readiness.check(http::CHECK_TIMEOUT).await.iter().all(|check| check.ok);
+    tracing::info!(component = "boot", step = "dependencies", ready, "dependencies checked");
 
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
@@ -65,8 +85,8 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
     let deadline = config.http.shutdown_timeout;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let state = AppState { config: Arc::new(config), stores: stores.clone(), metrics: metrics.clone() };
-    let watcher = tokio::spawn(watch_dependencies(stores, metrics, checks, stop_rx.clone()));
+    let state = AppState { config: Arc::new(config), stores, metrics, readiness: readiness.clone() };
+    let watcher = tokio::spawn(watch_dependencies(readiness, stop_rx.clone()));
 
     let mut server_stop = stop_rx.clone();
     let server = tokio::spawn(async move {
@@ -101,15 +121,10 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
     }
 }
 
-/// A ticker that keeps the dependency gauges current and logs each change of
-/// state once (down, then back), so an outage is visible without polling
-/// `/readyz`. Its checks also apply pending migrations when Postgres returns.
-async fn watch_dependencies(
-    stores: Stores,
-    metrics: Metrics,
-    mut last: Vec<DependencyStatus>,
-    mut stop: watch::Receiver<bool>,
-) {
+/// A ticker that keeps the dependency gauges current, so an outage is logged
+/// and visible in metrics without anyone polling `/readyz`. Its checks also
+/// apply pending migrations when Postgres returns.
+async fn watch_dependencies(readiness: Arc<Readiness>, mut stop: watch::Receiver<bool>) {
     let mut ticker = tokio::time::interval(WATCH_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -117,14 +132,6 @@ async fn watch_dependencies(
             _ = stop.wait_for(|stop| *stop) => return,
             _ = ticker.tick() => {}
         }
-        let checks = check_dependencies(&stores, &metrics, http::CHECK_TIMEOUT).await;
-        for (now, before) in checks.iter().zip(&last) {
-            match (before.ok, now.ok) {
-                (true, false) => tracing::warn!(component = "dependency-watch", worker = "dependency-watch", dependency = now.name, error = now.error.as_deref().unwrap_or(""), "dependency down"),
-                (false, true) => tracing::info!(component = "dependency-watch", worker = "dependency-watch", dependency = now.name, "latency-ms" = now.latency_ms, "dependency recovered"),
-                _ => tracing::debug!(component = "dependency-watch", worker = "dependency-watch", dependency = now.name, ok = now.ok, "dependency checked"),
-            }
-        }
-        last = checks;
+        readiness.check(http::CHECK_TIMEOUT).await;
     }
 }

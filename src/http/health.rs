@@ -19,7 +19,7 @@ pub(super) async fn healthz() -> impl IntoResponse {
 
 /// Ready: every dependency answered; 503 naming the failing ones otherwise.
 pub(super) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let checks = crate::server::check_dependencies(&state.stores, &state.metrics, CHECK_TIMEOUT).await;
+    let checks = state.readiness.check(CHECK_TIMEOUT).await;
     let ready = checks.iter().all(|c| c.ok);
     let dependencies: serde_json::Map<String, serde_json::Value> = checks
         .into_iter()

@@ -27,6 +27,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub stores: Stores,
     pub metrics: Metrics,
+    pub readiness: Arc<crate::server::Readiness>,
 }
 
 /// Every route msgd serves.

@@ -1,1 +1,10 @@
-fn main(){}
+//! The integration suite: one test binary (one link) whose modules test msgd
+//! at its boundaries — the CLI, the HTTP server, the storage contracts — on
+//! both backends, against real servers.
+
+mod cli_config;
+mod keys;
+mod serve;
+mod storage;
+mod support;
+mod tidy;

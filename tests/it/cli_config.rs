@@ -1,0 +1,158 @@
+//! `msgd config` and config loading through the real binary: exit codes,
+//! named keys, env over file, redaction.
+
+use crate::support::{run_command, MSGD};
+
+fn msgd(args: &[&str], env: &[(&str, &str)]) -> crate::support::Output {
+    let mut command = std::process::Command::new(MSGD);
+    command.args(args);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("MSGD_") {
+            command.env_remove(name);
+        }
+    }
+    command.envs(env.iter().copied());
+    run_command(command, "")
+}
+
+fn write_config(text: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("msgd.toml");
+    std::fs::write(&path, text).unwrap();
+    let path = path.display().to_string();
+    (dir, path)
+}
+
+const SERVICES: &str = r#"
+[postgres]
+url = "postgres://msgd:pg-hunter2@db.internal:5432/msgd"
+[redis]
+url = "redis://:redis-hunter2@cache.internal:6379"
+[s3]
+endpoint = "http://minio.internal:9000"
+bucket = "msgd-segments"
+access_key_id = "msgd"
+secret_access_key = "s3-hunter2"
+"#;
+
+#[test]
+fn each_kind_of_bad_value_exits_2_naming_the_key() {
+    let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        ("unknown key in the file", &[], "[http]\nlistn = \"x\"\n"),
+        ("unknown key from env", &[("MSGD_RETENTION__DAYZ", "3")], ""),
+        ("not a number", &[("MSGD_RETENTION__DAYS", "thirty")], ""),
+        ("zero", &[], "[retention]\ndays = 0\n"),
+        ("bad listen address", &[("MSGD_HTTP__LISTEN", "localhost")], ""),
+        ("bad duration", &[("MSGD_HTTP__SHUTDOWN_TIMEOUT", "soon")], ""),
+        ("bad log format", &[("MSGD_LOG__FORMAT", "xml")], ""),
+        ("wrong type", &[], "[retention]\ndays = \"x\"\n"),
+        ("malformed postgres url", &[("MSGD_POSTGRES__URL", "postgres//nohost")], SERVICES),
+        ("wrong scheme", &[("MSGD_REDIS__URL", "http://cache:6379")], SERVICES),
+        ("malformed s3 endpoint", &[("MSGD_S3__ENDPOINT", "minio:9000")], SERVICES),
+        ("bad bucket name", &[("MSGD_S3__BUCKET", "Bad_Bucket")], SERVICES),
+    ];
+    let expected_keys = [
+        "http.listn",
+        "retention.dayz",
+        "retention.days",
+        "retention.days",
+        "http.listen",
+        "http.shutdown_timeout",
+        "log.format",
+        "retention.days",
+        "postgres.url",
+        "redis.url",
+        "s3.endpoint",
+        "s3.bucket",
+    ];
+    for ((name, env, file), key) in cases.iter().zip(expected_keys) {
+        let (_dir, path) = write_config(file);
+        let out = msgd(&["--config", &path, "config", "--check"], env);
+        assert_eq!(out.code, 2, "{name}: {}", out.stderr);
+        assert!(out.stderr.contains(&format!("`{key}`")), "{name}: error does not name {key}: {}", out.stderr);
+        assert!(!out.stderr.contains("panicked"), "{name}: {}", out.stderr);
+        // The same error stops every other subcommand before it starts.
+        let out = msgd(&["--config", &path, "keys", "list"], env);
+        assert_eq!(out.code, 2, "{name}: keys list: {}", out.stderr);
+    }
+}
+
+#[test]
+fn the_json_check_names_key_value_and_reason() {
+    let out = msgd(&["config", "--check", "--json"], &[("MSGD_HTTP__LISTEN", "nope")]);
+    assert_eq!(out.code, 2);
+    let error = &out.json()["error"];
+    assert_eq!(error["key"], "http.listen");
+    assert_eq!(error["value"], "nope");
+    assert_eq!(error["env_var"], "MSGD_HTTP__LISTEN");
+    assert!(error["reason"].as_str().unwrap().contains("socket address"));
+}
+
+#[test]
+fn env_overrides_the_file() {
+    let (_dir, path) = write_config("[retention]\ndays = 7\n[http]\nlisten = \"127.0.0.1:9000\"\n");
+    let out = msgd(&["--config", &path, "config", "--json"], &[("MSGD_RETENTION__DAYS", "14")]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let config = out.json();
+    assert_eq!(config["retention"]["days"], 14);
+    assert_eq!(config["http"]["listen"], "127.0.0.1:9000");
+    assert_eq!(config["mode"], "embedded");
+    // MSGD_CONFIG names the file too.
+    let out = msgd(&["config", "--json"], &[("MSGD_CONFIG", &path)]);
+    assert_eq!(out.json()["retention"]["days"], 7);
+}
+
+#[test]
+fn a_partial_services_set_is_refused() {
+    for env in [
+        vec![("MSGD_POSTGRES__URL", "postgres://h/db")],
+        vec![("MSGD_POSTGRES__URL", "postgres://h/db"), ("MSGD_REDIS__URL", "redis://h")],
+        vec![("MSGD_S3__BUCKET", "b-1")],
+    ] {
+        let out = msgd(&["config", "--check"], &env);
+        assert_eq!(out.code, 2, "{env:?}: {}", out.stderr);
+        assert!(out.stderr.contains("services mode needs postgres, redis and s3 together"), "{}", out.stderr);
+    }
+    let (_dir, path) = write_config(SERVICES);
+    let out = msgd(&["--config", &path, "config", "--check"], &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("services mode"));
+}
+
+#[test]
+fn secrets_are_never_printed() {
+    let (_dir, path) = write_config(SERVICES);
+    for args in [vec!["config"], vec!["config", "--json"]] {
+        let mut full = vec!["--config", path.as_str()];
+        full.extend(args);
+        let out = msgd(&full, &[]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        for secret in ["pg-hunter2", "redis-hunter2", "s3-hunter2"] {
+            assert!(!out.stdout.contains(secret), "{secret} printed:\n{}", out.stdout);
+        }
+        assert!(out.stdout.contains("<redacted>"));
+        assert!(out.stdout.contains("db.internal"), "non-secret parts stay visible");
+    }
+    // Nor in errors about them.
+    let bad = SERVICES.replace("\"s3-hunter2\"", "12345");
+    let (_dir, path) = write_config(&bad);
+    let out = msgd(&["--config", &path, "config"], &[]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("s3.secret_access_key") && !out.stderr.contains("12345"), "{}", out.stderr);
+    let out = msgd(&["config"], &[("MSGD_POSTGRES__URL", "mysql://u:pg-hunter2@h/db"), ("MSGD_REDIS__URL", "redis://h"), ("MSGD_S3__BUCKET", "b-1"), ("MSGD_S3__ACCESS_KEY_ID", "a"), ("MSGD_S3__SECRET_ACCESS_KEY", "s")]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("postgres.url") && !out.stderr.contains("pg-hunter2"), "{}", out.stderr);
+}
+
+#[test]
+fn a_missing_config_file_is_a_config_error() {
+    let out = msgd(&["--config", "/nonexistent/msgd.toml", "config"], &[]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("/nonexistent/msgd.toml"), "{}", out.stderr);
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    assert_eq!(msgd(&["no-such-command"], &[]).code, 2);
+    assert_eq!(msgd(&["keys", "create", "--app", "x", "--scope", "root"], &[]).code, 2);
+}

@@ -1,0 +1,151 @@
+//! `msgd serve` as a real process: readiness on both backends, readiness
+//! through real dependency outages, metrics, errors and shutdown.
+
+use std::time::Duration;
+
+use crate::support::{backends, eventually, services_env, Backend, PrivatePostgres, PrivateRedis, TestEnv};
+
+async fn get(url: &str) -> (u16, serde_json::Value) {
+    let response = reqwest::get(url).await.expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+#[tokio::test]
+async fn serve_is_ready_and_exports_metrics_by_route_template() {
+    for backend in backends() {
+        let env = TestEnv::new(backend).await;
+        let msgd = env.serve();
+        let (status, body) = get(&msgd.url("/readyz")).await;
+        assert_eq!(status, 200, "{backend:?}: {body}");
+        assert_eq!(body["status"], "ready");
+        let names: Vec<_> = body["dependencies"].as_object().unwrap().keys().cloned().collect();
+        let expected = match backend {
+            Backend::Embedded => ["filesystem", "sqlite", "tail"],
+            Backend::Services => ["postgres", "redis", "s3"],
+        };
+        assert_eq!(names, expected);
+        assert!(body["dependencies"]["sqlite"].get("latency_ms").is_some() || backend == Backend::Services);
+
+        assert_eq!(get(&msgd.url("/healthz")).await.0, 200);
+        let (status, body) = get(&msgd.url("/v1/conversations/123e4567/nothing")).await;
+        assert_eq!(status, 404);
+        assert_eq!(body["error"]["code"], "not_found");
+
+        let metrics = reqwest::get(msgd.url("/metrics")).await.unwrap().text().await.unwrap();
+        assert!(metrics.contains(r#"msgd_http_requests_total{method="GET",route="/readyz",status="200"} 1"#), "{metrics}");
+        assert!(metrics.contains(r#"route="unmatched",status="404""#), "unmatched paths share one label");
+        assert!(!metrics.contains("123e4567"), "raw paths never become labels");
+        assert!(metrics.contains("msgd_http_request_duration_seconds_bucket"));
+        assert!(metrics.contains("msgd_process_resident_memory_bytes"));
+        assert!(metrics.contains(r#"msgd_dependency_up{dependency="#));
+        let boot_steps: Vec<_> = msgd.log_lines().iter().filter_map(|l| l["step"].as_str().map(String::from)).collect();
+        assert!(boot_steps.starts_with(&["config".into(), "stores".into()]), "{boot_steps:?}");
+    }
+}
+
+#[tokio::test]
+async fn sigterm_exits_0_within_the_deadline() {
+    for backend in backends() {
+        let mut env = TestEnv::new(backend).await;
+        env.set("MSGD_HTTP__SHUTDOWN_TIMEOUT", "5s");
+        let mut msgd = env.serve();
+        assert_eq!(get(&msgd.url("/readyz")).await.0, 200);
+        msgd.signal("TERM");
+        let status = msgd.wait_exit(Duration::from_secs(5)).expect("exits within the deadline");
+        assert_eq!(status.code(), Some(0), "{}", msgd.log_text());
+        assert!(msgd.log_lines().iter().any(|l| l["message"] == "stopped"));
+    }
+}
+
+/// Stops and restarts a real dependency under a running `msgd serve`.
+async fn outage(env: &TestEnv, dependency: &str, stop: impl FnOnce(), resume: impl FnOnce()) {
+    let mut msgd = env.serve();
+    assert_eq!(get(&msgd.url("/readyz")).await.0, 200, "{}", msgd.log_text());
+
+    stop();
+    let down = eventually(Duration::from_secs(10), async || {
+        let (status, body) = get(&msgd.url("/readyz")).await;
+        status == 503 && body["dependencies"][dependency]["ok"] == false && body["dependencies"][dependency]["error"].is_string()
+    })
+    .await;
+    assert!(down, "/readyz did not report {dependency} down:\n{}", msgd.log_text());
+    assert_eq!(get(&msgd.url("/healthz")).await.0, 200, "still alive while not ready");
+
+    resume();
+    let up = eventually(Duration::from_secs(20), async || get(&msgd.url("/readyz")).await.0 == 200).await;
+    assert!(up, "/readyz did not recover after {dependency} returned:\n{}", msgd.log_text());
+    assert!(msgd.still_running(), "serve never exits on an outage");
+    let logged = eventually(Duration::from_secs(5), async || {
+        msgd.log_lines().iter().any(|l| l["message"] == "dependency recovered" && l["dependency"] == dependency)
+    })
+    .await;
+    assert!(logged, "the watcher logs the recovery:\n{}", msgd.log_text());
+}
+
+#[tokio::test]
+async fn readiness_follows_a_real_redis_outage() {
+    let Some(services) = services_env().filter(|_| backends().contains(&Backend::Services)) else { return };
+    let mut env = TestEnv::new(Backend::Services).await;
+    let redis = std::sync::Mutex::new(PrivateRedis::start(&services.redis_server));
+    env.set("MSGD_REDIS__URL", &redis.lock().unwrap().url());
+    outage(&env, "redis", || redis.lock().unwrap().stop(), || redis.lock().unwrap().resume()).await;
+}
+
+#[tokio::test]
+async fn readiness_follows_a_real_postgres_outage_and_migrates_when_it_returns() {
+    let Some(services) = services_env().filter(|_| backends().contains(&Backend::Services)) else { return };
+    let mut env = TestEnv::new(Backend::Services).await;
+    let postgres = PrivatePostgres::start(&services.pg_bin);
+    env.set("MSGD_POSTGRES__URL", &postgres.url());
+    outage(&env, "postgres", || postgres.stop(), || postgres.resume()).await;
+
+    // Started while Postgres is down: not ready, then ready with the schema applied.
+    postgres.stop();
+    let msgd = env.serve();
+    let (status, body) = get(&msgd.url("/readyz")).await;
+    assert_eq!(status, 503, "{body}");
+    postgres.resume();
+    let up = eventually(Duration::from_secs(20), async || get(&msgd.url("/readyz")).await.0 == 200).await;
+    assert!(up, "{}", msgd.log_text());
+    let out = env.run(&["keys", "create-app", "after-outage", "--json"], "");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}
+
+#[tokio::test]
+async fn bad_dependencies_are_named_never_panicked() {
+    // An unwritable data dir stops embedded serve with the path in the message.
+    let mut env = TestEnv::new(Backend::Embedded).await;
+    let blocker = env.dir.path().join("file");
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    env.set("MSGD_DATA_DIR", &blocker.join("data").display().to_string());
+    let out = env.run(&["serve"], "");
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("data dir") && out.stderr.contains(&blocker.display().to_string()), "{}", out.stderr);
+    assert!(!out.stderr.contains("panicked"));
+
+    if !backends().contains(&Backend::Services) {
+        return;
+    }
+    // A missing bucket and wrong credentials: serve runs, /readyz names the problem.
+    for (var, value, expected) in [
+        ("MSGD_S3__BUCKET", "no-such-bucket", "NoSuchBucket"),
+        ("MSGD_S3__SECRET_ACCESS_KEY", "wrong-secret", "SignatureDoesNotMatch"),
+    ] {
+        let mut env = TestEnv::new(Backend::Services).await;
+        env.set(var, value);
+        let msgd = env.serve();
+        let (status, body) = get(&msgd.url("/readyz")).await;
+        assert_eq!(status, 503);
+        let error = body["dependencies"]["s3"]["error"].as_str().unwrap();
+        assert!(error.contains(expected), "{error}");
+    }
+    // Unreachable Postgres: one-shot commands fail fast with the (redacted) URL.
+    let mut env = TestEnv::new(Backend::Services).await;
+    let port = crate::support::free_port();
+    env.set("MSGD_POSTGRES__URL", &format!("postgres://msgd:topsecret@127.0.0.1:{port}/msgd"));
+    env.set("MSGD_POSTGRES__CONNECT_TIMEOUT", "1s");
+    let out = env.run(&["keys", "list"], "");
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains(&format!("127.0.0.1:{port}")) && !out.stderr.contains("topsecret"), "{}", out.stderr);
+}

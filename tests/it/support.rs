@@ -1,0 +1,395 @@
+//! Test support: isolated state per test on both backends, real `msgd`
+//! processes, and private Redis/Postgres servers for outage tests.
+//!
+//! Services-mode tests read the shared servers started by
+//! `scripts/services.sh` from `MSGDTEST_*` variables. When they are absent the
+//! services half of a test is skipped with a note — unless
+//! `MSGDTEST_REQUIRE_SERVICES=1` (set by `scripts/test.sh`, the README's test
+//! command), where their absence fails the test.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const MSGD: &str = env!("CARGO_BIN_EXE_msgd");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Embedded,
+    Services,
+}
+
+/// The backends a test should run against here.
+pub fn backends() -> Vec<Backend> {
+    if services_env().is_some() {
+        vec![Backend::Embedded, Backend::Services]
+    } else {
+        assert!(
+            std::env::var("MSGDTEST_REQUIRE_SERVICES").is_err(),
+            "MSGDTEST_REQUIRE_SERVICES is set but the MSGDTEST_* service variables are missing"
+        );
+        eprintln!("note: services-mode half skipped (run scripts/test.sh to start Postgres, Redis and S3)");
+        vec![Backend::Embedded]
+    }
+}
+
+/// The shared services' coordinates.
+#[derive(Clone)]
+pub struct ServicesEnv {
+    pub postgres_url: String,
+    pub redis_url: String,
+    pub s3_endpoint: String,
+    pub s3_access_key_id: String,
+    pub s3_secret_access_key: String,
+    pub s3_root: PathBuf,
+    pub pg_bin: PathBuf,
+    pub redis_server: PathBuf,
+}
+
+pub fn services_env() -> Option<ServicesEnv> {
+    let var = |name: &str| std::env::var(format!("MSGDTEST_{name}")).ok();
+    Some(ServicesEnv {
+        postgres_url: var("POSTGRES_URL")?,
+        redis_url: var("REDIS_URL")?,
+        s3_endpoint: var("S3_ENDPOINT")?,
+        s3_access_key_id: var("S3_ACCESS_KEY_ID")?,
+        s3_secret_access_key: var("S3_SECRET_ACCESS_KEY")?,
+        s3_root: var("S3_ROOT")?.into(),
+        pg_bin: var("PG_BIN")?.into(),
+        redis_server: var("REDIS_SERVER")?.into(),
+    })
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", uuid::Uuid::new_v4().simple().to_string().get(..16).unwrap())
+}
+
+/// One test's isolated deployment: a temp data dir, and in services mode its
+/// own Postgres database, Redis key prefix and S3 bucket.
+pub struct TestEnv {
+    pub backend: Backend,
+    pub dir: tempfile::TempDir,
+    /// `MSGD_*` variables describing the deployment.
+    pub vars: Vec<(String, String)>,
+}
+
+impl TestEnv {
+    pub async fn new(backend: Backend) -> TestEnv {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut vars = vec![
+            ("MSGD_DATA_DIR".to_string(), dir.path().join("data").display().to_string()),
+            ("MSGD_LOG__FORMAT".into(), "json".into()),
+            ("MSGD_HTTP__LISTEN".into(), "127.0.0.1:0".into()),
+        ];
+        if backend == Backend::Services {
+            let services = services_env().expect("services env");
+            let database = create_database(&services.postgres_url).await;
+            let bucket = unique("t-");
+            std::fs::create_dir_all(services.s3_root.join(&bucket)).expect("create bucket dir");
+            vars.extend([
+                ("MSGD_POSTGRES__URL".to_string(), database),
+                ("MSGD_REDIS__URL".into(), services.redis_url.clone()),
+                ("MSGD_REDIS__KEY_PREFIX".into(), unique("t")),
+                ("MSGD_S3__ENDPOINT".into(), services.s3_endpoint.clone()),
+                ("MSGD_S3__BUCKET".into(), bucket),
+                ("MSGD_S3__ACCESS_KEY_ID".into(), services.s3_access_key_id.clone()),
+                ("MSGD_S3__SECRET_ACCESS_KEY".into(), services.s3_secret_access_key.clone()),
+            ]);
+        }
+        TestEnv { backend, dir, vars }
+    }
+
+    pub fn set(&mut self, name: &str, value: &str) {
+        self.vars.retain(|(k, _)| k != name);
+        self.vars.push((name.to_string(), value.to_string()));
+    }
+
+    pub fn var(&self, name: &str) -> Option<&str> {
+        self.vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The validated config, as msgd would load it.
+    pub fn config(&self) -> msgd::config::Config {
+        msgd::config::from_toml("", self.vars.clone()).expect("test config is valid")
+    }
+
+    /// `msgd <args>` with this deployment's environment and nothing inherited
+    /// that starts with `MSGD_`.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(MSGD);
+        command.args(args);
+        for (name, _) in std::env::vars() {
+            if name.starts_with("MSGD_") {
+                command.env_remove(name);
+            }
+        }
+        command.envs(self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        command
+    }
+
+    /// Runs a command to completion, feeding `stdin`.
+    pub fn run(&self, args: &[&str], stdin: &str) -> Output {
+        run_command(self.command(args), stdin)
+    }
+
+    /// Starts `msgd serve` and waits until it listens.
+    pub fn serve(&self) -> Msgd {
+        Msgd::start(self.command(&["serve"]), self.dir.path())
+    }
+}
+
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout))
+    }
+}
+
+pub fn run_command(mut command: Command, stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn msgd");
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let output = child.wait_with_output().expect("wait for msgd");
+    Output {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+async fn create_database(admin_url: &str) -> String {
+    let name = unique("t_");
+    let pool = sqlx::PgPool::connect(admin_url).await.expect("connect to the test postgres");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&pool)
+        .await
+        .expect("create test database");
+    pool.close().await;
+    let mut url = url::Url::parse(admin_url).unwrap();
+    url.set_path(&name);
+    url.to_string()
+}
+
+/// A running `msgd serve`, killed on drop.
+pub struct Msgd {
+    pub child: Child,
+    pub addr: String,
+    pub log: PathBuf,
+}
+
+impl Msgd {
+    pub fn start(mut command: Command, dir: &Path) -> Msgd {
+        let log = dir.join(unique("serve-")).with_extension("log");
+        let file = std::fs::File::create(&log).unwrap();
+        let child = command.stdout(Stdio::null()).stderr(file).spawn().expect("spawn msgd serve");
+        let mut msgd = Msgd { child, addr: String::new(), log };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(addr) = msgd.log_lines().iter().find_map(|line| {
+                (line["message"] == "listening").then(|| line["addr"].as_str().unwrap().to_string())
+            }) {
+                msgd.addr = addr;
+                return msgd;
+            }
+            if let Ok(Some(status)) = msgd.child.try_wait() {
+                panic!("msgd serve exited with {status} before listening:\n{}", msgd.log_text());
+            }
+            assert!(Instant::now() < deadline, "msgd serve did not listen within 30 s:\n{}", msgd.log_text());
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn log_text(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut file) = std::fs::File::open(&self.log) {
+            let _ = file.read_to_string(&mut text);
+        }
+        text
+    }
+
+    pub fn log_lines(&self) -> Vec<serde_json::Value> {
+        self.log_text().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn still_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Msgd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `check` every 100 ms until it returns true or `timeout` passes.
+pub async fn eventually(timeout: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// A Redis server private to one test, so it can be stopped and started.
+pub struct PrivateRedis {
+    pub port: u16,
+    child: Option<Child>,
+    binary: PathBuf,
+}
+
+impl PrivateRedis {
+    pub fn start(binary: &Path) -> PrivateRedis {
+        let mut redis = PrivateRedis { port: free_port(), child: None, binary: binary.to_path_buf() };
+        redis.resume();
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn resume(&mut self) {
+        let child = Command::new(&self.binary)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        wait_for_port(self.port);
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A Postgres cluster private to one test (runs as the `postgres` user).
+pub struct PrivatePostgres {
+    pub port: u16,
+    root: tempfile::TempDir,
+    bin: PathBuf,
+}
+
+impl PrivatePostgres {
+    pub fn start(bin: &Path) -> PrivatePostgres {
+        let root = tempfile::tempdir().unwrap();
+        Command::new("chown").args(["postgres:postgres"]).arg(root.path()).status().unwrap();
+        let data = root.path().join("data");
+        let status = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(bin.join("initdb"))
+            .args(["-D"])
+            .arg(&data)
+            .args(["-U", "postgres", "--auth=trust"])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "initdb failed");
+        let pg = PrivatePostgres { port: free_port(), root, bin: bin.to_path_buf() };
+        pg.resume();
+        pg
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn pg_ctl(&self, args: &[&str]) {
+        let status = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.root.path().join("data"))
+            .arg("-l")
+            .arg(self.root.path().join("log"))
+            .args(args)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "pg_ctl {args:?} failed");
+    }
+
+    pub fn stop(&self) {
+        self.pg_ctl(&["-w", "-m", "immediate", "stop"]);
+    }
+
+    pub fn resume(&self) {
+        let options = format!("-c listen_addresses=127.0.0.1 -p {} -k {}", self.port, self.root.path().display());
+        self.pg_ctl(&["-w", "-o", &options, "start"]);
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.root.path().join("data"))
+            .args(["-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
