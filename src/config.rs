@@ -477,7 +477,16 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             },
             redis: RedisConfig {
                 url: service_url("redis.url", &redis.url, &["redis", "rediss"])?,
-                key_prefix: redis.key_prefix.unwrap_or_else(|| "msgd".into()),
+                key_prefix: match redis.key_prefix.unwrap_or_else(|| "msgd".into()) {
+                    prefix if prefix.is_empty() || prefix.contains(['{', '}']) => {
+                        return Err(ConfigError::new(
+                            "redis.key_prefix",
+                            Some(prefix),
+                            "must be non-empty and free of `{` and `}` (msgd adds its own hash tags)",
+                        ))
+                    }
+                    prefix => prefix,
+                },
             },
             s3: validate_s3(s3)?,
         }),

@@ -50,6 +50,7 @@ fn each_kind_of_bad_value_exits_2_naming_the_key() {
         ("wrong scheme", &[("MSGD_REDIS__URL", "http://cache:6379")], SERVICES),
         ("malformed s3 endpoint", &[("MSGD_S3__ENDPOINT", "minio:9000")], SERVICES),
         ("bad bucket name", &[("MSGD_S3__BUCKET", "Bad_Bucket")], SERVICES),
+        ("hash tag in the redis prefix", &[("MSGD_REDIS__KEY_PREFIX", "a{b}")], SERVICES),
     ];
     let expected_keys = [
         "http.listn",
@@ -64,6 +65,7 @@ fn each_kind_of_bad_value_exits_2_naming_the_key() {
         "redis.url",
         "s3.endpoint",
         "s3.bucket",
+        "redis.key_prefix",
     ];
     for ((name, env, file), key) in cases.iter().zip(expected_keys) {
         let (_dir, path) = write_config(file);
