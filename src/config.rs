@@ -21,7 +21,7 @@ pub const ENV_PREFIX: &str = "MSGD_";
 pub const ENV_CONFIG_FILE: &str = "MSGD_CONFIG";
 
 /// Keys whose values are secrets in full.
-const SECRET_KEYS: &[&str] = &["s3.secret_access_key"];
+const SECRET_KEYS: &[&str] = &["s3.secret_access_key", "auth.dev_tokens.signing_key"];
 /// Keys holding URLs whose password part is a secret.
 const URL_KEYS: &[&str] = &["postgres.url", "redis.url"];
 
@@ -130,6 +130,62 @@ pub struct Config {
     pub backend: Backend,
     pub retention: RetentionConfig,
     pub log: LogConfig,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AuthConfig {
+    /// Validated API keys are cached this long per instance, so revocation
+    /// takes effect everywhere within it.
+    #[serde(serialize_with = "ser_duration")]
+    pub key_cache_ttl: Duration,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keycloak: Option<KeycloakConfig>,
+    pub dev_tokens: DevTokensConfig,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KeycloakConfig {
+    /// `https://keycloak.example.com/realms/REALM`; the JWKS is discovered from it.
+    pub issuer: String,
+    /// Accepted `aud` values (any one must be present); empty = not checked.
+    pub audiences: Vec<String>,
+    /// Accepted `azp` (client) values; empty = not checked. At least one of
+    /// audiences and allowed_clients must be set.
+    pub allowed_clients: Vec<String>,
+    /// The claim holding the user id.
+    pub user_claim: String,
+    pub algorithms: Vec<String>,
+    #[serde(serialize_with = "ser_duration")]
+    pub leeway: Duration,
+    /// How often the JWKS is refreshed in the background.
+    #[serde(serialize_with = "ser_duration")]
+    pub jwks_refresh_interval: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DevTokensConfig {
+    pub enabled: bool,
+    #[serde(serialize_with = "ser_duration")]
+    pub ttl: Duration,
+    /// HMAC key for dev tokens; generated into the data dir when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signing_key: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LimitsConfig {
+    pub max_payload_bytes: usize,
+    pub max_batch: usize,
+    #[serde(serialize_with = "ser_duration")]
+    pub idempotency_ttl: Duration,
+    /// Sustained messages per second per user, and the burst above it.
+    pub user_rate: f64,
+    pub user_burst: u32,
+    /// Sustained messages per second per API key, and the burst above it.
+    pub key_rate: f64,
+    pub key_burst: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -245,6 +301,79 @@ struct RawConfig {
     s3: Option<RawS3>,
     retention: RawRetention,
     log: RawLog,
+    auth: RawAuth,
+    limits: RawLimits,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawAuth {
+    key_cache_ttl: Option<String>,
+    keycloak: Option<RawKeycloak>,
+    dev_tokens: RawDevTokens,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeycloak {
+    issuer: String,
+    #[serde(default, deserialize_with = "string_list")]
+    audiences: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "string_list")]
+    allowed_clients: Option<Vec<String>>,
+    #[serde(default)]
+    user_claim: Option<String>,
+    #[serde(default, deserialize_with = "string_list")]
+    algorithms: Option<Vec<String>>,
+    #[serde(default)]
+    leeway: Option<String>,
+    #[serde(default)]
+    jwks_refresh_interval: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawDevTokens {
+    #[serde(deserialize_with = "lenient")]
+    enabled: Option<bool>,
+    ttl: Option<String>,
+    signing_key: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawLimits {
+    #[serde(deserialize_with = "lenient")]
+    max_payload_bytes: Option<usize>,
+    #[serde(deserialize_with = "lenient")]
+    max_batch: Option<usize>,
+    idempotency_ttl: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    user_rate: Option<f64>,
+    #[serde(deserialize_with = "lenient")]
+    user_burst: Option<u32>,
+    #[serde(deserialize_with = "lenient")]
+    key_rate: Option<f64>,
+    #[serde(deserialize_with = "lenient")]
+    key_burst: Option<u32>,
+}
+
+/// A list of strings, as a TOML array or (from the environment) a
+/// comma-separated string.
+fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match Option::<Either>::deserialize(d).map_err(|_| serde::de::Error::custom("expected a list of strings"))? {
+        None => None,
+        Some(Either::List(items)) => Some(items),
+        Some(Either::Text(text)) => {
+            Some(text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
+        }
+    })
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -508,12 +637,104 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         other => return Err(ConfigError::new("log.format", Some(other.into()), "must be `json` or `text`")),
     };
 
+    let auth = validate_auth(raw.auth)?;
+    let limits = validate_limits(raw.limits)?;
+
     Ok(Config {
         data_dir,
         http: HttpConfig { listen, shutdown_timeout },
         backend,
         retention: RetentionConfig { days },
         log: LogConfig { level, format },
+        auth,
+        limits,
+    })
+}
+
+fn validate_auth(raw: RawAuth) -> Result<AuthConfig, ConfigError> {
+    let keycloak = match raw.keycloak {
+        None => None,
+        Some(kc) => {
+            let url = url::Url::parse(&kc.issuer).map_err(|e| {
+                ConfigError::new("auth.keycloak.issuer", Some(kc.issuer.clone()), format!("not a URL: {e}"))
+            })?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(ConfigError::new("auth.keycloak.issuer", Some(kc.issuer), "must be an http(s) URL"));
+            }
+            let audiences = kc.audiences.unwrap_or_default();
+            let allowed_clients = kc.allowed_clients.unwrap_or_default();
+            if audiences.is_empty() && allowed_clients.is_empty() {
+                return Err(ConfigError::new(
+                    "auth.keycloak.audiences",
+                    None,
+                    "set audiences and/or allowed_clients: a token for another client must not be accepted",
+                ));
+            }
+            let algorithms = kc.algorithms.unwrap_or_else(|| vec!["RS256".into()]);
+            for alg in &algorithms {
+                if !matches!(alg.as_str(), "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512" | "ES256" | "ES384" | "EdDSA") {
+                    return Err(ConfigError::new(
+                        "auth.keycloak.algorithms",
+                        Some(alg.clone()),
+                        "only asymmetric algorithms are allowed (RS*, PS*, ES256, ES384, EdDSA)",
+                    ));
+                }
+            }
+            Some(KeycloakConfig {
+                issuer: kc.issuer.trim_end_matches('/').to_string(),
+                audiences,
+                allowed_clients,
+                user_claim: kc.user_claim.unwrap_or_else(|| "sub".into()),
+                algorithms,
+                leeway: duration("auth.keycloak.leeway", kc.leeway, Duration::from_secs(30))?,
+                jwks_refresh_interval: duration(
+                    "auth.keycloak.jwks_refresh_interval",
+                    kc.jwks_refresh_interval,
+                    Duration::from_secs(600),
+                )?,
+            })
+        }
+    };
+    let signing_key = match raw.dev_tokens.signing_key {
+        Some(key) if key.len() < 32 => {
+            return Err(ConfigError::new("auth.dev_tokens.signing_key", Some(REDACTED.into()), "must be at least 32 characters"))
+        }
+        other => other.map(Secret::new),
+    };
+    Ok(AuthConfig {
+        key_cache_ttl: duration("auth.key_cache_ttl", raw.key_cache_ttl, Duration::from_secs(5))?,
+        keycloak,
+        dev_tokens: DevTokensConfig {
+            enabled: raw.dev_tokens.enabled.unwrap_or(false),
+            ttl: duration("auth.dev_tokens.ttl", raw.dev_tokens.ttl, Duration::from_secs(3600))?,
+            signing_key,
+        },
+    })
+}
+
+fn validate_limits(raw: RawLimits) -> Result<LimitsConfig, ConfigError> {
+    let positive = |key: &str, value: f64| {
+        if value > 0.0 && value.is_finite() {
+            Ok(value)
+        } else {
+            Err(ConfigError::new(key, Some(value.to_string()), "must be a positive number"))
+        }
+    };
+    let at_least_one = |key: &str, value: u64| {
+        if value >= 1 {
+            Ok(value)
+        } else {
+            Err(ConfigError::new(key, Some(value.to_string()), "must be at least 1"))
+        }
+    };
+    Ok(LimitsConfig {
+        max_payload_bytes: at_least_one("limits.max_payload_bytes", raw.max_payload_bytes.unwrap_or(32 * 1024) as u64)? as usize,
+        max_batch: at_least_one("limits.max_batch", raw.max_batch.unwrap_or(100) as u64)? as usize,
+        idempotency_ttl: duration("limits.idempotency_ttl", raw.idempotency_ttl, Duration::from_secs(24 * 3600))?,
+        user_rate: positive("limits.user_rate", raw.user_rate.unwrap_or(10.0))?,
+        user_burst: at_least_one("limits.user_burst", u64::from(raw.user_burst.unwrap_or(20)))? as u32,
+        key_rate: positive("limits.key_rate", raw.key_rate.unwrap_or(1000.0))?,
+        key_burst: at_least_one("limits.key_burst", u64::from(raw.key_burst.unwrap_or(2000)))? as u32,
     })
 }
 

@@ -2,10 +2,16 @@
 //! every subcommand of the `msgd` binary (in `cli/`); the module map and the
 //! rules between modules are in ARCHITECTURE.md.
 
+pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod context;
+pub mod conversations;
+pub mod error;
 pub mod http;
 pub mod keys;
+pub mod messages;
+pub mod receipts;
 pub mod server;
 pub mod store;
 pub mod telemetry;

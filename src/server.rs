@@ -10,10 +10,11 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::Context as _;
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::context::Context;
 use crate::http::{self, AppState};
 use crate::store::{DependencyStatus, Stores};
 use crate::telemetry::Metrics;
@@ -85,8 +86,12 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
     let deadline = config.http.shutdown_timeout;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let state = AppState { config: Arc::new(config), stores, metrics, readiness: readiness.clone() };
+    let ctx = Arc::new(Context::new(Arc::new(config), stores, metrics)?);
+    tracing::info!(component = "boot", step = "auth", keycloak = ctx.config.auth.keycloak.is_some(), dev_tokens = ctx.config.auth.dev_tokens.enabled, "auth ready");
+    let state = AppState { ctx: ctx.clone(), readiness: readiness.clone() };
     let watcher = tokio::spawn(watch_dependencies(readiness, stop_rx.clone()));
+    let membership_stop = stop_rx.clone();
+    let membership = tokio::spawn(async move { ctx.membership.listen(membership_stop).await });
 
     let mut server_stop = stop_rx.clone();
     let server = tokio::spawn(async move {
@@ -104,6 +109,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
     let drained = tokio::time::timeout(deadline, async {
         let served = server.await;
         let _ = watcher.await;
+        let _ = membership.await;
         served
     })
     .await;

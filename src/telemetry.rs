@@ -7,7 +7,8 @@
 //! can run in one test process.
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::config::{LogConfig, LogFormat};
@@ -23,6 +24,13 @@ pub struct Metrics {
     /// 1 when the last readiness check of a dependency passed.
     pub dependency_up: IntGaugeVec,
     pub dependency_check_duration_seconds: GaugeVec,
+    pub redis_command_duration_seconds: HistogramVec,
+    pub redis_errors_total: IntCounterVec,
+    pub auth_failures_total: IntCounterVec,
+    pub messages_ingested_total: IntCounter,
+    pub ingest_duration_seconds: Histogram,
+    pub idempotent_replays_total: IntCounter,
+    pub rate_limited_total: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -63,6 +71,39 @@ impl Metrics {
                 &["dependency"],
             )
             .expect("metric"),
+            redis_command_duration_seconds: HistogramVec::new(
+                HistogramOpts::new("msgd_redis_command_duration_seconds", "Redis command latency (a script counts as one)")
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                &["command"],
+            )
+            .expect("metric"),
+            redis_errors_total: IntCounterVec::new(
+                Opts::new("msgd_redis_errors_total", "Failed Redis commands"),
+                &["command"],
+            )
+            .expect("metric"),
+            auth_failures_total: IntCounterVec::new(
+                Opts::new("msgd_auth_failures_total", "Refused requests by reason (the error code)"),
+                &["reason"],
+            )
+            .expect("metric"),
+            messages_ingested_total: IntCounter::new("msgd_messages_ingested_total", "Messages accepted into the tail")
+                .expect("metric"),
+            ingest_duration_seconds: Histogram::with_opts(
+                HistogramOpts::new("msgd_ingest_duration_seconds", "Time to accept one message (auth excluded)")
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+            )
+            .expect("metric"),
+            idempotent_replays_total: IntCounter::new(
+                "msgd_idempotent_replays_total",
+                "Sends answered with the original message because the idempotency key was seen",
+            )
+            .expect("metric"),
+            rate_limited_total: IntCounterVec::new(
+                Opts::new("msgd_rate_limited_total", "Requests refused by a rate limit, by scope (user or key)"),
+                &["scope"],
+            )
+            .expect("metric"),
             registry,
         };
         let build_info = IntGaugeVec::new(
@@ -79,6 +120,13 @@ impl Metrics {
             Box::new(metrics.object_store_request_duration_seconds.clone()),
             Box::new(metrics.dependency_up.clone()),
             Box::new(metrics.dependency_check_duration_seconds.clone()),
+            Box::new(metrics.redis_command_duration_seconds.clone()),
+            Box::new(metrics.redis_errors_total.clone()),
+            Box::new(metrics.auth_failures_total.clone()),
+            Box::new(metrics.messages_ingested_total.clone()),
+            Box::new(metrics.ingest_duration_seconds.clone()),
+            Box::new(metrics.idempotent_replays_total.clone()),
+            Box::new(metrics.rate_limited_total.clone()),
             Box::new(build_info),
             Box::new(prometheus::process_collector::ProcessCollector::new(std::process::id() as i32, "msgd")),
         ] {

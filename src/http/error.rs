@@ -1,38 +1,72 @@
 //! The one JSON error shape of the public API (DESIGN §9):
 //! `{"error": {"code": "<stable_snake_case>", "message": "<human text>"}}`.
-//! Internal failures become a 500 whose message leaks no details; the
-//! details are logged once, here.
+//! Domain errors map to statuses here; internal failures become a 500 whose
+//! message leaks no details (they were logged where they happened).
 
-use axum::http::{Method, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use crate::error::{Error, Kind};
+
 #[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
+pub struct ApiError(pub Error);
+
+impl From<Error> for ApiError {
+    fn from(err: Error) -> Self {
+        ApiError(err)
+    }
 }
 
-impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+pub fn status_of(kind: Kind) -> StatusCode {
+    match kind {
+        Kind::Invalid => StatusCode::BAD_REQUEST,
+        Kind::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Kind::Forbidden => StatusCode::FORBIDDEN,
+        Kind::NotFound => StatusCode::NOT_FOUND,
+        Kind::Conflict => StatusCode::CONFLICT,
+        Kind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        Kind::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
+        Kind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
+}
 
-    /// An unexpected failure: logged with its cause, answered without it.
-    pub fn internal(err: impl std::fmt::Display) -> Self {
-        tracing::error!(component = "http", error = %err, "request failed");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+/// The error object as it appears in bodies (also inside batch results).
+pub fn error_body(err: &Error) -> serde_json::Value {
+    serde_json::json!({"code": err.code, "message": err.message})
+}
+
+/// `Retry-After` and the RateLimit header fields of
+/// draft-ietf-httpapi-ratelimit-headers-06 (`RateLimit-Limit`,
+/// `RateLimit-Remaining`, `RateLimit-Reset`, `RateLimit-Policy`).
+pub fn rate_limit_headers(err: &Error) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Some(rate) = &err.rate {
+        let seconds = |ms: u64| ms.div_ceil(1000).max(1).to_string();
+        let mut put = |name: &'static str, value: String| {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(name, value);
+            }
+        };
+        put("retry-after", seconds(rate.decision.retry_after_ms));
+        put("ratelimit-limit", rate.limit.to_string());
+        put("ratelimit-remaining", rate.decision.remaining.to_string());
+        put("ratelimit-reset", seconds(rate.decision.reset_ms));
+        put("ratelimit-policy", format!("{};w={}", rate.limit, rate.window_seconds.ceil().max(1.0)));
     }
+    headers
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, Json(body)).into_response()
+        let status = status_of(self.0.kind);
+        let headers = rate_limit_headers(&self.0);
+        (status, headers, Json(serde_json::json!({"error": error_body(&self.0)}))).into_response()
     }
 }
 
 pub(super) async fn not_found(method: Method, uri: Uri) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no route for {method} {}", uri.path()))
+    ApiError(Error::new(Kind::NotFound, "not_found", format!("no route for {method} {}", uri.path())))
 }

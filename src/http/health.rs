@@ -28,12 +28,12 @@ pub(super) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = serde_json::json!({
         "status": if ready { "ready" } else { "not_ready" },
-        "backend": state.stores.backend,
+        "backend": state.ctx.stores.backend,
         "dependencies": dependencies,
     });
     (status, Json(body))
 }
 
 pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.ctx.metrics.render())
 }

@@ -4,6 +4,7 @@
 
 mod error;
 mod health;
+mod v1;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,28 +12,38 @@ use std::time::Instant;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::get;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post, put};
 use axum::Router;
 
-pub use error::ApiError;
+pub use error::{error_body, status_of, ApiError};
 pub use health::CHECK_TIMEOUT;
 
-use crate::config::Config;
-use crate::store::Stores;
-use crate::telemetry::Metrics;
+use crate::context::Context;
+use crate::server::Readiness;
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
-    pub config: Arc<Config>,
-    pub stores: Stores,
-    pub metrics: Metrics,
-    pub readiness: Arc<crate::server::Readiness>,
+    pub ctx: Arc<Context>,
+    pub readiness: Arc<Readiness>,
 }
 
 /// Every route msgd serves.
 pub fn router(state: AppState) -> Router {
+    let limits = &state.ctx.config.limits;
+    // Room for a full batch of maximal payloads plus JSON overhead; anything
+    // larger is refused before it is read.
+    let body_limit = limits.max_batch * (limits.max_payload_bytes * 2 + 1024) + 64 * 1024;
     Router::new()
+        .route("/v1/conversations", post(v1::create_conversation).get(v1::list_conversations))
+        .route("/v1/conversations/{id}", get(v1::get_conversation))
+        .route("/v1/conversations/{id}/members/{user_id}", put(v1::add_member).delete(v1::remove_member))
+        .route("/v1/conversations/{id}/messages", post(v1::send_message))
+        .route("/v1/conversations/{id}/messages/batch", post(v1::send_batch))
+        .route("/v1/conversations/{id}/receipts", post(v1::post_receipt).get(v1::get_receipts))
+        .route("/v1/dev/token", post(v1::dev_token))
+        .layer(DefaultBodyLimit::max(body_limit))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
@@ -53,8 +64,9 @@ async fn record_request(State(state): State<AppState>, request: Request, next: N
         .unwrap_or_else(|| "unmatched".into());
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
-    state.metrics.http_requests_total.with_label_values(&[&method, &route, &status]).inc();
+    state.ctx.metrics.http_requests_total.with_label_values(&[&method, &route, &status]).inc();
     state
+        .ctx
         .metrics
         .http_request_duration_seconds
         .with_label_values(&[&method, &route])

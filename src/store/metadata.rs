@@ -33,6 +33,27 @@ pub struct ApiKeyRow {
     pub rotated_to: Option<String>,
 }
 
+/// One conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationRow {
+    pub app_id: String,
+    pub id: String,
+    pub title: Option<String>,
+    /// JSON text.
+    pub metadata: Option<String>,
+    pub created_by: Option<String>,
+    pub created_at: i64,
+}
+
+/// One member of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRow {
+    pub user_id: String,
+    /// `owner` or `member`.
+    pub role: String,
+    pub joined_at: i64,
+}
+
 #[async_trait]
 pub trait Metadata: Send + Sync {
     /// Succeeds when the database answers a trivial query and the schema is
@@ -55,4 +76,24 @@ pub trait Metadata: Send + Sync {
     /// Records use, at most once per `min_interval_ms` per key so the hot path
     /// does not write on every request.
     async fn touch_api_key(&self, id: &str, at: i64, min_interval_ms: i64) -> Result<(), StoreError>;
+
+    /// Inserts a conversation and its first members in one transaction.
+    async fn insert_conversation(&self, conversation: &ConversationRow, members: &[MemberRow]) -> Result<(), StoreError>;
+    async fn get_conversation(&self, app_id: &str, id: &str) -> Result<Option<ConversationRow>, StoreError>;
+    /// Conversations of an app, newest first; only those `user_id` is a member of when given.
+    async fn list_conversations(
+        &self,
+        app_id: &str,
+        user_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ConversationRow>, StoreError>;
+    async fn list_members(&self, app_id: &str, conversation_id: &str) -> Result<Vec<MemberRow>, StoreError>;
+    async fn get_member(&self, app_id: &str, conversation_id: &str, user_id: &str) -> Result<Option<MemberRow>, StoreError>;
+    /// Adds a member; returns false when already a member (nothing changes).
+    async fn add_member(&self, app_id: &str, conversation_id: &str, member: &MemberRow) -> Result<bool, StoreError>;
+    /// Removes a member; returns false when not a member.
+    async fn remove_member(&self, app_id: &str, conversation_id: &str, user_id: &str) -> Result<bool, StoreError>;
+
+    /// The highest seq of a conversation durably in a segment (0 when none).
+    async fn flushed_seq(&self, app_id: &str, conversation_id: &str) -> Result<u64, StoreError>;
 }

@@ -20,11 +20,11 @@ use std::sync::Arc;
 use anyhow::Context;
 use std::time::{Duration, Instant};
 
-pub use metadata::{ApiKeyRow, AppRow, Metadata};
+pub use metadata::{ApiKeyRow, AppRow, ConversationRow, MemberRow, Metadata};
 pub use objects::Objects;
 pub use tail::{
-    AppendOutcome, AppendRequest, ConvKey, DirtyConversation, IdempotencyClaim, LiveEvent, LiveSubscription, Tail,
-    TailEntry, TAIL_SHARDS,
+    gcra, AppendOutcome, AppendRequest, ConvKey, DirtyConversation, IdempotencyClaim, LiveEvent, LiveSubscription,
+    RateDecision, Tail, TailEntry, TAIL_SHARDS,
 };
 
 use crate::config::{Backend, Config};
@@ -91,7 +91,7 @@ impl Stores {
             }
             Backend::Services(services) => {
                 let db = sql::Db::connect_postgres(&services.postgres)?;
-                let tail = redis_tail::RedisTail::open(&services.redis)?;
+                let tail = redis_tail::RedisTail::open(&services.redis, metrics)?;
                 let objects = Objects::s3(&services.s3, metrics)?;
                 Ok(Stores { metadata: Arc::new(db), tail: Arc::new(tail), objects, backend: "services" })
             }

@@ -13,10 +13,12 @@ use redis::{AsyncCommands, PushKind, Script, Value};
 
 use super::live::{LiveHub, Upstream};
 use super::tail::{
-    AppendOutcome, AppendRequest, ConvKey, DirtyConversation, LiveEvent, LiveSubscription, Tail, TailEntry,
+    AppendOutcome, AppendRequest, ConvKey, DirtyConversation, LiveEvent, LiveSubscription, RateDecision, Tail,
+    TailEntry,
 };
 use super::StoreError;
 use crate::config::RedisConfig;
+use crate::telemetry::Metrics;
 
 const DEPENDENCY: &str = "redis";
 
@@ -74,6 +76,35 @@ end
 return 0
 "#;
 
+/// Raises a hash field to ARGV[2] when lower and refreshes the key's TTL.
+const RAISE_LUA: &str = r#"
+local current = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+local value = tonumber(ARGV[2])
+if value > current then
+  redis.call('HSET', KEYS[1], ARGV[1], value)
+  current = value
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return current
+"#;
+
+/// GCRA on Redis' own clock (so instances with skewed clocks agree); the
+/// same arithmetic as `tail::gcra`. Replies {allowed, remaining, retry_ms, reset_ms}.
+const RATE_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local interval = tonumber(ARGV[1])
+local tolerance = interval * (tonumber(ARGV[2]) - 1)
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+if tat - now > tolerance then
+  return {0, 0, math.max(1, math.ceil(tat - now - tolerance)), math.ceil(tat - now)}
+end
+local new_tat = tat + interval
+redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1000)
+return {1, math.floor((now + tolerance - tat) / interval), 0, math.ceil(new_tat - now)}
+"#;
+
 pub(crate) struct RedisTail {
     commands: ConnectionManager,
     keys: KeySchema,
@@ -81,6 +112,9 @@ pub(crate) struct RedisTail {
     append_script: Script,
     seed_script: Script,
     clear_dirty_script: Script,
+    raise_script: Script,
+    rate_script: Script,
+    metrics: Metrics,
 }
 
 /// Builds every key and channel name; the one place the schema is spelled out.
@@ -113,6 +147,9 @@ impl KeySchema {
     }
     fn state(&self, key: &str) -> String {
         format!("{}:state:{key}", self.prefix)
+    }
+    fn rate(&self, key: &str) -> String {
+        format!("{}:rate:{key}", self.prefix)
     }
 }
 
@@ -157,7 +194,7 @@ impl Upstream for RedisUpstream {
 
 impl RedisTail {
     /// Builds the clients without dialling; the first command connects.
-    pub(crate) fn open(config: &RedisConfig) -> anyhow::Result<RedisTail> {
+    pub(crate) fn open(config: &RedisConfig, metrics: &Metrics) -> anyhow::Result<RedisTail> {
         let shown = config.url.redacted();
         let client = redis::Client::open(config.url.expose())
             .map_err(|e| anyhow::anyhow!("redis.url {shown} is not usable: {e}"))?;
@@ -203,11 +240,30 @@ impl RedisTail {
             append_script: Script::new(APPEND_LUA),
             seed_script: Script::new(SEED_LUA),
             clear_dirty_script: Script::new(CLEAR_DIRTY_LUA),
+            raise_script: Script::new(RAISE_LUA),
+            rate_script: Script::new(RATE_LUA),
+            metrics: metrics.clone(),
         })
     }
 
     fn connection(&self) -> ConnectionManager {
         self.commands.clone()
+    }
+
+    /// Runs one logical Redis command (a script counts as one), timing it and
+    /// counting failures under `command`.
+    async fn timed<T>(
+        &self,
+        command: &'static str,
+        request: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        let started = std::time::Instant::now();
+        let result = request.await;
+        self.metrics.redis_command_duration_seconds.with_label_values(&[command]).observe(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            self.metrics.redis_errors_total.with_label_values(&[command]).inc();
+        }
+        result.map_err(unavailable)
     }
 }
 
@@ -230,8 +286,9 @@ impl Tail for RedisTail {
             // Unused by the script, but every key must hash to the same slot.
             None => (self.keys.seq(conv), String::new(), 0),
         };
-        let (code, seq): (u8, u64) = self
-            .append_script
+        let mut connection = self.connection();
+        let mut invocation = self.append_script.prepare_invoke();
+        invocation
             .key(self.keys.seq(conv))
             .key(self.keys.log(conv))
             .key(self.keys.dirty(shard))
@@ -242,10 +299,9 @@ impl Tail for RedisTail {
             .arg(dirty_member(conv))
             .arg(self.keys.channel(conv))
             .arg(fingerprint)
-            .arg(ttl_ms)
-            .invoke_async(&mut self.connection())
-            .await
-            .map_err(unavailable)?;
+            .arg(ttl_ms);
+        let invocation = invocation.invoke_async(&mut connection);
+        let (code, seq): (u8, u64) = self.timed("append", invocation).await?;
         Ok(match code {
             0 => AppendOutcome::Appended(TailEntry { seq, ts_ms: request.ts_ms, body: request.body.clone() }),
             1 => AppendOutcome::Replayed { seq },
@@ -272,11 +328,10 @@ impl Tail for RedisTail {
     }
 
     async fn read(&self, conv: &ConvKey, after_seq: u64, limit: usize) -> Result<Vec<TailEntry>, StoreError> {
+        let mut connection = self.connection();
         let reply: redis::streams::StreamRangeReply = self
-            .connection()
-            .xrange_count(self.keys.log(conv), format!("{}-0", after_seq + 1), "+", limit)
-            .await
-            .map_err(unavailable)?;
+            .timed("xrange", connection.xrange_count(self.keys.log(conv), format!("{}-0", after_seq + 1), "+", limit))
+            .await?;
         reply
             .ids
             .into_iter()
@@ -366,6 +421,30 @@ impl Tail for RedisTail {
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+
+    async fn state_raise(&self, key: &str, field: &str, value: u64, ttl: Duration) -> Result<u64, StoreError> {
+        let mut connection = self.connection();
+        let mut invocation = self.raise_script.prepare_invoke();
+        invocation
+            .key(self.keys.state(key))
+            .arg(field)
+            .arg(value)
+            .arg(ttl.as_millis().max(1) as u64);
+        let invocation = invocation.invoke_async(&mut connection);
+        self.timed("state_raise", invocation).await
+    }
+
+    async fn rate_limit(&self, key: &str, rate_per_second: f64, burst: u32) -> Result<RateDecision, StoreError> {
+        let mut connection = self.connection();
+        let mut invocation = self.rate_script.prepare_invoke();
+        invocation
+            .key(self.keys.rate(key))
+            .arg(1000.0 / rate_per_second)
+            .arg(burst.max(1));
+        let invocation = invocation.invoke_async(&mut connection);
+        let (allowed, remaining, retry_after_ms, reset_ms): (u8, u32, u64, u64) = self.timed("rate_limit", invocation).await?;
+        Ok(RateDecision { allowed: allowed == 1, remaining, retry_after_ms, reset_ms })
     }
 
     async fn state_get(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {

@@ -16,7 +16,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
 
-use super::metadata::{ApiKeyRow, AppRow, Metadata};
+use super::metadata::{ApiKeyRow, AppRow, ConversationRow, MemberRow, Metadata};
 use super::StoreError;
 use crate::config::PostgresConfig;
 
@@ -177,6 +177,46 @@ impl From<ApiKeyRecord> for ApiKeyRow {
     }
 }
 
+#[derive(sqlx::FromRow)]
+struct ConversationRecord {
+    app_id: String,
+    id: String,
+    title: Option<String>,
+    metadata: Option<String>,
+    created_by: Option<String>,
+    created_at: i64,
+}
+
+impl From<ConversationRecord> for ConversationRow {
+    fn from(r: ConversationRecord) -> Self {
+        ConversationRow {
+            app_id: r.app_id,
+            id: r.id,
+            title: r.title,
+            metadata: r.metadata,
+            created_by: r.created_by,
+            created_at: r.created_at,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct MemberRecord {
+    user_id: String,
+    role: String,
+    joined_at: i64,
+}
+
+impl From<MemberRecord> for MemberRow {
+    fn from(r: MemberRecord) -> Self {
+        MemberRow { user_id: r.user_id, role: r.role, joined_at: r.joined_at }
+    }
+}
+
+const CONVERSATION_COLUMNS: &str = "c.app_id, c.id, c.title, c.metadata, c.created_by, c.created_at";
+const INSERT_MEMBER: &str = "INSERT INTO members (app_id, conversation_id, user_id, role, joined_at) \
+                             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
+
 const KEY_COLUMNS: &str =
     "id, app_id, name, scope, prefix, secret_hash, created_at, expires_at, revoked_at, last_used_at, rotated_to";
 const INSERT_KEY: &str = "INSERT INTO api_keys (id, app_id, name, scope, prefix, secret_hash, created_at, expires_at) \
@@ -296,5 +336,124 @@ impl Metadata for Db {
         .await
         .map(|r| r.rows_affected()))?;
         Ok(())
+    }
+
+    async fn insert_conversation(&self, conversation: &ConversationRow, members: &[MemberRow]) -> Result<(), StoreError> {
+        let c = conversation;
+        on_db!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO conversations (app_id, id, title, metadata, created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&c.app_id)
+            .bind(&c.id)
+            .bind(&c.title)
+            .bind(&c.metadata)
+            .bind(&c.created_by)
+            .bind(c.created_at)
+            .execute(&mut *tx)
+            .await?;
+            for m in members {
+                sqlx::query(INSERT_MEMBER)
+                    .bind(&c.app_id)
+                    .bind(&c.id)
+                    .bind(&m.user_id)
+                    .bind(&m.role)
+                    .bind(m.joined_at)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await
+        }.await)
+    }
+
+    async fn get_conversation(&self, app_id: &str, id: &str) -> Result<Option<ConversationRow>, StoreError> {
+        let sql = format!("SELECT {CONVERSATION_COLUMNS} FROM conversations c WHERE c.app_id = $1 AND c.id = $2");
+        let row = on_db!(self, pool => sqlx::query_as::<_, ConversationRecord>(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(app_id)
+            .bind(id)
+            .fetch_optional(pool)
+            .await)?;
+        Ok(row.map(Into::into))
+    }
+
+    async fn list_conversations(
+        &self,
+        app_id: &str,
+        user_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ConversationRow>, StoreError> {
+        let sql = format!(
+            "SELECT {CONVERSATION_COLUMNS} FROM conversations c WHERE c.app_id = $1 AND ($2 IS NULL OR EXISTS \
+             (SELECT 1 FROM members m WHERE m.app_id = c.app_id AND m.conversation_id = c.id AND m.user_id = $2)) \
+             ORDER BY c.created_at DESC, c.id LIMIT $3"
+        );
+        let rows = on_db!(self, pool => sqlx::query_as::<_, ConversationRecord>(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(app_id)
+            .bind(user_id)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await)?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    async fn list_members(&self, app_id: &str, conversation_id: &str) -> Result<Vec<MemberRow>, StoreError> {
+        let rows = on_db!(self, pool => sqlx::query_as::<_, MemberRecord>(
+            "SELECT user_id, role, joined_at FROM members WHERE app_id = $1 AND conversation_id = $2 ORDER BY joined_at, user_id",
+        )
+        .bind(app_id)
+        .bind(conversation_id)
+        .fetch_all(pool)
+        .await)?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    async fn get_member(&self, app_id: &str, conversation_id: &str, user_id: &str) -> Result<Option<MemberRow>, StoreError> {
+        let row = on_db!(self, pool => sqlx::query_as::<_, MemberRecord>(
+            "SELECT user_id, role, joined_at FROM members WHERE app_id = $1 AND conversation_id = $2 AND user_id = $3",
+        )
+        .bind(app_id)
+        .bind(conversation_id)
+        .bind(user_id)
+        .fetch_optional(pool)
+        .await)?;
+        Ok(row.map(Into::into))
+    }
+
+    async fn add_member(&self, app_id: &str, conversation_id: &str, member: &MemberRow) -> Result<bool, StoreError> {
+        let added = on_db!(self, pool => sqlx::query(INSERT_MEMBER)
+            .bind(app_id)
+            .bind(conversation_id)
+            .bind(&member.user_id)
+            .bind(&member.role)
+            .bind(member.joined_at)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))?;
+        Ok(added == 1)
+    }
+
+    async fn remove_member(&self, app_id: &str, conversation_id: &str, user_id: &str) -> Result<bool, StoreError> {
+        let removed = on_db!(self, pool => sqlx::query(
+            "DELETE FROM members WHERE app_id = $1 AND conversation_id = $2 AND user_id = $3",
+        )
+        .bind(app_id)
+        .bind(conversation_id)
+        .bind(user_id)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(removed == 1)
+    }
+
+    async fn flushed_seq(&self, app_id: &str, conversation_id: &str) -> Result<u64, StoreError> {
+        let seq: Option<i64> = on_db!(self, pool => sqlx::query_scalar(
+            "SELECT flushed_seq FROM flush_state WHERE app_id = $1 AND conversation_id = $2",
+        )
+        .bind(app_id)
+        .bind(conversation_id)
+        .fetch_optional(pool)
+        .await)?;
+        Ok(seq.unwrap_or(0) as u64)
     }
 }

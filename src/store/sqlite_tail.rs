@@ -13,7 +13,8 @@ use sqlx::{Row, SqlitePool};
 use super::live::LiveHub;
 use super::sql::{Db, Pool};
 use super::tail::{
-    AppendOutcome, AppendRequest, ConvKey, DirtyConversation, LiveEvent, LiveSubscription, Tail, TailEntry,
+    gcra, AppendOutcome, AppendRequest, ConvKey, DirtyConversation, LiveEvent, LiveSubscription, RateDecision, Tail,
+    TailEntry,
 };
 use super::StoreError;
 
@@ -23,7 +24,12 @@ pub(crate) struct SqliteTail {
     pool: SqlitePool,
     hub: LiveHub,
     writer: tokio::sync::Mutex<()>,
+    /// Rate-limit buckets: one process, so in memory (a restart refills them).
+    buckets: std::sync::Mutex<std::collections::HashMap<String, f64>>,
 }
+
+/// Above this many buckets, full ones are dropped on the next check.
+const MAX_IDLE_BUCKETS: usize = 10_000;
 
 fn failed(err: sqlx::Error) -> StoreError {
     StoreError::unavailable(DEPENDENCY, err)
@@ -40,7 +46,7 @@ fn channel(conv: &ConvKey) -> String {
 impl SqliteTail {
     pub(crate) fn new(db: Db) -> SqliteTail {
         let Pool::Sqlite(pool) = db.pool else { panic!("the embedded tail needs the SQLite pool") };
-        SqliteTail { pool, hub: LiveHub::new(None), writer: tokio::sync::Mutex::new(()) }
+        SqliteTail { pool, hub: LiveHub::new(None), writer: tokio::sync::Mutex::new(()), buckets: Default::default() }
     }
 }
 
@@ -274,6 +280,57 @@ impl Tail for SqliteTail {
             .await
             .map_err(failed)?;
         tx.commit().await.map_err(failed)
+    }
+
+    async fn state_raise(&self, key: &str, field: &str, value: u64, ttl: Duration) -> Result<u64, StoreError> {
+        let now = now_ms();
+        let expires_at = now + ttl.as_millis() as i64;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(failed)?;
+        sqlx::query("DELETE FROM tail_state WHERE state_key = $1 AND expires_at <= $2")
+            .bind(key)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(failed)?;
+        let current: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT value FROM tail_state WHERE state_key = $1 AND field = $2")
+                .bind(key)
+                .bind(field)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(failed)?;
+        let current = current
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .and_then(|text| text.parse::<u64>().ok())
+            .unwrap_or(0);
+        let raised = current.max(value);
+        sqlx::query("INSERT OR REPLACE INTO tail_state (state_key, field, value, expires_at) VALUES ($1, $2, $3, $4)")
+            .bind(key)
+            .bind(field)
+            .bind(raised.to_string().into_bytes())
+            .bind(expires_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(failed)?;
+        sqlx::query("UPDATE tail_state SET expires_at = $2 WHERE state_key = $1")
+            .bind(key)
+            .bind(expires_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(failed)?;
+        tx.commit().await.map_err(failed)?;
+        Ok(raised)
+    }
+
+    async fn rate_limit(&self, key: &str, rate_per_second: f64, burst: u32) -> Result<RateDecision, StoreError> {
+        let now = now_ms() as f64;
+        let mut buckets = self.buckets.lock().expect("rate buckets lock");
+        if buckets.len() > MAX_IDLE_BUCKETS {
+            buckets.retain(|_, tat| *tat > now);
+        }
+        let (decision, tat) = gcra(buckets.get(key).copied(), now, 1000.0 / rate_per_second, burst);
+        buckets.insert(key.to_string(), tat);
+        Ok(decision)
     }
 
     async fn state_get(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {

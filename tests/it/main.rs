@@ -4,7 +4,9 @@
 
 mod cli_config;
 mod keys;
+mod oidc;
 mod serve;
 mod storage;
 mod support;
 mod tidy;
+mod tokens;

@@ -1,0 +1,189 @@
+//! Who is calling: the API key (which app, which scope) and, optionally, the
+//! user behind a bearer token (Keycloak or the dev issuer). Every refusal is
+//! an [`Error`] with a stable code, counted in `msgd_auth_failures_total`.
+//!
+//! Validated keys are cached for `auth.key_cache_ttl` per instance, so the hot
+//! path neither hashes against the database nor verifies RSA on every
+//! request, while a revocation still takes effect everywhere within that TTL.
+
+mod dev;
+mod keycloak;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+pub use dev::DevIssuer;
+pub use keycloak::KeycloakVerifier;
+
+use crate::config::Config;
+use crate::error::{Error, Kind};
+use crate::keys::{self, AuthenticatedKey, KeyError, Scope};
+use crate::store::Metadata;
+use crate::telemetry::Metrics;
+
+/// The authenticated caller of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub app_id: String,
+    pub key_id: String,
+    pub scope: Scope,
+    /// The user named by the bearer token; `None` when an admin key acts as the app.
+    pub user_id: Option<String>,
+}
+
+impl Caller {
+    /// Refuses unless the key's scope allows `needed`.
+    pub fn require_scope(&self, needed: Scope) -> Result<(), Error> {
+        if self.scope.allows(needed) {
+            Ok(())
+        } else {
+            Err(Error::new(
+                Kind::Forbidden,
+                "insufficient_scope",
+                format!("this needs a key with the {} scope; this key has {}", needed.as_str(), self.scope.as_str()),
+            ))
+        }
+    }
+
+    /// An admin key acting as the app, without a user.
+    pub fn is_app(&self) -> bool {
+        self.user_id.is_none()
+    }
+}
+
+/// What a request presented.
+pub struct Credentials<'a> {
+    pub api_key: Option<&'a str>,
+    /// The raw `Authorization` header value.
+    pub authorization: Option<&'a str>,
+}
+
+/// Bearer tokens larger than this are refused before any parsing.
+const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+pub struct Authenticator {
+    metadata: Arc<dyn Metadata>,
+    metrics: Metrics,
+    key_cache_ttl: Duration,
+    /// SHA-256(presented key) → the validated key and when it was validated.
+    key_cache: Mutex<HashMap<[u8; 32], (AuthenticatedKey, Instant)>>,
+    keycloak: Option<KeycloakVerifier>,
+    dev: Option<DevIssuer>,
+}
+
+/// Above this many cached keys, stale entries are dropped on the next insert.
+const KEY_CACHE_MAX: usize = 10_000;
+
+impl Authenticator {
+    pub fn new(config: &Config, metadata: Arc<dyn Metadata>, metrics: Metrics) -> anyhow::Result<Authenticator> {
+        let dev = if config.auth.dev_tokens.enabled {
+            Some(DevIssuer::open(&config.auth.dev_tokens, &config.data_dir)?)
+        } else {
+            None
+        };
+        Ok(Authenticator {
+            metadata,
+            metrics,
+            key_cache_ttl: config.auth.key_cache_ttl,
+            key_cache: Mutex::default(),
+            keycloak: config.auth.keycloak.as_ref().map(KeycloakVerifier::new).transpose()?,
+            dev,
+        })
+    }
+
+    pub fn dev_issuer(&self) -> Option<&DevIssuer> {
+        self.dev.as_ref()
+    }
+
+    /// Authenticates a request at `now` (Unix ms).
+    pub async fn authenticate(&self, credentials: Credentials<'_>, now: i64) -> Result<Caller, Error> {
+        let result = self.authenticate_inner(credentials, now).await;
+        if let Err(e) = &result {
+            if matches!(e.kind, Kind::Unauthenticated | Kind::Forbidden) {
+                self.metrics.auth_failures_total.with_label_values(&[e.code]).inc();
+            }
+        }
+        result
+    }
+
+    async fn authenticate_inner(&self, credentials: Credentials<'_>, now: i64) -> Result<Caller, Error> {
+        let presented = credentials
+            .api_key
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| Error::new(Kind::Unauthenticated, "missing_api_key", "send the app's API key in X-Api-Key"))?;
+        let key = self.api_key(presented, now).await?;
+        let user_id = match credentials.authorization {
+            None => {
+                if key.scope != Scope::Admin {
+                    return Err(Error::new(
+                        Kind::Unauthenticated,
+                        "missing_token",
+                        "only an admin key may act without a user; send Authorization: Bearer <user token>",
+                    ));
+                }
+                None
+            }
+            Some(header) => Some(self.user(header, &key.app_id).await?),
+        };
+        Ok(Caller { app_id: key.app_id, key_id: key.key_id, scope: key.scope, user_id })
+    }
+
+    async fn api_key(&self, presented: &str, now: i64) -> Result<AuthenticatedKey, Error> {
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let cached = self.key_cache.lock().expect("key cache lock").get(&digest).cloned();
+        if let Some((key, at)) = cached {
+            if at.elapsed() < self.key_cache_ttl {
+                if key.expires_at.is_some_and(|exp| exp <= now) {
+                    return Err(key_refusal(keys::KeyRejection::Expired));
+                }
+                return Ok(key);
+            }
+        }
+        match keys::authenticate(self.metadata.as_ref(), presented, now).await {
+            Ok(key) => {
+                let mut cache = self.key_cache.lock().expect("key cache lock");
+                if cache.len() >= KEY_CACHE_MAX {
+                    let ttl = self.key_cache_ttl;
+                    cache.retain(|_, (_, at)| at.elapsed() < ttl);
+                }
+                cache.insert(digest, (key.clone(), Instant::now()));
+                Ok(key)
+            }
+            Err(KeyError::Rejected(rejection)) => Err(key_refusal(rejection)),
+            Err(KeyError::Store(e)) => Err(e.into()),
+            Err(other) => Err(Error::new(Kind::Internal, "internal", other.to_string())),
+        }
+    }
+
+    async fn user(&self, header: &str, app_id: &str) -> Result<String, Error> {
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .map(str::trim)
+            .ok_or_else(|| invalid_token("the Authorization header must be `Bearer <token>`"))?;
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(invalid_token("the token is too large"));
+        }
+        if let Some(dev) = &self.dev {
+            if dev.issued(token) {
+                return dev.verify(token, app_id);
+            }
+        }
+        match &self.keycloak {
+            Some(keycloak) => keycloak.verify(token).await,
+            None => Err(invalid_token("no token issuer is configured (auth.keycloak)")),
+        }
+    }
+}
+
+fn key_refusal(rejection: keys::KeyRejection) -> Error {
+    Error::new(Kind::Unauthenticated, rejection.code(), rejection.to_string())
+}
+
+pub(crate) fn invalid_token(message: impl Into<String>) -> Error {
+    Error::new(Kind::Unauthenticated, "invalid_token", message)
+}

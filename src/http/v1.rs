@@ -1,0 +1,187 @@
+//! The `/v1` API handlers: parse the request, authenticate, call the domain,
+//! answer. Authorization decisions are explicit calls in the domain
+//! functions, not hidden in extractors.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use super::error::{error_body, status_of, ApiError};
+use super::AppState;
+use crate::auth::{Caller, Credentials};
+use crate::clock::now_ms;
+use crate::error::{Error, Kind};
+use crate::keys::Scope;
+use crate::{conversations, messages, receipts};
+
+async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let credentials = Credentials { api_key: header("x-api-key"), authorization: header("authorization") };
+    Ok(state.ctx.auth.authenticate(credentials, now_ms()).await?)
+}
+
+/// Parses a JSON body; a body over the size limit is a 413, anything else
+/// malformed a 400, both in the API's error shape.
+fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let bytes = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Error::new(Kind::TooLarge, "payload_too_large", "the request body is too large")
+        } else {
+            Error::invalid("invalid_request", rejection.body_text())
+        }
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError(Error::invalid("invalid_request", format!("invalid JSON body: {e}"))))
+}
+
+pub(super) async fn create_conversation(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let caller = authenticate(&state, &headers).await?;
+    let request: conversations::CreateConversation = json_body(body)?;
+    let view = conversations::create(&state.ctx, &caller, request, now_ms()).await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+#[derive(Deserialize)]
+pub(super) struct ListQuery {
+    limit: Option<u32>,
+}
+
+pub(super) async fn list_conversations(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let caller = authenticate(&state, &headers).await?;
+    let conversations = conversations::list(&state.ctx, &caller, query.limit).await?;
+    Ok(Json(serde_json::json!({"conversations": conversations})).into_response())
+}
+
+pub(super) async fn get_conversation(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let caller = authenticate(&state, &headers).await?;
+    Ok(Json(conversations::get(&state.ctx, &caller, &id).await?).into_response())
+}
+
+pub(super) async fn add_member(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((id, user_id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let caller = authenticate(&state, &headers).await?;
+    let added = conversations::add_member(&state.ctx, &caller, &id, &user_id, now_ms()).await?;
+    let status = if added { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(serde_json::json!({"user_id": user_id, "added": added}))).into_response())
+}
+
+pub(super) async fn remove_member(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((id, user_id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let caller = authenticate(&state, &headers).await?;
+    if !conversations::remove_member(&state.ctx, &caller, &id, &user_id).await? {
+        return Err(Error::new(Kind::NotFound, "not_a_member", format!("{user_id} is not a member")).into());
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub(super) async fn send_message(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let caller = authenticate(&state, &headers).await?;
+    let request: messages::SendRequest = json_body(body)?;
+    let idempotency_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(value) => Some(value.to_str().map_err(|_| {
+            Error::invalid("invalid_client_msg_id", "Idempotency-Key must be printable ASCII")
+        })?),
+    };
+    let sent = messages::send(&state.ctx, &caller, &id, request, idempotency_key, now_ms()).await?;
+    let status = if sent.replayed { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(sent.envelope)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct BatchRequest {
+    messages: Vec<serde_json::Value>,
+}
+
+pub(super) async fn send_batch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let caller = authenticate(&state, &headers).await?;
+    let request: BatchRequest = json_body(body)?;
+    let results = messages::send_batch(&state.ctx, &caller, &id, request.messages, now_ms()).await?;
+    let results: Vec<_> = results
+        .into_iter()
+        .map(|result| match result {
+            Ok(sent) => serde_json::json!({
+                "status": if sent.replayed { 200 } else { 201 },
+                "message": sent.envelope,
+            }),
+            Err(e) => serde_json::json!({"status": status_of(e.kind).as_u16(), "error": error_body(&e)}),
+        })
+        .collect();
+    Ok(Json(serde_json::json!({"results": results})).into_response())
+}
+
+pub(super) async fn post_receipt(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let caller = authenticate(&state, &headers).await?;
+    let request: receipts::ReceiptRequest = json_body(body)?;
+    Ok(Json(receipts::mark(&state.ctx, &caller, &id, request).await?).into_response())
+}
+
+pub(super) async fn get_receipts(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let caller = authenticate(&state, &headers).await?;
+    Ok(Json(receipts::list(&state.ctx, &caller, &id).await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DevTokenRequest {
+    user_id: String,
+}
+
+/// Mints a dev user token (admin key; 404 unless `auth.dev_tokens.enabled`).
+pub(super) async fn dev_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let Some(issuer) = state.ctx.auth.dev_issuer() else {
+        return Err(Error::new(Kind::NotFound, "not_found", "the dev token issuer is disabled").into());
+    };
+    let caller = authenticate(&state, &headers).await?;
+    caller.require_scope(Scope::Admin)?;
+    let request: DevTokenRequest = json_body(body)?;
+    conversations::validate_user_id(&request.user_id)?;
+    let (token, expires_in) = issuer.mint(&caller.app_id, &request.user_id, now_ms())?;
+    Ok(Json(serde_json::json!({"access_token": token, "expires_in": expires_in, "token_type": "Bearer"})).into_response())
+}

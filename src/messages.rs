@@ -1,0 +1,375 @@
+//! Sending messages: the envelope (the wire and segment record format),
+//! validation, rate limits, idempotency and the atomic append (DESIGN §5,
+//! Write). The reply is given only once the tail holds the message.
+
+use std::time::Instant;
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::auth::Caller;
+use crate::context::Context;
+use crate::conversations::require_access;
+use crate::error::{Error, Kind, RateLimitInfo};
+use crate::keys::Scope;
+use crate::store::{AppendOutcome, AppendRequest, ConvKey, IdempotencyClaim, TailEntry};
+
+/// Format version of [`Envelope`]; bumped on any incompatible change.
+pub const ENVELOPE_VERSION: u32 = 1;
+const MAX_ATTACHMENTS: usize = 32;
+const MAX_CLIENT_MSG_ID: usize = 255;
+/// How many times an append re-seeds a missing counter before giving up.
+const SEED_ATTEMPTS: usize = 3;
+
+/// Who sent a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sender {
+    /// `user`, or `app` for an admin key acting as the app.
+    pub kind: String,
+    /// The user id, or the app id.
+    pub id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attachment {
+    /// Object key of the uploaded attachment.
+    pub key: String,
+    pub content_type: String,
+    pub size: u64,
+    /// Lowercase hex SHA-256 of the content.
+    pub sha256: String,
+}
+
+/// A message as clients and segments see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub v: u32,
+    /// UUIDv7, server-assigned.
+    pub id: String,
+    pub conversation_id: String,
+    /// Per-conversation, gap-free, from 1. Absent in the tail body (the tail
+    /// stores it as the entry's id) and filled in on read.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub seq: u64,
+    /// Server receive time, Unix ms.
+    pub ts: i64,
+    pub sender: Sender,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<serde_json::Value>,
+    /// Binary payload, base64 (with `content_type`), instead of `payload`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_base64: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    #[serde(default)]
+    pub attachments: Vec<Attachment>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_msg_id: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Envelope {
+    /// Rebuilds an envelope from a tail entry.
+    pub fn from_entry(entry: &TailEntry) -> Result<Envelope, Error> {
+        let mut envelope: Envelope = serde_json::from_slice(&entry.body).map_err(|e| {
+            tracing::error!(component = "messages", seq = entry.seq, error = %e, "undecodable tail entry");
+            Error::new(Kind::Internal, "internal", "internal error")
+        })?;
+        envelope.seq = entry.seq;
+        Ok(envelope)
+    }
+}
+
+/// One message to send, as the API accepts it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendRequest {
+    #[serde(default)]
+    pub payload: Option<serde_json::Value>,
+    #[serde(default)]
+    pub payload_base64: Option<String>,
+    #[serde(default)]
+    pub content_type: Option<String>,
+    #[serde(default)]
+    pub attachments: Vec<Attachment>,
+    #[serde(default)]
+    pub client_msg_id: Option<String>,
+}
+
+/// The outcome of a send.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub envelope: Envelope,
+    /// True when the idempotency key had been seen: nothing was written.
+    pub replayed: bool,
+}
+
+/// Checks a request's shape and sizes; returns the idempotency key to use.
+pub fn validate(
+    ctx: &Context,
+    request: &SendRequest,
+    idempotency_header: Option<&str>,
+) -> Result<Option<String>, Error> {
+    let max = ctx.config.limits.max_payload_bytes;
+    match (&request.payload, &request.payload_base64) {
+        (Some(_), Some(_)) => return Err(Error::invalid("invalid_payload", "send either payload or payload_base64, not both")),
+        (None, None) => return Err(Error::invalid("invalid_payload", "a message needs a payload (JSON) or payload_base64")),
+        (Some(payload), None) => {
+            if payload.is_null() {
+                return Err(Error::invalid("invalid_payload", "payload must not be null"));
+            }
+            let size = serde_json::to_vec(payload).map(|b| b.len()).unwrap_or(usize::MAX);
+            if size > max {
+                return Err(too_large(size, max));
+            }
+            if request.content_type.is_some() {
+                return Err(Error::invalid("invalid_payload", "content_type goes with payload_base64"));
+            }
+        }
+        (None, Some(encoded)) => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .map_err(|e| Error::invalid("invalid_payload", format!("payload_base64 is not base64: {e}")))?;
+            if bytes.len() > max {
+                return Err(too_large(bytes.len(), max));
+            }
+            match &request.content_type {
+                Some(ct) if ct.len() <= 255 && ct.contains('/') && !ct.chars().any(char::is_control) => {}
+                _ => return Err(Error::invalid("invalid_content_type", "payload_base64 needs a content_type like `image/png`")),
+            }
+        }
+    }
+    if request.attachments.len() > MAX_ATTACHMENTS {
+        return Err(Error::invalid("invalid_attachments", format!("at most {MAX_ATTACHMENTS} attachments")));
+    }
+    for (i, a) in request.attachments.iter().enumerate() {
+        let bad = |why: &str| Error::invalid("invalid_attachments", format!("attachments[{i}]: {why}"));
+        if a.key.is_empty() || a.key.len() > 1024 {
+            return Err(bad("key must be 1 to 1024 characters"));
+        }
+        if a.content_type.is_empty() || a.content_type.len() > 255 || !a.content_type.contains('/') {
+            return Err(bad("content_type must look like `type/subtype`"));
+        }
+        if a.sha256.len() != 64 || !a.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err(bad("sha256 must be 64 lowercase hex characters"));
+        }
+    }
+    let check_key = |key: &str, name: &str| {
+        if key.is_empty() || key.len() > MAX_CLIENT_MSG_ID || !key.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            Err(Error::invalid(
+                "invalid_client_msg_id",
+                format!("{name} must be 1 to {MAX_CLIENT_MSG_ID} printable ASCII characters"),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    if let Some(id) = &request.client_msg_id {
+        check_key(id, "client_msg_id")?;
+    }
+    if let Some(header) = idempotency_header {
+        check_key(header, "Idempotency-Key")?;
+        if request.client_msg_id.as_deref().is_some_and(|id| id != header) {
+            return Err(Error::invalid("invalid_client_msg_id", "Idempotency-Key and client_msg_id differ"));
+        }
+    }
+    Ok(idempotency_header.map(str::to_string).or_else(|| request.client_msg_id.clone()))
+}
+
+fn too_large(size: usize, max: usize) -> Error {
+    Error::new(Kind::TooLarge, "payload_too_large", format!("the payload is {size} bytes; the limit is {max}"))
+}
+
+/// Sends one message to a conversation the caller may write to.
+pub async fn send(
+    ctx: &Context,
+    caller: &Caller,
+    conversation_id: &str,
+    request: SendRequest,
+    idempotency_header: Option<&str>,
+    now: i64,
+) -> Result<Sent, Error> {
+    caller.require_scope(Scope::Write)?;
+    let (conversation_id, _) = require_access(ctx, caller, conversation_id).await?;
+    send_checked(ctx, caller, &conversation_id, request, idempotency_header, now).await
+}
+
+/// Sends up to `limits.max_batch` messages in order, each with its own result.
+pub async fn send_batch(
+    ctx: &Context,
+    caller: &Caller,
+    conversation_id: &str,
+    requests: Vec<serde_json::Value>,
+    now: i64,
+) -> Result<Vec<Result<Sent, Error>>, Error> {
+    caller.require_scope(Scope::Write)?;
+    let max = ctx.config.limits.max_batch;
+    if requests.is_empty() || requests.len() > max {
+        return Err(Error::invalid("invalid_batch", format!("a batch holds 1 to {max} messages")));
+    }
+    let (conversation_id, _) = require_access(ctx, caller, conversation_id).await?;
+    let mut results = Vec::with_capacity(requests.len());
+    for item in requests {
+        let result = match serde_json::from_value::<SendRequest>(item) {
+            Ok(request) => send_checked(ctx, caller, &conversation_id, request, None, now).await,
+            Err(e) => Err(Error::invalid("invalid_request", format!("not a message: {e}"))),
+        };
+        results.push(result);
+    }
+    Ok(results)
+}
+
+async fn send_checked(
+    ctx: &Context,
+    caller: &Caller,
+    conversation_id: &str,
+    request: SendRequest,
+    idempotency_header: Option<&str>,
+    now: i64,
+) -> Result<Sent, Error> {
+    let idempotency_key = validate(ctx, &request, idempotency_header)?;
+    rate_limit(ctx, caller).await?;
+    let started = Instant::now();
+
+    let sender = match &caller.user_id {
+        Some(user) => Sender { kind: "user".into(), id: user.clone() },
+        None => Sender { kind: "app".into(), id: caller.app_id.clone() },
+    };
+    let envelope = Envelope {
+        v: ENVELOPE_VERSION,
+        id: uuid::Uuid::now_v7().to_string(),
+        conversation_id: conversation_id.to_string(),
+        seq: 0,
+        ts: now,
+        sender,
+        payload: request.payload,
+        payload_base64: request.payload_base64,
+        content_type: request.content_type,
+        attachments: request.attachments,
+        client_msg_id: request.client_msg_id,
+    };
+    let conv = ConvKey::new(&caller.app_id, conversation_id);
+    let append = AppendRequest {
+        conv: conv.clone(),
+        ts_ms: now,
+        body: serde_json::to_vec(&envelope).expect("envelopes serialize"),
+        idempotency: idempotency_key.map(|key| IdempotencyClaim {
+            key,
+            fingerprint: fingerprint(&envelope),
+            ttl: ctx.config.limits.idempotency_ttl,
+        }),
+    };
+
+    for _ in 0..SEED_ATTEMPTS {
+        match ctx.stores.tail.append(&append).await? {
+            AppendOutcome::Appended(entry) => {
+                ctx.metrics.messages_ingested_total.inc();
+                ctx.metrics.ingest_duration_seconds.observe(started.elapsed().as_secs_f64());
+                tracing::debug!(component = "ingest", "conversation-id" = %conv.conversation_id, seq = entry.seq, "payload-bytes" = append.body.len(), "duration-ms" = started.elapsed().as_millis() as u64, "message accepted");
+                return Ok(Sent { envelope: Envelope { seq: entry.seq, ..envelope }, replayed: false });
+            }
+            AppendOutcome::Replayed { seq } => {
+                ctx.metrics.idempotent_replays_total.inc();
+                return Ok(Sent { envelope: original(ctx, &conv, seq).await?, replayed: true });
+            }
+            AppendOutcome::KeyReused { seq } => {
+                return Err(Error::new(
+                    Kind::Unprocessable,
+                    "idempotency_key_reused",
+                    format!("this idempotency key was used for a different message (seq {seq})"),
+                ));
+            }
+            AppendOutcome::NeedsSeed => {
+                // New conversation, or the tail lost its counter: continue after the
+                // highest seq known durably, never from 1 again.
+                let floor = ctx.stores.metadata.flushed_seq(&conv.app_id, &conv.conversation_id).await?;
+                tracing::info!(component = "ingest", "conversation-id" = %conv.conversation_id, floor, "seq counter seeded");
+                ctx.stores.tail.seed_seq(&conv, floor).await?;
+            }
+        }
+    }
+    Err(Error::new(Kind::Unavailable, "seq_unavailable", "could not assign a seq; retry"))
+}
+
+/// The envelope originally stored at `seq`, for an idempotent replay.
+async fn original(ctx: &Context, conv: &ConvKey, seq: u64) -> Result<Envelope, Error> {
+    let entries = ctx.stores.tail.read(conv, seq - 1, 1).await?;
+    match entries.first() {
+        Some(entry) if entry.seq == seq => Envelope::from_entry(entry),
+        _ => Err(Error::new(
+            Kind::Conflict,
+            "idempotency_original_unavailable",
+            format!("this idempotency key was used for seq {seq}, which is no longer in the recent tail"),
+        )),
+    }
+}
+
+/// What makes two sends "the same request": sender and content, not the
+/// server-assigned id or time.
+fn fingerprint(envelope: &Envelope) -> String {
+    let canonical = serde_json::json!({
+        "sender": envelope.sender,
+        "payload": envelope.payload,
+        "payload_base64": envelope.payload_base64,
+        "content_type": envelope.content_type,
+        "attachments": envelope.attachments,
+    });
+    let digest = Sha256::digest(canonical.to_string().as_bytes());
+    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The per-user and per-key limits; the user bucket is checked first so one
+/// noisy user cannot drain the key's bucket for everyone.
+async fn rate_limit(ctx: &Context, caller: &Caller) -> Result<(), Error> {
+    let limits = &ctx.config.limits;
+    let mut buckets = Vec::with_capacity(2);
+    if let Some(user) = &caller.user_id {
+        buckets.push(("user", format!("u:{}:{}", caller.app_id, user), limits.user_rate, limits.user_burst));
+    }
+    buckets.push(("key", format!("k:{}", caller.key_id), limits.key_rate, limits.key_burst));
+    for (scope, key, rate, burst) in buckets {
+        let decision = ctx.stores.tail.rate_limit(&key, rate, burst).await?;
+        if !decision.allowed {
+            ctx.metrics.rate_limited_total.with_label_values(&[scope]).inc();
+            let mut error = Error::new(
+                Kind::RateLimited,
+                "rate_limited",
+                format!("too many messages for this {scope}: {rate}/s with a burst of {burst}"),
+            );
+            error.rate = Some(RateLimitInfo { limit: burst, window_seconds: f64::from(burst) / rate, decision });
+            return Err(error);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_round_trip_and_the_tail_body_has_no_seq() {
+        let envelope = Envelope {
+            v: ENVELOPE_VERSION,
+            id: "0190c0de-0000-7000-8000-000000000001".into(),
+            conversation_id: "0190c0de-0000-7000-8000-000000000002".into(),
+            seq: 0,
+            ts: 1_790_000_000_000,
+            sender: Sender { kind: "user".into(), id: "alice".into() },
+            payload: Some(serde_json::json!({"text": "hi"})),
+            payload_base64: None,
+            content_type: None,
+            attachments: vec![],
+            client_msg_id: Some("c-1".into()),
+        };
+        let body = serde_json::to_vec(&envelope).unwrap();
+        assert!(!String::from_utf8_lossy(&body).contains("\"seq\""));
+        let read = Envelope::from_entry(&TailEntry { seq: 7, ts_ms: envelope.ts, body }).unwrap();
+        assert_eq!(read, Envelope { seq: 7, ..envelope });
+    }
+}

@@ -1,0 +1,128 @@
+//! Read and delivered receipts: per member, the highest delivered and read
+//! seq of a conversation. Ephemeral (DESIGN §3): kept in the tail's TTL'd
+//! state for the retention window, never in segments, published live.
+//!
+//! Marks only move forward: a lower seq never moves one back, and marking
+//! something read marks it delivered too.
+
+use serde::{Deserialize, Serialize};
+
+use crate::auth::Caller;
+use crate::context::Context;
+use crate::conversations::require_access;
+use crate::error::Error;
+use crate::keys::Scope;
+use crate::store::ConvKey;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceiptKind {
+    Delivered,
+    Read,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiptRequest {
+    pub seq: u64,
+    pub kind: ReceiptKind,
+}
+
+/// One member's marks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Marks {
+    pub user_id: String,
+    pub delivered_seq: u64,
+    pub read_seq: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReceiptsView {
+    pub last_seq: u64,
+    pub receipts: Vec<Marks>,
+    /// The caller's unread count (last seq − read mark); absent for an app caller.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unread: Option<u64>,
+}
+
+fn state_key(conv: &ConvKey) -> String {
+    format!("receipts:{}:{}", conv.app_id, conv.conversation_id)
+}
+
+/// Moves the caller's mark forward and publishes the new marks.
+pub async fn mark(ctx: &Context, caller: &Caller, conversation_id: &str, request: ReceiptRequest) -> Result<Marks, Error> {
+    caller.require_scope(Scope::Write)?;
+    let (conversation_id, _) = require_access(ctx, caller, conversation_id).await?;
+    let user = caller
+        .user_id
+        .clone()
+        .ok_or_else(|| Error::invalid("user_required", "receipts belong to a user; send a user token"))?;
+    let conv = ConvKey::new(&caller.app_id, &conversation_id);
+    let last_seq = ctx.stores.tail.last_seq(&conv).await?.unwrap_or(0);
+    if request.seq == 0 || request.seq > last_seq {
+        return Err(Error::invalid(
+            "seq_out_of_range",
+            format!("seq must be between 1 and the conversation's last seq ({last_seq})"),
+        ));
+    }
+    let ttl = std::time::Duration::from_secs(u64::from(ctx.config.retention.days) * 86_400);
+    let key = state_key(&conv);
+    let delivered = ctx.stores.tail.state_raise(&key, &format!("{user}:delivered"), request.seq, ttl).await?;
+    let read = match request.kind {
+        ReceiptKind::Read => ctx.stores.tail.state_raise(&key, &format!("{user}:read"), request.seq, ttl).await?,
+        ReceiptKind::Delivered => current(ctx, &key, &user).await?.read_seq,
+    };
+    let marks = Marks { user_id: user, delivered_seq: delivered, read_seq: read };
+    let event = serde_json::json!({
+        "op": "receipt",
+        "conversation_id": conversation_id,
+        "user_id": marks.user_id,
+        "delivered_seq": marks.delivered_seq,
+        "read_seq": marks.read_seq,
+    });
+    ctx.stores.tail.publish(&conv, event.to_string().as_bytes()).await?;
+    Ok(marks)
+}
+
+async fn current(ctx: &Context, key: &str, user: &str) -> Result<Marks, Error> {
+    Ok(all_marks(ctx, key).await?.into_iter().find(|m| m.user_id == user).unwrap_or(Marks {
+        user_id: user.to_string(),
+        delivered_seq: 0,
+        read_seq: 0,
+    }))
+}
+
+async fn all_marks(ctx: &Context, key: &str) -> Result<Vec<Marks>, Error> {
+    let mut marks: Vec<Marks> = Vec::new();
+    for (field, value) in ctx.stores.tail.state_get(key).await? {
+        let Some((user, kind)) = field.rsplit_once(':') else { continue };
+        let seq = std::str::from_utf8(&value).ok().and_then(|t| t.parse::<u64>().ok()).unwrap_or(0);
+        let index = match marks.iter().position(|m| m.user_id == user) {
+            Some(index) => index,
+            None => {
+                marks.push(Marks { user_id: user.to_string(), delivered_seq: 0, read_seq: 0 });
+                marks.len() - 1
+            }
+        };
+        match kind {
+            "delivered" => marks[index].delivered_seq = seq,
+            "read" => marks[index].read_seq = seq,
+            _ => {}
+        }
+    }
+    Ok(marks)
+}
+
+/// Every member's marks, and the caller's unread count.
+pub async fn list(ctx: &Context, caller: &Caller, conversation_id: &str) -> Result<ReceiptsView, Error> {
+    caller.require_scope(Scope::Read)?;
+    let (conversation_id, _) = require_access(ctx, caller, conversation_id).await?;
+    let conv = ConvKey::new(&caller.app_id, &conversation_id);
+    let last_seq = ctx.stores.tail.last_seq(&conv).await?.unwrap_or(0);
+    let receipts = all_marks(ctx, &state_key(&conv)).await?;
+    let unread = caller.user_id.as_ref().map(|user| {
+        let read = receipts.iter().find(|m| &m.user_id == user).map_or(0, |m| m.read_seq);
+        last_seq.saturating_sub(read)
+    });
+    Ok(ReceiptsView { last_seq, receipts, unread })
+}
