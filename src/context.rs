@@ -20,7 +20,7 @@ pub struct Context {
 
 impl Context {
     pub fn new(config: Arc<Config>, stores: Stores, metrics: Metrics) -> anyhow::Result<Context> {
-        let auth = Authenticator::new(&config, stores.metadata.clone(), metrics.clone())?;
+        let auth = Authenticator::new(&config, stores.metadata.clone())?;
         let membership = Membership::new(stores.clone());
         Ok(Context { config, stores, metrics, auth, membership })
     }

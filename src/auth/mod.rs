@@ -22,7 +22,6 @@ use crate::config::Config;
 use crate::error::{Error, Kind};
 use crate::keys::{self, AuthenticatedKey, KeyError, Scope};
 use crate::store::Metadata;
-use crate::telemetry::Metrics;
 
 /// The authenticated caller of one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,7 +65,6 @@ const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
 pub struct Authenticator {
     metadata: Arc<dyn Metadata>,
-    metrics: Metrics,
     key_cache_ttl: Duration,
     /// SHA-256(presented key) → the validated key and when it was validated.
     key_cache: Mutex<HashMap<[u8; 32], (AuthenticatedKey, Instant)>>,
@@ -78,7 +76,7 @@ pub struct Authenticator {
 const KEY_CACHE_MAX: usize = 10_000;
 
 impl Authenticator {
-    pub fn new(config: &Config, metadata: Arc<dyn Metadata>, metrics: Metrics) -> anyhow::Result<Authenticator> {
+    pub fn new(config: &Config, metadata: Arc<dyn Metadata>) -> anyhow::Result<Authenticator> {
         let dev = if config.auth.dev_tokens.enabled {
             Some(DevIssuer::open(&config.auth.dev_tokens, &config.data_dir)?)
         } else {
@@ -86,7 +84,6 @@ impl Authenticator {
         };
         Ok(Authenticator {
             metadata,
-            metrics,
             key_cache_ttl: config.auth.key_cache_ttl,
             key_cache: Mutex::default(),
             keycloak: config.auth.keycloak.as_ref().map(KeycloakVerifier::new).transpose()?,
@@ -98,18 +95,9 @@ impl Authenticator {
         self.dev.as_ref()
     }
 
-    /// Authenticates a request at `now` (Unix ms).
+    /// Authenticates a request at `now` (Unix ms). Refusals are counted by the
+    /// edge that answers them (`msgd_auth_failures_total`).
     pub async fn authenticate(&self, credentials: Credentials<'_>, now: i64) -> Result<Caller, Error> {
-        let result = self.authenticate_inner(credentials, now).await;
-        if let Err(e) = &result {
-            if matches!(e.kind, Kind::Unauthenticated | Kind::Forbidden) {
-                self.metrics.auth_failures_total.with_label_values(&[e.code]).inc();
-            }
-        }
-        result
-    }
-
-    async fn authenticate_inner(&self, credentials: Credentials<'_>, now: i64) -> Result<Caller, Error> {
         let presented = credentials
             .api_key
             .map(str::trim)

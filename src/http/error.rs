@@ -59,11 +59,17 @@ pub fn rate_limit_headers(err: &Error) -> HeaderMap {
     headers
 }
 
+/// The error code of a response, for the metrics middleware.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = status_of(self.0.kind);
         let headers = rate_limit_headers(&self.0);
-        (status, headers, Json(serde_json::json!({"error": error_body(&self.0)}))).into_response()
+        let mut response = (status, headers, Json(serde_json::json!({"error": error_body(&self.0)}))).into_response();
+        response.extensions_mut().insert(ErrorCode(self.0.code));
+        response
     }
 }
 

@@ -63,7 +63,12 @@ async fn record_request(State(state): State<AppState>, request: Request, next: N
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
     let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
+    let status = response.status();
+    // Every authentication or authorization refusal, wherever it was decided.
+    if let (401 | 403, Some(error::ErrorCode(code))) = (status.as_u16(), response.extensions().get()) {
+        state.ctx.metrics.auth_failures_total.with_label_values(&[code]).inc();
+    }
+    let status = status.as_u16().to_string();
     state.ctx.metrics.http_requests_total.with_label_values(&[&method, &route, &status]).inc();
     state
         .ctx

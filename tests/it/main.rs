@@ -2,8 +2,11 @@
 //! at its boundaries — the CLI, the HTTP server, the storage contracts — on
 //! both backends, against real servers.
 
+mod api;
+mod authz;
 mod cli_config;
 mod keys;
+mod messages;
 mod oidc;
 mod serve;
 mod storage;

@@ -1,0 +1,109 @@
+//! The authorization matrix as data: key scope × user × membership × app ×
+//! key state → status and code, on both backends.
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::api::{create_app, Api};
+use crate::support::backends;
+
+fn key_with_id(env: &crate::support::TestEnv, app_id: &str, scope: &str) -> (String, String) {
+    let out = env.run(&["keys", "create", "--app", app_id, "--scope", scope, "--json"], "");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let json = out.json();
+    (json["key"].as_str().unwrap().to_string(), json["id"].as_str().unwrap().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_authorization_matrix_holds() {
+    for backend in backends() {
+        let api = Api::start(backend).await;
+        let env = &api.env;
+        let (alice, bob, carol) = (api.token("alice").await, api.token("bob").await, api.token("carol").await);
+        let conversation = api.conversation(&alice, &["bob"]).await;
+        let missing = uuid::Uuid::now_v7().to_string();
+
+        let (revoked, revoked_id) = key_with_id(env, &api.app_id, "write");
+        assert_eq!(env.run(&["keys", "revoke", &revoked_id], "").code, 0);
+        let (in_grace, in_grace_id) = key_with_id(env, &api.app_id, "write");
+        assert_eq!(env.run(&["keys", "rotate", &in_grace_id, "--grace", "1h"], "").code, 0);
+        let (after_grace, after_grace_id) = key_with_id(env, &api.app_id, "write");
+        assert_eq!(env.run(&["keys", "rotate", &after_grace_id, "--grace", "0s"], "").code, 0);
+        let (other_app, other_admin) = create_app(env, "other");
+        let (other_write, _) = key_with_id(env, &other_app, "write");
+
+        let send = format!("/v1/conversations/{conversation}/messages");
+        let get = format!("/v1/conversations/{conversation}");
+        let get_missing = format!("/v1/conversations/{missing}");
+        let send_missing = format!("/v1/conversations/{missing}/messages");
+        let add_dave = format!("/v1/conversations/{conversation}/members/dave");
+        let receipts = format!("/v1/conversations/{conversation}/receipts");
+
+        // (name, key, user token, method, path, expected status, expected code)
+        let cases: Vec<(&str, Option<&str>, Option<&str>, Method, &str, u16, &str)> = vec![
+            ("no key", None, Some(&alice), Method::POST, &send, 401, "missing_api_key"),
+            ("garbage key", Some("msgd_sk_nope"), Some(&alice), Method::POST, &send, 401, "invalid_api_key"),
+            ("admin acts as the app", Some(&api.admin_key), None, Method::POST, &send, 201, ""),
+            ("admin sees a missing conversation as missing", Some(&api.admin_key), None, Method::GET, &get_missing, 404, "not_found"),
+            ("write key needs a user", Some(&api.write_key), None, Method::POST, &send, 401, "missing_token"),
+            ("owner sends", Some(&api.write_key), Some(&alice), Method::POST, &send, 201, ""),
+            ("member sends", Some(&api.write_key), Some(&bob), Method::POST, &send, 201, ""),
+            ("non-member cannot send", Some(&api.write_key), Some(&carol), Method::POST, &send, 403, "not_member"),
+            ("non-member cannot read", Some(&api.write_key), Some(&carol), Method::GET, &get, 403, "not_member"),
+            ("missing looks like not a member", Some(&api.write_key), Some(&carol), Method::GET, &get_missing, 403, "not_member"),
+            ("missing send looks the same", Some(&api.write_key), Some(&alice), Method::POST, &send_missing, 403, "not_member"),
+            ("non-member cannot see receipts", Some(&api.read_key), Some(&carol), Method::GET, &receipts, 403, "not_member"),
+            ("read key reads", Some(&api.read_key), Some(&bob), Method::GET, &get, 200, ""),
+            ("read key cannot send", Some(&api.read_key), Some(&alice), Method::POST, &send, 403, "insufficient_scope"),
+            ("read key cannot add members", Some(&api.read_key), Some(&alice), Method::PUT, &add_dave, 403, "insufficient_scope"),
+            ("member is not an owner", Some(&api.write_key), Some(&bob), Method::PUT, &add_dave, 403, "not_owner"),
+            ("owner adds a member", Some(&api.write_key), Some(&alice), Method::PUT, &add_dave, 201, ""),
+            ("admin manages members", Some(&api.admin_key), None, Method::PUT, &add_dave, 200, ""),
+            ("revoked key", Some(&revoked), Some(&alice), Method::POST, &send, 401, "key_revoked"),
+            ("rotated key within its grace", Some(&in_grace), Some(&alice), Method::POST, &send, 201, ""),
+            ("rotated key after its grace", Some(&after_grace), Some(&alice), Method::POST, &send, 401, "key_expired"),
+            ("another app's key with this app's user token", Some(&other_write), Some(&alice), Method::POST, &send, 401, "wrong_audience"),
+            ("another app's admin cannot see this app's conversation", Some(&other_admin), None, Method::GET, &get, 404, "not_found"),
+            ("another app's admin cannot write to it", Some(&other_admin), None, Method::POST, &send, 404, "not_found"),
+            ("a bearer that is not a token", Some(&api.write_key), Some("not-a-token"), Method::GET, "/v1/conversations", 401, "invalid_token"),
+        ];
+        let body = json!({"payload": {"text": "hi"}});
+        let mut failures = Vec::new();
+        for (name, key, token, method, path, status, code) in cases {
+            let body = (method == Method::POST).then_some(&body);
+            let reply = api.request(method, path, key, token, body, &[]).await;
+            if reply.status != status || (!code.is_empty() && reply.code() != code) {
+                failures.push(format!("{name}: expected {status} {code}, got {} {}", reply.status, reply.body));
+            }
+        }
+        assert!(failures.is_empty(), "{backend:?}:\n{}", failures.join("\n"));
+
+        // Refusals are counted by reason.
+        let metrics = api.client.get(api.msgd.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        for reason in ["missing_api_key", "not_member", "insufficient_scope", "key_revoked", "key_expired"] {
+            assert!(metrics.contains(&format!("msgd_auth_failures_total{{reason=\"{reason}\"}}")), "{reason} not counted");
+        }
+        // Listing shows only the caller's conversations; an admin sees the app's.
+        let listed = api.request(Method::GET, "/v1/conversations", Some(&api.read_key), Some(&carol), None, &[]).await;
+        assert_eq!(listed.body["conversations"], json!([]));
+        let listed = api.request(Method::GET, "/v1/conversations", Some(&api.read_key), Some(&bob), None, &[]).await;
+        assert_eq!(listed.body["conversations"][0]["id"], conversation.as_str());
+        let listed = api.request(Method::GET, "/v1/conversations", Some(&other_admin), None, None, &[]).await;
+        assert_eq!(listed.body["conversations"], json!([]), "apps never see each other's conversations");
+    }
+}
+
+#[tokio::test]
+async fn dev_tokens_are_off_unless_enabled() {
+    let env = crate::support::TestEnv::new(crate::support::Backend::Embedded).await;
+    let (_, admin) = create_app(&env, "acme");
+    let msgd = env.serve();
+    let reply = reqwest::Client::new()
+        .post(msgd.url("/v1/dev/token"))
+        .header("x-api-key", admin)
+        .json(&json!({"user_id": "alice"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status().as_u16(), 404);
+}
