@@ -6,6 +6,7 @@
 
 mod config;
 mod keys;
+mod load;
 mod output;
 mod serve;
 
@@ -37,6 +38,8 @@ enum Command {
     Keys(keys::Args),
     /// Print the effective configuration (secrets redacted) or check it
     Config(config::Args),
+    /// Generate load against a running msgd and report throughput and latency
+    Load(load::Args),
 }
 
 /// A failure with the exit code it maps to.
@@ -61,18 +64,22 @@ fn main() -> ExitCode {
     if let Command::Config(args) = &cli.command {
         return exit(config::run(args, loaded));
     }
-    let config = match loaded {
-        Ok(config) => config,
-        Err(e) => return exit(Err(Failure::Usage(e.to_string()))),
-    };
+    // Load talks to a server over HTTP; it needs no local config.
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => return exit(Err(Failure::Failed(anyhow::Error::new(e).context("cannot start the async runtime")))),
     };
+    if let Command::Load(args) = &cli.command {
+        return exit(runtime.block_on(load::run(args)));
+    }
+    let config = match loaded {
+        Ok(config) => config,
+        Err(e) => return exit(Err(Failure::Usage(e.to_string()))),
+    };
     let result = match cli.command {
         Command::Serve(args) => runtime.block_on(serve::run(&args, config)),
         Command::Keys(args) => runtime.block_on(keys::run(&args, config)),
-        Command::Config(_) => unreachable!("handled above"),
+        Command::Config(_) | Command::Load(_) => unreachable!("handled above"),
     };
     // Background tasks (lazy connections' reconnect loops) must not hold the exit.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));

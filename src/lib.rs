@@ -10,6 +10,7 @@ pub mod conversations;
 pub mod error;
 pub mod http;
 pub mod keys;
+pub mod load;
 pub mod messages;
 pub mod receipts;
 pub mod server;

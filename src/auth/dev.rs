@@ -13,7 +13,7 @@ use anyhow::Context;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 
-use super::invalid_token;
+use super::{invalid_token, VerifiedToken};
 use crate::config::DevTokensConfig;
 use crate::error::{Error, Kind};
 
@@ -62,7 +62,7 @@ impl DevIssuer {
         jsonwebtoken::decode_header(token).is_ok_and(|h| h.kid.as_deref() == Some(DEV_KID))
     }
 
-    pub fn verify(&self, token: &str, app_id: &str) -> Result<String, Error> {
+    pub(crate) fn verify(&self, token: &str, app_id: &str) -> Result<VerifiedToken, Error> {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_issuer(&[DEV_ISSUER]);
         validation.set_audience(&[app_id]);
@@ -76,11 +76,12 @@ impl DevIssuer {
                 }
                 _ => invalid_token(format!("the dev token failed validation: {e}")),
             })?;
+        let expires_at_ms = data.claims.get("exp").and_then(|v| v.as_i64()).unwrap_or(0) * 1000;
         data.claims
             .get("sub")
             .and_then(|v| v.as_str())
             .filter(|s| !s.is_empty())
-            .map(str::to_string)
+            .map(|user| VerifiedToken { user_id: user.to_string(), expires_at_ms })
             .ok_or_else(|| invalid_token("the dev token has no subject"))
     }
 }

@@ -16,7 +16,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
-use super::invalid_token;
+use super::{invalid_token, VerifiedToken};
 use crate::config::KeycloakConfig;
 use crate::error::{Error, Kind};
 
@@ -68,8 +68,8 @@ impl KeycloakVerifier {
         Ok(KeycloakVerifier { inner })
     }
 
-    /// Validates a token and returns the user id from the configured claim.
-    pub async fn verify(&self, token: &str) -> Result<String, Error> {
+    /// Validates a token; the user id comes from the configured claim.
+    pub(crate) async fn verify(&self, token: &str) -> Result<VerifiedToken, Error> {
         let inner = &self.inner;
         let header = jsonwebtoken::decode_header(token).map_err(|e| invalid_token(format!("malformed token: {e}")))?;
         if !inner.algorithms.contains(&header.alg) {
@@ -124,8 +124,11 @@ impl KeycloakVerifier {
                 ));
             }
         }
+        let expires_at_ms = claims.get("exp").and_then(|v| v.as_i64()).unwrap_or(0) * 1000;
         match claims.get(&config.user_claim).and_then(|v| v.as_str()) {
-            Some(user) if !user.is_empty() && user.len() <= 255 => Ok(user.to_string()),
+            Some(user) if !user.is_empty() && user.len() <= 255 => {
+                Ok(VerifiedToken { user_id: user.to_string(), expires_at_ms })
+            }
             _ => Err(invalid_token(format!("the token has no usable `{}` claim", config.user_claim))),
         }
     }

@@ -68,9 +68,16 @@ pub struct Authenticator {
     key_cache_ttl: Duration,
     /// SHA-256(presented key) → the validated key and when it was validated.
     key_cache: Mutex<HashMap<[u8; 32], (AuthenticatedKey, Instant)>>,
+    /// SHA-256(app id, token) → the user and when the token stops being
+    /// accepted, so RSA is verified once per token rather than per request.
+    token_cache: Mutex<HashMap<[u8; 32], (String, Instant)>>,
     keycloak: Option<KeycloakVerifier>,
     dev: Option<DevIssuer>,
 }
+
+/// A verified token is trusted from the cache at most this long (and never
+/// past its own expiry).
+const TOKEN_CACHE_TTL: Duration = Duration::from_secs(30);
 
 /// Above this many cached keys, stale entries are dropped on the next insert.
 const KEY_CACHE_MAX: usize = 10_000;
@@ -86,6 +93,7 @@ impl Authenticator {
             metadata,
             key_cache_ttl: config.auth.key_cache_ttl,
             key_cache: Mutex::default(),
+            token_cache: Mutex::default(),
             keycloak: config.auth.keycloak.as_ref().map(KeycloakVerifier::new).transpose()?,
             dev,
         })
@@ -115,7 +123,7 @@ impl Authenticator {
                 }
                 None
             }
-            Some(header) => Some(self.user(header, &key.app_id).await?),
+            Some(header) => Some(self.user(header, &key.app_id, now).await?),
         };
         Ok(Caller { app_id: key.app_id, key_id: key.key_id, scope: key.scope, user_id })
     }
@@ -147,7 +155,7 @@ impl Authenticator {
         }
     }
 
-    async fn user(&self, header: &str, app_id: &str) -> Result<String, Error> {
+    async fn user(&self, header: &str, app_id: &str, now: i64) -> Result<String, Error> {
         let token = header
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
@@ -156,20 +164,41 @@ impl Authenticator {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(invalid_token("the token is too large"));
         }
-        if let Some(dev) = &self.dev {
-            if dev.issued(token) {
-                return dev.verify(token, app_id);
+        let digest: [u8; 32] = Sha256::new().chain_update(app_id).chain_update([0]).chain_update(token).finalize().into();
+        if let Some((user, until)) = self.token_cache.lock().expect("token cache lock").get(&digest) {
+            if Instant::now() < *until {
+                return Ok(user.clone());
             }
         }
-        match &self.keycloak {
-            Some(keycloak) => keycloak.verify(token).await,
-            None => Err(invalid_token("no token issuer is configured (auth.keycloak)")),
+        let verified = if let Some(dev) = self.dev.as_ref().filter(|dev| dev.issued(token)) {
+            dev.verify(token, app_id)?
+        } else {
+            match &self.keycloak {
+                Some(keycloak) => keycloak.verify(token).await?,
+                None => return Err(invalid_token("no token issuer is configured (auth.keycloak)")),
+            }
+        };
+        let remaining_ms = u64::try_from(verified.expires_at_ms - now).unwrap_or(0);
+        let until = Instant::now() + TOKEN_CACHE_TTL.min(Duration::from_millis(remaining_ms));
+        let mut cache = self.token_cache.lock().expect("token cache lock");
+        if cache.len() >= KEY_CACHE_MAX {
+            let now = Instant::now();
+            cache.retain(|_, (_, until)| *until > now);
         }
+        cache.insert(digest, (verified.user_id.clone(), until));
+        Ok(verified.user_id)
     }
 }
 
 fn key_refusal(rejection: keys::KeyRejection) -> Error {
     Error::new(Kind::Unauthenticated, rejection.code(), rejection.to_string())
+}
+
+/// A token that passed verification.
+pub(crate) struct VerifiedToken {
+    pub user_id: String,
+    /// The token's `exp`, in Unix ms.
+    pub expires_at_ms: i64,
 }
 
 pub(crate) fn invalid_token(message: impl Into<String>) -> Error {

@@ -6,6 +6,7 @@ mod api;
 mod authz;
 mod cli_config;
 mod keys;
+mod load;
 mod messages;
 mod oidc;
 mod serve;

@@ -1,0 +1,86 @@
+//! `msgd load`: generate load against a running msgd over its public API
+//! and report throughput and ack latency.
+
+use indicatif::{ProgressBar, ProgressStyle};
+use msgd::load::{self, SendPlan};
+
+use crate::{output, Failure};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: LoadCommand,
+    /// Print one JSON document instead of a table
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(clap::Subcommand)]
+enum LoadCommand {
+    /// Send messages into one new conversation and measure ack latency
+    /// (needs an admin key and auth.dev_tokens.enabled on the server)
+    Send {
+        /// The server, e.g. http://127.0.0.1:8080
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        base_url: String,
+        /// An admin key of the app to load
+        #[arg(long)]
+        api_key: String,
+        /// Messages to send in all
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+        /// Concurrent clients
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Messages per request (1 = single sends, more = the batch endpoint)
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Distinct senders (dev-token users)
+        #[arg(long, default_value_t = 16)]
+        users: usize,
+        /// Bytes of text in each payload
+        #[arg(long, default_value_t = 200)]
+        payload_bytes: usize,
+    },
+}
+
+pub async fn run(args: &Args) -> Result<(), Failure> {
+    let LoadCommand::Send { base_url, api_key, count, concurrency, batch, users, payload_bytes } = &args.command;
+    let plan = SendPlan {
+        base_url: base_url.clone(),
+        admin_key: api_key.clone(),
+        count: *count,
+        concurrency: *concurrency,
+        batch: *batch,
+        users: *users,
+        payload_bytes: *payload_bytes,
+    };
+    let bar = if args.json { ProgressBar::hidden() } else { ProgressBar::new(*count as u64) };
+    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} messages {per_sec}").expect("valid template"));
+    let shown = bar.clone();
+    let report = load::send(&plan, move |acked| shown.set_position(acked as u64)).await?;
+    bar.finish_and_clear();
+    if args.json {
+        output::json(&report);
+    } else {
+        output::table(
+            &["messages", "errors", "seconds", "msg/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "clients", "batch"],
+            [vec![
+                report.messages.to_string(),
+                report.errors.to_string(),
+                format!("{:.2}", report.elapsed_seconds),
+                format!("{:.0}", report.messages_per_second),
+                format!("{:.2}", report.latency_ms_p50),
+                format!("{:.2}", report.latency_ms_p90),
+                format!("{:.2}", report.latency_ms_p99),
+                format!("{:.2}", report.latency_ms_max),
+                report.concurrency.to_string(),
+                report.batch.to_string(),
+            ]],
+        );
+    }
+    if report.errors > 0 {
+        return Err(Failure::Failed(anyhow::anyhow!("{} requests failed", report.errors)));
+    }
+    Ok(())
+}
