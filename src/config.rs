@@ -132,6 +132,27 @@ pub struct Config {
     pub log: LogConfig,
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
+    pub flush: FlushConfig,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FlushConfig {
+    /// How often `serve` runs a flush tick.
+    #[serde(serialize_with = "ser_duration")]
+    pub interval: Duration,
+    /// A conversation is flushed once this many unflushed bytes accumulate ...
+    pub max_bytes: u64,
+    /// ... or once its oldest unflushed message is this old.
+    #[serde(serialize_with = "ser_duration")]
+    pub max_age: Duration,
+    /// Messages kept in the tail after they are in a segment (recent reads
+    /// and reconnect catch-up stay in the tail).
+    pub hot_window: u64,
+    pub codec: crate::segment::Codec,
+    /// Testing only: `after-put` stops a flush between the object PUT and the
+    /// index commit, to prove crash recovery.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -303,6 +324,20 @@ struct RawConfig {
     log: RawLog,
     auth: RawAuth,
     limits: RawLimits,
+    flush: RawFlush,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawFlush {
+    interval: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    max_bytes: Option<u64>,
+    max_age: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    hot_window: Option<u64>,
+    codec: Option<String>,
+    failpoint: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -639,6 +674,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
 
     let auth = validate_auth(raw.auth)?;
     let limits = validate_limits(raw.limits)?;
+    let flush = validate_flush(raw.flush)?;
 
     Ok(Config {
         data_dir,
@@ -648,6 +684,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         log: LogConfig { level, format },
         auth,
         limits,
+        flush,
     })
 }
 
@@ -709,6 +746,30 @@ fn validate_auth(raw: RawAuth) -> Result<AuthConfig, ConfigError> {
             ttl: duration("auth.dev_tokens.ttl", raw.dev_tokens.ttl, Duration::from_secs(3600))?,
             signing_key,
         },
+    })
+}
+
+fn validate_flush(raw: RawFlush) -> Result<FlushConfig, ConfigError> {
+    let codec = match raw.codec {
+        None => crate::segment::Codec::Json,
+        Some(text) => text.parse().map_err(|e: String| ConfigError::new("flush.codec", Some(text.clone()), e))?,
+    };
+    if let Some(failpoint) = &raw.failpoint {
+        if failpoint != "after-put" {
+            return Err(ConfigError::new("flush.failpoint", Some(failpoint.clone()), "the only failpoint is `after-put`"));
+        }
+    }
+    let interval = duration("flush.interval", raw.interval, Duration::from_secs(10))?;
+    if interval.is_zero() {
+        return Err(ConfigError::new("flush.interval", Some("0s".into()), "must be longer than zero"));
+    }
+    Ok(FlushConfig {
+        interval,
+        max_bytes: raw.max_bytes.unwrap_or(256 * 1024).max(1),
+        max_age: duration("flush.max_age", raw.max_age, Duration::from_secs(15 * 60))?,
+        hot_window: raw.hot_window.unwrap_or(100),
+        codec,
+        failpoint: raw.failpoint,
     })
 }
 

@@ -13,6 +13,7 @@ use crate::context::Context;
 use crate::conversations::require_access;
 use crate::error::{Error, Kind, RateLimitInfo};
 use crate::keys::Scope;
+use crate::segment::Codec;
 use crate::store::{AppendOutcome, AppendRequest, ConvKey, IdempotencyClaim, TailEntry};
 
 /// Format version of [`Envelope`]; bumped on any incompatible change.
@@ -83,6 +84,30 @@ impl Envelope {
         envelope.seq = entry.seq;
         Ok(envelope)
     }
+}
+
+/// Encodes a tail entry as a segment record in `codec`: JSON and MessagePack
+/// carry the whole envelope (seq included, self-describing); raw stores the
+/// tail body as is (its seq is its position in the block).
+pub fn encode_record(codec: Codec, entry: &TailEntry) -> Result<Vec<u8>, Error> {
+    match codec {
+        Codec::Raw => Ok(entry.body.clone()),
+        Codec::Json => Ok(serde_json::to_vec(&Envelope::from_entry(entry)?).expect("envelopes serialize")),
+        Codec::Msgpack => rmp_serde::to_vec_named(&Envelope::from_entry(entry)?)
+            .map_err(|e| Error::new(Kind::Internal, "internal", format!("msgpack encoding failed: {e}"))),
+    }
+}
+
+/// Decodes a segment record written by [`encode_record`]; `seq` is the
+/// record's position-derived seq.
+pub fn decode_record(codec: Codec, seq: u64, bytes: &[u8]) -> Result<Envelope, Error> {
+    let corrupt = |e: String| Error::new(Kind::Internal, "corrupt_segment", format!("undecodable record at seq {seq}: {e}"));
+    let mut envelope: Envelope = match codec {
+        Codec::Raw | Codec::Json => serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?,
+        Codec::Msgpack => rmp_serde::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?,
+    };
+    envelope.seq = seq;
+    Ok(envelope)
 }
 
 /// One message to send, as the API accepts it.
@@ -369,7 +394,12 @@ mod tests {
         };
         let body = serde_json::to_vec(&envelope).unwrap();
         assert!(!String::from_utf8_lossy(&body).contains("\"seq\""));
-        let read = Envelope::from_entry(&TailEntry { seq: 7, ts_ms: envelope.ts, body }).unwrap();
+        let entry = TailEntry { seq: 7, ts_ms: envelope.ts, body };
+        let read = Envelope::from_entry(&entry).unwrap();
         assert_eq!(read, Envelope { seq: 7, ..envelope });
+        for codec in [Codec::Json, Codec::Msgpack, Codec::Raw] {
+            let record = encode_record(codec, &entry).unwrap();
+            assert_eq!(decode_record(codec, 7, &record).unwrap(), read, "{codec:?}");
+        }
     }
 }

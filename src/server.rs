@@ -90,6 +90,8 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
     tracing::info!(component = "boot", step = "auth", keycloak = ctx.config.auth.keycloak.is_some(), dev_tokens = ctx.config.auth.dev_tokens.enabled, "auth ready");
     let state = AppState { ctx: ctx.clone(), readiness: readiness.clone() };
     let watcher = tokio::spawn(watch_dependencies(readiness, stop_rx.clone()));
+    let flusher = crate::flush::Flusher::new(ctx.stores.clone(), ctx.metrics.clone(), ctx.config.flush.clone());
+    let flush = tokio::spawn(crate::flush::run(flusher, stop_rx.clone()));
     let membership_stop = stop_rx.clone();
     let membership = tokio::spawn(async move { ctx.membership.listen(membership_stop).await });
 
@@ -110,6 +112,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
         let served = server.await;
         let _ = watcher.await;
         let _ = membership.await;
+        let _ = flush.await;
         served
     })
     .await;

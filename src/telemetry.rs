@@ -7,8 +7,8 @@
 //! can run in one test process.
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::config::{LogConfig, LogFormat};
@@ -31,6 +31,12 @@ pub struct Metrics {
     pub ingest_duration_seconds: Histogram,
     pub idempotent_replays_total: IntCounter,
     pub rate_limited_total: IntCounterVec,
+    pub flush_duration_seconds: HistogramVec,
+    pub flush_ticks_total: IntCounterVec,
+    pub segment_bytes: Histogram,
+    pub segment_records: Histogram,
+    pub flush_backlog_messages: IntGauge,
+    pub flush_oldest_unflushed_age_seconds: Gauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -104,6 +110,37 @@ impl Metrics {
                 &["scope"],
             )
             .expect("metric"),
+            flush_duration_seconds: HistogramVec::new(
+                HistogramOpts::new("msgd_flush_duration_seconds", "Flush duration by stage (and `tick` for the whole tick)")
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                &["stage"],
+            )
+            .expect("metric"),
+            flush_ticks_total: IntCounterVec::new(
+                Opts::new("msgd_flush_ticks_total", "Flush ticks by result (ok or error)"),
+                &["result"],
+            )
+            .expect("metric"),
+            segment_bytes: Histogram::with_opts(
+                HistogramOpts::new("msgd_segment_bytes", "Size of written segment objects")
+                    .buckets(prometheus::exponential_buckets(1024.0, 4.0, 10).expect("buckets")),
+            )
+            .expect("metric"),
+            segment_records: Histogram::with_opts(
+                HistogramOpts::new("msgd_segment_records", "Messages per written segment")
+                    .buckets(prometheus::exponential_buckets(1.0, 4.0, 12).expect("buckets")),
+            )
+            .expect("metric"),
+            flush_backlog_messages: IntGauge::new(
+                "msgd_flush_backlog_messages",
+                "Messages in the tail not yet in a segment (shards this instance flushed last tick)",
+            )
+            .expect("metric"),
+            flush_oldest_unflushed_age_seconds: Gauge::new(
+                "msgd_flush_oldest_unflushed_age_seconds",
+                "Age of the oldest message not yet in a segment",
+            )
+            .expect("metric"),
             registry,
         };
         let build_info = IntGaugeVec::new(
@@ -127,6 +164,12 @@ impl Metrics {
             Box::new(metrics.ingest_duration_seconds.clone()),
             Box::new(metrics.idempotent_replays_total.clone()),
             Box::new(metrics.rate_limited_total.clone()),
+            Box::new(metrics.flush_duration_seconds.clone()),
+            Box::new(metrics.flush_ticks_total.clone()),
+            Box::new(metrics.segment_bytes.clone()),
+            Box::new(metrics.segment_records.clone()),
+            Box::new(metrics.flush_backlog_messages.clone()),
+            Box::new(metrics.flush_oldest_unflushed_age_seconds.clone()),
             Box::new(build_info),
             Box::new(prometheus::process_collector::ProcessCollector::new(std::process::id() as i32, "msgd")),
         ] {

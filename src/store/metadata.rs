@@ -54,6 +54,47 @@ pub struct MemberRow {
     pub joined_at: i64,
 }
 
+/// One segment object.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SegmentRow {
+    pub id: String,
+    pub app_id: String,
+    pub object_key: String,
+    pub format_version: i32,
+    pub byte_length: i64,
+    pub record_count: i64,
+    pub min_ts: i64,
+    pub max_ts: i64,
+    pub created_at: i64,
+}
+
+/// One conversation's block within a segment.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BlockRow {
+    pub app_id: String,
+    pub conversation_id: String,
+    pub seq_start: i64,
+    pub seq_end: i64,
+    pub ts_start: i64,
+    pub ts_end: i64,
+    pub segment_id: String,
+    pub byte_offset: i64,
+    pub byte_length: i64,
+    pub raw_length: i64,
+    pub record_count: i64,
+    pub checksum: i64,
+}
+
+/// A guarded move of one conversation's flushed seq: it only happens if the
+/// stored value still equals `from` (0 when there is no row yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlushAdvance {
+    pub app_id: String,
+    pub conversation_id: String,
+    pub from: u64,
+    pub to: u64,
+}
+
 #[async_trait]
 pub trait Metadata: Send + Sync {
     /// Succeeds when the database answers a trivial query and the schema is
@@ -96,4 +137,17 @@ pub trait Metadata: Send + Sync {
 
     /// The highest seq of a conversation durably in a segment (0 when none).
     async fn flushed_seq(&self, app_id: &str, conversation_id: &str) -> Result<u64, StoreError>;
+
+    /// Indexes a segment: in one transaction inserts its row and its block
+    /// rows and advances each conversation's flushed seq. Fails with
+    /// [`StoreError::Conflict`] and changes nothing when any advance's guard
+    /// does not hold (a stale or concurrent flusher).
+    async fn commit_segment(&self, segment: &SegmentRow, blocks: &[BlockRow], advances: &[FlushAdvance]) -> Result<(), StoreError>;
+    /// Re-indexes a segment from its footer (disaster recovery): inserts what
+    /// is missing and raises flushed seqs, never lowering one.
+    async fn reindex_segment(&self, segment: &SegmentRow, blocks: &[BlockRow]) -> Result<bool, StoreError>;
+    async fn segment_by_key(&self, object_key: &str) -> Result<Option<SegmentRow>, StoreError>;
+    async fn blocks_of_segment(&self, segment_id: &str) -> Result<Vec<BlockRow>, StoreError>;
+    /// A conversation's blocks, by seq.
+    async fn blocks_of_conversation(&self, app_id: &str, conversation_id: &str) -> Result<Vec<BlockRow>, StoreError>;
 }

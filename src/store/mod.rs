@@ -20,7 +20,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use std::time::{Duration, Instant};
 
-pub use metadata::{ApiKeyRow, AppRow, ConversationRow, MemberRow, Metadata};
+pub use metadata::{ApiKeyRow, AppRow, BlockRow, ConversationRow, FlushAdvance, MemberRow, Metadata, SegmentRow};
 pub use objects::Objects;
 pub use tail::{
     gcra, AppendOutcome, AppendRequest, ConvKey, DirtyConversation, IdempotencyClaim, LiveEvent, LiveSubscription,

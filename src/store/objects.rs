@@ -99,6 +99,21 @@ impl Objects {
         self.timed("put", async { self.store.put(&path, PutPayload::from(bytes)).await.map(|_| ()) }).await
     }
 
+    /// Uploads an object, in parts when it is larger than `multipart_threshold`.
+    pub async fn put_object(&self, key: &str, bytes: Vec<u8>, multipart_threshold: usize) -> Result<(), StoreError> {
+        if bytes.len() <= multipart_threshold {
+            return self.put(key, bytes).await;
+        }
+        let path = Path::from(key);
+        self.timed("put_multipart", async {
+            let upload = self.store.put_multipart(&path).await?;
+            let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, 8 * 1024 * 1024);
+            writer.write(&bytes);
+            writer.finish().await.map(|_| ())
+        })
+        .await
+    }
+
     pub async fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
         let path = Path::from(key);
         self.timed("get", async { Ok(self.store.get(&path).await?.bytes().await?.to_vec()) }).await

@@ -44,6 +44,7 @@ redis.call('SET', KEYS[1], seq)
 if ARGV[5] ~= '' then redis.call('SET', KEYS[5], seq .. ':' .. ARGV[5], 'PX', ARGV[6]) end
 redis.call('ZADD', KEYS[3], 'NX', ARGV[1], ARGV[3])
 redis.call('HINCRBY', KEYS[4], ARGV[3], #ARGV[2])
+redis.call('HINCRBY', KEYS[4], ARGV[3] .. '#n', 1)
 redis.call('PUBLISH', ARGV[4], 'm' .. seq .. ':' .. ARGV[1] .. ':' .. ARGV[2])
 return {0, seq}
 "#;
@@ -70,7 +71,7 @@ local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 local bytes = redis.call('HGET', KEYS[2], ARGV[1]) or '0'
 if score and tonumber(score) == tonumber(ARGV[2]) and tonumber(bytes) == tonumber(ARGV[3]) then
   redis.call('ZREM', KEYS[1], ARGV[1])
-  redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('HDEL', KEYS[2], ARGV[1], ARGV[1] .. '#n')
   return 1
 end
 return 0
@@ -105,6 +106,22 @@ redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1
 return {1, math.floor((now + tolerance - tat) / interval), 0, math.ceil(new_tat - now)}
 "#;
 
+/// Takes a free lease, or renews one the caller holds.
+const LEASE_LUA: &str = r#"
+local holder = redis.call('GET', KEYS[1])
+if not holder or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"#;
+
+/// Releases a lease only if the caller still holds it.
+const RELEASE_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
 pub(crate) struct RedisTail {
     commands: ConnectionManager,
     keys: KeySchema,
@@ -114,6 +131,8 @@ pub(crate) struct RedisTail {
     clear_dirty_script: Script,
     raise_script: Script,
     rate_script: Script,
+    lease_script: Script,
+    release_script: Script,
     metrics: Metrics,
 }
 
@@ -150,6 +169,9 @@ impl KeySchema {
     }
     fn rate(&self, key: &str) -> String {
         format!("{}:rate:{key}", self.prefix)
+    }
+    fn lease(&self, name: &str) -> String {
+        format!("{}:lease:{name}", self.prefix)
     }
 }
 
@@ -242,6 +264,8 @@ impl RedisTail {
             clear_dirty_script: Script::new(CLEAR_DIRTY_LUA),
             raise_script: Script::new(RAISE_LUA),
             rate_script: Script::new(RATE_LUA),
+            lease_script: Script::new(LEASE_LUA),
+            release_script: Script::new(RELEASE_LUA),
             metrics: metrics.clone(),
         })
     }
@@ -378,8 +402,9 @@ impl Tail for RedisTail {
             .into_iter()
             .filter_map(|(member, first_ts)| {
                 let conv = parse_dirty_member(&member)?;
+                let messages = bytes.get(&format!("{member}#n")).copied().unwrap_or(0);
                 let bytes = bytes.get(&member).copied().unwrap_or(0);
-                Some(DirtyConversation { conv, first_ts_ms: first_ts as i64, bytes })
+                Some(DirtyConversation { conv, first_ts_ms: first_ts as i64, bytes, messages })
             })
             .collect())
     }
@@ -445,6 +470,22 @@ impl Tail for RedisTail {
         let invocation = invocation.invoke_async(&mut connection);
         let (allowed, remaining, retry_after_ms, reset_ms): (u8, u32, u64, u64) = self.timed("rate_limit", invocation).await?;
         Ok(RateDecision { allowed: allowed == 1, remaining, retry_after_ms, reset_ms })
+    }
+
+    async fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let mut connection = self.connection();
+        let mut invocation = self.lease_script.prepare_invoke();
+        invocation.key(self.keys.lease(name)).arg(holder).arg(ttl.as_millis().max(1) as u64);
+        let taken: u8 = self.timed("lease", invocation.invoke_async(&mut connection)).await?;
+        Ok(taken == 1)
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let mut connection = self.connection();
+        let mut invocation = self.release_script.prepare_invoke();
+        invocation.key(self.keys.lease(name)).arg(holder);
+        let _: u8 = self.timed("lease", invocation.invoke_async(&mut connection)).await?;
+        Ok(())
     }
 
     async fn state_get(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {

@@ -16,7 +16,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
 
-use super::metadata::{ApiKeyRow, AppRow, ConversationRow, MemberRow, Metadata};
+use super::metadata::{ApiKeyRow, AppRow, BlockRow, ConversationRow, FlushAdvance, MemberRow, Metadata, SegmentRow};
 use super::StoreError;
 use crate::config::PostgresConfig;
 
@@ -216,6 +216,130 @@ impl From<MemberRecord> for MemberRow {
 const CONVERSATION_COLUMNS: &str = "c.app_id, c.id, c.title, c.metadata, c.created_by, c.created_at";
 const INSERT_MEMBER: &str = "INSERT INTO members (app_id, conversation_id, user_id, role, joined_at) \
                              VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
+
+#[derive(sqlx::FromRow)]
+struct SegmentRecord {
+    id: String,
+    app_id: String,
+    object_key: String,
+    format_version: i32,
+    byte_length: i64,
+    record_count: i64,
+    min_ts: i64,
+    max_ts: i64,
+    created_at: i64,
+}
+
+impl From<SegmentRecord> for SegmentRow {
+    fn from(r: SegmentRecord) -> Self {
+        SegmentRow {
+            id: r.id,
+            app_id: r.app_id,
+            object_key: r.object_key,
+            format_version: r.format_version,
+            byte_length: r.byte_length,
+            record_count: r.record_count,
+            min_ts: r.min_ts,
+            max_ts: r.max_ts,
+            created_at: r.created_at,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct BlockRecord {
+    app_id: String,
+    conversation_id: String,
+    seq_start: i64,
+    seq_end: i64,
+    ts_start: i64,
+    ts_end: i64,
+    segment_id: String,
+    byte_offset: i64,
+    byte_length: i64,
+    raw_length: i64,
+    record_count: i64,
+    checksum: i64,
+}
+
+impl From<BlockRecord> for BlockRow {
+    fn from(r: BlockRecord) -> Self {
+        BlockRow {
+            app_id: r.app_id,
+            conversation_id: r.conversation_id,
+            seq_start: r.seq_start,
+            seq_end: r.seq_end,
+            ts_start: r.ts_start,
+            ts_end: r.ts_end,
+            segment_id: r.segment_id,
+            byte_offset: r.byte_offset,
+            byte_length: r.byte_length,
+            raw_length: r.raw_length,
+            record_count: r.record_count,
+            checksum: r.checksum,
+        }
+    }
+}
+
+const SEGMENT_COLUMNS: &str = "id, app_id, object_key, format_version, byte_length, record_count, min_ts, max_ts, created_at";
+const BLOCK_COLUMNS: &str = "app_id, conversation_id, seq_start, seq_end, ts_start, ts_end, segment_id, byte_offset, \
+                             byte_length, raw_length, record_count, checksum";
+const INSERT_SEGMENT: &str = "INSERT INTO segments (id, app_id, object_key, format_version, byte_length, record_count, \
+                              min_ts, max_ts, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING";
+const INSERT_BLOCK: &str = "INSERT INTO segment_blocks (app_id, conversation_id, seq_start, seq_end, ts_start, ts_end, \
+                            segment_id, byte_offset, byte_length, raw_length, record_count, checksum) \
+                            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT DO NOTHING";
+
+/// Inserts a segment row and its block rows on `$executor` (a transaction);
+/// evaluates to the number of segment rows inserted (0 when it existed).
+macro_rules! insert_segment {
+    ($tx:expr, $segment:expr, $blocks:expr) => {
+        async {
+            let s = $segment;
+            let inserted = sqlx::query(INSERT_SEGMENT)
+                .bind(&s.id)
+                .bind(&s.app_id)
+                .bind(&s.object_key)
+                .bind(s.format_version)
+                .bind(s.byte_length)
+                .bind(s.record_count)
+                .bind(s.min_ts)
+                .bind(s.max_ts)
+                .bind(s.created_at)
+                .execute(&mut *$tx)
+                .await?
+                .rows_affected();
+            for b in $blocks {
+                sqlx::query(INSERT_BLOCK)
+                    .bind(&b.app_id)
+                    .bind(&b.conversation_id)
+                    .bind(b.seq_start)
+                    .bind(b.seq_end)
+                    .bind(b.ts_start)
+                    .bind(b.ts_end)
+                    .bind(&b.segment_id)
+                    .bind(b.byte_offset)
+                    .bind(b.byte_length)
+                    .bind(b.raw_length)
+                    .bind(b.record_count)
+                    .bind(b.checksum)
+                    .execute(&mut *$tx)
+                    .await?;
+            }
+            Ok::<u64, sqlx::Error>(inserted)
+        }
+    };
+}
+
+/// Moves a flushed seq from `from` to `to` only if it still equals `from`.
+const ADVANCE_FLUSH: &str = "UPDATE flush_state SET flushed_seq = $4, updated_at = $5 \
+                             WHERE app_id = $1 AND conversation_id = $2 AND flushed_seq = $3";
+const CREATE_FLUSH: &str = "INSERT INTO flush_state (app_id, conversation_id, flushed_seq, updated_at) \
+                            VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
+const RAISE_FLUSH: &str = "INSERT INTO flush_state (app_id, conversation_id, flushed_seq, updated_at) VALUES ($1, $2, $3, $4) \
+                           ON CONFLICT (app_id, conversation_id) DO UPDATE SET \
+                           flushed_seq = CASE WHEN flush_state.flushed_seq < excluded.flushed_seq \
+                           THEN excluded.flushed_seq ELSE flush_state.flushed_seq END, updated_at = excluded.updated_at";
 
 const KEY_COLUMNS: &str =
     "id, app_id, name, scope, prefix, secret_hash, created_at, expires_at, revoked_at, last_used_at, rotated_to";
@@ -455,5 +579,105 @@ impl Metadata for Db {
         .fetch_optional(pool)
         .await)?;
         Ok(seq.unwrap_or(0) as u64)
+    }
+
+    async fn commit_segment(&self, segment: &SegmentRow, blocks: &[BlockRow], advances: &[FlushAdvance]) -> Result<(), StoreError> {
+        let now = crate::clock::now_ms();
+        let held = on_db!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            insert_segment!(tx, segment, blocks).await?;
+            for advance in advances {
+                let moved = if advance.from == 0 {
+                    // No row yet is "flushed through 0"; a row that exists must still say 0.
+                    let created = sqlx::query(CREATE_FLUSH)
+                        .bind(&advance.app_id)
+                        .bind(&advance.conversation_id)
+                        .bind(advance.to as i64)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    created == 1 || sqlx::query(ADVANCE_FLUSH)
+                        .bind(&advance.app_id)
+                        .bind(&advance.conversation_id)
+                        .bind(0i64)
+                        .bind(advance.to as i64)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected() == 1
+                } else {
+                    sqlx::query(ADVANCE_FLUSH)
+                        .bind(&advance.app_id)
+                        .bind(&advance.conversation_id)
+                        .bind(advance.from as i64)
+                        .bind(advance.to as i64)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected() == 1
+                };
+                if !moved {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+            }
+            tx.commit().await?;
+            Ok(true)
+        }.await)?;
+        if !held {
+            return Err(StoreError::Conflict("a flushed seq moved since it was read (stale or concurrent flush)".into()));
+        }
+        Ok(())
+    }
+
+    async fn reindex_segment(&self, segment: &SegmentRow, blocks: &[BlockRow]) -> Result<bool, StoreError> {
+        let now = crate::clock::now_ms();
+        let inserted = on_db!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            let inserted = insert_segment!(tx, segment, blocks).await?;
+            for b in blocks {
+                sqlx::query(RAISE_FLUSH)
+                    .bind(&b.app_id)
+                    .bind(&b.conversation_id)
+                    .bind(b.seq_end)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(inserted)
+        }.await)?;
+        Ok(inserted == 1)
+    }
+
+    async fn segment_by_key(&self, object_key: &str) -> Result<Option<SegmentRow>, StoreError> {
+        let sql = format!("SELECT {SEGMENT_COLUMNS} FROM segments WHERE object_key = $1");
+        let row = on_db!(self, pool => sqlx::query_as::<_, SegmentRecord>(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(object_key)
+            .fetch_optional(pool)
+            .await)?;
+        Ok(row.map(Into::into))
+    }
+
+    async fn blocks_of_segment(&self, segment_id: &str) -> Result<Vec<BlockRow>, StoreError> {
+        let sql = format!("SELECT {BLOCK_COLUMNS} FROM segment_blocks WHERE segment_id = $1 ORDER BY byte_offset");
+        let rows = on_db!(self, pool => sqlx::query_as::<_, BlockRecord>(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(segment_id)
+            .fetch_all(pool)
+            .await)?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    async fn blocks_of_conversation(&self, app_id: &str, conversation_id: &str) -> Result<Vec<BlockRow>, StoreError> {
+        let sql = format!(
+            "SELECT {BLOCK_COLUMNS} FROM segment_blocks WHERE app_id = $1 AND conversation_id = $2 ORDER BY seq_start"
+        );
+        let rows = on_db!(self, pool => sqlx::query_as::<_, BlockRecord>(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(app_id)
+            .bind(conversation_id)
+            .fetch_all(pool)
+            .await)?;
+        Ok(rows.into_iter().map(Into::into).collect())
     }
 }

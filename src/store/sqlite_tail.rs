@@ -26,6 +26,8 @@ pub(crate) struct SqliteTail {
     writer: tokio::sync::Mutex<()>,
     /// Rate-limit buckets: one process, so in memory (a restart refills them).
     buckets: std::sync::Mutex<std::collections::HashMap<String, f64>>,
+    /// Leases: one process holds them all, but the contract is the same.
+    leases: std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
 }
 
 /// Above this many buckets, full ones are dropped on the next check.
@@ -46,7 +48,7 @@ fn channel(conv: &ConvKey) -> String {
 impl SqliteTail {
     pub(crate) fn new(db: Db) -> SqliteTail {
         let Pool::Sqlite(pool) = db.pool else { panic!("the embedded tail needs the SQLite pool") };
-        SqliteTail { pool, hub: LiveHub::new(None), writer: tokio::sync::Mutex::new(()), buckets: Default::default() }
+        SqliteTail { pool, hub: LiveHub::new(None), writer: tokio::sync::Mutex::new(()), buckets: Default::default(), leases: Default::default() }
     }
 }
 
@@ -133,8 +135,8 @@ impl Tail for SqliteTail {
             .map_err(failed)?;
         }
         sqlx::query(
-            "INSERT INTO tail_dirty (shard, app_id, conversation_id, first_ts, bytes) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (shard, app_id, conversation_id) DO UPDATE SET bytes = bytes + excluded.bytes",
+            "INSERT INTO tail_dirty (shard, app_id, conversation_id, first_ts, bytes, messages) VALUES ($1, $2, $3, $4, $5, 1) \
+             ON CONFLICT (shard, app_id, conversation_id) DO UPDATE SET bytes = bytes + excluded.bytes, messages = messages + 1",
         )
         .bind(conv.shard() as i64)
         .bind(&conv.app_id)
@@ -213,7 +215,7 @@ impl Tail for SqliteTail {
 
     async fn dirty(&self, shard: u32) -> Result<Vec<DirtyConversation>, StoreError> {
         let rows = sqlx::query(
-            "SELECT app_id, conversation_id, first_ts, bytes FROM tail_dirty WHERE shard = $1 ORDER BY first_ts",
+            "SELECT app_id, conversation_id, first_ts, bytes, messages FROM tail_dirty WHERE shard = $1 ORDER BY first_ts",
         )
         .bind(shard as i64)
         .fetch_all(&self.pool)
@@ -225,6 +227,7 @@ impl Tail for SqliteTail {
                 conv: ConvKey::new(row.get::<String, _>("app_id"), row.get::<String, _>("conversation_id")),
                 first_ts_ms: row.get("first_ts"),
                 bytes: row.get::<i64, _>("bytes") as u64,
+                messages: row.get::<i64, _>("messages") as u64,
             })
             .collect())
     }
@@ -256,42 +259,17 @@ impl Tail for SqliteTail {
     }
 
     async fn state_set(&self, key: &str, field: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError> {
-        // As with a Redis hash, a write extends the life of the whole key.
-        let expires_at = now_ms() + ttl.as_millis() as i64;
+        let now = now_ms();
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(failed)?;
-        sqlx::query("DELETE FROM tail_state WHERE state_key = $1 AND expires_at <= $2")
-            .bind(key)
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await
-            .map_err(failed)?;
-        sqlx::query("INSERT OR REPLACE INTO tail_state (state_key, field, value, expires_at) VALUES ($1, $2, $3, $4)")
-            .bind(key)
-            .bind(field)
-            .bind(value)
-            .bind(expires_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(failed)?;
-        sqlx::query("UPDATE tail_state SET expires_at = $2 WHERE state_key = $1")
-            .bind(key)
-            .bind(expires_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(failed)?;
+        drop_expired_state(&mut tx, key, now).await?;
+        write_state(&mut tx, key, field, value, now + ttl.as_millis() as i64).await?;
         tx.commit().await.map_err(failed)
     }
 
     async fn state_raise(&self, key: &str, field: &str, value: u64, ttl: Duration) -> Result<u64, StoreError> {
         let now = now_ms();
-        let expires_at = now + ttl.as_millis() as i64;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(failed)?;
-        sqlx::query("DELETE FROM tail_state WHERE state_key = $1 AND expires_at <= $2")
-            .bind(key)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(failed)?;
+        drop_expired_state(&mut tx, key, now).await?;
         let current: Option<Vec<u8>> =
             sqlx::query_scalar("SELECT value FROM tail_state WHERE state_key = $1 AND field = $2")
                 .bind(key)
@@ -304,20 +282,7 @@ impl Tail for SqliteTail {
             .and_then(|text| text.parse::<u64>().ok())
             .unwrap_or(0);
         let raised = current.max(value);
-        sqlx::query("INSERT OR REPLACE INTO tail_state (state_key, field, value, expires_at) VALUES ($1, $2, $3, $4)")
-            .bind(key)
-            .bind(field)
-            .bind(raised.to_string().into_bytes())
-            .bind(expires_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(failed)?;
-        sqlx::query("UPDATE tail_state SET expires_at = $2 WHERE state_key = $1")
-            .bind(key)
-            .bind(expires_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(failed)?;
+        write_state(&mut tx, key, field, raised.to_string().as_bytes(), now + ttl.as_millis() as i64).await?;
         tx.commit().await.map_err(failed)?;
         Ok(raised)
     }
@@ -333,6 +298,26 @@ impl Tail for SqliteTail {
         Ok(decision)
     }
 
+    async fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let mut leases = self.leases.lock().expect("leases lock");
+        let now = std::time::Instant::now();
+        match leases.get(name) {
+            Some((other, until)) if other != holder && *until > now => Ok(false),
+            _ => {
+                leases.insert(name.to_string(), (holder.to_string(), now + ttl));
+                Ok(true)
+            }
+        }
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let mut leases = self.leases.lock().expect("leases lock");
+        if leases.get(name).is_some_and(|(other, _)| other == holder) {
+            leases.remove(name);
+        }
+        Ok(())
+    }
+
     async fn state_get(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let rows = sqlx::query(
             "SELECT field, value FROM tail_state WHERE state_key = $1 AND expires_at > $2 ORDER BY field",
@@ -344,4 +329,41 @@ impl Tail for SqliteTail {
         .map_err(failed)?;
         Ok(rows.into_iter().map(|row| (row.get("field"), row.get("value"))).collect())
     }
+}
+
+/// Drops a TTL'd hash's fields once the key has expired.
+async fn drop_expired_state(tx: &mut sqlx::SqliteConnection, key: &str, now: i64) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM tail_state WHERE state_key = $1 AND expires_at <= $2")
+        .bind(key)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(failed)?;
+    Ok(())
+}
+
+/// Sets one field and moves the whole key's expiry, as a Redis hash with
+/// PEXPIRE behaves.
+async fn write_state(
+    tx: &mut sqlx::SqliteConnection,
+    key: &str,
+    field: &str,
+    value: &[u8],
+    expires_at: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT OR REPLACE INTO tail_state (state_key, field, value, expires_at) VALUES ($1, $2, $3, $4)")
+        .bind(key)
+        .bind(field)
+        .bind(value)
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(failed)?;
+    sqlx::query("UPDATE tail_state SET expires_at = $2 WHERE state_key = $1")
+        .bind(key)
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(failed)?;
+    Ok(())
 }

@@ -92,6 +92,8 @@ pub struct DirtyConversation {
     pub first_ts_ms: i64,
     /// Body bytes appended since the conversation became dirty.
     pub bytes: u64,
+    /// Messages appended since the conversation became dirty.
+    pub messages: u64,
 }
 
 /// What travels on a conversation's live channel.
@@ -228,6 +230,14 @@ pub trait Tail: Send + Sync {
 
     /// Takes one request from the bucket `key` (rate per second, burst).
     async fn rate_limit(&self, key: &str, rate_per_second: f64, burst: u32) -> Result<RateDecision, StoreError>;
+
+    /// Takes (or renews, when `holder` already has it) the lease `name` for
+    /// `ttl`; false when someone else holds it. Leases split background work
+    /// between instances; they are not a fence — guarded commits are.
+    async fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError>;
+
+    /// Gives a lease back if `holder` still has it.
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
 
     /// All live fields of a TTL'd hash, sorted by field.
     async fn state_get(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
