@@ -5,6 +5,8 @@
 //! Exit codes: 0 ok, 1 failure, 2 usage or configuration error.
 
 mod config;
+mod flush;
+mod inspect_segment;
 mod keys;
 mod load;
 mod output;
@@ -36,6 +38,10 @@ enum Command {
     Serve(serve::Args),
     /// Issue, list, rotate, revoke and verify application API keys
     Keys(keys::Args),
+    /// Flush the tail into segments now, or rebuild the segment index
+    Flush(flush::Args),
+    /// Show a segment object's header, blocks and records; verify it
+    InspectSegment(inspect_segment::Args),
     /// Print the effective configuration (secrets redacted) or check it
     Config(config::Args),
     /// Generate load against a running msgd and report throughput and latency
@@ -79,6 +85,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => runtime.block_on(serve::run(&args, config)),
         Command::Keys(args) => runtime.block_on(keys::run(&args, config)),
+        Command::Flush(args) => runtime.block_on(flush::run(&args, config)),
+        Command::InspectSegment(args) => runtime.block_on(inspect_segment::run(&args, config)),
         Command::Config(_) | Command::Load(_) => unreachable!("handled above"),
     };
     // Background tasks (lazy connections' reconnect loops) must not hold the exit.

@@ -1,0 +1,88 @@
+//! `msgd flush`: one flush tick now (`--all` ignores the thresholds,
+//! `--dry-run` only shows what would be written), or `--reindex` to rebuild
+//! the segment index from the objects' footers. Exits 1 when anything failed.
+
+use indicatif::{ProgressBar, ProgressStyle};
+use msgd::clock::{format_ms, now_ms};
+use msgd::config::Config;
+use msgd::flush::{FlushOptions, Flusher};
+use msgd::store::Stores;
+use msgd::telemetry::Metrics;
+
+use crate::{output, Failure};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Flush every dirty conversation now, whatever the thresholds say
+    #[arg(long)]
+    all: bool,
+    /// Show what would be written; write nothing
+    #[arg(long, conflicts_with = "reindex")]
+    dry_run: bool,
+    /// Rebuild the segment index from every object's footer (metadata lost, objects kept)
+    #[arg(long, conflicts_with = "all")]
+    reindex: bool,
+    /// Print one JSON document instead of a table
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(args: &Args, config: Config) -> Result<(), Failure> {
+    let metrics = Metrics::new(config.backend.name());
+    let stores = Stores::open(&config, &metrics).await?;
+    if let Some(down) = stores.check(msgd::http::CHECK_TIMEOUT).await.into_iter().find(|c| !c.ok) {
+        return Err(Failure::Failed(anyhow::anyhow!("{} is not available: {}", down.name, down.error.unwrap_or_default())));
+    }
+    let flusher = Flusher::new(stores, metrics, config.flush.clone());
+    let spinner = if args.json { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
+    spinner.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid template"));
+    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+
+    if args.reindex {
+        spinner.set_message("reindexing segments");
+        let report = flusher.reindex().await.map_err(|e| Failure::Failed(e.into()));
+        spinner.finish_and_clear();
+        let report = report?;
+        if args.json {
+            output::json(&report);
+        } else {
+            output::table(
+                &["objects", "indexed", "already indexed"],
+                [vec![report.objects.to_string(), report.indexed.to_string(), report.already_indexed.to_string()]],
+            );
+        }
+        return Ok(());
+    }
+
+    spinner.set_message(if args.dry_run { "planning a flush" } else { "flushing" });
+    let report = flusher.tick(FlushOptions { all: args.all, dry_run: args.dry_run }, now_ms()).await;
+    spinner.finish_and_clear();
+    let report = report.map_err(|e| Failure::Failed(e.into()))?;
+    if args.json {
+        output::json(&report);
+        return Ok(());
+    }
+    let rows = report.segments.iter().flat_map(|segment| {
+        segment.blocks.iter().map(move |b| {
+            vec![
+                segment.object_key.clone(),
+                b.conversation_id.clone(),
+                format!("{}..={}", b.seq_start, b.seq_end),
+                format!("{} → {}", format_ms(b.ts_start), format_ms(b.ts_end)),
+                b.record_count.to_string(),
+                b.length.to_string(),
+                b.raw_bytes.to_string(),
+            ]
+        })
+    });
+    output::table(&["object", "conversation", "seqs", "time", "records", "bytes", "raw bytes"], rows);
+    let verb = if report.dry_run { "would write" } else { "wrote" };
+    println!(
+        "{verb} {} segment(s); trimmed {} tail entries; {} conversation(s) below the thresholds; {} shard(s) held by other instances",
+        report.segments.len(),
+        report.trimmed,
+        report.deferred,
+        report.skipped_shards
+    );
+    Ok(())
+}
