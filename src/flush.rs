@@ -24,8 +24,9 @@ use crate::store::{
 };
 use crate::telemetry::Metrics;
 
-/// How long a shard lease lasts; a tick renews nothing, it finishes well within.
-const LEASE_TTL: Duration = Duration::from_secs(60);
+/// How long a shard lease lasts without renewal. A crashed instance's shards
+/// wait this long for another instance; a long tick renews its leases.
+const LEASE_TTL: Duration = Duration::from_secs(15);
 /// Tail entries read per request while snapshotting a conversation.
 const READ_PAGE: usize = 1000;
 /// Objects above this size are uploaded in parts.
@@ -160,7 +161,14 @@ impl Flusher {
             self.metrics
                 .flush_oldest_unflushed_age_seconds
                 .set(oldest.map_or(0.0, |ts| now.saturating_sub(ts) as f64 / 1000.0));
+            let mut renewed = Instant::now();
             for (app_id, marks) in due {
+                if renewed.elapsed() > LEASE_TTL / 3 {
+                    for lease in &held {
+                        tail.acquire_lease(lease, &self.holder, LEASE_TTL).await.map_err(|e| stage_error("lease", e))?;
+                    }
+                    renewed = Instant::now();
+                }
                 self.flush_app(report, &app_id, marks, options, now).await?;
             }
             Ok(())

@@ -9,6 +9,7 @@ mod keys;
 mod load;
 mod messages;
 mod oidc;
+mod segments;
 mod serve;
 mod storage;
 mod support;

@@ -47,6 +47,7 @@ pub struct ServicesEnv {
     pub s3_root: PathBuf,
     pub pg_bin: PathBuf,
     pub redis_server: PathBuf,
+    pub s3s_fs: PathBuf,
 }
 
 pub fn services_env() -> Option<ServicesEnv> {
@@ -60,6 +61,7 @@ pub fn services_env() -> Option<ServicesEnv> {
         s3_root: var("S3_ROOT")?.into(),
         pg_bin: var("PG_BIN")?.into(),
         redis_server: var("REDIS_SERVER")?.into(),
+        s3s_fs: var("S3S_FS")?.into(),
     })
 }
 
@@ -383,6 +385,63 @@ impl Drop for PrivatePostgres {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+    }
+}
+
+/// An S3 server (s3s-fs) private to one test, so it can be stopped and started.
+pub struct PrivateS3 {
+    pub port: u16,
+    pub root: tempfile::TempDir,
+    child: Option<Child>,
+    binary: PathBuf,
+    access_key: String,
+    secret_key: String,
+}
+
+impl PrivateS3 {
+    pub fn start(services: &ServicesEnv, bucket: &str) -> PrivateS3 {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join(bucket)).unwrap();
+        let mut s3 = PrivateS3 {
+            port: free_port(),
+            root,
+            child: None,
+            binary: services.s3s_fs.clone(),
+            access_key: services.s3_access_key_id.clone(),
+            secret_key: services.s3_secret_access_key.clone(),
+        };
+        s3.resume();
+        s3
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn resume(&mut self) {
+        let child = Command::new(&self.binary)
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--access-key", &self.access_key, "--secret-key", &self.secret_key])
+            .arg(self.root.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start s3s-fs");
+        self.child = Some(child);
+        wait_for_port(self.port);
+    }
+}
+
+impl Drop for PrivateS3 {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
