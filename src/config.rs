@@ -765,9 +765,9 @@ fn validate_flush(raw: RawFlush) -> Result<FlushConfig, ConfigError> {
     }
     Ok(FlushConfig {
         interval,
-        max_bytes: raw.max_bytes.unwrap_or(256 * 1024).max(1),
+        max_bytes: raw.max_bytes.unwrap_or(1024 * 1024).max(1),
         max_age: duration("flush.max_age", raw.max_age, Duration::from_secs(15 * 60))?,
-        hot_window: raw.hot_window.unwrap_or(100),
+        hot_window: raw.hot_window.unwrap_or(20),
         codec,
         failpoint: raw.failpoint,
     })

@@ -136,7 +136,8 @@ impl Flusher {
     async fn run(&self, report: &mut FlushReport, options: FlushOptions, now: i64) -> Result<(), FlushError> {
         let tail = &self.stores.tail;
         let mut held = Vec::new();
-        let mut due: BTreeMap<String, Vec<DirtyConversation>> = BTreeMap::new();
+        // Per app: its dirty conversations, and whether any is past a threshold.
+        let mut dirty: BTreeMap<String, (bool, Vec<DirtyConversation>)> = BTreeMap::new();
         let (mut backlog, mut oldest) = (0u64, None::<i64>);
         let result = async {
             for shard in 0..TAIL_SHARDS {
@@ -150,11 +151,10 @@ impl Flusher {
                     backlog += mark.messages;
                     oldest = Some(oldest.map_or(mark.first_ts_ms, |o| o.min(mark.first_ts_ms)));
                     let age_ms = now.saturating_sub(mark.first_ts_ms);
-                    if options.all || mark.bytes >= self.config.max_bytes || age_ms >= self.config.max_age.as_millis() as i64 {
-                        due.entry(mark.conv.app_id.clone()).or_default().push(mark);
-                    } else {
-                        report.deferred += 1;
-                    }
+                    let past = mark.bytes >= self.config.max_bytes || age_ms >= self.config.max_age.as_millis() as i64;
+                    let app = dirty.entry(mark.conv.app_id.clone()).or_default();
+                    app.0 |= options.all || past;
+                    app.1.push(mark);
                 }
             }
             self.metrics.flush_backlog_messages.set(backlog as i64);
@@ -162,7 +162,15 @@ impl Flusher {
                 .flush_oldest_unflushed_age_seconds
                 .set(oldest.map_or(0.0, |ts| now.saturating_sub(ts) as f64 / 1000.0));
             let mut renewed = Instant::now();
-            for (app_id, marks) in due {
+            // One conversation past a threshold flushes every dirty conversation of
+            // its app: the object is written anyway, and taking the others along
+            // keeps objects to about one per app per `max_age` under steady traffic
+            // instead of one per tick (see ARCHITECTURE.md, "Flush policy").
+            for (app_id, (any_due, marks)) in dirty {
+                if !any_due {
+                    report.deferred += marks.len() as u64;
+                    continue;
+                }
                 if renewed.elapsed() > LEASE_TTL / 3 {
                     for lease in &held {
                         tail.acquire_lease(lease, &self.holder, LEASE_TTL).await.map_err(|e| stage_error("lease", e))?;

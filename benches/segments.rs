@@ -1,0 +1,141 @@
+//! Segment benchmark (`cargo bench --bench segments`): DESIGN §7's seed load
+//! fast-forwarded over 24 hours through the flush policy, with the real codec.
+//!
+//! 1,000 users × 10 messages/min spread over 10,000 conversations, ~200-byte
+//! text payloads; a flush tick every 10 s flushes an app's dirty conversations
+//! once one of them passes 1 MiB or 15 minutes (the defaults). Reports objects
+//! and block rows per day, segment bytes per message against the raw envelope
+//! bytes and against `zstd -19` of the same envelopes concatenated, and
+//! encode/decode throughput. Deterministic (fixed PRNG seed); no IO.
+
+use std::time::{Duration, Instant};
+
+use msgd::segment::{self, BlockInput, Codec, Record};
+
+const USERS: u64 = 1_000;
+const MESSAGES_PER_USER_PER_MINUTE: u64 = 10;
+const CONVERSATIONS: usize = 10_000;
+const DAY_MS: i64 = 24 * 3600 * 1000;
+const TICK_MS: i64 = 10_000;
+const MAX_AGE_MS: i64 = 15 * 60 * 1000;
+const MAX_BYTES: usize = 1024 * 1024;
+const WORDS: &[&str] = &[
+    "the", "meeting", "moved", "to", "tomorrow", "at", "ten", "can", "you", "send", "me", "draft", "thanks", "ok",
+    "sounds", "good", "see", "later", "lunch", "?", "I", "think", "we", "should", "ship", "it", "review", "please",
+    "done", "on", "my", "way", "call", "now", "budget", "numbers", "look", "fine", "great", "news", "!", "sure",
+];
+
+/// xorshift64*: deterministic and fast.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn envelope(rng: &mut Rng, conversation: &str, seq: u64, ts: i64) -> Vec<u8> {
+    let mut text = String::new();
+    while text.len() < 150 + rng.below(100) as usize {
+        text.push_str(WORDS[rng.below(WORDS.len() as u64) as usize]);
+        text.push(' ');
+    }
+    format!(
+        r#"{{"v":1,"id":"01a2{:04x}-{:04x}-7{:03x}-8{:03x}-{:012x}","conversation_id":"{conversation}","seq":{seq},"ts":{ts},"sender":{{"kind":"user","id":"user-{}"}},"payload":{{"text":"{}"}},"attachments":[],"client_msg_id":"c-{:x}"}}"#,
+        rng.below(0xffff), rng.below(0xffff), rng.below(0xfff), rng.below(0xfff), rng.next() & 0xffff_ffff_ffff,
+        rng.below(USERS), text.trim_end(), rng.next()
+    )
+    .into_bytes()
+}
+
+struct Conversation {
+    id: String,
+    next_seq: u64,
+    pending: Vec<Record>,
+    pending_bytes: usize,
+}
+
+fn main() {
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut conversations: Vec<Conversation> = (0..CONVERSATIONS)
+        .map(|i| Conversation { id: format!("0190c0de-0000-7000-8000-{i:012}"), next_seq: 1, pending: Vec::new(), pending_bytes: 0 })
+        .collect();
+    let per_tick = (USERS * MESSAGES_PER_USER_PER_MINUTE * TICK_MS as u64 / 60_000) as usize;
+
+    let (mut objects, mut block_rows, mut messages) = (0u64, 0u64, 0u64);
+    let (mut segment_bytes, mut raw_envelope_bytes) = (0u64, 0u64);
+    let mut encode_time = Duration::ZERO;
+    let mut sample_raw: Vec<u8> = Vec::new(); // the first 10 minutes' envelopes, for zstd -19
+    let mut sample_messages = 0u64;
+    let mut sample_segments: Vec<Vec<u8>> = Vec::new();
+
+    let mut now = 0i64;
+    while now < DAY_MS {
+        for i in 0..per_tick {
+            let c = &mut conversations[rng.below(CONVERSATIONS as u64) as usize];
+            let ts = now + (i as i64 * TICK_MS) / per_tick as i64;
+            let bytes = envelope(&mut rng, &c.id, c.next_seq, ts);
+            raw_envelope_bytes += bytes.len() as u64;
+            if now < 600_000 {
+                sample_raw.extend_from_slice(&bytes);
+                sample_messages += 1;
+            }
+            c.pending_bytes += bytes.len();
+            c.pending.push(Record { seq: c.next_seq, ts_ms: ts, bytes });
+            c.next_seq += 1;
+            messages += 1;
+        }
+        now += TICK_MS;
+        let due = conversations
+            .iter()
+            .any(|c| c.pending_bytes >= MAX_BYTES || c.pending.first().is_some_and(|r| now - r.ts_ms >= MAX_AGE_MS));
+        if due {
+            let blocks: Vec<BlockInput> = conversations
+                .iter_mut()
+                .filter(|c| !c.pending.is_empty())
+                .map(|c| {
+                    c.pending_bytes = 0;
+                    BlockInput { conversation_id: c.id.clone(), records: std::mem::take(&mut c.pending) }
+                })
+                .collect();
+            let started = Instant::now();
+            let (bytes, footer) = segment::encode("app_bench", Codec::Json, now, &blocks).unwrap();
+            encode_time += started.elapsed();
+            objects += 1;
+            block_rows += footer.blocks.len() as u64;
+            segment_bytes += bytes.len() as u64;
+            if sample_segments.len() < 8 {
+                sample_segments.push(bytes);
+            }
+        }
+    }
+
+    let started = Instant::now();
+    let mut decoded = 0u64;
+    for bytes in &sample_segments {
+        let parsed = segment::Segment::parse(bytes).unwrap();
+        for meta in &parsed.footer.blocks {
+            decoded += parsed.block(meta).unwrap().iter().map(|r| r.len() as u64).sum::<u64>();
+        }
+    }
+    let decode_secs = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let zstd19 = zstd::bulk::compress(&sample_raw, 19).unwrap().len() as f64;
+    let zstd19_secs = started.elapsed().as_secs_f64();
+
+    let mb = |bytes: u64| bytes as f64 / 1_000_000.0;
+    println!("seed load, 24 h fast-forwarded: {messages} messages, {CONVERSATIONS} conversations, tick 10 s, max_age 15 min, max_bytes 1 MiB");
+    println!("objects per day              {objects}  (≈ {} per 30 days)", objects * 30);
+    println!("block rows per day           {block_rows}  (≈ {} per 30 days)", block_rows * 30);
+    println!("raw envelope bytes/message   {:.1}", raw_envelope_bytes as f64 / messages as f64);
+    println!("segment bytes/message        {:.1}  (ratio {:.2})", segment_bytes as f64 / messages as f64, raw_envelope_bytes as f64 / segment_bytes as f64);
+    println!("zstd -19 bytes/message       {:.1}  (the first 10 minutes' envelopes concatenated; {:.1} s)", zstd19 / sample_messages as f64, zstd19_secs);
+    println!("segment storage per 30 days  {:.1} GB", mb(segment_bytes * 30) / 1000.0);
+    println!("encode                       {:.0} MB/s of raw envelopes", mb(raw_envelope_bytes) / encode_time.as_secs_f64());
+    println!("decode                       {:.0} MB/s of raw records ({} segments)", mb(decoded) / decode_secs, sample_segments.len());
+}
