@@ -133,6 +133,27 @@ pub struct Config {
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     pub flush: FlushConfig,
+    pub history: HistoryConfig,
+    pub ws: WsConfig,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryConfig {
+    /// Memory for decoded segment blocks, shared by history reads and catch-up.
+    pub block_cache_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WsConfig {
+    /// The server pings each connection this often.
+    #[serde(serialize_with = "ser_duration")]
+    pub heartbeat_interval: Duration,
+    /// A connection that sends nothing (not even a pong) for this long is closed.
+    #[serde(serialize_with = "ser_duration")]
+    pub idle_timeout: Duration,
+    /// Frames queued for one connection before it counts as a slow consumer.
+    pub send_queue: usize,
+    pub max_subscriptions: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -325,6 +346,26 @@ struct RawConfig {
     auth: RawAuth,
     limits: RawLimits,
     flush: RawFlush,
+    history: RawHistory,
+    ws: RawWs,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawHistory {
+    #[serde(deserialize_with = "lenient")]
+    block_cache_bytes: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawWs {
+    heartbeat_interval: Option<String>,
+    idle_timeout: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    send_queue: Option<usize>,
+    #[serde(deserialize_with = "lenient")]
+    max_subscriptions: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -675,6 +716,13 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let auth = validate_auth(raw.auth)?;
     let limits = validate_limits(raw.limits)?;
     let flush = validate_flush(raw.flush)?;
+    let history = HistoryConfig { block_cache_bytes: raw.history.block_cache_bytes.unwrap_or(64 * 1024 * 1024) };
+    let ws = WsConfig {
+        heartbeat_interval: duration("ws.heartbeat_interval", raw.ws.heartbeat_interval, Duration::from_secs(25))?,
+        idle_timeout: duration("ws.idle_timeout", raw.ws.idle_timeout, Duration::from_secs(60))?,
+        send_queue: raw.ws.send_queue.unwrap_or(256).max(1),
+        max_subscriptions: raw.ws.max_subscriptions.unwrap_or(100).max(1),
+    };
 
     Ok(Config {
         data_dir,
@@ -685,6 +733,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         auth,
         limits,
         flush,
+        history,
+        ws,
     })
 }
 

@@ -9,6 +9,7 @@ pub mod context;
 pub mod conversations;
 pub mod error;
 pub mod flush;
+pub mod history;
 pub mod http;
 pub mod inspect;
 pub mod keys;

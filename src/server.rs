@@ -88,7 +88,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
     let (stop_tx, stop_rx) = watch::channel(false);
     let ctx = Arc::new(Context::new(Arc::new(config), stores, metrics)?);
     tracing::info!(component = "boot", step = "auth", keycloak = ctx.config.auth.keycloak.is_some(), dev_tokens = ctx.config.auth.dev_tokens.enabled, "auth ready");
-    let state = AppState { ctx: ctx.clone(), readiness: readiness.clone() };
+    let state = AppState { ctx: ctx.clone(), readiness: readiness.clone(), shutdown: stop_rx.clone() };
     let watcher = tokio::spawn(watch_dependencies(readiness, stop_rx.clone()));
     let flusher = crate::flush::Flusher::new(ctx.stores.clone(), ctx.metrics.clone(), ctx.config.flush.clone());
     let flush = tokio::spawn(crate::flush::run(flusher, stop_rx.clone()));

@@ -37,6 +37,16 @@ pub struct Metrics {
     pub segment_records: Histogram,
     pub flush_backlog_messages: IntGauge,
     pub flush_oldest_unflushed_age_seconds: Gauge,
+    pub history_requests_total: IntCounterVec,
+    pub history_duration_seconds: Histogram,
+    pub block_cache_hits_total: IntCounter,
+    pub block_cache_misses_total: IntCounter,
+    pub block_cache_bytes: IntGauge,
+    pub ws_connections: IntGauge,
+    pub ws_subscriptions: IntGauge,
+    pub ws_frames_sent_total: IntCounterVec,
+    pub ws_slow_consumer_disconnects_total: IntCounter,
+    pub delivery_latency_seconds: Histogram,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -141,6 +151,40 @@ impl Metrics {
                 "Age of the oldest message not yet in a segment",
             )
             .expect("metric"),
+            history_requests_total: IntCounterVec::new(
+                Opts::new("msgd_history_requests_total", "History range reads by source (tail or segments)"),
+                &["source"],
+            )
+            .expect("metric"),
+            history_duration_seconds: Histogram::with_opts(
+                HistogramOpts::new("msgd_history_duration_seconds", "Time to answer one history page")
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+            )
+            .expect("metric"),
+            block_cache_hits_total: IntCounter::new("msgd_block_cache_hits_total", "Decoded segment blocks served from memory")
+                .expect("metric"),
+            block_cache_misses_total: IntCounter::new("msgd_block_cache_misses_total", "Segment blocks fetched and decoded")
+                .expect("metric"),
+            block_cache_bytes: IntGauge::new("msgd_block_cache_bytes", "Raw bytes of the decoded blocks held in memory")
+                .expect("metric"),
+            ws_connections: IntGauge::new("msgd_ws_connections", "Open WebSocket connections").expect("metric"),
+            ws_subscriptions: IntGauge::new("msgd_ws_subscriptions", "Conversation subscriptions of open WebSockets")
+                .expect("metric"),
+            ws_frames_sent_total: IntCounterVec::new(
+                Opts::new("msgd_ws_frames_sent_total", "WebSocket frames sent, by op"),
+                &["op"],
+            )
+            .expect("metric"),
+            ws_slow_consumer_disconnects_total: IntCounter::new(
+                "msgd_ws_slow_consumer_disconnects_total",
+                "WebSockets closed because their send queue filled up",
+            )
+            .expect("metric"),
+            delivery_latency_seconds: Histogram::with_opts(
+                HistogramOpts::new("msgd_delivery_latency_seconds", "Ingest time to live frame written")
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+            )
+            .expect("metric"),
             registry,
         };
         let build_info = IntGaugeVec::new(
@@ -170,6 +214,16 @@ impl Metrics {
             Box::new(metrics.segment_records.clone()),
             Box::new(metrics.flush_backlog_messages.clone()),
             Box::new(metrics.flush_oldest_unflushed_age_seconds.clone()),
+            Box::new(metrics.history_requests_total.clone()),
+            Box::new(metrics.history_duration_seconds.clone()),
+            Box::new(metrics.block_cache_hits_total.clone()),
+            Box::new(metrics.block_cache_misses_total.clone()),
+            Box::new(metrics.block_cache_bytes.clone()),
+            Box::new(metrics.ws_connections.clone()),
+            Box::new(metrics.ws_subscriptions.clone()),
+            Box::new(metrics.ws_frames_sent_total.clone()),
+            Box::new(metrics.ws_slow_consumer_disconnects_total.clone()),
+            Box::new(metrics.delivery_latency_seconds.clone()),
             Box::new(build_info),
             Box::new(prometheus::process_collector::ProcessCollector::new(std::process::id() as i32, "msgd")),
         ] {

@@ -5,6 +5,7 @@
 mod error;
 mod health;
 mod v1;
+mod ws;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,6 +28,8 @@ use crate::server::Readiness;
 pub struct AppState {
     pub ctx: Arc<Context>,
     pub readiness: Arc<Readiness>,
+    /// Becomes true at shutdown: long-lived connections (WebSockets) close.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Every route msgd serves.
@@ -39,7 +42,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/conversations", post(v1::create_conversation).get(v1::list_conversations))
         .route("/v1/conversations/{id}", get(v1::get_conversation))
         .route("/v1/conversations/{id}/members/{user_id}", put(v1::add_member).delete(v1::remove_member))
-        .route("/v1/conversations/{id}/messages", post(v1::send_message))
+        .route("/v1/conversations/{id}/messages", post(v1::send_message).get(v1::history))
+        .route("/v1/ws", get(ws::upgrade))
         .route("/v1/conversations/{id}/messages/batch", post(v1::send_batch))
         .route("/v1/conversations/{id}/receipts", post(v1::post_receipt).get(v1::get_receipts))
         .route("/v1/dev/token", post(v1::dev_token))

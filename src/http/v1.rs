@@ -17,7 +17,7 @@ use crate::auth::{Caller, Credentials};
 use crate::clock::now_ms;
 use crate::error::{Error, Kind};
 use crate::keys::Scope;
-use crate::{conversations, messages, receipts};
+use crate::{conversations, history, messages, receipts};
 
 async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
@@ -113,6 +113,17 @@ pub(super) async fn send_message(
     let sent = messages::send(&state.ctx, &caller, &id, request, idempotency_key, now_ms()).await?;
     let status = if sent.replayed { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(sent.envelope)).into_response())
+}
+
+pub(super) async fn history(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    query: Result<Query<history::HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let caller = authenticate(&state, &headers).await?;
+    let Query(query) = query.map_err(|e| Error::invalid("invalid_request", e.body_text()))?;
+    Ok(Json(history::page(&state.ctx, &caller, &id, query, now_ms()).await?).into_response())
 }
 
 #[derive(Deserialize)]

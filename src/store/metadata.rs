@@ -150,4 +150,16 @@ pub trait Metadata: Send + Sync {
     async fn blocks_of_segment(&self, segment_id: &str) -> Result<Vec<BlockRow>, StoreError>;
     /// A conversation's blocks, by seq.
     async fn blocks_of_conversation(&self, app_id: &str, conversation_id: &str) -> Result<Vec<BlockRow>, StoreError>;
+    /// The blocks overlapping seqs `lo..=hi`, by seq, each with its object key.
+    async fn blocks_in_range(
+        &self,
+        app_id: &str,
+        conversation_id: &str,
+        lo: u64,
+        hi: u64,
+    ) -> Result<Vec<(BlockRow, String)>, StoreError>;
+
+    /// The shared secret `name`, created from `candidate` when it does not exist
+    /// yet; every caller gets the same value.
+    async fn shared_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError>;
 }

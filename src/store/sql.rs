@@ -680,4 +680,47 @@ impl Metadata for Db {
             .await)?;
         Ok(rows.into_iter().map(Into::into).collect())
     }
+
+    async fn blocks_in_range(
+        &self,
+        app_id: &str,
+        conversation_id: &str,
+        lo: u64,
+        hi: u64,
+    ) -> Result<Vec<(BlockRow, String)>, StoreError> {
+        #[derive(sqlx::FromRow)]
+        struct Located {
+            #[sqlx(flatten)]
+            block: BlockRecord,
+            object_key: String,
+        }
+        let columns: String = BLOCK_COLUMNS.split(", ").map(|c| format!("b.{}", c.trim())).collect::<Vec<_>>().join(", ");
+        let sql = format!(
+            "SELECT {columns}, s.object_key FROM segment_blocks b JOIN segments s ON s.id = b.segment_id \
+             WHERE b.app_id = $1 AND b.conversation_id = $2 AND b.seq_end >= $3 AND b.seq_start <= $4 ORDER BY b.seq_start"
+        );
+        let rows = on_db!(self, pool => sqlx::query_as::<_, Located>(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(app_id)
+            .bind(conversation_id)
+            .bind(lo as i64)
+            .bind(hi as i64)
+            .fetch_all(pool)
+            .await)?;
+        Ok(rows.into_iter().map(|r| (r.block.into(), r.object_key)).collect())
+    }
+
+    async fn shared_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let now = crate::clock::now_ms();
+        on_db!(self, pool => sqlx::query("INSERT INTO server_secrets (name, value, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+            .bind(name)
+            .bind(candidate)
+            .bind(now)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))?;
+        on_db!(self, pool => sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = $1")
+            .bind(name)
+            .fetch_one(pool)
+            .await)
+    }
 }

@@ -5,6 +5,7 @@
 mod api;
 mod authz;
 mod cli_config;
+mod history;
 mod keys;
 mod load;
 mod messages;
@@ -15,3 +16,5 @@ mod storage;
 mod support;
 mod tidy;
 mod tokens;
+mod ws;
+mod wsclient;
