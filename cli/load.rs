@@ -42,10 +42,74 @@ enum LoadCommand {
         #[arg(long, default_value_t = 200)]
         payload_bytes: usize,
     },
+    /// Time history pages of a conversation `load send` created
+    History {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        base_url: String,
+        #[arg(long)]
+        api_key: String,
+        #[arg(long)]
+        conversation_id: String,
+        #[arg(long, default_value_t = 500)]
+        requests: usize,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Pages start at random after_seq values in after_from..after_to
+        #[arg(long, default_value_t = 0)]
+        after_from: u64,
+        #[arg(long, default_value_t = 1000)]
+        after_to: u64,
+    },
+    /// WebSocket fanout: clients over conversations, send → frame latency
+    WsFanout {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        base_url: String,
+        #[arg(long)]
+        api_key: String,
+        #[arg(long, default_value_t = 100)]
+        clients: usize,
+        #[arg(long, default_value_t = 10)]
+        conversations: usize,
+        /// Messages sent to each conversation
+        #[arg(long, default_value_t = 100)]
+        messages: usize,
+        /// Sends per second, all conversations together
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+    },
+    /// Hold idle, subscribed WebSockets open (measure the server's RSS meanwhile)
+    WsIdle {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        base_url: String,
+        #[arg(long)]
+        api_key: String,
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        /// How long to hold them, e.g. 30s
+        #[arg(long, default_value = "30s", value_parser = |s: &str| humantime::parse_duration(s).map_err(|e| e.to_string()))]
+        hold: std::time::Duration,
+    },
 }
 
 pub async fn run(args: &Args) -> Result<(), Failure> {
-    let LoadCommand::Send { base_url, api_key, count, concurrency, batch, users, payload_bytes } = &args.command;
+    let (base_url, api_key, count, concurrency, batch, users, payload_bytes) = match &args.command {
+        LoadCommand::Send { base_url, api_key, count, concurrency, batch, users, payload_bytes } => {
+            (base_url, api_key, count, concurrency, batch, users, payload_bytes)
+        }
+        LoadCommand::History { base_url, api_key, conversation_id, requests, limit, after_from, after_to } => {
+            let report = load::history(base_url, api_key, conversation_id, *requests, *limit, *after_from, *after_to).await?;
+            return print_report(args.json, &report, report.errors);
+        }
+        LoadCommand::WsFanout { base_url, api_key, clients, conversations, messages, rate } => {
+            let report = load::fanout(base_url, api_key, *clients, *conversations, *messages, *rate).await?;
+            let missing = (report.clients * *messages).saturating_sub(report.frames_received);
+            return print_report(args.json, &report, missing);
+        }
+        LoadCommand::WsIdle { base_url, api_key, connections, hold } => {
+            let opened = load::idle(base_url, api_key, *connections, *hold).await?;
+            return print_report(args.json, &serde_json::json!({"connections": opened}), 0);
+        }
+    };
     let plan = SendPlan {
         base_url: base_url.clone(),
         admin_key: api_key.clone(),
@@ -81,6 +145,20 @@ pub async fn run(args: &Args) -> Result<(), Failure> {
     }
     if report.errors > 0 {
         return Err(Failure::Failed(anyhow::anyhow!("{} requests failed", report.errors)));
+    }
+    Ok(())
+}
+
+/// Prints a report as JSON or as a two-column table; fails when `errors` > 0.
+fn print_report(json: bool, report: &impl serde::Serialize, errors: usize) -> Result<(), Failure> {
+    let value = serde_json::to_value(report).expect("reports serialize");
+    if json {
+        output::json(&value);
+    } else if let Some(fields) = value.as_object() {
+        output::table(&["measure", "value"], fields.iter().map(|(k, v)| vec![k.clone(), v.to_string()]));
+    }
+    if errors > 0 {
+        return Err(Failure::Failed(anyhow::anyhow!("{errors} requests or frames failed")));
     }
     Ok(())
 }

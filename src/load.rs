@@ -31,6 +31,8 @@ pub struct SendPlan {
 /// What a run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct SendReport {
+    /// The conversation the run created (for `msgd load history`).
+    pub conversation_id: String,
     pub messages: usize,
     pub requests: usize,
     pub errors: usize,
@@ -52,32 +54,8 @@ pub async fn send(plan: &SendPlan, progress: impl Fn(usize) + Send + Sync + 'sta
     let client = reqwest::Client::builder().pool_max_idle_per_host(plan.concurrency).build()?;
     let base = plan.base_url.trim_end_matches('/').to_string();
 
-    let mut tokens = Vec::with_capacity(plan.users);
-    for i in 0..plan.users {
-        let reply = client
-            .post(format!("{base}/v1/dev/token"))
-            .header("x-api-key", &plan.admin_key)
-            .json(&json!({"user_id": format!("load-{i}")}))
-            .send()
-            .await
-            .with_context(|| format!("cannot reach {base}"))?;
-        if !reply.status().is_success() {
-            bail!("minting a dev token failed ({}): is auth.dev_tokens.enabled on? {}", reply.status(), reply.text().await?);
-        }
-        let body: serde_json::Value = reply.json().await?;
-        tokens.push(body["access_token"].as_str().unwrap_or_default().to_string());
-    }
-    let members: Vec<String> = (0..plan.users).map(|i| format!("load-{i}")).collect();
-    let reply = client
-        .post(format!("{base}/v1/conversations"))
-        .header("x-api-key", &plan.admin_key)
-        .json(&json!({"members": members, "title": "msgd load"}))
-        .send()
-        .await?;
-    if !reply.status().is_success() {
-        bail!("creating the conversation failed ({}): {}", reply.status(), reply.text().await?);
-    }
-    let conversation = reply.json::<serde_json::Value>().await?["id"].as_str().unwrap_or_default().to_string();
+    let tokens = dev_tokens(&client, &base, &plan.admin_key, plan.users).await?;
+    let conversation = create_conversation(&client, &base, &plan.admin_key, plan.users).await?;
 
     let payload = "x".repeat(plan.payload_bytes);
     let requests = plan.count.div_ceil(plan.batch);
@@ -131,12 +109,10 @@ pub async fn send(plan: &SendPlan, progress: impl Fn(usize) + Send + Sync + 'sta
     }
     let elapsed = started.elapsed().as_secs_f64();
     latencies.sort();
-    let percentile = |p: f64| {
-        let index = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
-        latencies[index].as_secs_f64() * 1000.0
-    };
+    let percentile = |p: f64| percentile_ms(&latencies, p);
     let messages = acked.load(Ordering::Relaxed);
     Ok(SendReport {
+        conversation_id: conversation.clone(),
         messages,
         requests,
         errors,
@@ -149,4 +125,244 @@ pub async fn send(plan: &SendPlan, progress: impl Fn(usize) + Send + Sync + 'sta
         concurrency: plan.concurrency,
         batch: plan.batch,
     })
+}
+
+/// The `p` quantile (0..=1) of sorted durations, in milliseconds.
+fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[index].as_secs_f64() * 1000.0
+}
+
+/// Dev tokens for users `load-0..users`.
+async fn dev_tokens(client: &reqwest::Client, base: &str, admin_key: &str, users: usize) -> anyhow::Result<Vec<String>> {
+    let mut tokens = Vec::with_capacity(users);
+    for i in 0..users {
+        let reply = client
+            .post(format!("{base}/v1/dev/token"))
+            .header("x-api-key", admin_key)
+            .json(&json!({"user_id": format!("load-{i}")}))
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {base}"))?;
+        if !reply.status().is_success() {
+            bail!("minting a dev token failed ({}): is auth.dev_tokens.enabled on? {}", reply.status(), reply.text().await?);
+        }
+        let body: serde_json::Value = reply.json().await?;
+        tokens.push(body["access_token"].as_str().unwrap_or_default().to_string());
+    }
+    Ok(tokens)
+}
+
+/// A conversation of users `load-0..users`, created by the admin key.
+async fn create_conversation(client: &reqwest::Client, base: &str, admin_key: &str, users: usize) -> anyhow::Result<String> {
+    let members: Vec<String> = (0..users).map(|i| format!("load-{i}")).collect();
+    let reply = client
+        .post(format!("{base}/v1/conversations"))
+        .header("x-api-key", admin_key)
+        .json(&json!({"members": members, "title": "msgd load"}))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {base}"))?;
+    if !reply.status().is_success() {
+        bail!("creating the conversation failed ({}): {}", reply.status(), reply.text().await?);
+    }
+    Ok(reply.json::<serde_json::Value>().await?["id"].as_str().unwrap_or_default().to_string())
+}
+
+/// Page latencies of `GET …/messages` over a seq window.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryReport {
+    pub requests: usize,
+    pub errors: usize,
+    pub limit: u32,
+    pub after_seq_from: u64,
+    pub after_seq_to: u64,
+    pub latency_ms_p50: f64,
+    pub latency_ms_p99: f64,
+    pub pages_per_second: f64,
+}
+
+/// Reads `requests` pages of `limit` messages starting at random seqs in
+/// `after_from..after_to` of `conversation` (created by `msgd load send`, so
+/// user `load-0` is a member), one request at a time.
+pub async fn history(
+    base_url: &str,
+    admin_key: &str,
+    conversation: &str,
+    requests: usize,
+    limit: u32,
+    after_from: u64,
+    after_to: u64,
+) -> anyhow::Result<HistoryReport> {
+    let client = reqwest::Client::new();
+    let base = base_url.trim_end_matches('/');
+    let token = dev_tokens(&client, base, admin_key, 1).await?.remove(0);
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut latencies = Vec::with_capacity(requests);
+    let mut errors = 0;
+    let started = Instant::now();
+    for _ in 0..requests {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let after = after_from + state % (after_to.saturating_sub(after_from).max(1));
+        let sent_at = Instant::now();
+        let reply = client
+            .get(format!("{base}/v1/conversations/{conversation}/messages?after_seq={after}&limit={limit}"))
+            .header("x-api-key", admin_key)
+            .bearer_auth(&token)
+            .send()
+            .await;
+        let ok = match reply {
+            Ok(reply) => reply.status().is_success() && reply.bytes().await.is_ok(),
+            Err(_) => false,
+        };
+        latencies.push(sent_at.elapsed());
+        if !ok {
+            errors += 1;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    Ok(HistoryReport {
+        requests,
+        errors,
+        limit,
+        after_seq_from: after_from,
+        after_seq_to: after_to,
+        latency_ms_p50: percentile_ms(&latencies, 0.5),
+        latency_ms_p99: percentile_ms(&latencies, 0.99),
+        pages_per_second: requests as f64 / elapsed,
+    })
+}
+
+/// WebSocket fanout: delivery latency from send to frame received.
+#[derive(Debug, Clone, Serialize)]
+pub struct FanoutReport {
+    pub clients: usize,
+    pub conversations: usize,
+    pub messages_sent: usize,
+    pub frames_received: usize,
+    pub frames_per_second: f64,
+    pub latency_ms_p50: f64,
+    pub latency_ms_p99: f64,
+}
+
+/// `clients` WebSockets spread over `conversations` conversations (one
+/// subscription each); `messages` sends per conversation at `rate` per
+/// second in all; measures send → frame received for every frame.
+pub async fn fanout(
+    base_url: &str,
+    admin_key: &str,
+    clients: usize,
+    conversations: usize,
+    messages: usize,
+    rate: f64,
+) -> anyhow::Result<FanoutReport> {
+    use futures::{SinkExt, StreamExt};
+    if clients == 0 || conversations == 0 || rate <= 0.0 {
+        bail!("clients, conversations and rate must be positive");
+    }
+    let client = reqwest::Client::new();
+    let base = base_url.trim_end_matches('/').to_string();
+    let ws_base = base.replacen("http", "ws", 1);
+    let token = dev_tokens(&client, &base, admin_key, 1).await?.remove(0);
+    let mut ids = Vec::with_capacity(conversations);
+    for _ in 0..conversations {
+        ids.push(create_conversation(&client, &base, admin_key, 1).await?);
+    }
+    let expected = clients.div_ceil(conversations).max(1) * messages; // upper bound per client
+    let received = Arc::new(AtomicUsize::new(0));
+    let (latency_tx, mut latency_rx) = tokio::sync::mpsc::unbounded_channel::<Duration>();
+    let epoch = Instant::now();
+    let mut readers = Vec::with_capacity(clients);
+    for i in 0..clients {
+        let url = format!("{ws_base}/v1/ws?api_key={admin_key}&access_token={token}");
+        let (mut socket, _) = tokio_tungstenite::connect_async(url).await.with_context(|| format!("websocket {i}"))?;
+        let subscribe = json!({"op": "subscribe", "conversation_id": ids[i % conversations]}).to_string();
+        socket.send(tokio_tungstenite::tungstenite::Message::Text(subscribe.into())).await?;
+        let (received, latency_tx) = (received.clone(), latency_tx.clone());
+        let per_client = messages;
+        readers.push(tokio::spawn(async move {
+            let mut got = 0;
+            while got < per_client {
+                let Ok(Some(Ok(frame))) = tokio::time::timeout(Duration::from_secs(30), socket.next()).await else { break };
+                let tokio_tungstenite::tungstenite::Message::Text(text) = frame else { continue };
+                let Ok(value) = serde_json::from_str::<serde_json::Value>(text.as_str()) else { continue };
+                if value["op"] != "message" {
+                    continue;
+                }
+                if let Some(sent_us) = value["message"]["payload"]["sent_us"].as_u64() {
+                    let now_us = epoch.elapsed().as_micros() as u64;
+                    let _ = latency_tx.send(Duration::from_micros(now_us.saturating_sub(sent_us)));
+                }
+                got += 1;
+                received.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    drop(latency_tx);
+    tokio::time::sleep(Duration::from_millis(500)).await; // let every subscription settle
+    let started = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let mut next_at = Instant::now();
+    for n in 0..messages {
+        for id in &ids {
+            next_at += interval;
+            tokio::time::sleep_until(next_at.into()).await;
+            let body = json!({"payload": {"n": n, "sent_us": epoch.elapsed().as_micros() as u64}});
+            client
+                .post(format!("{base}/v1/conversations/{id}/messages"))
+                .header("x-api-key", admin_key)
+                .json(&body)
+                .send()
+                .await?;
+        }
+    }
+    for reader in readers {
+        let _ = reader.await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut latencies = Vec::with_capacity(expected * clients);
+    while let Some(latency) = latency_rx.recv().await {
+        latencies.push(latency);
+    }
+    latencies.sort();
+    let frames = received.load(Ordering::Relaxed);
+    Ok(FanoutReport {
+        clients,
+        conversations,
+        messages_sent: messages * conversations,
+        frames_received: frames,
+        frames_per_second: frames as f64 / elapsed,
+        latency_ms_p50: percentile_ms(&latencies, 0.5),
+        latency_ms_p99: percentile_ms(&latencies, 0.99),
+    })
+}
+
+/// Opens `connections` idle WebSockets, each subscribed to one of a few
+/// conversations, and holds them for `hold` (measure the server's RSS then).
+pub async fn idle(base_url: &str, admin_key: &str, connections: usize, hold: Duration) -> anyhow::Result<usize> {
+    use futures::SinkExt;
+    let client = reqwest::Client::new();
+    let base = base_url.trim_end_matches('/').to_string();
+    let ws_base = base.replacen("http", "ws", 1);
+    let token = dev_tokens(&client, &base, admin_key, 1).await?.remove(0);
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.push(create_conversation(&client, &base, admin_key, 1).await?);
+    }
+    let mut sockets = Vec::with_capacity(connections);
+    for i in 0..connections {
+        let url = format!("{ws_base}/v1/ws?api_key={admin_key}&access_token={token}");
+        let (mut socket, _) = tokio_tungstenite::connect_async(url).await.with_context(|| format!("websocket {i}"))?;
+        let subscribe = json!({"op": "subscribe", "conversation_id": ids[i % ids.len()]}).to_string();
+        socket.send(tokio_tungstenite::tungstenite::Message::Text(subscribe.into())).await?;
+        sockets.push(socket);
+    }
+    tokio::time::sleep(hold).await;
+    Ok(sockets.len())
 }
