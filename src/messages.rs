@@ -321,15 +321,16 @@ async fn send_checked(
     Err(Error::new(Kind::Unavailable, "seq_unavailable", "could not assign a seq; retry"))
 }
 
-/// The envelope originally stored at `seq`, for an idempotent replay.
+/// The envelope originally stored at `seq`, for an idempotent replay: from
+/// the tail, or from segments once it was flushed and trimmed.
 async fn original(ctx: &Context, conv: &ConvKey, seq: u64) -> Result<Envelope, Error> {
-    let entries = ctx.stores.tail.read(conv, seq - 1, 1).await?;
-    match entries.first() {
-        Some(entry) if entry.seq == seq => Envelope::from_entry(entry),
+    let found = crate::history::fetch(&ctx.stores, &ctx.block_cache, &ctx.metrics, conv, seq, seq, i64::MIN).await?;
+    match found.into_iter().next() {
+        Some(envelope) if envelope.seq == seq => Ok(envelope),
         _ => Err(Error::new(
             Kind::Conflict,
             "idempotency_original_unavailable",
-            format!("this idempotency key was used for seq {seq}, which is no longer in the recent tail"),
+            format!("this idempotency key was used for seq {seq}, which is no longer stored"),
         )),
     }
 }

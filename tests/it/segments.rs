@@ -268,3 +268,20 @@ async fn two_instances_flushing_at_once_index_every_seq_once() {
     assert!(done, "{}", api.msgd.log_text());
     assert_history(&api, &sent).await;
 }
+
+#[tokio::test]
+async fn a_replay_after_the_tail_was_trimmed_answers_from_segments() {
+    for backend in backends() {
+        let api = Api::start_with(backend, &[("MSGD_FLUSH__INTERVAL", "1h"), ("MSGD_FLUSH__HOT_WINDOW", "0")]).await;
+        let token = api.token("alice").await;
+        let conversation = api.conversation(&token, &[]).await;
+        let body = json!({"payload": {"text": "once"}, "client_msg_id": "k-1"});
+        let first = api.send(&token, &conversation, &body).await;
+        assert_eq!(first.status, 201);
+        flush(&api, &["--all"]);
+        let stores = api.stores().await;
+        assert!(stores.tail.read(&api.conv_key(&conversation), 0, 10).await.unwrap().is_empty(), "trimmed");
+        let again = api.send(&token, &conversation, &body).await;
+        assert_eq!((again.status, &again.body), (200, &first.body), "{backend:?}: the original, read back from its segment");
+    }
+}
