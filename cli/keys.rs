@@ -115,8 +115,7 @@ pub async fn run(args: &Args, config: Config) -> Result<(), Failure> {
             }
         }
         KeysCommand::Rotate { key_id, grace } => {
-            let key = keys::rotate_key(meta, key_id, *grace, now).await.map_err(failure)?;
-            let old_valid_until = now + grace.as_millis() as i64;
+            let (key, old_valid_until) = keys::rotate_key(meta, key_id, *grace, now).await.map_err(failure)?;
             if args.json {
                 output::json(&serde_json::json!({"rotated": key_id, "old_valid_until": old_valid_until, "new": key}));
             } else {

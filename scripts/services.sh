@@ -23,6 +23,11 @@ S3FS_VERSION="0.14.1"
 
 log() { echo "services: $*" >&2; }
 
+# Root (CI) runs package installs and the postgres user switch directly;
+# anyone else goes through sudo.
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO="sudo"
+
 pg_bin() {
   local d
   for d in /usr/lib/postgresql/*/bin; do
@@ -39,13 +44,13 @@ s3s_bin() {
 
 install_missing() {
   local pkgs=()
-  pg_bin >/dev/null || pkgs+=(postgresql-15)
+  pg_bin >/dev/null || pkgs+=(postgresql)
   command -v redis-server >/dev/null || pkgs+=(redis-server)
   if [ "${#pkgs[@]}" -gt 0 ]; then
     log "installing ${pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq "${pkgs[@]}" >/dev/null
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
   fi
   if ! s3s_bin >/dev/null; then
     # Pinned: newer releases need a newer rustc than Debian 12 machines here have.
@@ -68,12 +73,12 @@ wait_for() { # name, command...
 start_postgres() {
   local bin; bin="$(pg_bin)"
   mkdir -p "$DIR/pg"
-  chown postgres:postgres "$DIR/pg"
+  $SUDO chown postgres:postgres "$DIR/pg"
   if [ ! -f "$DIR/pg/data/PG_VERSION" ]; then
-    runuser -u postgres -- "$bin/initdb" -D "$DIR/pg/data" -U postgres --auth=trust -E UTF8 >/dev/null
+    $SUDO runuser -u postgres -- "$bin/initdb" -D "$DIR/pg/data" -U postgres --auth=trust -E UTF8 >/dev/null
   fi
   if alive "$DIR/pg/data/postmaster.pid"; then return; fi
-  runuser -u postgres -- "$bin/pg_ctl" -D "$DIR/pg/data" -l "$DIR/pg/log" -w \
+  $SUDO runuser -u postgres -- "$bin/pg_ctl" -D "$DIR/pg/data" -l "$DIR/pg/log" -w \
     -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $DIR/pg -c fsync=off -c max_connections=300" start >/dev/null
   log "postgres on 127.0.0.1:$PG_PORT"
 }
@@ -128,7 +133,7 @@ case "${1:-}" in
     log "ready; environment in $DIR/env" ;;
   down)
     if alive "$DIR/pg/data/postmaster.pid"; then
-      runuser -u postgres -- "$(pg_bin)/pg_ctl" -D "$DIR/pg/data" -m fast -w stop >/dev/null
+      $SUDO runuser -u postgres -- "$(pg_bin)/pg_ctl" -D "$DIR/pg/data" -m fast -w stop >/dev/null
       log "stopped postgres"
     fi
     stop_pidfile redis "$DIR/redis/pid"

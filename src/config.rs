@@ -592,7 +592,7 @@ pub fn from_toml(
         };
         let reason = if missing.is_some() {
             "required but missing".to_string()
-        } else if SECRET_KEYS.contains(&key.as_str()) {
+        } else if is_secret(&key) && !message.starts_with("unknown field") {
             "invalid value".to_string()
         } else {
             message
@@ -637,8 +637,15 @@ fn lookup<'a>(value: &'a toml::Value, key: &str) -> Option<&'a toml::Value> {
     key.split('.').try_fold(value, |v, part| v.get(part))
 }
 
+/// Whether a key's value must never be shown: the known secrets, and any
+/// key (even a mistyped, unknown one) whose name suggests a secret.
+fn is_secret(key: &str) -> bool {
+    SECRET_KEYS.contains(&key)
+        || ["secret", "password", "passwd", "token", "signing"].iter().any(|word| key.to_ascii_lowercase().contains(word))
+}
+
 fn shown_value(key: &str, value: &toml::Value) -> String {
-    if SECRET_KEYS.contains(&key) {
+    if is_secret(key) {
         return REDACTED.to_string();
     }
     let text = match value {
@@ -788,8 +795,16 @@ fn validate_auth(raw: RawAuth) -> Result<AuthConfig, ConfigError> {
         }
         other => other.map(Secret::new),
     };
+    let key_cache_ttl = duration("auth.key_cache_ttl", raw.key_cache_ttl.clone(), Duration::from_secs(5))?;
+    if key_cache_ttl > Duration::from_secs(60) {
+        return Err(ConfigError::new(
+            "auth.key_cache_ttl",
+            raw.key_cache_ttl,
+            "at most 60s: it is how long a revoked key keeps working",
+        ));
+    }
     Ok(AuthConfig {
-        key_cache_ttl: duration("auth.key_cache_ttl", raw.key_cache_ttl, Duration::from_secs(5))?,
+        key_cache_ttl,
         keycloak,
         dev_tokens: DevTokensConfig {
             enabled: raw.dev_tokens.enabled.unwrap_or(false),
@@ -953,6 +968,10 @@ mod tests {
         assert_eq!(err.key, "s3.secret_access_key");
         assert!(!err.to_string().contains("12345"), "{err}");
         let err = from_toml("[postgres]\nurl = \"mysql://u:hunter2@h/db\"\n", env(&[])).unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        // A mistyped secret key is unknown, and its value still never shows.
+        let err = from_toml("", env(&[("MSGD_HTTP__ADMIN_PASSWORD", "hunter2")])).unwrap_err();
+        assert_eq!(err.key, "http.admin_password");
         assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 }

@@ -210,6 +210,9 @@ pub struct Membership {
     stores: Stores,
     /// (app, conversation, user) → role (`None`: not a member), and when it was read.
     cache: Mutex<HashMap<(String, String, String), (Option<String>, Instant)>>,
+    /// Bumped by every invalidation: an answer read from the database while an
+    /// invalidation happened is not cached (it may predate the change).
+    generation: std::sync::atomic::AtomicU64,
 }
 
 /// The pseudo-conversation whose live channel carries membership changes.
@@ -219,7 +222,7 @@ fn invalidation_channel() -> ConvKey {
 
 impl Membership {
     pub fn new(stores: Stores) -> Membership {
-        Membership { stores, cache: Mutex::default() }
+        Membership { stores, cache: Mutex::default(), generation: Default::default() }
     }
 
     /// The user's role in the conversation, `None` when not a member.
@@ -230,8 +233,12 @@ impl Membership {
                 return Ok(role.clone());
             }
         }
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
         let role = self.stores.metadata.get_member(app_id, conversation_id, user_id).await?.map(|m| m.role);
         let mut cache = self.cache.lock().expect("membership lock");
+        if self.generation.load(std::sync::atomic::Ordering::SeqCst) != generation {
+            return Ok(role);
+        }
         if cache.len() >= MEMBERSHIP_CACHE_MAX {
             cache.clear();
         }
@@ -240,6 +247,7 @@ impl Membership {
     }
 
     fn forget(&self, app_id: &str, conversation_id: &str) {
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.cache
             .lock()
             .expect("membership lock")
@@ -280,6 +288,7 @@ impl Membership {
                         }
                         Ok(LiveEvent::Message(_)) => {}
                         Err(_) => {
+                            self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                             self.cache.lock().expect("membership lock").clear();
                             break;
                         }

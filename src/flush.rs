@@ -63,6 +63,9 @@ pub struct FlushReport {
     pub skipped_shards: u32,
     /// Dirty conversations below both thresholds, left for later.
     pub deferred: u64,
+    /// Conversations skipped because their tail has a hole after the flushed
+    /// seq (lost tail data: needs an operator, see runbooks/flush.md).
+    pub holes: u64,
 }
 
 /// A flush stage failed.
@@ -203,8 +206,15 @@ impl Flusher {
         let mut snapshots = Vec::with_capacity(marks.len());
         for mark in marks {
             let flushed = self.stores.metadata.flushed_seq(app_id, &mark.conv.conversation_id).await.map_err(|e| stage_error("buffer-snapshot", e))?;
-            let entries = self.read_unflushed(&mark.conv, flushed).await?;
-            snapshots.push(Snapshot { mark, flushed, entries });
+            match self.read_unflushed(&mark.conv, flushed).await {
+                Ok(entries) => snapshots.push(Snapshot { mark, flushed, entries }),
+                // One broken conversation must not stop every other one from flushing.
+                Err(e) if e.message.contains("has a hole") => {
+                    report.holes += 1;
+                    tracing::error!(component = "segment-flush", worker = "segment-flush", stage = "buffer-snapshot", "conversation-id" = %mark.conv.conversation_id, "error.message" = %e.message, "conversation skipped: its tail has a hole");
+                }
+                Err(e) => return Err(e),
+            }
         }
         let (empty, snapshots): (Vec<_>, Vec<_>) = snapshots.into_iter().partition(|s| s.entries.is_empty());
         let records: usize = snapshots.iter().map(|s| s.entries.len()).sum();
@@ -390,6 +400,9 @@ impl Flusher {
             if indexed {
                 report.indexed += 1;
                 tracing::info!(component = "recovery", worker = "segment-recovery", "storage.key" = %key, "orphan segment indexed from its footer");
+            } else if self.stores.metadata.segment_by_key(&key).await.map_err(|e| stage_error("recover-index", e))?.is_some() {
+                // Its own flusher committed it meanwhile: not an orphan after all.
+                report.already_indexed += 1;
             } else {
                 self.stores.objects.delete(&key).await.map_err(|e| stage_error("recover-delete", e))?;
                 report.deleted += 1;

@@ -236,7 +236,7 @@ pub async fn page(ctx: &Context, caller: &Caller, conversation_id: &str, query: 
         None => new_state(&conversation_id, &query)?,
     };
     let cutoff = retention_cutoff(ctx, now);
-    let last_seq = ctx.stores.tail.last_seq(&conv).await?.unwrap_or(0);
+    let last_seq = crate::messages::last_seq(ctx, &conv).await?;
     let (messages, more) = collect(ctx, &conv, &state, last_seq, cutoff).await?;
     let next_cursor = match (more, messages.last()) {
         (true, Some(last)) => Some(encode_cursor(key, &CursorState { pos: last.seq, ..state })),
@@ -259,6 +259,10 @@ fn new_state(conversation_id: &str, query: &HistoryQuery) -> Result<CursorState,
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 || limit > MAX_LIMIT {
         return Err(Error::invalid("invalid_request", format!("limit must be 1 to {MAX_LIMIT}")));
+    }
+    // Seqs are stored as signed 64-bit integers; anything larger names nothing.
+    if query.after_seq.into_iter().chain(query.before_seq).any(|seq| seq > i64::MAX as u64) {
+        return Err(Error::invalid("invalid_request", "after_seq and before_seq are at most 2^63 - 1"));
     }
     if let (Some(from), Some(to)) = (query.from_ts, query.to_ts) {
         if from > to {

@@ -245,8 +245,9 @@ pub async fn list_keys(meta: &dyn Metadata, app_id: Option<&str>) -> Result<Vec<
 }
 
 /// Issues a successor with the same app, scope and name; the old key keeps
-/// working until `now + grace` (or its own earlier expiry).
-pub async fn rotate_key(meta: &dyn Metadata, key_id: &str, grace: Duration, now: i64) -> Result<IssuedKey, KeyError> {
+/// working until `now + grace` (or its own earlier expiry), which is returned
+/// beside the new key.
+pub async fn rotate_key(meta: &dyn Metadata, key_id: &str, grace: Duration, now: i64) -> Result<(IssuedKey, i64), KeyError> {
     let old = meta.get_api_key(key_id).await?.ok_or_else(|| KeyError::NoSuchKey(key_id.to_string()))?;
     if old.revoked_at.is_some() {
         return Err(KeyError::KeyRevoked(key_id.to_string()));
@@ -257,8 +258,10 @@ pub async fn rotate_key(meta: &dyn Metadata, key_id: &str, grace: Duration, now:
     let scope: Scope = old.scope.parse().map_err(KeyError::Invalid)?;
     // The successor keeps the remaining lifetime of a key that had one.
     let (key, row) = new_key_row(&old.app_id, scope, old.name.as_deref(), old.expires_at, now);
-    meta.rotate_api_key(key_id, now + grace.as_millis() as i64, &row).await?;
-    Ok(IssuedKey { key, info: KeyInfo::from_row(row)? })
+    let grace_end = now + grace.as_millis() as i64;
+    meta.rotate_api_key(key_id, grace_end, &row).await?;
+    let old_valid_until = old.expires_at.map_or(grace_end, |at| at.min(grace_end));
+    Ok((IssuedKey { key, info: KeyInfo::from_row(row)? }, old_valid_until))
 }
 
 /// Revokes a key at once.

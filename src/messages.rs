@@ -321,6 +321,16 @@ async fn send_checked(
     Err(Error::new(Kind::Unavailable, "seq_unavailable", "could not assign a seq; retry"))
 }
 
+/// A conversation's last seq. When the tail lost its counter (a Redis restart
+/// without AOF, say) the conversation must not look empty until the next
+/// write re-seeds it: fall back to the highest seq durably in segments.
+pub async fn last_seq(ctx: &Context, conv: &ConvKey) -> Result<u64, Error> {
+    match ctx.stores.tail.last_seq(conv).await? {
+        Some(seq) => Ok(seq),
+        None => Ok(ctx.stores.metadata.flushed_seq(&conv.app_id, &conv.conversation_id).await?),
+    }
+}
+
 /// The envelope originally stored at `seq`, for an idempotent replay: from
 /// the tail, or from segments once it was flushed and trimmed.
 async fn original(ctx: &Context, conv: &ConvKey, seq: u64) -> Result<Envelope, Error> {

@@ -58,7 +58,7 @@ pub async fn mark(ctx: &Context, caller: &Caller, conversation_id: &str, request
         .clone()
         .ok_or_else(|| Error::invalid("user_required", "receipts belong to a user; send a user token"))?;
     let conv = ConvKey::new(&caller.app_id, &conversation_id);
-    let last_seq = ctx.stores.tail.last_seq(&conv).await?.unwrap_or(0);
+    let last_seq = crate::messages::last_seq(ctx, &conv).await?;
     if request.seq == 0 || request.seq > last_seq {
         return Err(Error::invalid(
             "seq_out_of_range",
@@ -118,7 +118,7 @@ pub async fn list(ctx: &Context, caller: &Caller, conversation_id: &str) -> Resu
     caller.require_scope(Scope::Read)?;
     let (conversation_id, _) = require_access(ctx, caller, conversation_id).await?;
     let conv = ConvKey::new(&caller.app_id, &conversation_id);
-    let last_seq = ctx.stores.tail.last_seq(&conv).await?.unwrap_or(0);
+    let last_seq = crate::messages::last_seq(ctx, &conv).await?;
     let receipts = all_marks(ctx, &state_key(&conv)).await?;
     let unread = caller.user_id.as_ref().map(|user| {
         let read = receipts.iter().find(|m| &m.user_id == user).map_or(0, |m| m.read_seq);

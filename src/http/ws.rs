@@ -8,8 +8,10 @@
 //! a gap seen live (a missed publish) is filled from history. A queue that
 //! fills up closes the connection (slow consumer) without slowing anyone else.
 //!
-//! Close codes: 1000 normal, 1001 server shutting down, 1009 frame too large,
-//! 4000 idle timeout, 4008 slow consumer (reconnect with your last seq).
+//! Close codes: 1000 normal, 1001 server shutting down, 4000 idle timeout,
+//! 4001 credentials revoked or expired (re-checked every `auth.key_cache_ttl`),
+//! 4008 slow consumer (reconnect with your last seq). A frame over 256 KiB
+//! ends the connection.
 //! Malformed frames get an `error` frame (`invalid_frame`, `unknown_op`, ...)
 //! and the connection stays open.
 
@@ -41,6 +43,7 @@ use crate::receipts::{self, ReceiptRequest};
 use crate::store::{ConvKey, LiveEvent};
 
 pub const CLOSE_IDLE: u16 = 4000;
+pub const CLOSE_CREDENTIALS: u16 = 4001;
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 const MAX_FRAME_BYTES: usize = 256 * 1024;
 /// Seqs replayed per history read during catch-up.
@@ -68,6 +71,11 @@ pub(super) async fn upgrade(
     };
     let caller = state.ctx.auth.authenticate(credentials, now_ms()).await?;
     caller.require_scope(Scope::Read)?;
+    // Kept to re-check the key and token while the socket lives.
+    let presented = Presented {
+        api_key: header("x-api-key").or(query.api_key.as_deref()).map(str::to_string),
+        authorization: header("authorization").map(str::to_string).or(bearer),
+    };
     let ws = ws.map_err(|e| Error::invalid("websocket_required", format!("{e}: connect with a WebSocket client")))?;
     let ctx = state.ctx.clone();
     let shutdown = state.shutdown.clone();
@@ -79,8 +87,14 @@ pub(super) async fn upgrade(
         .max_write_buffer_size(1024 * 1024)
         .max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
-        .on_upgrade(move |socket| session(ctx, caller, socket, shutdown))
+        .on_upgrade(move |socket| session(ctx, caller, presented, socket, shutdown))
         .into_response())
+}
+
+/// The credentials a connection was opened with.
+struct Presented {
+    api_key: Option<String>,
+    authorization: Option<String>,
 }
 
 /// What the writer task sends.
@@ -136,7 +150,7 @@ impl Drop for Gauged {
     }
 }
 
-async fn session(ctx: Arc<Context>, caller: Caller, socket: WebSocket, mut shutdown: watch::Receiver<bool>) {
+async fn session(ctx: Arc<Context>, caller: Caller, presented: Presented, socket: WebSocket, mut shutdown: watch::Receiver<bool>) {
     let _connection = Gauged::new(&ctx.metrics.ws_connections);
     let config = ctx.config.ws.clone();
     let (mut sink, mut stream) = socket.split();
@@ -182,12 +196,25 @@ async fn session(ctx: Arc<Context>, caller: Caller, socket: WebSocket, mut shutd
     let mut heartbeat = tokio::time::interval(config.heartbeat_interval);
     heartbeat.tick().await;
     let mut last_seen = Instant::now();
+    // A revoked key or an expired token ends the connection within one key
+    // cache period, as it would refuse an HTTP request.
+    let mut recheck = tokio::time::interval(ctx.config.auth.key_cache_ttl.max(Duration::from_secs(1)));
+    recheck.tick().await;
     let close = loop {
         let idle_left = config.idle_timeout.saturating_sub(last_seen.elapsed());
         tokio::select! {
             _ = async { shutdown.wait_for(|s| *s).await.map(|_| ()) } => break Some((1001, "server shutting down")),
             _ = heartbeat.tick() => {
                 let _ = outbox.queue.try_send(Outbound::Ping);
+            }
+            _ = recheck.tick() => {
+                let credentials = Credentials { api_key: presented.api_key.as_deref(), authorization: presented.authorization.as_deref() };
+                if let Err(e) = ctx.auth.authenticate(credentials, now_ms()).await {
+                    if e.kind != crate::error::Kind::Unavailable {
+                        outbox.error(&e, Value::Null);
+                        break Some((CLOSE_CREDENTIALS, "credentials revoked or expired"));
+                    }
+                }
             }
             _ = tokio::time::sleep(idle_left) => break Some((CLOSE_IDLE, "idle timeout")),
             frame = stream.next() => {
@@ -196,7 +223,9 @@ async fn session(ctx: Arc<Context>, caller: Caller, socket: WebSocket, mut shutd
                     None | Some(Err(_)) => break None,
                     Some(Ok(Message::Close(_))) => break None,
                     Some(Ok(Message::Text(text))) => {
-                        handle_frame(&ctx, &caller, &outbox, &mut subscriptions, text.as_str()).await;
+                        // Boxed: the handlers' futures are large, and an idle connection
+                        // should not carry their state in its task.
+                        Box::pin(handle_frame(&ctx, &caller, &outbox, &mut subscriptions, text.as_str())).await;
                     }
                     Some(Ok(Message::Binary(_))) => {
                         outbox.error(&Error::invalid("invalid_frame", "frames are JSON text"), Value::Null);
@@ -268,7 +297,7 @@ async fn handle_frame(
                 let (id, _) = require_access(ctx, caller, &id).await?;
                 let conv = ConvKey::new(&caller.app_id, &id);
                 let live = ctx.stores.tail.subscribe(&conv).await?;
-                let last_seq = ctx.stores.tail.last_seq(&conv).await?.unwrap_or(0);
+                let last_seq = messages::last_seq(ctx, &conv).await?;
                 if let Some(previous) = subscriptions.remove(&id) {
                     previous.abort();
                 }
@@ -362,7 +391,7 @@ async fn forward(
                 outbox.error(&Error::invalid("invalid_since_seq", format!("since_seq is past the last seq {last_seq}")), json!({"conversation_id": conv.conversation_id}));
                 return;
             }
-            match replay(&ctx, &outbox, &conv, since, last_seq).await {
+            match Box::pin(replay(&ctx, &outbox, &conv, since, last_seq)).await {
                 Ok(Some(delivered)) => delivered,
                 Ok(None) => return,
                 Err(e) => {
@@ -378,7 +407,7 @@ async fn forward(
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                 // Fell behind the local channel: refill from history up to now.
                 let Ok(Some(last)) = ctx.stores.tail.last_seq(&conv).await else { continue };
-                match replay(&ctx, &outbox, &conv, delivered, last).await {
+                match Box::pin(replay(&ctx, &outbox, &conv, delivered, last)).await {
                     Ok(Some(through)) => delivered = through,
                     Ok(None) => return,
                     Err(e) => {
@@ -393,13 +422,15 @@ async fn forward(
         // Membership is re-checked per event (cached, invalidated on change), so a
         // removed member stops receiving at once.
         if let Some(user) = &caller.user_id {
-            match ctx.membership.role(&caller.app_id, &conv.conversation_id, user).await {
+            match Box::pin(ctx.membership.role(&caller.app_id, &conv.conversation_id, user)).await {
                 Ok(Some(_)) => {}
                 Ok(None) => {
                     outbox.error(&Error::not_member(), json!({"conversation_id": conv.conversation_id}));
                     return;
                 }
-                Err(_) => continue,
+                // The metadata store is unreachable: keep delivering on the answer
+                // given at subscribe time rather than silently dropping events.
+                Err(_) => {}
             }
         }
         match event {
@@ -408,7 +439,7 @@ async fn forward(
                     continue;
                 }
                 if entry.seq > delivered + 1 {
-                    match replay(&ctx, &outbox, &conv, delivered, entry.seq - 1).await {
+                    match Box::pin(replay(&ctx, &outbox, &conv, delivered, entry.seq - 1)).await {
                         Ok(Some(through)) => delivered = through,
                         Ok(None) => return,
                         Err(e) => {

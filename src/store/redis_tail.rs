@@ -294,7 +294,8 @@ impl RedisTail {
 #[async_trait]
 impl Tail for RedisTail {
     async fn ping(&self) -> Result<(), StoreError> {
-        let _: String = redis::cmd("PING").query_async(&mut self.connection()).await.map_err(unavailable)?;
+        let mut connection = self.connection();
+        let _: String = self.timed("ping", redis::cmd("PING").query_async(&mut connection)).await?;
         Ok(())
     }
 
@@ -336,19 +337,16 @@ impl Tail for RedisTail {
     }
 
     async fn seed_seq(&self, conv: &ConvKey, last_seq: u64) -> Result<(), StoreError> {
-        let _: u64 = self
-            .seed_script
-            .key(self.keys.seq(conv))
-            .key(self.keys.log(conv))
-            .arg(last_seq)
-            .invoke_async(&mut self.connection())
-            .await
-            .map_err(unavailable)?;
+        let mut connection = self.connection();
+        let mut invocation = self.seed_script.prepare_invoke();
+        invocation.key(self.keys.seq(conv)).key(self.keys.log(conv)).arg(last_seq);
+        let _: u64 = self.timed("seed", invocation.invoke_async(&mut connection)).await?;
         Ok(())
     }
 
     async fn last_seq(&self, conv: &ConvKey) -> Result<Option<u64>, StoreError> {
-        self.connection().get(self.keys.seq(conv)).await.map_err(unavailable)
+        let mut connection = self.connection();
+        self.timed("get", connection.get(self.keys.seq(conv))).await
     }
 
     async fn read(&self, conv: &ConvKey, after_seq: u64, limit: usize) -> Result<Vec<TailEntry>, StoreError> {
@@ -381,23 +379,18 @@ impl Tail for RedisTail {
     }
 
     async fn trim(&self, conv: &ConvKey, through_seq: u64) -> Result<u64, StoreError> {
-        redis::cmd("XTRIM")
-            .arg(self.keys.log(conv))
-            .arg("MINID")
-            .arg(format!("{}-0", through_seq + 1))
-            .query_async(&mut self.connection())
-            .await
-            .map_err(unavailable)
+        let mut connection = self.connection();
+        let mut command = redis::cmd("XTRIM");
+        command.arg(self.keys.log(conv)).arg("MINID").arg(format!("{}-0", through_seq + 1));
+        self.timed("xtrim", command.query_async(&mut connection)).await
     }
 
     async fn dirty(&self, shard: u32) -> Result<Vec<DirtyConversation>, StoreError> {
         let mut connection = self.connection();
-        let (marks, bytes): (Vec<(String, f64)>, std::collections::HashMap<String, u64>) = redis::pipe()
-            .zrange_withscores(self.keys.dirty(shard), 0, -1)
-            .hgetall(self.keys.dirty_bytes(shard))
-            .query_async(&mut connection)
-            .await
-            .map_err(unavailable)?;
+        let mut pipe = redis::pipe();
+        pipe.zrange_withscores(self.keys.dirty(shard), 0, -1).hgetall(self.keys.dirty_bytes(shard));
+        let (marks, bytes): (Vec<(String, f64)>, std::collections::HashMap<String, u64>) =
+            self.timed("dirty", pipe.query_async(&mut connection)).await?;
         Ok(marks
             .into_iter()
             .filter_map(|(member, first_ts)| {
@@ -411,22 +404,22 @@ impl Tail for RedisTail {
 
     async fn clear_dirty(&self, seen: &DirtyConversation) -> Result<bool, StoreError> {
         let shard = seen.conv.shard();
-        let cleared: u8 = self
-            .clear_dirty_script
+        let mut connection = self.connection();
+        let mut invocation = self.clear_dirty_script.prepare_invoke();
+        invocation
             .key(self.keys.dirty(shard))
             .key(self.keys.dirty_bytes(shard))
             .arg(dirty_member(&seen.conv))
             .arg(seen.first_ts_ms)
-            .arg(seen.bytes)
-            .invoke_async(&mut self.connection())
-            .await
-            .map_err(unavailable)?;
+            .arg(seen.bytes);
+        let cleared: u8 = self.timed("clear_dirty", invocation.invoke_async(&mut connection)).await?;
         Ok(cleared == 1)
     }
 
     async fn publish(&self, conv: &ConvKey, event: &[u8]) -> Result<(), StoreError> {
         let payload = LiveEvent::Event(event.to_vec()).encode();
-        let _: i64 = self.connection().publish(self.keys.channel(conv), payload).await.map_err(unavailable)?;
+        let mut connection = self.connection();
+        let _: i64 = self.timed("publish", connection.publish(self.keys.channel(conv), payload)).await?;
         Ok(())
     }
 
@@ -436,15 +429,10 @@ impl Tail for RedisTail {
 
     async fn state_set(&self, key: &str, field: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError> {
         let key = self.keys.state(key);
-        let _: () = redis::pipe()
-            .atomic()
-            .hset(&key, field, value)
-            .ignore()
-            .pexpire(&key, ttl.as_millis().max(1) as i64)
-            .ignore()
-            .query_async(&mut self.connection())
-            .await
-            .map_err(unavailable)?;
+        let mut connection = self.connection();
+        let mut pipe = redis::pipe();
+        pipe.atomic().hset(&key, field, value).ignore().pexpire(&key, ttl.as_millis().max(1) as i64).ignore();
+        let _: () = self.timed("state_set", pipe.query_async(&mut connection)).await?;
         Ok(())
     }
 
@@ -489,8 +477,9 @@ impl Tail for RedisTail {
     }
 
     async fn state_get(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut connection = self.connection();
         let fields: std::collections::BTreeMap<String, Vec<u8>> =
-            self.connection().hgetall(self.keys.state(key)).await.map_err(unavailable)?;
+            self.timed("state_get", connection.hgetall(self.keys.state(key))).await?;
         Ok(fields.into_iter().collect())
     }
 }

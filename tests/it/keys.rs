@@ -33,7 +33,8 @@ async fn lifecycle_through_the_domain_api() {
         assert_eq!(keys::authenticate(meta, &writer.key, T0).await.unwrap().scope, Scope::Write);
 
         // Rotate with a 24 h grace: both keys work inside it, only the new one after.
-        let rotated = keys::rotate_key(meta, &writer.info.id, Duration::from_secs(24 * 3600), T0 + HOUR).await.unwrap();
+        let (rotated, old_valid_until) = keys::rotate_key(meta, &writer.info.id, Duration::from_secs(24 * 3600), T0 + HOUR).await.unwrap();
+        assert_eq!(old_valid_until, T0 + 25 * HOUR);
         assert_eq!(rotated.info.scope, Scope::Write);
         assert_eq!(rotated.info.name.as_deref(), Some("backend"));
         for at in [T0 + HOUR, T0 + 24 * HOUR] {

@@ -68,3 +68,21 @@ fn every_module_opens_with_a_doc_paragraph() {
         assert!(source.starts_with("//!"), "{} must open with a `//!` paragraph saying what it owns", path.display());
     }
 }
+
+#[test]
+fn the_openapi_document_lists_every_route() {
+    let router = std::fs::read_to_string("src/http/mod.rs").unwrap();
+    let document: serde_json::Value = serde_json::from_str(&std::fs::read_to_string("src/http/openapi.json").unwrap()).unwrap();
+    let paths = document["paths"].as_object().expect("paths");
+    let mut routes = 0;
+    for line in router.lines().filter(|l| l.trim_start().starts_with(".route(\"")) {
+        let path = line.split('"').nth(1).unwrap();
+        routes += 1;
+        let documented = paths.get(path).unwrap_or_else(|| panic!("{path} is routed but not in openapi.json"));
+        for method in ["get", "post", "put", "delete"] {
+            let routed = line.contains(&format!("{method}(")) || line.contains(&format!(".{method}("));
+            assert_eq!(routed, documented.get(method).is_some(), "{method} {path}: router and openapi.json disagree");
+        }
+    }
+    assert_eq!(routes, paths.len(), "openapi.json documents routes the router does not serve");
+}
