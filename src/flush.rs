@@ -513,6 +513,11 @@ pub async fn run(flusher: Flusher, mut stop: tokio::sync::watch::Receiver<bool>)
             Ok(_) => failures = 0,
             Err(_) => failures = failures.saturating_add(1),
         }
+        match flusher.stores.tail.purge_expired().await {
+            Ok(0) => {}
+            Ok(removed) => tracing::debug!(component = "segment-flush", worker = "tail-expiry", removed, "expired tail state purged"),
+            Err(e) => tracing::warn!(component = "segment-flush", worker = "tail-expiry", error = %e, "purging expired tail state failed"),
+        }
         let wait = if failures == 0 {
             interval
         } else {

@@ -476,6 +476,10 @@ impl Tail for RedisTail {
         Ok(())
     }
 
+    async fn purge_expired(&self) -> Result<u64, StoreError> {
+        Ok(0) // keys carry their own TTLs
+    }
+
     async fn state_get(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let mut connection = self.connection();
         let fields: std::collections::BTreeMap<String, Vec<u8>> =

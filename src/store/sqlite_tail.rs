@@ -318,6 +318,20 @@ impl Tail for SqliteTail {
         Ok(())
     }
 
+    async fn purge_expired(&self) -> Result<u64, StoreError> {
+        let now = now_ms();
+        let mut removed = 0;
+        for table in ["tail_idempotency", "tail_state"] {
+            removed += sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE expires_at <= $1")))
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .map_err(failed)?
+                .rows_affected();
+        }
+        Ok(removed)
+    }
+
     async fn state_get(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let rows = sqlx::query(
             "SELECT field, value FROM tail_state WHERE state_key = $1 AND expires_at > $2 ORDER BY field",

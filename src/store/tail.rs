@@ -239,6 +239,11 @@ pub trait Tail: Send + Sync {
     /// Gives a lease back if `holder` still has it.
     async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
 
+    /// Deletes expired idempotency claims and TTL'd state where the store does
+    /// not expire them by itself (Redis does; the embedded tail needs this);
+    /// returns how many were removed.
+    async fn purge_expired(&self) -> Result<u64, StoreError>;
+
     /// All live fields of a TTL'd hash, sorted by field.
     async fn state_get(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
 }

@@ -269,3 +269,28 @@ async fn objects_round_trip_with_ranges() {
         assert!(objects.get("segments/app_t/2026/11/27/07/a.seg").await.is_err());
     }
 }
+
+#[tokio::test]
+async fn expired_idempotency_claims_are_forgotten_and_purged() {
+    for backend in backends() {
+        let env = TestEnv::new(backend).await;
+        let stores = open(&env).await;
+        let conv = ConvKey::new("app_t", uuid::Uuid::now_v7().to_string());
+        let claim = IdempotencyClaim { key: "short".into(), fingerprint: "f".into(), ttl: Duration::from_millis(30) };
+        let request = AppendRequest { idempotency: Some(claim), ..message(&conv, 1) };
+        assert!(matches!(append(stores.tail.as_ref(), &request).await, AppendOutcome::Appended(e) if e.seq == 1));
+        let forgotten = crate::support::eventually(Duration::from_secs(3), async || {
+            matches!(stores.tail.append(&request).await.unwrap(), AppendOutcome::Appended(_))
+        })
+        .await;
+        assert!(forgotten, "{backend:?}: after its TTL the key is free again");
+        stores.tail.publish(&conv, b"x").await.unwrap();
+        stores.tail.state_set("gone", "f", b"1", Duration::from_millis(1)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let purged = stores.tail.purge_expired().await.unwrap();
+        match backend {
+            Backend::Embedded => assert!(purged >= 1, "the embedded tail deletes expired rows"),
+            Backend::Services => assert_eq!(purged, 0, "Redis expires keys by itself"),
+        }
+    }
+}

@@ -189,3 +189,26 @@ async fn malformed_frames_get_error_frames_and_auth_happens_at_upgrade() {
         assert!(tokio_tungstenite::connect_async(format!("ws://{}/v1/ws", api.msgd.addr)).await.is_err());
     }
 }
+
+#[tokio::test]
+async fn a_revoked_key_closes_its_open_websockets() {
+    for backend in backends() {
+        let api = Api::start_with(backend, &[("MSGD_AUTH__KEY_CACHE_TTL", "1s")]).await;
+        let alice = api.token("alice").await;
+        let conversation = api.conversation(&alice, &[]).await;
+        let out = api.env.run(&["keys", "create", "--app", &api.app_id, "--scope", "read", "--json"], "");
+        let (key, key_id) = (out.json()["key"].as_str().unwrap().to_string(), out.json()["id"].as_str().unwrap().to_string());
+        let mut client = Client::connect(&api.msgd.addr, &key, &alice).await;
+        client.send(json!({"op": "subscribe", "conversation_id": conversation})).await;
+        client.expect_op("subscribed").await;
+        assert_eq!(api.env.run(&["keys", "revoke", &key_id], "").code, 0);
+        let closed = loop {
+            match client.next(Duration::from_secs(10)).await {
+                Next::Frame(frame) => assert_eq!(frame["op"], "error", "{frame}"),
+                Next::Closed(code) => break code,
+                Next::Timeout => panic!("{backend:?}: still open after the key was revoked"),
+            }
+        };
+        assert_eq!(closed, Some(4001), "{backend:?}");
+    }
+}
