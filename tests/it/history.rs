@@ -133,3 +133,42 @@ async fn walk_envelopes(api: &Api, token: &str, conversation: &str) -> Vec<Value
         }
     }
 }
+
+/// Messages older than the retention window are never returned — not by
+/// history, not by WebSocket catch-up — even while they still exist physically.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_past_retention_are_never_returned() {
+    use msgd::store::{AppendOutcome, AppendRequest};
+    for backend in backends() {
+        let api = Api::start_with(backend, &[("MSGD_RETENTION__DAYS", "30")]).await;
+        let alice = api.token("alice").await;
+        let conversation = api.conversation(&alice, &[]).await;
+        // Five messages received 40 days ago, written straight into the tail.
+        let stores = api.stores().await;
+        let conv = api.conv_key(&conversation);
+        let old_ts = msgd::clock::now_ms() - 40 * 86_400_000;
+        stores.tail.seed_seq(&conv, 0).await.unwrap();
+        for n in 0..5 {
+            let envelope = json!({"v": 1, "id": uuid::Uuid::now_v7().to_string(), "conversation_id": conversation, "ts": old_ts + n,
+                                  "sender": {"kind": "user", "id": "alice"}, "payload": {"old": n}, "attachments": []});
+            let request = AppendRequest { conv: conv.clone(), ts_ms: old_ts + n, body: serde_json::to_vec(&envelope).unwrap(), idempotency: None };
+            assert!(matches!(stores.tail.append(&request).await.unwrap(), AppendOutcome::Appended(_)));
+        }
+        for n in 0..3 {
+            assert_eq!(api.send(&alice, &conversation, &json!({"payload": {"new": n}})).await.body["seq"], 6 + n);
+        }
+        assert_eq!(walk(&api, &alice, &conversation, "limit=2").await, vec![6, 7, 8], "{backend:?}");
+        assert_eq!(walk(&api, &alice, &conversation, "limit=2&order=desc").await, vec![8, 7, 6]);
+        let page = history(&api, &alice, &conversation, "after_seq=0&before_seq=6").await;
+        assert_eq!(page.body["messages"], json!([]));
+
+        let mut client = crate::wsclient::Client::connect(&api.msgd.addr, &api.read_key, &alice).await;
+        client.send(json!({"op": "subscribe", "conversation_id": conversation, "since_seq": 2})).await;
+        let error = client.expect_op("error").await;
+        assert_eq!(error["code"], "since_seq_expired", "{backend:?}: {error}");
+        client.send(json!({"op": "subscribe", "conversation_id": conversation, "since_seq": 5})).await;
+        for seq in 6..=8 {
+            assert_eq!(client.expect_op("message").await["message"]["seq"], seq);
+        }
+    }
+}
