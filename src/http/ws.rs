@@ -99,7 +99,9 @@ struct Presented {
 
 /// What the writer task sends.
 enum Outbound {
-    Frame(&'static str, String),
+    /// Boxed so a queue slot is one pointer: tokio allocates a connection's
+    /// queue 32 slots at a time, and idle connections should stay small.
+    Frame(Box<(&'static str, String)>),
     Ping,
     Close(u16, &'static str),
 }
@@ -115,7 +117,7 @@ struct Outbox {
 impl Outbox {
     /// Queues a frame; a full queue marks the connection a slow consumer.
     fn send(&self, op: &'static str, frame: Value) -> bool {
-        match self.queue.try_send(Outbound::Frame(op, frame.to_string())) {
+        match self.queue.try_send(Outbound::Frame(Box::new((op, frame.to_string())))) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 let _ = self.slow.send(true);
@@ -175,7 +177,8 @@ async fn session(ctx: Arc<Context>, caller: Caller, presented: Presented, socket
             };
             let message = match next {
                 None => break,
-                Some(Outbound::Frame(op, text)) => {
+                Some(Outbound::Frame(frame)) => {
+                    let (op, text) = *frame;
                     metrics.ws_frames_sent_total.with_label_values(&[op]).inc();
                     Message::Text(text.into())
                 }
