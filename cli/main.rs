@@ -34,7 +34,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the server: HTTP API, /healthz, /readyz, /metrics
+    /// Run the server: HTTP and WebSocket API, the flush worker, /healthz, /readyz, /metrics
     Serve(serve::Args),
     /// Issue, list, rotate, revoke and verify application API keys
     Keys(keys::Args),

@@ -188,7 +188,8 @@ fn base64_of(bytes: &[u8]) -> String {
 #[tokio::test]
 async fn rate_limits_answer_429_with_retry_after_and_ratelimit_fields() {
     for backend in backends() {
-        let api = Api::start_with(backend, &[("MSGD_LIMITS__USER_RATE", "1"), ("MSGD_LIMITS__USER_BURST", "5")]).await;
+        // One message per 10 s after a burst of 5: no refill can happen while the test runs.
+        let api = Api::start_with(backend, &[("MSGD_LIMITS__USER_RATE", "0.1"), ("MSGD_LIMITS__USER_BURST", "5")]).await;
         let token = api.token("alice").await;
         let conversation = api.conversation(&token, &[]).await;
         let mut statuses = Vec::new();
