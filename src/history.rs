@@ -338,6 +338,9 @@ async fn collect(
         }
         Ok((out, false))
     } else {
+        // Nothing below the first seq that can reach the time floor (or the
+        // retention cutoff) is looked at: expired history costs no walk.
+        let low = low.max(first_seq_at_or_after(ctx, conv, floor_ts, low + 1).await? - 1);
         let mut top = if state.pos > 0 { state.pos } else { high }; // exclusive
         while top > low + 1 && out.len() < limit {
             let start = top.saturating_sub(CHUNK).max(low + 1);
@@ -363,16 +366,15 @@ async fn collect(
     }
 }
 
-/// The first seq at or after `from` whose block may hold messages at or after
-/// `ts` (blocks are skipped by their ts ranges; the tail starts after them).
+/// The first seq at or after `from` that may hold a message received at or
+/// after `ts`: the start of the first block reaching `ts`, or, when no block
+/// does, the first seq after the segments (the tail).
 async fn first_seq_at_or_after(ctx: &Context, conv: &ConvKey, ts: i64, from: u64) -> Result<u64, Error> {
-    let blocks = ctx.stores.metadata.blocks_in_range(&conv.app_id, &conv.conversation_id, from, u64::MAX / 2).await?;
-    for (block, _) in &blocks {
-        if block.ts_end >= ts {
-            return Ok((block.seq_start as u64).max(from));
-        }
-    }
-    Ok(blocks.last().map_or(from, |(b, _)| (b.seq_end as u64 + 1).max(from)))
+    let start = match ctx.stores.metadata.first_block_since(&conv.app_id, &conv.conversation_id, ts).await? {
+        Some(block) => block.seq_start as u64,
+        None => ctx.stores.metadata.flushed_seq(&conv.app_id, &conv.conversation_id).await? + 1,
+    };
+    Ok(start.max(from))
 }
 
 fn encode_cursor(key: &[u8], state: &CursorState) -> String {

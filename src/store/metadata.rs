@@ -159,6 +159,10 @@ pub trait Metadata: Send + Sync {
         hi: u64,
     ) -> Result<Vec<(BlockRow, String)>, StoreError>;
 
+    /// The first block (by seq) of a conversation whose newest message is at
+    /// or after `ts`: where a read from `ts` on starts in the segments.
+    async fn first_block_since(&self, app_id: &str, conversation_id: &str, ts: i64) -> Result<Option<BlockRow>, StoreError>;
+
     /// The shared secret `name`, created from `candidate` when it does not exist
     /// yet; every caller gets the same value.
     async fn shared_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError>;

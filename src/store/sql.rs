@@ -709,6 +709,20 @@ impl Metadata for Db {
         Ok(rows.into_iter().map(|r| (r.block.into(), r.object_key)).collect())
     }
 
+    async fn first_block_since(&self, app_id: &str, conversation_id: &str, ts: i64) -> Result<Option<BlockRow>, StoreError> {
+        let sql = format!(
+            "SELECT {BLOCK_COLUMNS} FROM segment_blocks WHERE app_id = $1 AND conversation_id = $2 AND ts_end >= $3 \
+             ORDER BY seq_start LIMIT 1"
+        );
+        let row = on_db!(self, pool => sqlx::query_as::<_, BlockRecord>(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(app_id)
+            .bind(conversation_id)
+            .bind(ts)
+            .fetch_optional(pool)
+            .await)?;
+        Ok(row.map(Into::into))
+    }
+
     async fn shared_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {
         let now = crate::clock::now_ms();
         on_db!(self, pool => sqlx::query("INSERT INTO server_secrets (name, value, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
