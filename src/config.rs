@@ -916,7 +916,7 @@ fn service_url(key: &str, text: &str, schemes: &[&str]) -> Result<SecretUrl, Con
             format!("unsupported scheme `{}`; expected {}", url.scheme(), schemes.join(" or ")),
         ));
     }
-    if url.host_str().map_or(true, str::is_empty) {
+    if url.host_str().is_none_or(str::is_empty) {
         return Err(ConfigError::new(key, shown(), "the URL has no host"));
     }
     Ok(SecretUrl(url))

@@ -205,11 +205,14 @@ fn require_manager(caller: &Caller, role: Option<&str>, removing: Option<&str>) 
     Err(Error::new(Kind::Forbidden, "not_owner", "only the conversation's owners and admin keys manage members"))
 }
 
+/// (app, conversation, user).
+type MemberKey = (String, String, String);
+
 /// The per-instance membership cache.
 pub struct Membership {
     stores: Stores,
     /// (app, conversation, user) → role (`None`: not a member), and when it was read.
-    cache: Mutex<HashMap<(String, String, String), (Option<String>, Instant)>>,
+    cache: Mutex<HashMap<MemberKey, (Option<String>, Instant)>>,
     /// Bumped by every invalidation: an answer read from the database while an
     /// invalidation happened is not cached (it may predate the change).
     generation: std::sync::atomic::AtomicU64,

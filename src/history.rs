@@ -75,10 +75,15 @@ pub struct BlockCache {
     metrics: Metrics,
 }
 
+/// (segment id, byte offset): one block.
+type BlockKey = (String, i64);
+
 #[derive(Default)]
 struct CacheInner {
-    blocks: HashMap<(String, i64), (Arc<Vec<Envelope>>, usize)>,
-    order: VecDeque<(String, i64)>,
+    /// Decoded blocks and their raw size.
+    blocks: HashMap<BlockKey, (Arc<Vec<Envelope>>, usize)>,
+    /// Insertion order, for eviction.
+    order: VecDeque<BlockKey>,
     bytes: usize,
     /// Segment id → its record codec (from the header).
     codecs: HashMap<String, Codec>,
@@ -89,7 +94,7 @@ impl BlockCache {
         BlockCache { capacity, inner: Mutex::default(), metrics }
     }
 
-    fn get(&self, key: &(String, i64)) -> Option<Arc<Vec<Envelope>>> {
+    fn get(&self, key: &BlockKey) -> Option<Arc<Vec<Envelope>>> {
         let found = self.inner.lock().expect("block cache lock").blocks.get(key).map(|(b, _)| b.clone());
         match &found {
             Some(_) => self.metrics.block_cache_hits_total.inc(),
@@ -98,7 +103,7 @@ impl BlockCache {
         found
     }
 
-    fn put(&self, key: (String, i64), block: Arc<Vec<Envelope>>, size: usize) {
+    fn put(&self, key: BlockKey, block: Arc<Vec<Envelope>>, size: usize) {
         if size > self.capacity {
             return;
         }
