@@ -54,9 +54,18 @@ pub async fn run(args: &Args, config: Config) -> Result<(), Failure> {
         return Ok(());
     }
 
-    spinner.set_message(if args.dry_run { "planning a flush" } else { "flushing" });
-    let report = flusher.tick(FlushOptions { all: args.all, dry_run: args.dry_run }, now_ms()).await;
     spinner.finish_and_clear();
+    // A bar over the conversations due, filled as each app's segment is committed.
+    let bar = if args.json { ProgressBar::hidden() } else { ProgressBar::new(0) };
+    bar.set_style(ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} conversations {elapsed}").expect("valid template"));
+    bar.set_message(if args.dry_run { "planning" } else { "flushing" });
+    let progress = |done: u64, total: u64| {
+        bar.set_length(total);
+        bar.set_position(done);
+    };
+    let options = FlushOptions { all: args.all, dry_run: args.dry_run };
+    let report = flusher.tick_with_progress(options, now_ms(), &progress).await;
+    bar.finish_and_clear();
     let report = report.map_err(|e| Failure::Failed(e.into()))?;
     if args.json {
         output::json(&report);

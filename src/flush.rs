@@ -111,11 +111,22 @@ impl Flusher {
 
     /// One flush tick at `now` (Unix ms).
     pub async fn tick(&self, options: FlushOptions, now: i64) -> Result<FlushReport, FlushError> {
+        self.tick_with_progress(options, now, &|_, _| {}).await
+    }
+
+    /// A tick that reports progress: `progress(done, total)` in conversations
+    /// flushed, after each app (for `msgd flush`'s progress bar).
+    pub async fn tick_with_progress(
+        &self,
+        options: FlushOptions,
+        now: i64,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<FlushReport, FlushError> {
         let tick_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
         let started = Instant::now();
         tracing::debug!(component = "segment-flush", worker = "segment-flush", "tick-id" = %tick_id, "tick-started-at" = %crate::clock::format_ms(now), all = options.all, "dry-run" = options.dry_run, "segment flush tick start");
         let mut report = FlushReport { tick_id: tick_id.clone(), dry_run: options.dry_run, ..Default::default() };
-        let result = self.run(&mut report, options, now).await;
+        let result = self.run(&mut report, options, now, progress).await;
         let duration_ms = started.elapsed().as_millis() as u64;
         let records: u64 = report.segments.iter().map(|s| s.records).sum();
         match &result {
@@ -136,7 +147,13 @@ impl Flusher {
         result.map(|()| report)
     }
 
-    async fn run(&self, report: &mut FlushReport, options: FlushOptions, now: i64) -> Result<(), FlushError> {
+    async fn run(
+        &self,
+        report: &mut FlushReport,
+        options: FlushOptions,
+        now: i64,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<(), FlushError> {
         let tail = &self.stores.tail;
         let mut held = Vec::new();
         // Per app: its dirty conversations, and whether any is past a threshold.
@@ -164,6 +181,9 @@ impl Flusher {
             self.metrics
                 .flush_oldest_unflushed_age_seconds
                 .set(oldest.map_or(0.0, |ts| now.saturating_sub(ts) as f64 / 1000.0));
+            let total: u64 = dirty.values().filter(|(due, _)| *due).map(|(_, marks)| marks.len() as u64).sum();
+            let mut done = 0u64;
+            progress(done, total);
             let mut renewed = Instant::now();
             // One conversation past a threshold flushes every dirty conversation of
             // its app: the object is written anyway, and taking the others along
@@ -180,7 +200,9 @@ impl Flusher {
                     }
                     renewed = Instant::now();
                 }
+                done += marks.len() as u64;
                 self.flush_app(report, &app_id, marks, options, now).await?;
+                progress(done, total);
             }
             Ok(())
         }

@@ -107,3 +107,29 @@ async fn dev_tokens_are_off_unless_enabled() {
         .unwrap();
     assert_eq!(reply.status().as_u16(), 404);
 }
+
+/// A key in use (so cached by every instance) stops working everywhere within
+/// the key cache period after it is revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_key_is_refused_everywhere_within_the_cache_period() {
+    for backend in backends() {
+        let api = Api::start(backend).await;
+        let alice = api.token("alice").await;
+        let (key, key_id) = key_with_id(&api.env, &api.app_id, "write");
+        let other = (backend == crate::support::Backend::Services).then(|| api.second_instance());
+        let instances: Vec<&crate::support::Msgd> = std::iter::once(&api.msgd).chain(other.as_ref()).collect();
+        for msgd in &instances {
+            let reply = api.request_to(msgd, Method::GET, "/v1/conversations", Some(&key), Some(&alice), None, &[]).await;
+            assert_eq!(reply.status, 200, "the key works (and is now cached)");
+        }
+        assert_eq!(api.env.run(&["keys", "revoke", &key_id], "").code, 0);
+        for msgd in &instances {
+            let refused = crate::support::eventually(std::time::Duration::from_secs(7), async || {
+                let reply = api.request_to(msgd, Method::GET, "/v1/conversations", Some(&key), Some(&alice), None, &[]).await;
+                reply.status == 401 && reply.code() == "key_revoked"
+            })
+            .await;
+            assert!(refused, "{backend:?}: a revoked key still worked after the 5 s key cache period");
+        }
+    }
+}
