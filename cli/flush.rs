@@ -67,9 +67,16 @@ pub async fn run(args: &Args, config: Config) -> Result<(), Failure> {
     let report = flusher.tick_with_progress(options, now_ms(), &progress).await;
     bar.finish_and_clear();
     let report = report.map_err(|e| Failure::Failed(e.into()))?;
+    // Conversations skipped for a hole in their tail are a failure to report.
+    let outcome = match report.holes {
+        0 => Ok(()),
+        n => Err(Failure::Failed(anyhow::anyhow!(
+            "{n} conversation(s) skipped: their tail has a hole after the flushed seq (see runbooks/flush.md)"
+        ))),
+    };
     if args.json {
         output::json(&report);
-        return Ok(());
+        return outcome;
     }
     let rows = report.segments.iter().flat_map(|segment| {
         segment.blocks.iter().map(move |b| {
@@ -93,5 +100,5 @@ pub async fn run(args: &Args, config: Config) -> Result<(), Failure> {
         report.deferred,
         report.skipped_shards
     );
-    Ok(())
+    outcome
 }
