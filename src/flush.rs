@@ -404,7 +404,7 @@ impl Flusher {
                         advances.push(FlushAdvance {
                             app_id: b.app_id.clone(),
                             conversation_id: b.conversation_id.clone(),
-                            from: b.seq_start as u64 - 1,
+                            from: (b.seq_start as u64).saturating_sub(1),
                             to: b.seq_end as u64,
                         });
                     }
