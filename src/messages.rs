@@ -258,7 +258,6 @@ async fn send_checked(
     now: i64,
 ) -> Result<Sent, Error> {
     let idempotency_key = validate(ctx, &request, idempotency_header)?;
-    rate_limit(ctx, caller).await?;
     let started = Instant::now();
 
     let sender = match &caller.user_id {
@@ -279,15 +278,24 @@ async fn send_checked(
         client_msg_id: request.client_msg_id,
     };
     let conv = ConvKey::new(&caller.app_id, conversation_id);
+    let fingerprint = fingerprint(&envelope);
+    // A retry of an accepted send is answered before rate limiting: a client
+    // that resends after a timeout gets its message back, not a 429.
+    if let Some(key) = &idempotency_key {
+        if let Some((seq, seen)) = ctx.stores.tail.idempotency_claim(&conv, key).await? {
+            if seen == fingerprint {
+                ctx.metrics.idempotent_replays_total.inc();
+                return Ok(Sent { envelope: original(ctx, &conv, seq).await?, replayed: true });
+            }
+            return Err(key_reused(seq));
+        }
+    }
+    rate_limit(ctx, caller).await?;
     let append = AppendRequest {
         conv: conv.clone(),
         ts_ms: now,
         body: serde_json::to_vec(&envelope).expect("envelopes serialize"),
-        idempotency: idempotency_key.map(|key| IdempotencyClaim {
-            key,
-            fingerprint: fingerprint(&envelope),
-            ttl: ctx.config.limits.idempotency_ttl,
-        }),
+        idempotency: idempotency_key.map(|key| IdempotencyClaim { key, fingerprint, ttl: ctx.config.limits.idempotency_ttl }),
     };
 
     for _ in 0..SEED_ATTEMPTS {
@@ -302,13 +310,7 @@ async fn send_checked(
                 ctx.metrics.idempotent_replays_total.inc();
                 return Ok(Sent { envelope: original(ctx, &conv, seq).await?, replayed: true });
             }
-            AppendOutcome::KeyReused { seq } => {
-                return Err(Error::new(
-                    Kind::Unprocessable,
-                    "idempotency_key_reused",
-                    format!("this idempotency key was used for a different message (seq {seq})"),
-                ));
-            }
+            AppendOutcome::KeyReused { seq } => return Err(key_reused(seq)),
             AppendOutcome::NeedsSeed => {
                 // New conversation, or the tail lost its counter: continue after the
                 // highest seq known durably, never from 1 again.
@@ -319,6 +321,14 @@ async fn send_checked(
         }
     }
     Err(Error::new(Kind::Unavailable, "seq_unavailable", "could not assign a seq; retry"))
+}
+
+fn key_reused(seq: u64) -> Error {
+    Error::new(
+        Kind::Unprocessable,
+        "idempotency_key_reused",
+        format!("this idempotency key was used for a different message (seq {seq})"),
+    )
 }
 
 /// A conversation's last seq. When the tail lost its counter (a Redis restart

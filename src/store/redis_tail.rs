@@ -336,6 +336,15 @@ impl Tail for RedisTail {
         })
     }
 
+    async fn idempotency_claim(&self, conv: &ConvKey, key: &str) -> Result<Option<(u64, String)>, StoreError> {
+        let mut connection = self.connection();
+        let value: Option<String> = self.timed("get", connection.get(self.keys.idempotency(conv, key))).await?;
+        Ok(value.and_then(|v| {
+            let (seq, fingerprint) = v.split_once(':')?;
+            Some((seq.parse().ok()?, fingerprint.to_string()))
+        }))
+    }
+
     async fn seed_seq(&self, conv: &ConvKey, last_seq: u64) -> Result<(), StoreError> {
         let mut connection = self.connection();
         let mut invocation = self.seed_script.prepare_invoke();

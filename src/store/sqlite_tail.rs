@@ -153,6 +153,21 @@ impl Tail for SqliteTail {
         Ok(AppendOutcome::Appended(entry))
     }
 
+    async fn idempotency_claim(&self, conv: &ConvKey, key: &str) -> Result<Option<(u64, String)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT seq, fingerprint FROM tail_idempotency \
+             WHERE app_id = $1 AND conversation_id = $2 AND idempotency_key = $3 AND expires_at > $4",
+        )
+        .bind(&conv.app_id)
+        .bind(&conv.conversation_id)
+        .bind(key)
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(failed)?;
+        Ok(row.map(|row| (row.get::<i64, _>("seq") as u64, row.get::<String, _>("fingerprint"))))
+    }
+
     async fn seed_seq(&self, conv: &ConvKey, last_seq: u64) -> Result<(), StoreError> {
         let _writer = self.writer.lock().await;
         sqlx::query(

@@ -194,6 +194,10 @@ pub trait Tail: Send + Sync {
     /// live publish. Returns only once the entry is durable in the tail.
     async fn append(&self, request: &AppendRequest) -> Result<AppendOutcome, StoreError>;
 
+    /// The live claim on an idempotency key, as (seq, fingerprint): a read-only
+    /// peek that lets a replay skip rate limiting. `append` still decides.
+    async fn idempotency_claim(&self, conv: &ConvKey, key: &str) -> Result<Option<(u64, String)>, StoreError>;
+
     /// Sets the conversation's counter to `last_seq` when it is missing or lower
     /// (never lowers it).
     async fn seed_seq(&self, conv: &ConvKey, last_seq: u64) -> Result<(), StoreError>;

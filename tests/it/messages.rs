@@ -195,7 +195,7 @@ async fn rate_limits_answer_429_with_retry_after_and_ratelimit_fields() {
         let mut statuses = Vec::new();
         let mut refused = None;
         for n in 0..8 {
-            let reply = api.send(&token, &conversation, &json!({"payload": n})).await;
+            let reply = api.send(&token, &conversation, &json!({"payload": n, "client_msg_id": format!("r-{n}")})).await;
             statuses.push(reply.status);
             if reply.status == 429 {
                 refused.get_or_insert(reply);
@@ -209,6 +209,9 @@ async fn rate_limits_answer_429_with_retry_after_and_ratelimit_fields() {
             assert!(refused.headers.contains_key(header), "{backend:?}: no {header}");
         }
         assert_eq!(refused.headers["ratelimit-remaining"], "0");
+        // A retry of an accepted send is a replay, not a rate-limited request.
+        let retry = api.send(&token, &conversation, &json!({"payload": 0, "client_msg_id": "r-0"})).await;
+        assert_eq!((retry.status, retry.body["seq"].as_u64()), (200, Some(1)), "{backend:?}: {}", retry.body);
         // Another user is not affected.
         let bob = api.token("bob").await;
         let other = api.conversation(&bob, &[]).await;
