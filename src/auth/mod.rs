@@ -31,6 +31,8 @@ pub struct Caller {
     pub scope: Scope,
     /// The user named by the bearer token; `None` when an admin key acts as the app.
     pub user_id: Option<String>,
+    /// When the bearer token expires (Unix ms): long-lived connections end then.
+    pub token_expires_at_ms: Option<i64>,
 }
 
 impl Caller {
@@ -70,7 +72,7 @@ pub struct Authenticator {
     key_cache: Mutex<HashMap<[u8; 32], (AuthenticatedKey, Instant)>>,
     /// SHA-256(app id, token) → the user and when the token stops being
     /// accepted, so RSA is verified once per token rather than per request.
-    token_cache: Mutex<HashMap<[u8; 32], (String, Instant)>>,
+    token_cache: Mutex<HashMap<[u8; 32], (VerifiedToken, Instant)>>,
     keycloak: Option<KeycloakVerifier>,
     dev: Option<DevIssuer>,
 }
@@ -112,7 +114,7 @@ impl Authenticator {
             .filter(|k| !k.is_empty())
             .ok_or_else(|| Error::new(Kind::Unauthenticated, "missing_api_key", "send the app's API key in X-Api-Key"))?;
         let key = self.api_key(presented, now).await?;
-        let user_id = match credentials.authorization {
+        let token = match credentials.authorization {
             None => {
                 if key.scope != Scope::Admin {
                     return Err(Error::new(
@@ -125,7 +127,17 @@ impl Authenticator {
             }
             Some(header) => Some(self.user(header, &key.app_id, now).await?),
         };
-        Ok(Caller { app_id: key.app_id, key_id: key.key_id, scope: key.scope, user_id })
+        let (user_id, token_expires_at_ms) = match token {
+            Some(token) => (Some(token.user_id), Some(token.expires_at_ms)),
+            None => (None, None),
+        };
+        Ok(Caller { app_id: key.app_id, key_id: key.key_id, scope: key.scope, user_id, token_expires_at_ms })
+    }
+
+    /// Re-checks an API key already accepted once (cached; a revocation shows
+    /// within `auth.key_cache_ttl`), for connections that outlive a request.
+    pub async fn recheck_key(&self, api_key: &str, now: i64) -> Result<(), Error> {
+        self.api_key(api_key.trim(), now).await.map(|_| ())
     }
 
     async fn api_key(&self, presented: &str, now: i64) -> Result<AuthenticatedKey, Error> {
@@ -155,7 +167,7 @@ impl Authenticator {
         }
     }
 
-    async fn user(&self, header: &str, app_id: &str, now: i64) -> Result<String, Error> {
+    async fn user(&self, header: &str, app_id: &str, now: i64) -> Result<VerifiedToken, Error> {
         let token = header
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
@@ -165,9 +177,9 @@ impl Authenticator {
             return Err(invalid_token("the token is too large"));
         }
         let digest: [u8; 32] = Sha256::new().chain_update(app_id).chain_update([0]).chain_update(token).finalize().into();
-        if let Some((user, until)) = self.token_cache.lock().expect("token cache lock").get(&digest) {
+        if let Some((token, until)) = self.token_cache.lock().expect("token cache lock").get(&digest) {
             if Instant::now() < *until {
-                return Ok(user.clone());
+                return Ok(token.clone());
             }
         }
         let verified = if let Some(dev) = self.dev.as_ref().filter(|dev| dev.issued(token)) {
@@ -185,8 +197,8 @@ impl Authenticator {
             let now = Instant::now();
             cache.retain(|_, (_, until)| *until > now);
         }
-        cache.insert(digest, (verified.user_id.clone(), until));
-        Ok(verified.user_id)
+        cache.insert(digest, (verified.clone(), until));
+        Ok(verified)
     }
 }
 
@@ -195,6 +207,7 @@ fn key_refusal(rejection: keys::KeyRejection) -> Error {
 }
 
 /// A token that passed verification.
+#[derive(Debug, Clone)]
 pub(crate) struct VerifiedToken {
     pub user_id: String,
     /// The token's `exp`, in Unix ms.

@@ -1,7 +1,8 @@
 //! The WebSocket API (`GET /v1/ws`, DESIGN §9): subscribe with catch-up then
 //! live delivery, send, receipts, typing, ping — JSON frames with an `op`.
 //!
-//! Each connection has one bounded send queue drained by a writer task. A
+//! Each connection has one bounded send queue, drained by the connection's
+//! own task between reads. A
 //! subscription is a task that subscribes to the live channel *first*, then
 //! replays from `since_seq` (tail, then segments), then forwards live events
 //! skipping what it already sent — no gap and no duplicate across the switch;
@@ -46,6 +47,11 @@ pub const CLOSE_IDLE: u16 = 4000;
 pub const CLOSE_CREDENTIALS: u16 = 4001;
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 const MAX_FRAME_BYTES: usize = 256 * 1024;
+/// A single write may stall this long (the client not reading) before the
+/// connection counts as a slow consumer.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The goodbye (queued frames, close frame) gets at most this long.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Seqs replayed per history read during catch-up.
 const CATCH_UP_CHUNK: u64 = 500;
 
@@ -71,11 +77,9 @@ pub(super) async fn upgrade(
     };
     let caller = state.ctx.auth.authenticate(credentials, now_ms()).await?;
     caller.require_scope(Scope::Read)?;
-    // Kept to re-check the key and token while the socket lives.
-    let presented = Presented {
-        api_key: header("x-api-key").or(query.api_key.as_deref()).map(str::to_string),
-        authorization: header("authorization").map(str::to_string).or(bearer),
-    };
+    // Kept to re-check the key while the socket lives (the token is checked by
+    // its expiry, so its bytes need not be kept).
+    let api_key: Box<str> = header("x-api-key").or(query.api_key.as_deref()).unwrap_or_default().into();
     let ws = ws.map_err(|e| Error::invalid("websocket_required", format!("{e}: connect with a WebSocket client")))?;
     let ctx = state.ctx.clone();
     let shutdown = state.shutdown.clone();
@@ -87,30 +91,23 @@ pub(super) async fn upgrade(
         .max_write_buffer_size(1024 * 1024)
         .max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
-        .on_upgrade(move |socket| session(ctx, caller, presented, socket, shutdown))
+        .on_upgrade(move |socket| session(ctx, caller, api_key, socket, shutdown))
         .into_response())
 }
 
-/// The credentials a connection was opened with.
-struct Presented {
-    api_key: Option<String>,
-    authorization: Option<String>,
-}
-
-/// What the writer task sends.
+/// What the session writes, in queue order.
 enum Outbound {
     /// Boxed so a queue slot is one pointer: tokio allocates a connection's
     /// queue 32 slots at a time, and idle connections should stay small.
     Frame(Box<(&'static str, String)>),
     Ping,
-    Close(u16, &'static str),
 }
 
 /// The sending half every task of a connection shares.
 #[derive(Clone)]
 struct Outbox {
     queue: mpsc::Sender<Outbound>,
-    /// Set when the queue overflowed: the writer closes with 4008.
+    /// Set when the queue overflowed: the session closes with 4008.
     slow: watch::Sender<bool>,
 }
 
@@ -152,7 +149,7 @@ impl Drop for Gauged {
     }
 }
 
-async fn session(ctx: Arc<Context>, caller: Caller, presented: Presented, socket: WebSocket, mut shutdown: watch::Receiver<bool>) {
+async fn session(ctx: Arc<Context>, caller: Caller, api_key: Box<str>, socket: WebSocket, mut shutdown: watch::Receiver<bool>) {
     let _connection = Gauged::new(&ctx.metrics.ws_connections);
     let config = ctx.config.ws.clone();
     let (mut sink, mut stream) = socket.split();
@@ -160,60 +157,55 @@ async fn session(ctx: Arc<Context>, caller: Caller, presented: Presented, socket
     let (slow, mut slow_rx) = watch::channel(false);
     let outbox = Outbox { queue, slow };
 
-    let metrics = ctx.metrics.clone();
-    let writer = tokio::spawn(async move {
-        loop {
-            let next = tokio::select! {
-                next = outbound.recv() => next,
-                // Only a real overflow counts; a dropped sender (session over) must not.
-                _ = async {
-                    if slow_rx.wait_for(|slow| *slow).await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                } => {
-                    metrics.ws_slow_consumer_disconnects_total.inc();
-                    Some(Outbound::Close(CLOSE_SLOW_CONSUMER, "slow consumer: send queue full; reconnect with since_seq"))
-                }
-            };
-            let message = match next {
-                None => break,
-                Some(Outbound::Frame(frame)) => {
-                    let (op, text) = *frame;
-                    metrics.ws_frames_sent_total.with_label_values(&[op]).inc();
-                    Message::Text(text.into())
-                }
-                Some(Outbound::Ping) => Message::Ping(Default::default()),
-                Some(Outbound::Close(code, reason)) => {
-                    let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
-                    break;
-                }
-            };
-            if sink.send(message).await.is_err() {
-                break;
-            }
-        }
-        let _ = sink.close().await;
-    });
-
     let mut subscriptions: HashMap<String, JoinHandle<()>> = HashMap::new();
-    let mut heartbeat = tokio::time::interval(config.heartbeat_interval);
-    heartbeat.tick().await;
     let mut last_seen = Instant::now();
-    // A revoked key or an expired token ends the connection within one key
-    // cache period, as it would refuse an HTTP request.
-    let mut recheck = tokio::time::interval(ctx.config.auth.key_cache_ttl.max(Duration::from_secs(1)));
-    recheck.tick().await;
+    // One timer drives both the heartbeat and the credential re-check (a
+    // revoked key or an expired token ends the connection within one key cache
+    // period, as it would refuse an HTTP request).
+    let recheck_every = ctx.config.auth.key_cache_ttl.max(Duration::from_secs(1));
+    let mut timer = tokio::time::interval(config.heartbeat_interval.min(recheck_every));
+    timer.tick().await;
+    let (mut last_ping, mut last_check) = (Instant::now(), Instant::now());
+    // One task per connection reads frames and writes the queue (a second,
+    // writer task would cost memory on every idle socket). A write that stalls
+    // past WRITE_TIMEOUT, like a queue that overflows, marks a slow consumer.
     let close = loop {
         let idle_left = config.idle_timeout.saturating_sub(last_seen.elapsed());
         tokio::select! {
             _ = async { shutdown.wait_for(|s| *s).await.map(|_| ()) } => break Some((1001, "server shutting down")),
-            _ = heartbeat.tick() => {
-                let _ = outbox.queue.try_send(Outbound::Ping);
+            // Only a real overflow counts; the outbox outlives this loop, so the
+            // watch never closes under it.
+            _ = async { slow_rx.wait_for(|slow| *slow).await.map(|_| ()) } => {
+                ctx.metrics.ws_slow_consumer_disconnects_total.inc();
+                break Some((CLOSE_SLOW_CONSUMER, "slow consumer: send queue full; reconnect with since_seq"));
             }
-            _ = recheck.tick() => {
-                let credentials = Credentials { api_key: presented.api_key.as_deref(), authorization: presented.authorization.as_deref() };
-                if let Err(e) = ctx.auth.authenticate(credentials, now_ms()).await {
-                    if e.kind != crate::error::Kind::Unavailable {
+            next = outbound.recv() => {
+                let Some(next) = next else { break None };
+                match tokio::time::timeout(WRITE_TIMEOUT, sink.send(outbound_message(&ctx, next))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break None,
+                    Err(_) => {
+                        ctx.metrics.ws_slow_consumer_disconnects_total.inc();
+                        break Some((CLOSE_SLOW_CONSUMER, "slow consumer: writes stalled; reconnect with since_seq"));
+                    }
+                }
+            }
+            _ = timer.tick() => {
+                if last_ping.elapsed() >= config.heartbeat_interval {
+                    last_ping = Instant::now();
+                    let _ = outbox.queue.try_send(Outbound::Ping);
+                }
+                if last_check.elapsed() >= recheck_every {
+                    last_check = Instant::now();
+                    let now = now_ms();
+                    let refused = match ctx.auth.recheck_key(&api_key, now).await {
+                        Err(e) if e.kind != crate::error::Kind::Unavailable => Some(e),
+                        _ if caller.token_expires_at_ms.is_some_and(|exp| exp <= now) => {
+                            Some(Error::new(crate::error::Kind::Unauthenticated, "token_expired", "the token expired"))
+                        }
+                        _ => None,
+                    };
+                    if let Some(e) = refused {
                         outbox.error(&e, Value::Null);
                         break Some((CLOSE_CREDENTIALS, "credentials revoked or expired"));
                     }
@@ -237,18 +229,39 @@ async fn session(ctx: Arc<Context>, caller: Caller, presented: Presented, socket
                 }
             }
         }
-        if writer.is_finished() {
-            break None;
-        }
     };
     for (_, task) in subscriptions.drain() {
         task.abort();
     }
-    if let Some((code, reason)) = close {
-        let _ = outbox.queue.send(Outbound::Close(code, reason)).await;
-    }
     drop(outbox);
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    // Say goodbye within a bounded time: what is still queued (an error frame
+    // explaining the close, say), then the close frame itself.
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        if let Some((code, reason)) = close {
+            if code != CLOSE_SLOW_CONSUMER {
+                while let Ok(next) = outbound.try_recv() {
+                    if sink.send(outbound_message(&ctx, next)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+        }
+        let _ = sink.close().await;
+    })
+    .await;
+}
+
+/// The WebSocket message for a queued item, counted by op.
+fn outbound_message(ctx: &Context, next: Outbound) -> Message {
+    match next {
+        Outbound::Frame(frame) => {
+            let (op, text) = *frame;
+            ctx.metrics.ws_frames_sent_total.with_label_values(&[op]).inc();
+            Message::Text(text.into())
+        }
+        Outbound::Ping => Message::Ping(Default::default()),
+    }
 }
 
 #[derive(Deserialize)]
