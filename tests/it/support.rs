@@ -294,10 +294,7 @@ impl PrivateRedis {
     }
 
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        stop_child(&mut self.child);
     }
 
     pub fn resume(&mut self) {
@@ -419,10 +416,7 @@ impl PrivateS3 {
     }
 
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        stop_child(&mut self.child);
     }
 
     pub fn resume(&mut self) {
@@ -442,6 +436,14 @@ impl PrivateS3 {
 impl Drop for PrivateS3 {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Kills and reaps a test-owned server process, if it runs.
+fn stop_child(child: &mut Option<Child>) {
+    if let Some(mut child) = child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
