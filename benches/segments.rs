@@ -63,7 +63,12 @@ struct Conversation {
 fn main() {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let mut conversations: Vec<Conversation> = (0..CONVERSATIONS)
-        .map(|i| Conversation { id: format!("0190c0de-0000-7000-8000-{i:012}"), next_seq: 1, pending: Vec::new(), pending_bytes: 0 })
+        .map(|i| Conversation {
+            id: format!("0190c0de-0000-7000-8000-{i:012}"),
+            next_seq: 1,
+            pending: Vec::new(),
+            pending_bytes: 0,
+        })
         .collect();
     let per_tick = (USERS * MESSAGES_PER_USER_PER_MINUTE * TICK_MS as u64 / 60_000) as usize;
 
@@ -133,9 +138,24 @@ fn main() {
     println!("objects per day              {objects}  (≈ {} per 30 days)", objects * 30);
     println!("block rows per day           {block_rows}  (≈ {} per 30 days)", block_rows * 30);
     println!("raw envelope bytes/message   {:.1}", raw_envelope_bytes as f64 / messages as f64);
-    println!("segment bytes/message        {:.1}  (ratio {:.2})", segment_bytes as f64 / messages as f64, raw_envelope_bytes as f64 / segment_bytes as f64);
-    println!("zstd -19 bytes/message       {:.1}  (the first 10 minutes' envelopes concatenated; {:.1} s)", zstd19 / sample_messages as f64, zstd19_secs);
+    println!(
+        "segment bytes/message        {:.1}  (ratio {:.2})",
+        segment_bytes as f64 / messages as f64,
+        raw_envelope_bytes as f64 / segment_bytes as f64
+    );
+    println!(
+        "zstd -19 bytes/message       {:.1}  (the first 10 minutes' envelopes concatenated; {:.1} s)",
+        zstd19 / sample_messages as f64,
+        zstd19_secs
+    );
     println!("segment storage per 30 days  {:.1} GB", mb(segment_bytes * 30) / 1000.0);
-    println!("encode                       {:.0} MB/s of raw envelopes", mb(raw_envelope_bytes) / encode_time.as_secs_f64());
-    println!("decode                       {:.0} MB/s of raw records ({} segments)", mb(decoded) / decode_secs, sample_segments.len());
+    println!(
+        "encode                       {:.0} MB/s of raw envelopes",
+        mb(raw_envelope_bytes) / encode_time.as_secs_f64()
+    );
+    println!(
+        "decode                       {:.0} MB/s of raw records ({} segments)",
+        mb(decoded) / decode_secs,
+        sample_segments.len()
+    );
 }

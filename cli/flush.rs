@@ -31,7 +31,11 @@ pub async fn run(args: &Args, config: Config) -> Result<(), Failure> {
     let metrics = Metrics::new(config.backend.name());
     let stores = Stores::open(&config, &metrics).await?;
     if let Some(down) = stores.check(msgd::http::CHECK_TIMEOUT).await.into_iter().find(|c| !c.ok) {
-        return Err(Failure::Failed(anyhow::anyhow!("{} is not available: {}", down.name, down.error.unwrap_or_default())));
+        return Err(Failure::Failed(anyhow::anyhow!(
+            "{} is not available: {}",
+            down.name,
+            down.error.unwrap_or_default()
+        )));
     }
     let flusher = Flusher::new(stores, metrics, config.flush.clone());
     let spinner = if args.json { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
@@ -57,7 +61,9 @@ pub async fn run(args: &Args, config: Config) -> Result<(), Failure> {
     spinner.finish_and_clear();
     // A bar over the conversations due, filled as each app's segment is committed.
     let bar = if args.json { ProgressBar::hidden() } else { ProgressBar::new(0) };
-    bar.set_style(ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} conversations {elapsed}").expect("valid template"));
+    bar.set_style(
+        ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} conversations {elapsed}").expect("valid template"),
+    );
     bar.set_message(if args.dry_run { "planning" } else { "flushing" });
     let progress = |done: u64, total: u64| {
         bar.set_length(total);

@@ -34,7 +34,8 @@ pub async fn run(args: &Args, config: Config) -> Result<(), Failure> {
     let local = Path::new(&args.object).is_file();
     let stores = if local { None } else { Some(Stores::open(&config, &Metrics::new(config.backend.name())).await?) };
     let bytes = match &stores {
-        None => std::fs::read(&args.object).map_err(|e| Failure::Failed(anyhow::anyhow!("cannot read {}: {e}", args.object)))?,
+        None => std::fs::read(&args.object)
+            .map_err(|e| Failure::Failed(anyhow::anyhow!("cannot read {}: {e}", args.object)))?,
         Some(stores) => stores.objects.get(&args.object).await.map_err(|e| Failure::Failed(e.into()))?,
     };
     let conversation = args.conversation.as_deref();
@@ -56,7 +57,8 @@ pub async fn run(args: &Args, config: Config) -> Result<(), Failure> {
         report.blocks.iter().filter_map(|b| b.error.as_ref().map(|e| format!("{}: {e}", b.conversation_id))).collect();
     if args.verify {
         match (&stores, local) {
-            (Some(stores), false) => match inspect::compare_index(stores.metadata.as_ref(), &args.object, &bytes).await {
+            (Some(stores), false) => match inspect::compare_index(stores.metadata.as_ref(), &args.object, &bytes).await
+            {
                 Ok(found) => problems.extend(found),
                 Err(e) => eprintln!("index not checked: {e}"),
             },

@@ -79,7 +79,10 @@ pub async fn run(args: &Args, config: Config) -> Result<(), Failure> {
             if args.json {
                 output::json(&serde_json::json!({"app": app, "key": key}));
             } else {
-                output::table(&["app id", "name", "created"], [vec![app.id.clone(), app.name.clone(), format_ms(app.created_at)]]);
+                output::table(
+                    &["app id", "name", "created"],
+                    [vec![app.id.clone(), app.name.clone(), format_ms(app.created_at)]],
+                );
                 print_issued(&key);
             }
         }

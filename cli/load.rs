@@ -97,7 +97,8 @@ pub async fn run(args: &Args) -> Result<(), Failure> {
             (base_url, api_key, count, concurrency, batch, users, payload_bytes)
         }
         LoadCommand::History { base_url, api_key, conversation_id, requests, limit, after_from, after_to } => {
-            let report = load::history(base_url, api_key, conversation_id, *requests, *limit, *after_from, *after_to).await?;
+            let report =
+                load::history(base_url, api_key, conversation_id, *requests, *limit, *after_from, *after_to).await?;
             return print_report(args.json, &report, report.errors);
         }
         LoadCommand::WsFanout { base_url, api_key, clients, conversations, messages, rate } => {

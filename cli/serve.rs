@@ -13,7 +13,9 @@ pub async fn run(_args: &Args, config: Config) -> Result<(), Failure> {
     msgd::telemetry::init_logging(&config.log);
     match server::serve(config, shutdown_signal()).await {
         Ok(Exit::Clean) => Ok(()),
-        Ok(Exit::DeadlineExceeded) => Err(Failure::Failed(anyhow::anyhow!("shutdown deadline passed with work in flight"))),
+        Ok(Exit::DeadlineExceeded) => {
+            Err(Failure::Failed(anyhow::anyhow!("shutdown deadline passed with work in flight")))
+        }
         Err(e) => {
             tracing::error!(component = "boot", error = %format!("{e:#}"), "serve failed");
             Err(Failure::Failed(e))

@@ -522,11 +522,9 @@ where
     match Option::<Either<T>>::deserialize(d) {
         Ok(None) => Ok(None),
         Ok(Some(Either::Typed(v))) => Ok(Some(v)),
-        Ok(Some(Either::Text(s))) => s
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|e| serde::de::Error::custom(format!("cannot parse {s:?}: {e}"))),
+        Ok(Some(Either::Text(s))) => {
+            s.trim().parse().map(Some).map_err(|e| serde::de::Error::custom(format!("cannot parse {s:?}: {e}")))
+        }
         Err(_) => Err(serde::de::Error::custom(format!(
             "expected a {}",
             std::any::type_name::<T>().rsplit("::").next().unwrap_or("value")
@@ -539,10 +537,7 @@ where
 
 /// Reads the file (when given), applies the `MSGD_*` overrides from `env`,
 /// and validates the result.
-pub fn load(
-    path: Option<&Path>,
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Result<Config, ConfigError> {
+pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
     let text = match path {
         Some(path) => std::fs::read_to_string(path).map_err(|e| {
             ConfigError::new("config", Some(path.display().to_string()), format!("cannot read the config file: {e}"))
@@ -553,13 +548,9 @@ pub fn load(
 }
 
 /// As [`load`], from TOML text.
-pub fn from_toml(
-    text: &str,
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Result<Config, ConfigError> {
-    let mut table: toml::Table = toml::from_str(text).map_err(|e| {
-        ConfigError::new("config", None, format!("the file is not valid TOML: {}", e.message()))
-    })?;
+pub fn from_toml(text: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+    let mut table: toml::Table = toml::from_str(text)
+        .map_err(|e| ConfigError::new("config", None, format!("the file is not valid TOML: {}", e.message())))?;
     let mut from_env = BTreeMap::new();
     for (name, value) in env {
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
@@ -568,10 +559,8 @@ pub fn from_toml(
         }
         let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
         let key = path.join(".");
-        set_path(&mut table, &path, value).map_err(|reason| ConfigError {
-            env_var: Some(name.clone()),
-            ..ConfigError::new(&key, None, reason)
-        })?;
+        set_path(&mut table, &path, value)
+            .map_err(|reason| ConfigError { env_var: Some(name.clone()), ..ConfigError::new(&key, None, reason) })?;
         from_env.insert(key, name);
     }
     check_services_set(&table)?;
@@ -641,7 +630,9 @@ fn lookup<'a>(value: &'a toml::Value, key: &str) -> Option<&'a toml::Value> {
 /// key (even a mistyped, unknown one) whose name suggests a secret.
 fn is_secret(key: &str) -> bool {
     SECRET_KEYS.contains(&key)
-        || ["secret", "password", "passwd", "token", "signing"].iter().any(|word| key.to_ascii_lowercase().contains(word))
+        || ["secret", "password", "passwd", "token", "signing"]
+            .iter()
+            .any(|word| key.to_ascii_lowercase().contains(word))
 }
 
 fn shown_value(key: &str, value: &toml::Value) -> String {
@@ -682,7 +673,13 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             postgres: PostgresConfig {
                 url: service_url("postgres.url", &pg.url, &["postgres", "postgresql"])?,
                 max_connections: match pg.max_connections.unwrap_or(10) {
-                    0 => return Err(ConfigError::new("postgres.max_connections", Some("0".into()), "must be at least 1")),
+                    0 => {
+                        return Err(ConfigError::new(
+                            "postgres.max_connections",
+                            Some("0".into()),
+                            "must be at least 1",
+                        ))
+                    }
                     n => n,
                 },
                 connect_timeout: duration("postgres.connect_timeout", pg.connect_timeout, Duration::from_secs(5))?,
@@ -766,7 +763,10 @@ fn validate_auth(raw: RawAuth) -> Result<AuthConfig, ConfigError> {
             }
             let algorithms = kc.algorithms.unwrap_or_else(|| vec!["RS256".into()]);
             for alg in &algorithms {
-                if !matches!(alg.as_str(), "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512" | "ES256" | "ES384" | "EdDSA") {
+                if !matches!(
+                    alg.as_str(),
+                    "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512" | "ES256" | "ES384" | "EdDSA"
+                ) {
                     return Err(ConfigError::new(
                         "auth.keycloak.algorithms",
                         Some(alg.clone()),
@@ -791,7 +791,11 @@ fn validate_auth(raw: RawAuth) -> Result<AuthConfig, ConfigError> {
     };
     let signing_key = match raw.dev_tokens.signing_key {
         Some(key) if key.len() < 32 => {
-            return Err(ConfigError::new("auth.dev_tokens.signing_key", Some(REDACTED.into()), "must be at least 32 characters"))
+            return Err(ConfigError::new(
+                "auth.dev_tokens.signing_key",
+                Some(REDACTED.into()),
+                "must be at least 32 characters",
+            ))
         }
         other => other.map(Secret::new),
     };
@@ -821,7 +825,11 @@ fn validate_flush(raw: RawFlush) -> Result<FlushConfig, ConfigError> {
     };
     if let Some(failpoint) = &raw.failpoint {
         if failpoint != "after-put" {
-            return Err(ConfigError::new("flush.failpoint", Some(failpoint.clone()), "the only failpoint is `after-put`"));
+            return Err(ConfigError::new(
+                "flush.failpoint",
+                Some(failpoint.clone()),
+                "the only failpoint is `after-put`",
+            ));
         }
     }
     let interval = duration("flush.interval", raw.interval, Duration::from_secs(10))?;
@@ -854,7 +862,8 @@ fn validate_limits(raw: RawLimits) -> Result<LimitsConfig, ConfigError> {
         }
     };
     Ok(LimitsConfig {
-        max_payload_bytes: at_least_one("limits.max_payload_bytes", raw.max_payload_bytes.unwrap_or(32 * 1024) as u64)? as usize,
+        max_payload_bytes: at_least_one("limits.max_payload_bytes", raw.max_payload_bytes.unwrap_or(32 * 1024) as u64)?
+            as usize,
         max_batch: at_least_one("limits.max_batch", raw.max_batch.unwrap_or(100) as u64)? as usize,
         idempotency_ttl: duration("limits.idempotency_ttl", raw.idempotency_ttl, Duration::from_secs(24 * 3600))?,
         user_rate: positive("limits.user_rate", raw.user_rate.unwrap_or(10.0))?,
@@ -871,7 +880,11 @@ fn validate_s3(s3: RawS3) -> Result<S3Config, ConfigError> {
             let url = url::Url::parse(&text)
                 .map_err(|e| ConfigError::new("s3.endpoint", Some(text.clone()), format!("not a URL: {e}")))?;
             if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-                return Err(ConfigError::new("s3.endpoint", Some(text), "must be an http:// or https:// URL with a host"));
+                return Err(ConfigError::new(
+                    "s3.endpoint",
+                    Some(text),
+                    "must be an http:// or https:// URL with a host",
+                ));
             }
             Some(text.trim_end_matches('/').to_string())
         }
@@ -925,9 +938,8 @@ fn service_url(key: &str, text: &str, schemes: &[&str]) -> Result<SecretUrl, Con
 fn duration(key: &str, text: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
     match text {
         None => Ok(default),
-        Some(text) => humantime::parse_duration(text.trim()).map_err(|e| {
-            ConfigError::new(key, Some(text.clone()), format!("not a duration like `10s` or `5m`: {e}"))
-        }),
+        Some(text) => humantime::parse_duration(text.trim())
+            .map_err(|e| ConfigError::new(key, Some(text.clone()), format!("not a duration like `10s` or `5m`: {e}"))),
     }
 }
 

@@ -68,7 +68,9 @@ impl ConversationView {
             created_by: row.created_by,
             created_at: row.created_at,
             members: members.map(|rows| {
-                rows.into_iter().map(|m| MemberView { user_id: m.user_id, role: m.role, joined_at: m.joined_at }).collect()
+                rows.into_iter()
+                    .map(|m| MemberView { user_id: m.user_id, role: m.role, joined_at: m.joined_at })
+                    .collect()
             }),
         }
     }
@@ -77,7 +79,10 @@ impl ConversationView {
 /// Checks a user id's shape: 1–255 characters, no control characters.
 pub fn validate_user_id(user_id: &str) -> Result<(), Error> {
     if user_id.is_empty() || user_id.len() > 255 || user_id.chars().any(char::is_control) {
-        return Err(Error::invalid("invalid_user_id", format!("user ids are 1 to 255 characters without control characters: {user_id:?}")));
+        return Err(Error::invalid(
+            "invalid_user_id",
+            format!("user ids are 1 to 255 characters without control characters: {user_id:?}"),
+        ));
     }
     Ok(())
 }
@@ -87,7 +92,12 @@ fn parse_id(id: &str) -> Option<String> {
     uuid::Uuid::parse_str(id).ok().map(|u| u.to_string())
 }
 
-pub async fn create(ctx: &Context, caller: &Caller, request: CreateConversation, now: i64) -> Result<ConversationView, Error> {
+pub async fn create(
+    ctx: &Context,
+    caller: &Caller,
+    request: CreateConversation,
+    now: i64,
+) -> Result<ConversationView, Error> {
     caller.require_scope(Scope::Write)?;
     if request.title.as_ref().is_some_and(|t| t.chars().count() > MAX_TITLE_CHARS) {
         return Err(Error::invalid("invalid_title", format!("a title is at most {MAX_TITLE_CHARS} characters")));
@@ -100,13 +110,20 @@ pub async fn create(ctx: &Context, caller: &Caller, request: CreateConversation,
         Some(value) => {
             let text = value.to_string();
             if text.len() > MAX_METADATA_BYTES {
-                return Err(Error::new(Kind::TooLarge, "metadata_too_large", format!("metadata is at most {MAX_METADATA_BYTES} bytes")));
+                return Err(Error::new(
+                    Kind::TooLarge,
+                    "metadata_too_large",
+                    format!("metadata is at most {MAX_METADATA_BYTES} bytes"),
+                ));
             }
             Some(text)
         }
     };
     if request.members.len() > MAX_MEMBERS_AT_CREATION {
-        return Err(Error::invalid("too_many_members", format!("at most {MAX_MEMBERS_AT_CREATION} members at creation")));
+        return Err(Error::invalid(
+            "too_many_members",
+            format!("at most {MAX_MEMBERS_AT_CREATION} members at creation"),
+        ));
     }
     let mut members: Vec<MemberRow> = Vec::new();
     if let Some(user) = &caller.user_id {

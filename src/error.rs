@@ -73,7 +73,11 @@ impl From<StoreError> for Error {
         match err {
             StoreError::Unavailable { .. } => {
                 tracing::warn!(component = "store", error = %err, "dependency unavailable");
-                Error::new(Kind::Unavailable, "dependency_unavailable", "a storage dependency is unavailable; retry later")
+                Error::new(
+                    Kind::Unavailable,
+                    "dependency_unavailable",
+                    "a storage dependency is unavailable; retry later",
+                )
             }
             StoreError::Conflict(_) | StoreError::Corrupt { .. } => {
                 tracing::error!(component = "store", error = %err, "storage failure");

@@ -196,7 +196,9 @@ impl Flusher {
                 }
                 if renewed.elapsed() > LEASE_TTL / 3 {
                     for lease in &held {
-                        tail.acquire_lease(lease, &self.holder, LEASE_TTL).await.map_err(|e| stage_error("lease", e))?;
+                        tail.acquire_lease(lease, &self.holder, LEASE_TTL)
+                            .await
+                            .map_err(|e| stage_error("lease", e))?;
                     }
                     renewed = Instant::now();
                 }
@@ -227,7 +229,12 @@ impl Flusher {
         let stage = Instant::now();
         let mut snapshots = Vec::with_capacity(marks.len());
         for mark in marks {
-            let flushed = self.stores.metadata.flushed_seq(app_id, &mark.conv.conversation_id).await.map_err(|e| stage_error("buffer-snapshot", e))?;
+            let flushed = self
+                .stores
+                .metadata
+                .flushed_seq(app_id, &mark.conv.conversation_id)
+                .await
+                .map_err(|e| stage_error("buffer-snapshot", e))?;
             match self.read_unflushed(&mark.conv, flushed).await {
                 Ok(entries) => snapshots.push(Snapshot { mark, flushed, entries }),
                 // One broken conversation must not stop every other one from flushing.
@@ -350,7 +357,8 @@ impl Flusher {
         let mut entries: Vec<TailEntry> = Vec::new();
         loop {
             let after = entries.last().map_or(flushed, |e| e.seq);
-            let page = self.stores.tail.read(conv, after, READ_PAGE).await.map_err(|e| stage_error("buffer-snapshot", e))?;
+            let page =
+                self.stores.tail.read(conv, after, READ_PAGE).await.map_err(|e| stage_error("buffer-snapshot", e))?;
             let done = page.len() < READ_PAGE;
             entries.extend(page);
             if done {
@@ -422,7 +430,14 @@ impl Flusher {
             if indexed {
                 report.indexed += 1;
                 tracing::info!(component = "recovery", worker = "segment-recovery", "storage.key" = %key, "orphan segment indexed from its footer");
-            } else if self.stores.metadata.segment_by_key(&key).await.map_err(|e| stage_error("recover-index", e))?.is_some() {
+            } else if self
+                .stores
+                .metadata
+                .segment_by_key(&key)
+                .await
+                .map_err(|e| stage_error("recover-index", e))?
+                .is_some()
+            {
                 // Its own flusher committed it meanwhile: not an orphan after all.
                 report.already_indexed += 1;
             } else {
@@ -440,8 +455,15 @@ impl Flusher {
         let mut report = RepairReport::default();
         for key in self.stores.objects.list("segments/").await.map_err(|e| stage_error("reindex-list", e))? {
             report.objects += 1;
-            let (segment_row, block_rows) = self.read_segment(&key).await.map_err(|e| stage_error("reindex-read", e))?;
-            if self.stores.metadata.reindex_segment(&segment_row, &block_rows).await.map_err(|e| stage_error("reindex-write", e))? {
+            let (segment_row, block_rows) =
+                self.read_segment(&key).await.map_err(|e| stage_error("reindex-read", e))?;
+            if self
+                .stores
+                .metadata
+                .reindex_segment(&segment_row, &block_rows)
+                .await
+                .map_err(|e| stage_error("reindex-write", e))?
+            {
                 report.indexed += 1;
             } else {
                 report.already_indexed += 1;
@@ -454,7 +476,14 @@ impl Flusher {
         let bytes = self.stores.objects.get(key).await.map_err(|e| e.to_string())?;
         let parsed = segment::Segment::parse(&bytes).map_err(|e| e.to_string())?;
         let segment_id = segment_id_of(key).ok_or_else(|| format!("{key} is not named <segment-id>.seg"))?;
-        Ok(index_rows(&parsed.footer.app_id, &segment_id, key, bytes.len() as u64, parsed.header.created_at_ms, &parsed.footer))
+        Ok(index_rows(
+            &parsed.footer.app_id,
+            &segment_id,
+            key,
+            bytes.len() as u64,
+            parsed.header.created_at_ms,
+            &parsed.footer,
+        ))
     }
 }
 
@@ -463,7 +492,8 @@ pub fn segment_key(app_id: &str, created_at_ms: i64, segment_id: &str) -> String
     let stamp = crate::clock::format_ms(created_at_ms); // 2026-11-27T08:05:17.123Z
     let (date, time) = stamp.split_once('T').unwrap_or((&stamp, "00"));
     let mut parts = date.split('-');
-    let (year, month, day) = (parts.next().unwrap_or("1970"), parts.next().unwrap_or("01"), parts.next().unwrap_or("01"));
+    let (year, month, day) =
+        (parts.next().unwrap_or("1970"), parts.next().unwrap_or("01"), parts.next().unwrap_or("01"));
     format!("segments/{app_id}/{year}/{month}/{day}/{}/{segment_id}.seg", &time[..2])
 }
 
@@ -520,15 +550,29 @@ pub async fn run(flusher: Flusher, mut stop: tokio::sync::watch::Receiver<bool>)
     let interval = flusher.config.interval;
     let mut failures: u32 = 0;
     let mut last_recovery: Option<Instant> = None;
-    tracing::info!(component = "segment-flush", worker = "segment-flush", "interval-ms" = interval.as_millis() as u64, "flush ticker started");
+    tracing::info!(
+        component = "segment-flush",
+        worker = "segment-flush",
+        "interval-ms" = interval.as_millis() as u64,
+        "flush ticker started"
+    );
     loop {
         if last_recovery.is_none_or(|at| at.elapsed() >= RECOVERY_EVERY) {
             match flusher.recover().await {
                 Ok(report) => {
                     last_recovery = Some(Instant::now());
-                    tracing::info!(component = "recovery", worker = "segment-recovery", objects = report.objects, indexed = report.indexed, deleted = report.deleted, "segment recovery pass");
+                    tracing::info!(
+                        component = "recovery",
+                        worker = "segment-recovery",
+                        objects = report.objects,
+                        indexed = report.indexed,
+                        deleted = report.deleted,
+                        "segment recovery pass"
+                    );
                 }
-                Err(e) => tracing::warn!(component = "recovery", worker = "segment-recovery", stage = e.stage, error = %e.message, "segment recovery failed; retrying next tick"),
+                Err(e) => {
+                    tracing::warn!(component = "recovery", worker = "segment-recovery", stage = e.stage, error = %e.message, "segment recovery failed; retrying next tick")
+                }
             }
         }
         match flusher.tick(FlushOptions::default(), crate::clock::now_ms()).await {
@@ -537,8 +581,15 @@ pub async fn run(flusher: Flusher, mut stop: tokio::sync::watch::Receiver<bool>)
         }
         match flusher.stores.tail.purge_expired().await {
             Ok(0) => {}
-            Ok(removed) => tracing::debug!(component = "segment-flush", worker = "tail-expiry", removed, "expired tail state purged"),
-            Err(e) => tracing::warn!(component = "segment-flush", worker = "tail-expiry", error = %e, "purging expired tail state failed"),
+            Ok(removed) => tracing::debug!(
+                component = "segment-flush",
+                worker = "tail-expiry",
+                removed,
+                "expired tail state purged"
+            ),
+            Err(e) => {
+                tracing::warn!(component = "segment-flush", worker = "tail-expiry", error = %e, "purging expired tail state failed")
+            }
         }
         let wait = if failures == 0 {
             interval
@@ -546,7 +597,13 @@ pub async fn run(flusher: Flusher, mut stop: tokio::sync::watch::Receiver<bool>)
             (interval * 2u32.saturating_pow(failures.min(6))).min(Duration::from_secs(60))
         };
         if failures > 0 {
-            tracing::warn!(component = "segment-flush", worker = "segment-flush", "retry-count" = failures, "next-tick-ms" = wait.as_millis() as u64, "flush failing; backing off");
+            tracing::warn!(
+                component = "segment-flush",
+                worker = "segment-flush",
+                "retry-count" = failures,
+                "next-tick-ms" = wait.as_millis() as u64,
+                "flush failing; backing off"
+            );
         }
         tokio::select! {
             _ = stop.wait_for(|s| *s) => break,

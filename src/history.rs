@@ -156,7 +156,9 @@ pub async fn fetch(
     if first_in_tail > lo {
         metrics.history_requests_total.with_label_values(&["segments"]).inc();
         let upper = first_in_tail - 1;
-        for (block, object_key) in stores.metadata.blocks_in_range(&conv.app_id, &conv.conversation_id, lo, upper).await? {
+        for (block, object_key) in
+            stores.metadata.blocks_in_range(&conv.app_id, &conv.conversation_id, lo, upper).await?
+        {
             if block.ts_end < cutoff_ms {
                 continue;
             }
@@ -174,7 +176,12 @@ pub async fn fetch(
     Ok(out)
 }
 
-async fn read_block(stores: &Stores, cache: &BlockCache, block: &BlockRow, object_key: &str) -> Result<Arc<Vec<Envelope>>, Error> {
+async fn read_block(
+    stores: &Stores,
+    cache: &BlockCache,
+    block: &BlockRow,
+    object_key: &str,
+) -> Result<Arc<Vec<Envelope>>, Error> {
     let key = (block.segment_id.clone(), block.byte_offset);
     if let Some(found) = cache.get(&key) {
         return Ok(found);
@@ -224,7 +231,13 @@ pub fn retention_cutoff(ctx: &Context, now: i64) -> i64 {
 }
 
 /// One page of history for the caller.
-pub async fn page(ctx: &Context, caller: &Caller, conversation_id: &str, query: HistoryQuery, now: i64) -> Result<Page, Error> {
+pub async fn page(
+    ctx: &Context,
+    caller: &Caller,
+    conversation_id: &str,
+    query: HistoryQuery,
+    now: i64,
+) -> Result<Page, Error> {
     caller.require_scope(Scope::Read)?;
     let (conversation_id, _) = require_access(ctx, caller, conversation_id).await?;
     let started = Instant::now();
@@ -259,7 +272,9 @@ fn new_state(conversation_id: &str, query: &HistoryQuery) -> Result<CursorState,
     let desc = match query.order.as_deref() {
         None | Some("asc") => false,
         Some("desc") => true,
-        Some(other) => return Err(Error::invalid("invalid_request", format!("order must be asc or desc, not {other:?}"))),
+        Some(other) => {
+            return Err(Error::invalid("invalid_request", format!("order must be asc or desc, not {other:?}")))
+        }
     };
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 || limit > MAX_LIMIT {

@@ -59,7 +59,13 @@ pub fn inspect(object: &str, bytes: &[u8], conversation: Option<&str>) -> Result
             }
         })
         .collect();
-    Ok(Inspection { object: object.to_string(), bytes: bytes.len() as u64, app_id: segment.footer.app_id.clone(), header: segment.header, blocks })
+    Ok(Inspection {
+        object: object.to_string(),
+        bytes: bytes.len() as u64,
+        app_id: segment.footer.app_id.clone(),
+        header: segment.header,
+        blocks,
+    })
 }
 
 /// The envelopes of a segment (optionally one conversation's), in block order.
@@ -68,7 +74,8 @@ pub fn records(bytes: &[u8], conversation: Option<&str>) -> Result<Vec<Envelope>
     let mut out = Vec::new();
     for meta in segment.footer.blocks.iter().filter(|b| conversation.is_none_or(|c| c == b.conversation_id)) {
         for (i, record) in segment.block(meta).map_err(|e| e.to_string())?.iter().enumerate() {
-            let envelope = decode_record(segment.header.codec, meta.seq_start + i as u64, record).map_err(|e| e.to_string())?;
+            let envelope =
+                decode_record(segment.header.codec, meta.seq_start + i as u64, record).map_err(|e| e.to_string())?;
             out.push(envelope);
         }
     }
@@ -83,20 +90,34 @@ pub async fn compare_index(meta: &dyn Metadata, object_key: &str, bytes: &[u8]) 
         return Ok(vec![format!("{object_key} has no index rows (an orphan until recovery runs)")]);
     };
     let indexed = meta.blocks_of_segment(&row.id).await.map_err(|e| e.to_string())?;
-    let (expected_segment, expected_blocks) =
-        index_rows(&segment.footer.app_id, &row.id, object_key, bytes.len() as u64, segment.header.created_at_ms, &segment.footer);
+    let (expected_segment, expected_blocks) = index_rows(
+        &segment.footer.app_id,
+        &row.id,
+        object_key,
+        bytes.len() as u64,
+        segment.header.created_at_ms,
+        &segment.footer,
+    );
     let mut problems = Vec::new();
     if row != expected_segment {
         problems.push(format!("segment row differs: index {row:?}, footer {expected_segment:?}"));
     }
     if indexed.len() != expected_blocks.len() {
-        problems.push(format!("{} block rows in the index, {} blocks in the footer", indexed.len(), expected_blocks.len()));
+        problems.push(format!(
+            "{} block rows in the index, {} blocks in the footer",
+            indexed.len(),
+            expected_blocks.len()
+        ));
     }
     for expected in &expected_blocks {
-        match indexed.iter().find(|b| b.conversation_id == expected.conversation_id && b.seq_start == expected.seq_start) {
+        match indexed
+            .iter()
+            .find(|b| b.conversation_id == expected.conversation_id && b.seq_start == expected.seq_start)
+        {
             Some(found) if found == expected => {}
             Some(found) => problems.push(format!("block row differs: index {found:?}, footer {expected:?}")),
-            None => problems.push(format!("block of {} from seq {} is not indexed", expected.conversation_id, expected.seq_start)),
+            None => problems
+                .push(format!("block of {} from seq {} is not indexed", expected.conversation_id, expected.seq_start)),
         }
     }
     Ok(problems)

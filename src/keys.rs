@@ -57,7 +57,10 @@ impl Scope {
 
     /// Whether a key of this scope may do what `needed` allows.
     pub fn allows(self, needed: Scope) -> bool {
-        matches!((self, needed), (Scope::Admin, _) | (Scope::Write, Scope::Write | Scope::Read) | (Scope::Read, Scope::Read))
+        matches!(
+            (self, needed),
+            (Scope::Admin, _) | (Scope::Write, Scope::Write | Scope::Read) | (Scope::Read, Scope::Read)
+        )
     }
 }
 
@@ -247,7 +250,12 @@ pub async fn list_keys(meta: &dyn Metadata, app_id: Option<&str>) -> Result<Vec<
 /// Issues a successor with the same app, scope and name; the old key keeps
 /// working until `now + grace` (or its own earlier expiry), which is returned
 /// beside the new key.
-pub async fn rotate_key(meta: &dyn Metadata, key_id: &str, grace: Duration, now: i64) -> Result<(IssuedKey, i64), KeyError> {
+pub async fn rotate_key(
+    meta: &dyn Metadata,
+    key_id: &str,
+    grace: Duration,
+    now: i64,
+) -> Result<(IssuedKey, i64), KeyError> {
     let old = meta.get_api_key(key_id).await?.ok_or_else(|| KeyError::NoSuchKey(key_id.to_string()))?;
     if old.revoked_at.is_some() {
         return Err(KeyError::KeyRevoked(key_id.to_string()));
@@ -294,7 +302,13 @@ pub async fn authenticate(meta: &dyn Metadata, presented: &str, now: i64) -> Res
     Ok(AuthenticatedKey { key_id: row.id, app_id: row.app_id, scope, expires_at: row.expires_at })
 }
 
-fn new_key_row(app_id: &str, scope: Scope, name: Option<&str>, expires_at: Option<i64>, now: i64) -> (String, ApiKeyRow) {
+fn new_key_row(
+    app_id: &str,
+    scope: Scope,
+    name: Option<&str>,
+    expires_at: Option<i64>,
+    now: i64,
+) -> (String, ApiKeyRow) {
     let id = random_base62(ID_LEN);
     let signed = format!("{}{}{}", scope.prefix(), id, random_base62(SECRET_LEN));
     let key = format!("{signed}{}", encode_check(crc32(signed.as_bytes())));

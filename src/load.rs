@@ -137,7 +137,12 @@ fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
 }
 
 /// Dev tokens for users `load-0..users`.
-async fn dev_tokens(client: &reqwest::Client, base: &str, admin_key: &str, users: usize) -> anyhow::Result<Vec<String>> {
+async fn dev_tokens(
+    client: &reqwest::Client,
+    base: &str,
+    admin_key: &str,
+    users: usize,
+) -> anyhow::Result<Vec<String>> {
     let mut tokens = Vec::with_capacity(users);
     for i in 0..users {
         let reply = client
@@ -148,7 +153,11 @@ async fn dev_tokens(client: &reqwest::Client, base: &str, admin_key: &str, users
             .await
             .with_context(|| format!("cannot reach {base}"))?;
         if !reply.status().is_success() {
-            bail!("minting a dev token failed ({}): is auth.dev_tokens.enabled on? {}", reply.status(), reply.text().await?);
+            bail!(
+                "minting a dev token failed ({}): is auth.dev_tokens.enabled on? {}",
+                reply.status(),
+                reply.text().await?
+            );
         }
         let body: serde_json::Value = reply.json().await?;
         tokens.push(body["access_token"].as_str().unwrap_or_default().to_string());
@@ -157,7 +166,12 @@ async fn dev_tokens(client: &reqwest::Client, base: &str, admin_key: &str, users
 }
 
 /// A conversation of users `load-0..users`, created by the admin key.
-async fn create_conversation(client: &reqwest::Client, base: &str, admin_key: &str, users: usize) -> anyhow::Result<String> {
+async fn create_conversation(
+    client: &reqwest::Client,
+    base: &str,
+    admin_key: &str,
+    users: usize,
+) -> anyhow::Result<String> {
     let members: Vec<String> = (0..users).map(|i| format!("load-{i}")).collect();
     let reply = client
         .post(format!("{base}/v1/conversations"))
@@ -289,7 +303,9 @@ pub async fn fanout(
         readers.push(tokio::spawn(async move {
             let mut got = 0;
             while got < per_client {
-                let Ok(Some(Ok(frame))) = tokio::time::timeout(Duration::from_secs(30), socket.next()).await else { break };
+                let Ok(Some(Ok(frame))) = tokio::time::timeout(Duration::from_secs(30), socket.next()).await else {
+                    break;
+                };
                 let tokio_tungstenite::tungstenite::Message::Text(text) = frame else { continue };
                 let Ok(value) = serde_json::from_str::<serde_json::Value>(text.as_str()) else { continue };
                 if value["op"] != "message" {

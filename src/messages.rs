@@ -101,7 +101,8 @@ pub fn encode_record(codec: Codec, entry: &TailEntry) -> Result<Vec<u8>, Error> 
 /// Decodes a segment record written by [`encode_record`]; `seq` is the
 /// record's position-derived seq.
 pub fn decode_record(codec: Codec, seq: u64, bytes: &[u8]) -> Result<Envelope, Error> {
-    let corrupt = |e: String| Error::new(Kind::Internal, "corrupt_segment", format!("undecodable record at seq {seq}: {e}"));
+    let corrupt =
+        |e: String| Error::new(Kind::Internal, "corrupt_segment", format!("undecodable record at seq {seq}: {e}"));
     let mut envelope: Envelope = match codec {
         Codec::Raw | Codec::Json => serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?,
         Codec::Msgpack => rmp_serde::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?,
@@ -142,8 +143,12 @@ pub fn validate(
 ) -> Result<Option<String>, Error> {
     let max = ctx.config.limits.max_payload_bytes;
     match (&request.payload, &request.payload_base64) {
-        (Some(_), Some(_)) => return Err(Error::invalid("invalid_payload", "send either payload or payload_base64, not both")),
-        (None, None) => return Err(Error::invalid("invalid_payload", "a message needs a payload (JSON) or payload_base64")),
+        (Some(_), Some(_)) => {
+            return Err(Error::invalid("invalid_payload", "send either payload or payload_base64, not both"))
+        }
+        (None, None) => {
+            return Err(Error::invalid("invalid_payload", "a message needs a payload (JSON) or payload_base64"))
+        }
         (Some(payload), None) => {
             if payload.is_null() {
                 return Err(Error::invalid("invalid_payload", "payload must not be null"));
@@ -165,7 +170,12 @@ pub fn validate(
             }
             match &request.content_type {
                 Some(ct) if ct.len() <= 255 && ct.contains('/') && !ct.chars().any(char::is_control) => {}
-                _ => return Err(Error::invalid("invalid_content_type", "payload_base64 needs a content_type like `image/png`")),
+                _ => {
+                    return Err(Error::invalid(
+                        "invalid_content_type",
+                        "payload_base64 needs a content_type like `image/png`",
+                    ))
+                }
             }
         }
     }
@@ -295,7 +305,11 @@ async fn send_checked(
         conv: conv.clone(),
         ts_ms: now,
         body: serde_json::to_vec(&envelope).expect("envelopes serialize"),
-        idempotency: idempotency_key.map(|key| IdempotencyClaim { key, fingerprint, ttl: ctx.config.limits.idempotency_ttl }),
+        idempotency: idempotency_key.map(|key| IdempotencyClaim {
+            key,
+            fingerprint,
+            ttl: ctx.config.limits.idempotency_ttl,
+        }),
     };
 
     for _ in 0..SEED_ATTEMPTS {

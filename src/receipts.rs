@@ -50,7 +50,12 @@ fn state_key(conv: &ConvKey) -> String {
 }
 
 /// Moves the caller's mark forward and publishes the new marks.
-pub async fn mark(ctx: &Context, caller: &Caller, conversation_id: &str, request: ReceiptRequest) -> Result<Marks, Error> {
+pub async fn mark(
+    ctx: &Context,
+    caller: &Caller,
+    conversation_id: &str,
+    request: ReceiptRequest,
+) -> Result<Marks, Error> {
     caller.require_scope(Scope::Write)?;
     let (conversation_id, _) = require_access(ctx, caller, conversation_id).await?;
     let user = caller

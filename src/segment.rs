@@ -158,7 +158,12 @@ fn header_footer_crc(header: &[u8], footer: &[u8]) -> u32 {
 
 /// Encodes a segment. Blocks must be non-empty and gap-free; ts ranges are
 /// taken from the records (min and max, so clock steps do not matter).
-pub fn encode(app_id: &str, codec: Codec, created_at_ms: i64, blocks: &[BlockInput]) -> Result<(Vec<u8>, Footer), SegmentError> {
+pub fn encode(
+    app_id: &str,
+    codec: Codec,
+    created_at_ms: i64,
+    blocks: &[BlockInput],
+) -> Result<(Vec<u8>, Footer), SegmentError> {
     let mut out = Vec::with_capacity(HEADER_LEN + blocks.iter().map(|b| b.records.len() * 64).sum::<usize>());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -397,7 +402,8 @@ impl<'a> Segment<'a> {
         let header = decode_header(&bytes[..HEADER_LEN])?;
         let trailer = decode_trailer(&bytes[bytes.len() - TRAILER_LEN..], bytes.len() as u64)?;
         let start = trailer.footer_offset as usize;
-        let footer = decode_footer(&bytes[..HEADER_LEN], &bytes[start..start + trailer.footer_length as usize], &trailer)?;
+        let footer =
+            decode_footer(&bytes[..HEADER_LEN], &bytes[start..start + trailer.footer_length as usize], &trailer)?;
         Ok(Segment { bytes, header, footer })
     }
 
@@ -412,13 +418,15 @@ impl<'a> Segment<'a> {
 /// (format version 1): decoding that file must give back exactly this, so
 /// any drift of the format is caught.
 pub fn golden_input() -> Vec<BlockInput> {
-    let record = |conversation: &str, seq: u64, ts: i64, text: &str| Record {
+    let record = |conversation: &str, seq: u64, ts: i64, text: &str| {
+        Record {
         seq,
         ts_ms: ts,
         bytes: format!(
             r#"{{"v":1,"id":"0190c0de-0000-7000-8000-{seq:012}","conversation_id":"{conversation}","seq":{seq},"ts":{ts},"sender":{{"kind":"user","id":"alice"}},"payload":{{"text":"{text}"}},"attachments":[]}}"#
         )
         .into_bytes(),
+    }
     };
     let a = "0190c0de-0000-7000-8000-00000000000a";
     let b = "0190c0de-0000-7000-8000-00000000000b";
@@ -511,7 +519,11 @@ mod tests {
         BlockInput {
             conversation_id: conversation.into(),
             records: (0..n)
-                .map(|i| Record { seq: first_seq + i, ts_ms: 1_000 + i as i64, bytes: format!("record {i}").into_bytes() })
+                .map(|i| Record {
+                    seq: first_seq + i,
+                    ts_ms: 1_000 + i as i64,
+                    bytes: format!("record {i}").into_bytes(),
+                })
                 .collect(),
         }
     }

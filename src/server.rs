@@ -42,14 +42,39 @@ impl Readiness {
         let mut last = self.last.lock().expect("readiness lock");
         for check in &checks {
             self.metrics.dependency_up.with_label_values(&[check.name]).set(i64::from(check.ok));
-            self.metrics.dependency_check_duration_seconds.with_label_values(&[check.name]).set(check.latency_ms / 1000.0);
+            self.metrics
+                .dependency_check_duration_seconds
+                .with_label_values(&[check.name])
+                .set(check.latency_ms / 1000.0);
             let error = check.error.as_deref().unwrap_or("");
             match (last.insert(check.name, check.ok), check.ok) {
-                (None, true) => tracing::info!(component = "readiness", dependency = check.name, "latency-ms" = check.latency_ms, "dependency ok"),
-                (None, false) => tracing::warn!(component = "readiness", dependency = check.name, error, "dependency down; serving not-ready until it returns"),
-                (Some(true), false) => tracing::warn!(component = "readiness", dependency = check.name, error, "dependency down"),
-                (Some(false), true) => tracing::info!(component = "readiness", dependency = check.name, "latency-ms" = check.latency_ms, "dependency recovered"),
-                _ => tracing::debug!(component = "readiness", dependency = check.name, ok = check.ok, "dependency checked"),
+                (None, true) => tracing::info!(
+                    component = "readiness",
+                    dependency = check.name,
+                    "latency-ms" = check.latency_ms,
+                    "dependency ok"
+                ),
+                (None, false) => tracing::warn!(
+                    component = "readiness",
+                    dependency = check.name,
+                    error,
+                    "dependency down; serving not-ready until it returns"
+                ),
+                (Some(true), false) => {
+                    tracing::warn!(component = "readiness", dependency = check.name, error, "dependency down")
+                }
+                (Some(false), true) => tracing::info!(
+                    component = "readiness",
+                    dependency = check.name,
+                    "latency-ms" = check.latency_ms,
+                    "dependency recovered"
+                ),
+                _ => tracing::debug!(
+                    component = "readiness",
+                    dependency = check.name,
+                    ok = check.ok,
+                    "dependency checked"
+                ),
             }
         }
         checks
@@ -73,7 +98,13 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
 
     let metrics = Metrics::new(config.backend.name());
     let stores = Stores::open(&config, &metrics).await?;
-    tracing::info!(component = "boot", step = "stores", backend = stores.backend, objects = stores.objects.location(), "stores opened");
+    tracing::info!(
+        component = "boot",
+        step = "stores",
+        backend = stores.backend,
+        objects = stores.objects.location(),
+        "stores opened"
+    );
 
     let readiness = Arc::new(Readiness::new(stores.clone(), metrics.clone()));
     let ready = readiness.check(http::CHECK_TIMEOUT).await.iter().all(|check| check.ok);
@@ -87,7 +118,13 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let ctx = Arc::new(Context::new(Arc::new(config), stores, metrics)?);
-    tracing::info!(component = "boot", step = "auth", keycloak = ctx.config.auth.keycloak.is_some(), dev_tokens = ctx.config.auth.dev_tokens.enabled, "auth ready");
+    tracing::info!(
+        component = "boot",
+        step = "auth",
+        keycloak = ctx.config.auth.keycloak.is_some(),
+        dev_tokens = ctx.config.auth.dev_tokens.enabled,
+        "auth ready"
+    );
     let state = AppState { ctx: ctx.clone(), readiness: readiness.clone(), shutdown: stop_rx.clone() };
     let watcher = tokio::spawn(watch_dependencies(readiness, stop_rx.clone()));
     let flusher = crate::flush::Flusher::new(ctx.stores.clone(), ctx.metrics.clone(), ctx.config.flush.clone());
@@ -124,7 +161,11 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
         Ok(Ok(Err(e))) => Err(anyhow::Error::new(e).context("the HTTP server failed")),
         Ok(Err(e)) => Err(anyhow::Error::new(e).context("the HTTP server task panicked")),
         Err(_) => {
-            tracing::warn!(component = "shutdown", "deadline-ms" = deadline.as_millis() as u64, "shutdown deadline passed with work in flight");
+            tracing::warn!(
+                component = "shutdown",
+                "deadline-ms" = deadline.as_millis() as u64,
+                "shutdown deadline passed with work in flight"
+            );
             Ok(Exit::DeadlineExceeded)
         }
     }

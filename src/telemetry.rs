@@ -88,8 +88,11 @@ impl Metrics {
             )
             .expect("metric"),
             redis_command_duration_seconds: HistogramVec::new(
-                HistogramOpts::new("msgd_redis_command_duration_seconds", "Redis command latency (a script counts as one)")
-                    .buckets(LATENCY_BUCKETS.to_vec()),
+                HistogramOpts::new(
+                    "msgd_redis_command_duration_seconds",
+                    "Redis command latency (a script counts as one)",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
                 &["command"],
             )
             .expect("metric"),
@@ -121,8 +124,11 @@ impl Metrics {
             )
             .expect("metric"),
             flush_duration_seconds: HistogramVec::new(
-                HistogramOpts::new("msgd_flush_duration_seconds", "Flush duration by stage (and `tick` for the whole tick)")
-                    .buckets(LATENCY_BUCKETS.to_vec()),
+                HistogramOpts::new(
+                    "msgd_flush_duration_seconds",
+                    "Flush duration by stage (and `tick` for the whole tick)",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
                 &["stage"],
             )
             .expect("metric"),
@@ -161,12 +167,21 @@ impl Metrics {
                     .buckets(LATENCY_BUCKETS.to_vec()),
             )
             .expect("metric"),
-            block_cache_hits_total: IntCounter::new("msgd_block_cache_hits_total", "Decoded segment blocks served from memory")
-                .expect("metric"),
-            block_cache_misses_total: IntCounter::new("msgd_block_cache_misses_total", "Segment blocks fetched and decoded")
-                .expect("metric"),
-            block_cache_bytes: IntGauge::new("msgd_block_cache_bytes", "Raw bytes of the decoded blocks held in memory")
-                .expect("metric"),
+            block_cache_hits_total: IntCounter::new(
+                "msgd_block_cache_hits_total",
+                "Decoded segment blocks served from memory",
+            )
+            .expect("metric"),
+            block_cache_misses_total: IntCounter::new(
+                "msgd_block_cache_misses_total",
+                "Segment blocks fetched and decoded",
+            )
+            .expect("metric"),
+            block_cache_bytes: IntGauge::new(
+                "msgd_block_cache_bytes",
+                "Raw bytes of the decoded blocks held in memory",
+            )
+            .expect("metric"),
             ws_connections: IntGauge::new("msgd_ws_connections", "Open WebSocket connections").expect("metric"),
             ws_subscriptions: IntGauge::new("msgd_ws_subscriptions", "Conversation subscriptions of open WebSockets")
                 .expect("metric"),

@@ -68,14 +68,17 @@ impl DevIssuer {
         validation.set_audience(&[app_id]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.leeway = 5;
-        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &self.decoding, &validation)
-            .map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => Error::new(Kind::Unauthenticated, "token_expired", "the token expired"),
-                ErrorKind::InvalidAudience => {
-                    Error::new(Kind::Unauthenticated, "wrong_audience", "the dev token was minted for another app")
-                }
-                _ => invalid_token(format!("the dev token failed validation: {e}")),
-            })?;
+        let data =
+            jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &self.decoding, &validation)
+                .map_err(|e| match e.kind() {
+                    ErrorKind::ExpiredSignature => {
+                        Error::new(Kind::Unauthenticated, "token_expired", "the token expired")
+                    }
+                    ErrorKind::InvalidAudience => {
+                        Error::new(Kind::Unauthenticated, "wrong_audience", "the dev token was minted for another app")
+                    }
+                    _ => invalid_token(format!("the dev token failed validation: {e}")),
+                })?;
         let expires_at_ms = data.claims.get("exp").and_then(|v| v.as_i64()).unwrap_or(0) * 1000;
         data.claims
             .get("sub")

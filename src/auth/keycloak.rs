@@ -182,7 +182,9 @@ impl Inner {
                 Ok(key) => {
                     keys.insert(kid.clone(), Arc::new(key));
                 }
-                Err(e) => tracing::warn!(component = "auth", worker = "jwks", kid = %kid, error = %e, "unusable jwk skipped"),
+                Err(e) => {
+                    tracing::warn!(component = "auth", worker = "jwks", kid = %kid, error = %e, "unusable jwk skipped")
+                }
             }
         }
         Ok(keys)

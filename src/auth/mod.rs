@@ -108,11 +108,9 @@ impl Authenticator {
     /// Authenticates a request at `now` (Unix ms). Refusals are counted by the
     /// edge that answers them (`msgd_auth_failures_total`).
     pub async fn authenticate(&self, credentials: Credentials<'_>, now: i64) -> Result<Caller, Error> {
-        let presented = credentials
-            .api_key
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-            .ok_or_else(|| Error::new(Kind::Unauthenticated, "missing_api_key", "send the app's API key in X-Api-Key"))?;
+        let presented = credentials.api_key.map(str::trim).filter(|k| !k.is_empty()).ok_or_else(|| {
+            Error::new(Kind::Unauthenticated, "missing_api_key", "send the app's API key in X-Api-Key")
+        })?;
         let key = self.api_key(presented, now).await?;
         let token = match credentials.authorization {
             None => {
@@ -176,7 +174,8 @@ impl Authenticator {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(invalid_token("the token is too large"));
         }
-        let digest: [u8; 32] = Sha256::new().chain_update(app_id).chain_update([0]).chain_update(token).finalize().into();
+        let digest: [u8; 32] =
+            Sha256::new().chain_update(app_id).chain_update([0]).chain_update(token).finalize().into();
         if let Some((token, until)) = self.token_cache.lock().expect("token cache lock").get(&digest) {
             if Instant::now() < *until {
                 return Ok(token.clone());

@@ -35,7 +35,8 @@ fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result
             Error::invalid("invalid_request", rejection.body_text())
         }
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError(Error::invalid("invalid_request", format!("invalid JSON body: {e}"))))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError(Error::invalid("invalid_request", format!("invalid JSON body: {e}"))))
 }
 
 pub(super) async fn create_conversation(
@@ -106,9 +107,11 @@ pub(super) async fn send_message(
     let request: messages::SendRequest = json_body(body)?;
     let idempotency_key = match headers.get("idempotency-key") {
         None => None,
-        Some(value) => Some(value.to_str().map_err(|_| {
-            Error::invalid("invalid_client_msg_id", "Idempotency-Key must be printable ASCII")
-        })?),
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| Error::invalid("invalid_client_msg_id", "Idempotency-Key must be printable ASCII"))?,
+        ),
     };
     let sent = messages::send(&state.ctx, &caller, &id, request, idempotency_key, now_ms()).await?;
     let status = if sent.replayed { StatusCode::OK } else { StatusCode::CREATED };
@@ -194,5 +197,6 @@ pub(super) async fn dev_token(
     let request: DevTokenRequest = json_body(body)?;
     conversations::validate_user_id(&request.user_id)?;
     let (token, expires_in) = issuer.mint(&caller.app_id, &request.user_id, now_ms())?;
-    Ok(Json(serde_json::json!({"access_token": token, "expires_in": expires_in, "token_type": "Bearer"})).into_response())
+    Ok(Json(serde_json::json!({"access_token": token, "expires_in": expires_in, "token_type": "Bearer"}))
+        .into_response())
 }

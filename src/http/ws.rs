@@ -149,7 +149,13 @@ impl Drop for Gauged {
     }
 }
 
-async fn session(ctx: Arc<Context>, caller: Caller, api_key: Box<str>, socket: WebSocket, mut shutdown: watch::Receiver<bool>) {
+async fn session(
+    ctx: Arc<Context>,
+    caller: Caller,
+    api_key: Box<str>,
+    socket: WebSocket,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let _connection = Gauged::new(&ctx.metrics.ws_connections);
     let config = ctx.config.ws.clone();
     let (mut sink, mut stream) = socket.split();
@@ -370,7 +376,10 @@ async fn handle_frame(
     }
     .await;
     if let Err(e) = result {
-        outbox.error(&e, json!({"conversation_id": frame.conversation_id, "client_msg_id": frame.client_msg_id, "for": frame.op}));
+        outbox.error(
+            &e,
+            json!({"conversation_id": frame.conversation_id, "client_msg_id": frame.client_msg_id, "for": frame.op}),
+        );
     }
 }
 
@@ -404,7 +413,10 @@ async fn forward(
         None => last_seq,
         Some(since) => {
             if since > last_seq {
-                outbox.error(&Error::invalid("invalid_since_seq", format!("since_seq is past the last seq {last_seq}")), json!({"conversation_id": conv.conversation_id}));
+                outbox.error(
+                    &Error::invalid("invalid_since_seq", format!("since_seq is past the last seq {last_seq}")),
+                    json!({"conversation_id": conv.conversation_id}),
+                );
                 return;
             }
             match Box::pin(replay(&ctx, &outbox, &conv, since, last_seq)).await {
@@ -489,12 +501,19 @@ async fn forward(
 /// Sends messages `after+1..=through` from history; returns the last seq
 /// sent, or `None` when the subscription must end (retention passed, or the
 /// connection is gone).
-async fn replay(ctx: &Context, outbox: &Outbox, conv: &ConvKey, after: u64, through: u64) -> Result<Option<u64>, Error> {
+async fn replay(
+    ctx: &Context,
+    outbox: &Outbox,
+    conv: &ConvKey,
+    after: u64,
+    through: u64,
+) -> Result<Option<u64>, Error> {
     let cutoff = history::retention_cutoff(ctx, now_ms());
     let mut delivered = after;
     while delivered < through {
         let end = (delivered + CATCH_UP_CHUNK).min(through);
-        let batch = history::fetch(&ctx.stores, &ctx.block_cache, &ctx.metrics, conv, delivered + 1, end, cutoff).await?;
+        let batch =
+            history::fetch(&ctx.stores, &ctx.block_cache, &ctx.metrics, conv, delivered + 1, end, cutoff).await?;
         if batch.first().map(|e| e.seq) != Some(delivered + 1) {
             outbox.error(
                 &Error::invalid("since_seq_expired", "messages after since_seq are past the retention window; resync from GET /v1/conversations/{id}/messages"),

@@ -119,7 +119,11 @@ pub trait Metadata: Send + Sync {
     async fn touch_api_key(&self, id: &str, at: i64, min_interval_ms: i64) -> Result<(), StoreError>;
 
     /// Inserts a conversation and its first members in one transaction.
-    async fn insert_conversation(&self, conversation: &ConversationRow, members: &[MemberRow]) -> Result<(), StoreError>;
+    async fn insert_conversation(
+        &self,
+        conversation: &ConversationRow,
+        members: &[MemberRow],
+    ) -> Result<(), StoreError>;
     async fn get_conversation(&self, app_id: &str, id: &str) -> Result<Option<ConversationRow>, StoreError>;
     /// Conversations of an app, newest first; only those `user_id` is a member of when given.
     async fn list_conversations(
@@ -129,7 +133,12 @@ pub trait Metadata: Send + Sync {
         limit: u32,
     ) -> Result<Vec<ConversationRow>, StoreError>;
     async fn list_members(&self, app_id: &str, conversation_id: &str) -> Result<Vec<MemberRow>, StoreError>;
-    async fn get_member(&self, app_id: &str, conversation_id: &str, user_id: &str) -> Result<Option<MemberRow>, StoreError>;
+    async fn get_member(
+        &self,
+        app_id: &str,
+        conversation_id: &str,
+        user_id: &str,
+    ) -> Result<Option<MemberRow>, StoreError>;
     /// Adds a member; returns false when already a member (nothing changes).
     async fn add_member(&self, app_id: &str, conversation_id: &str, member: &MemberRow) -> Result<bool, StoreError>;
     /// Removes a member; returns false when not a member.
@@ -142,7 +151,12 @@ pub trait Metadata: Send + Sync {
     /// rows and advances each conversation's flushed seq. Fails with
     /// [`StoreError::Conflict`] and changes nothing when any advance's guard
     /// does not hold (a stale or concurrent flusher).
-    async fn commit_segment(&self, segment: &SegmentRow, blocks: &[BlockRow], advances: &[FlushAdvance]) -> Result<(), StoreError>;
+    async fn commit_segment(
+        &self,
+        segment: &SegmentRow,
+        blocks: &[BlockRow],
+        advances: &[FlushAdvance],
+    ) -> Result<(), StoreError>;
     /// Re-indexes a segment from its footer (disaster recovery): inserts what
     /// is missing and raises flushed seqs, never lowering one.
     async fn reindex_segment(&self, segment: &SegmentRow, blocks: &[BlockRow]) -> Result<bool, StoreError>;
@@ -161,7 +175,12 @@ pub trait Metadata: Send + Sync {
 
     /// The first block (by seq) of a conversation whose newest message is at
     /// or after `ts`: where a read from `ts` on starts in the segments.
-    async fn first_block_since(&self, app_id: &str, conversation_id: &str, ts: i64) -> Result<Option<BlockRow>, StoreError>;
+    async fn first_block_since(
+        &self,
+        app_id: &str,
+        conversation_id: &str,
+        ts: i64,
+    ) -> Result<Option<BlockRow>, StoreError>;
 
     /// The shared secret `name`, created from `candidate` when it does not exist
     /// yet; every caller gets the same value.

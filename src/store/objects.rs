@@ -65,7 +65,8 @@ impl Objects {
     }
 
     pub(crate) fn local(dir: &FsPath, metrics: &Metrics) -> anyhow::Result<Objects> {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create the object directory {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the object directory {}", dir.display()))?;
         let store = LocalFileSystem::new_with_prefix(dir)
             .with_context(|| format!("cannot use {} as an object store", dir.display()))?
             .with_automatic_cleanup(true);
@@ -157,7 +158,10 @@ impl Objects {
     ) -> Result<T, StoreError> {
         let started = Instant::now();
         let result = request.await;
-        self.metrics.object_store_request_duration_seconds.with_label_values(&[op]).observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .object_store_request_duration_seconds
+            .with_label_values(&[op])
+            .observe(started.elapsed().as_secs_f64());
         let outcome = if result.is_ok() { "ok" } else { "error" };
         self.metrics.object_store_requests_total.with_label_values(&[op, outcome]).inc();
         result.map_err(|e| StoreError::Unavailable {

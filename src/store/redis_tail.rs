@@ -283,7 +283,10 @@ impl RedisTail {
     ) -> Result<T, StoreError> {
         let started = std::time::Instant::now();
         let result = request.await;
-        self.metrics.redis_command_duration_seconds.with_label_values(&[command]).observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .redis_command_duration_seconds
+            .with_label_values(&[command])
+            .observe(started.elapsed().as_secs_f64());
         if result.is_err() {
             self.metrics.redis_errors_total.with_label_values(&[command]).inc();
         }
@@ -448,11 +451,7 @@ impl Tail for RedisTail {
     async fn state_raise(&self, key: &str, field: &str, value: u64, ttl: Duration) -> Result<u64, StoreError> {
         let mut connection = self.connection();
         let mut invocation = self.raise_script.prepare_invoke();
-        invocation
-            .key(self.keys.state(key))
-            .arg(field)
-            .arg(value)
-            .arg(ttl.as_millis().max(1) as u64);
+        invocation.key(self.keys.state(key)).arg(field).arg(value).arg(ttl.as_millis().max(1) as u64);
         let invocation = invocation.invoke_async(&mut connection);
         self.timed("state_raise", invocation).await
     }
@@ -460,12 +459,10 @@ impl Tail for RedisTail {
     async fn rate_limit(&self, key: &str, rate_per_second: f64, burst: u32) -> Result<RateDecision, StoreError> {
         let mut connection = self.connection();
         let mut invocation = self.rate_script.prepare_invoke();
-        invocation
-            .key(self.keys.rate(key))
-            .arg(1000.0 / rate_per_second)
-            .arg(burst.max(1));
+        invocation.key(self.keys.rate(key)).arg(1000.0 / rate_per_second).arg(burst.max(1));
         let invocation = invocation.invoke_async(&mut connection);
-        let (allowed, remaining, retry_after_ms, reset_ms): (u8, u32, u64, u64) = self.timed("rate_limit", invocation).await?;
+        let (allowed, remaining, retry_after_ms, reset_ms): (u8, u32, u64, u64) =
+            self.timed("rate_limit", invocation).await?;
         Ok(RateDecision { allowed: allowed == 1, remaining, retry_after_ms, reset_ms })
     }
 

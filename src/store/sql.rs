@@ -281,12 +281,14 @@ impl From<BlockRecord> for BlockRow {
     }
 }
 
-const SEGMENT_COLUMNS: &str = "id, app_id, object_key, format_version, byte_length, record_count, min_ts, max_ts, created_at";
+const SEGMENT_COLUMNS: &str =
+    "id, app_id, object_key, format_version, byte_length, record_count, min_ts, max_ts, created_at";
 const BLOCK_COLUMNS: &str = "app_id, conversation_id, seq_start, seq_end, ts_start, ts_end, segment_id, byte_offset, \
                              byte_length, raw_length, record_count, checksum";
 const INSERT_SEGMENT: &str = "INSERT INTO segments (id, app_id, object_key, format_version, byte_length, record_count, \
                               min_ts, max_ts, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING";
-const INSERT_BLOCK: &str = "INSERT INTO segment_blocks (app_id, conversation_id, seq_start, seq_end, ts_start, ts_end, \
+const INSERT_BLOCK: &str =
+    "INSERT INTO segment_blocks (app_id, conversation_id, seq_start, seq_end, ts_start, ts_end, \
                             segment_id, byte_offset, byte_length, raw_length, record_count, checksum) \
                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT DO NOTHING";
 
@@ -411,9 +413,8 @@ impl Metadata for Db {
     }
 
     async fn list_api_keys(&self, app_id: Option<&str>) -> Result<Vec<ApiKeyRow>, StoreError> {
-        let sql = format!(
-            "SELECT {KEY_COLUMNS} FROM api_keys WHERE ($1 IS NULL OR app_id = $1) ORDER BY created_at, id"
-        );
+        let sql =
+            format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE ($1 IS NULL OR app_id = $1) ORDER BY created_at, id");
         let rows = on_db!(self, pool => sqlx::query_as::<_, ApiKeyRecord>(sqlx::AssertSqlSafe(sql.as_str())).bind(app_id).fetch_all(pool).await)?;
         Ok(rows.into_iter().map(Into::into).collect())
     }
@@ -462,7 +463,11 @@ impl Metadata for Db {
         Ok(())
     }
 
-    async fn insert_conversation(&self, conversation: &ConversationRow, members: &[MemberRow]) -> Result<(), StoreError> {
+    async fn insert_conversation(
+        &self,
+        conversation: &ConversationRow,
+        members: &[MemberRow],
+    ) -> Result<(), StoreError> {
         let c = conversation;
         on_db!(self, pool => async {
             let mut tx = pool.begin().await?;
@@ -532,7 +537,12 @@ impl Metadata for Db {
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
-    async fn get_member(&self, app_id: &str, conversation_id: &str, user_id: &str) -> Result<Option<MemberRow>, StoreError> {
+    async fn get_member(
+        &self,
+        app_id: &str,
+        conversation_id: &str,
+        user_id: &str,
+    ) -> Result<Option<MemberRow>, StoreError> {
         let row = on_db!(self, pool => sqlx::query_as::<_, MemberRecord>(
             "SELECT user_id, role, joined_at FROM members WHERE app_id = $1 AND conversation_id = $2 AND user_id = $3",
         )
@@ -581,7 +591,12 @@ impl Metadata for Db {
         Ok(seq.unwrap_or(0) as u64)
     }
 
-    async fn commit_segment(&self, segment: &SegmentRow, blocks: &[BlockRow], advances: &[FlushAdvance]) -> Result<(), StoreError> {
+    async fn commit_segment(
+        &self,
+        segment: &SegmentRow,
+        blocks: &[BlockRow],
+        advances: &[FlushAdvance],
+    ) -> Result<(), StoreError> {
         let now = crate::clock::now_ms();
         let held = on_db!(self, pool => async {
             let mut tx = pool.begin().await?;
@@ -626,7 +641,9 @@ impl Metadata for Db {
             Ok(true)
         }.await)?;
         if !held {
-            return Err(StoreError::Conflict("a flushed seq moved since it was read (stale or concurrent flush)".into()));
+            return Err(StoreError::Conflict(
+                "a flushed seq moved since it was read (stale or concurrent flush)".into(),
+            ));
         }
         Ok(())
     }
@@ -694,7 +711,8 @@ impl Metadata for Db {
             block: BlockRecord,
             object_key: String,
         }
-        let columns: String = BLOCK_COLUMNS.split(", ").map(|c| format!("b.{}", c.trim())).collect::<Vec<_>>().join(", ");
+        let columns: String =
+            BLOCK_COLUMNS.split(", ").map(|c| format!("b.{}", c.trim())).collect::<Vec<_>>().join(", ");
         let sql = format!(
             "SELECT {columns}, s.object_key FROM segment_blocks b JOIN segments s ON s.id = b.segment_id \
              WHERE b.app_id = $1 AND b.conversation_id = $2 AND b.seq_end >= $3 AND b.seq_start <= $4 ORDER BY b.seq_start"
@@ -709,7 +727,12 @@ impl Metadata for Db {
         Ok(rows.into_iter().map(|r| (r.block.into(), r.object_key)).collect())
     }
 
-    async fn first_block_since(&self, app_id: &str, conversation_id: &str, ts: i64) -> Result<Option<BlockRow>, StoreError> {
+    async fn first_block_since(
+        &self,
+        app_id: &str,
+        conversation_id: &str,
+        ts: i64,
+    ) -> Result<Option<BlockRow>, StoreError> {
         let sql = format!(
             "SELECT {BLOCK_COLUMNS} FROM segment_blocks WHERE app_id = $1 AND conversation_id = $2 AND ts_end >= $3 \
              ORDER BY seq_start LIMIT 1"

@@ -48,7 +48,13 @@ fn channel(conv: &ConvKey) -> String {
 impl SqliteTail {
     pub(crate) fn new(db: Db) -> SqliteTail {
         let Pool::Sqlite(pool) = db.pool else { panic!("the embedded tail needs the SQLite pool") };
-        SqliteTail { pool, hub: LiveHub::new(None), writer: tokio::sync::Mutex::new(()), buckets: Default::default(), leases: Default::default() }
+        SqliteTail {
+            pool,
+            hub: LiveHub::new(None),
+            writer: tokio::sync::Mutex::new(()),
+            buckets: Default::default(),
+            leases: Default::default(),
+        }
     }
 }
 
@@ -209,11 +215,7 @@ impl Tail for SqliteTail {
         .map_err(failed)?;
         Ok(rows
             .into_iter()
-            .map(|row| TailEntry {
-                seq: row.get::<i64, _>("seq") as u64,
-                ts_ms: row.get("ts"),
-                body: row.get("body"),
-            })
+            .map(|row| TailEntry { seq: row.get::<i64, _>("seq") as u64, ts_ms: row.get("ts"), body: row.get("body") })
             .collect())
     }
 
@@ -348,14 +350,13 @@ impl Tail for SqliteTail {
     }
 
     async fn state_get(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT field, value FROM tail_state WHERE state_key = $1 AND expires_at > $2 ORDER BY field",
-        )
-        .bind(key)
-        .bind(now_ms())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(failed)?;
+        let rows =
+            sqlx::query("SELECT field, value FROM tail_state WHERE state_key = $1 AND expires_at > $2 ORDER BY field")
+                .bind(key)
+                .bind(now_ms())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(failed)?;
         Ok(rows.into_iter().map(|row| (row.get("field"), row.get("value"))).collect())
     }
 }

@@ -161,12 +161,18 @@ pub fn gcra(tat: Option<f64>, now: f64, interval_ms: f64, burst: u32) -> (RateDe
     let tat = tat.unwrap_or(now).max(now);
     if tat - now > tolerance {
         let retry = (tat - now - tolerance).ceil() as u64;
-        let decision = RateDecision { allowed: false, remaining: 0, retry_after_ms: retry.max(1), reset_ms: (tat - now).ceil() as u64 };
+        let decision = RateDecision {
+            allowed: false,
+            remaining: 0,
+            retry_after_ms: retry.max(1),
+            reset_ms: (tat - now).ceil() as u64,
+        };
         return (decision, tat);
     }
     let new_tat = tat + interval_ms;
     let remaining = ((now + tolerance - (new_tat - interval_ms)) / interval_ms).floor().max(0.0) as u32;
-    let decision = RateDecision { allowed: true, remaining, retry_after_ms: 0, reset_ms: (new_tat - now).ceil() as u64 };
+    let decision =
+        RateDecision { allowed: true, remaining, retry_after_ms: 0, reset_ms: (new_tat - now).ceil() as u64 };
     (decision, new_tat)
 }
 

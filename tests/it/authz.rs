@@ -44,28 +44,92 @@ async fn the_authorization_matrix_holds() {
             ("no key", None, Some(&alice), Method::POST, &send, 401, "missing_api_key"),
             ("garbage key", Some("msgd_sk_nope"), Some(&alice), Method::POST, &send, 401, "invalid_api_key"),
             ("admin acts as the app", Some(&api.admin_key), None, Method::POST, &send, 201, ""),
-            ("admin sees a missing conversation as missing", Some(&api.admin_key), None, Method::GET, &get_missing, 404, "not_found"),
+            (
+                "admin sees a missing conversation as missing",
+                Some(&api.admin_key),
+                None,
+                Method::GET,
+                &get_missing,
+                404,
+                "not_found",
+            ),
             ("write key needs a user", Some(&api.write_key), None, Method::POST, &send, 401, "missing_token"),
             ("owner sends", Some(&api.write_key), Some(&alice), Method::POST, &send, 201, ""),
             ("member sends", Some(&api.write_key), Some(&bob), Method::POST, &send, 201, ""),
             ("non-member cannot send", Some(&api.write_key), Some(&carol), Method::POST, &send, 403, "not_member"),
             ("non-member cannot read", Some(&api.write_key), Some(&carol), Method::GET, &get, 403, "not_member"),
-            ("missing looks like not a member", Some(&api.write_key), Some(&carol), Method::GET, &get_missing, 403, "not_member"),
-            ("missing send looks the same", Some(&api.write_key), Some(&alice), Method::POST, &send_missing, 403, "not_member"),
-            ("non-member cannot see receipts", Some(&api.read_key), Some(&carol), Method::GET, &receipts, 403, "not_member"),
+            (
+                "missing looks like not a member",
+                Some(&api.write_key),
+                Some(&carol),
+                Method::GET,
+                &get_missing,
+                403,
+                "not_member",
+            ),
+            (
+                "missing send looks the same",
+                Some(&api.write_key),
+                Some(&alice),
+                Method::POST,
+                &send_missing,
+                403,
+                "not_member",
+            ),
+            (
+                "non-member cannot see receipts",
+                Some(&api.read_key),
+                Some(&carol),
+                Method::GET,
+                &receipts,
+                403,
+                "not_member",
+            ),
             ("read key reads", Some(&api.read_key), Some(&bob), Method::GET, &get, 200, ""),
             ("read key cannot send", Some(&api.read_key), Some(&alice), Method::POST, &send, 403, "insufficient_scope"),
-            ("read key cannot add members", Some(&api.read_key), Some(&alice), Method::PUT, &add_dave, 403, "insufficient_scope"),
+            (
+                "read key cannot add members",
+                Some(&api.read_key),
+                Some(&alice),
+                Method::PUT,
+                &add_dave,
+                403,
+                "insufficient_scope",
+            ),
             ("member is not an owner", Some(&api.write_key), Some(&bob), Method::PUT, &add_dave, 403, "not_owner"),
             ("owner adds a member", Some(&api.write_key), Some(&alice), Method::PUT, &add_dave, 201, ""),
             ("admin manages members", Some(&api.admin_key), None, Method::PUT, &add_dave, 200, ""),
             ("revoked key", Some(&revoked), Some(&alice), Method::POST, &send, 401, "key_revoked"),
             ("rotated key within its grace", Some(&in_grace), Some(&alice), Method::POST, &send, 201, ""),
             ("rotated key after its grace", Some(&after_grace), Some(&alice), Method::POST, &send, 401, "key_expired"),
-            ("another app's key with this app's user token", Some(&other_write), Some(&alice), Method::POST, &send, 401, "wrong_audience"),
-            ("another app's admin cannot see this app's conversation", Some(&other_admin), None, Method::GET, &get, 404, "not_found"),
+            (
+                "another app's key with this app's user token",
+                Some(&other_write),
+                Some(&alice),
+                Method::POST,
+                &send,
+                401,
+                "wrong_audience",
+            ),
+            (
+                "another app's admin cannot see this app's conversation",
+                Some(&other_admin),
+                None,
+                Method::GET,
+                &get,
+                404,
+                "not_found",
+            ),
             ("another app's admin cannot write to it", Some(&other_admin), None, Method::POST, &send, 404, "not_found"),
-            ("a bearer that is not a token", Some(&api.write_key), Some("not-a-token"), Method::GET, "/v1/conversations", 401, "invalid_token"),
+            (
+                "a bearer that is not a token",
+                Some(&api.write_key),
+                Some("not-a-token"),
+                Method::GET,
+                "/v1/conversations",
+                401,
+                "invalid_token",
+            ),
         ];
         let body = json!({"payload": {"text": "hi"}});
         let mut failures = Vec::new();
@@ -81,7 +145,10 @@ async fn the_authorization_matrix_holds() {
         // Refusals are counted by reason.
         let metrics = api.client.get(api.msgd.url("/metrics")).send().await.unwrap().text().await.unwrap();
         for reason in ["missing_api_key", "not_member", "insufficient_scope", "key_revoked", "key_expired"] {
-            assert!(metrics.contains(&format!("msgd_auth_failures_total{{reason=\"{reason}\"}}")), "{reason} not counted");
+            assert!(
+                metrics.contains(&format!("msgd_auth_failures_total{{reason=\"{reason}\"}}")),
+                "{reason} not counted"
+            );
         }
         // Listing shows only the caller's conversations; an admin sees the app's.
         let listed = api.request(Method::GET, "/v1/conversations", Some(&api.read_key), Some(&carol), None, &[]).await;
@@ -119,13 +186,15 @@ async fn a_revoked_key_is_refused_everywhere_within_the_cache_period() {
         let other = (backend == crate::support::Backend::Services).then(|| api.second_instance());
         let instances: Vec<&crate::support::Msgd> = std::iter::once(&api.msgd).chain(other.as_ref()).collect();
         for msgd in &instances {
-            let reply = api.request_to(msgd, Method::GET, "/v1/conversations", Some(&key), Some(&alice), None, &[]).await;
+            let reply =
+                api.request_to(msgd, Method::GET, "/v1/conversations", Some(&key), Some(&alice), None, &[]).await;
             assert_eq!(reply.status, 200, "the key works (and is now cached)");
         }
         assert_eq!(api.env.run(&["keys", "revoke", &key_id], "").code, 0);
         for msgd in &instances {
             let refused = crate::support::eventually(std::time::Duration::from_secs(7), async || {
-                let reply = api.request_to(msgd, Method::GET, "/v1/conversations", Some(&key), Some(&alice), None, &[]).await;
+                let reply =
+                    api.request_to(msgd, Method::GET, "/v1/conversations", Some(&key), Some(&alice), None, &[]).await;
                 reply.status == 401 && reply.code() == "key_revoked"
             })
             .await;

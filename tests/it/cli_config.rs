@@ -141,7 +141,16 @@ fn secrets_are_never_printed() {
     let out = msgd(&["--config", &path, "config"], &[]);
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("s3.secret_access_key") && !out.stderr.contains("12345"), "{}", out.stderr);
-    let out = msgd(&["config"], &[("MSGD_POSTGRES__URL", "mysql://u:pg-hunter2@h/db"), ("MSGD_REDIS__URL", "redis://h"), ("MSGD_S3__BUCKET", "b-1"), ("MSGD_S3__ACCESS_KEY_ID", "a"), ("MSGD_S3__SECRET_ACCESS_KEY", "s")]);
+    let out = msgd(
+        &["config"],
+        &[
+            ("MSGD_POSTGRES__URL", "mysql://u:pg-hunter2@h/db"),
+            ("MSGD_REDIS__URL", "redis://h"),
+            ("MSGD_S3__BUCKET", "b-1"),
+            ("MSGD_S3__ACCESS_KEY_ID", "a"),
+            ("MSGD_S3__SECRET_ACCESS_KEY", "s"),
+        ],
+    );
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("postgres.url") && !out.stderr.contains("pg-hunter2"), "{}", out.stderr);
 }

@@ -11,7 +11,15 @@ use crate::support::backends;
 const TOTAL: u64 = 10_000;
 
 async fn history(api: &Api, token: &str, conversation: &str, query: &str) -> crate::api::Reply {
-    api.request(Method::GET, &format!("/v1/conversations/{conversation}/messages?{query}"), Some(&api.read_key), Some(token), None, &[]).await
+    api.request(
+        Method::GET,
+        &format!("/v1/conversations/{conversation}/messages?{query}"),
+        Some(&api.read_key),
+        Some(token),
+        None,
+        &[],
+    )
+    .await
 }
 
 /// Walks every page of a query; returns the seqs in the order received.
@@ -32,7 +40,9 @@ async fn send_batches(api: &Api, token: &str, conversation: &str, count: u64) {
     for start in (0..count).step_by(100) {
         let messages: Vec<Value> = (start..(start + 100).min(count)).map(|n| json!({"payload": {"n": n}})).collect();
         let path = format!("/v1/conversations/{conversation}/messages/batch");
-        let reply = api.request(Method::POST, &path, Some(&api.write_key), Some(token), Some(&json!({"messages": messages})), &[]).await;
+        let reply = api
+            .request(Method::POST, &path, Some(&api.write_key), Some(token), Some(&json!({"messages": messages})), &[])
+            .await;
         assert_eq!(reply.status, 200, "{}", reply.body);
     }
 }
@@ -55,31 +65,46 @@ async fn history_walks_across_the_tail_and_segments_exactly_once() {
         }
         let stores = api.stores().await;
         let conv = api.conv_key(&conversation);
-        assert_eq!(stores.tail.read(&conv, 0, 1).await.unwrap()[0].seq, 9001, "{backend:?}: seqs up to 9000 live only in segments");
+        assert_eq!(
+            stores.tail.read(&conv, 0, 1).await.unwrap()[0].seq,
+            9001,
+            "{backend:?}: seqs up to 9000 live only in segments"
+        );
 
         let all: Vec<u64> = (1..=TOTAL).collect();
         for limit in [37, 200, 500] {
-            assert_eq!(walk(&api, &alice, &conversation, &format!("limit={limit}")).await, all, "{backend:?} asc limit {limit}");
+            assert_eq!(
+                walk(&api, &alice, &conversation, &format!("limit={limit}")).await,
+                all,
+                "{backend:?} asc limit {limit}"
+            );
             let mut desc = all.clone();
             desc.reverse();
-            assert_eq!(walk(&api, &alice, &conversation, &format!("limit={limit}&order=desc")).await, desc, "{backend:?} desc limit {limit}");
+            assert_eq!(
+                walk(&api, &alice, &conversation, &format!("limit={limit}&order=desc")).await,
+                desc,
+                "{backend:?} desc limit {limit}"
+            );
         }
 
         // Seq ranges across the boundary, both directions.
         let page = history(&api, &alice, &conversation, "after_seq=8990&limit=20").await;
-        let seqs: Vec<u64> = page.body["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+        let seqs: Vec<u64> =
+            page.body["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
         assert_eq!(seqs, (8991..=9010).collect::<Vec<_>>());
         let seqs = walk(&api, &alice, &conversation, "after_seq=2990&before_seq=3012&limit=7").await;
         assert_eq!(seqs, (2991..=3011).collect::<Vec<_>>(), "{backend:?}: bounded walk across a block boundary");
         let page = history(&api, &alice, &conversation, "before_seq=9005&order=desc&limit=10").await;
-        let seqs: Vec<u64> = page.body["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+        let seqs: Vec<u64> =
+            page.body["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
         assert_eq!(seqs, (8995..=9004).rev().collect::<Vec<_>>());
         assert_eq!(page.body["messages"][0]["payload"]["n"], 9003 - 6000, "envelopes come back whole");
 
         // Time ranges: exactly the messages whose ts is inside, from segments and tail alike.
         let every = walk_envelopes(&api, &alice, &conversation).await;
         for (from_seq, to_seq) in [(4000, 4100), (8950, 9050)] {
-            let (from_ts, to_ts) = (every[from_seq - 1]["ts"].as_i64().unwrap(), every[to_seq - 1]["ts"].as_i64().unwrap());
+            let (from_ts, to_ts) =
+                (every[from_seq - 1]["ts"].as_i64().unwrap(), every[to_seq - 1]["ts"].as_i64().unwrap());
             let expected: Vec<u64> = every
                 .iter()
                 .filter(|m| (from_ts..=to_ts).contains(&m["ts"].as_i64().unwrap()))
@@ -89,7 +114,9 @@ async fn history_walks_across_the_tail_and_segments_exactly_once() {
             assert_eq!(got, expected, "{backend:?}: ts range {from_ts}..={to_ts}");
             let mut reversed = expected.clone();
             reversed.reverse();
-            let got = walk(&api, &alice, &conversation, &format!("from_ts={from_ts}&to_ts={to_ts}&limit=64&order=desc")).await;
+            let got =
+                walk(&api, &alice, &conversation, &format!("from_ts={from_ts}&to_ts={to_ts}&limit=64&order=desc"))
+                    .await;
             assert_eq!(got, reversed);
         }
 
@@ -99,7 +126,8 @@ async fn history_walks_across_the_tail_and_segments_exactly_once() {
         assert_eq!((refused.status, refused.code()), (403, "not_member"));
         let missing = history(&api, &carol, &uuid::Uuid::now_v7().to_string(), "limit=5").await;
         assert_eq!((missing.status, missing.code()), (403, "not_member"), "a missing conversation looks the same");
-        let cursor = history(&api, &alice, &conversation, "limit=5").await.body["next_cursor"].as_str().unwrap().to_string();
+        let cursor =
+            history(&api, &alice, &conversation, "limit=5").await.body["next_cursor"].as_str().unwrap().to_string();
         let mut tampered = cursor.clone().into_bytes();
         tampered[3] = if tampered[3] == b'A' { b'B' } else { b'A' };
         let tampered = String::from_utf8(tampered).unwrap();
@@ -116,7 +144,12 @@ async fn history_walks_across_the_tail_and_segments_exactly_once() {
         assert_eq!((bad.status, bad.code()), (400, "invalid_request"));
 
         let metrics = reqwest::get(api.msgd.url("/metrics")).await.unwrap().text().await.unwrap();
-        for name in [r#"msgd_history_requests_total{source="segments"}"#, r#"msgd_history_requests_total{source="tail"}"#, "msgd_block_cache_hits_total", "msgd_history_duration_seconds_count"] {
+        for name in [
+            r#"msgd_history_requests_total{source="segments"}"#,
+            r#"msgd_history_requests_total{source="tail"}"#,
+            "msgd_block_cache_hits_total",
+            "msgd_history_duration_seconds_count",
+        ] {
             assert!(metrics.contains(name), "{name} missing");
         }
     }
@@ -151,7 +184,12 @@ async fn messages_past_retention_are_never_returned() {
         for n in 0..5 {
             let envelope = json!({"v": 1, "id": uuid::Uuid::now_v7().to_string(), "conversation_id": conversation, "ts": old_ts + n,
                                   "sender": {"kind": "user", "id": "alice"}, "payload": {"old": n}, "attachments": []});
-            let request = AppendRequest { conv: conv.clone(), ts_ms: old_ts + n, body: serde_json::to_vec(&envelope).unwrap(), idempotency: None };
+            let request = AppendRequest {
+                conv: conv.clone(),
+                ts_ms: old_ts + n,
+                body: serde_json::to_vec(&envelope).unwrap(),
+                idempotency: None,
+            };
             assert!(matches!(stores.tail.append(&request).await.unwrap(), AppendOutcome::Appended(_)));
         }
         for n in 0..3 {

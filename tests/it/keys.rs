@@ -33,7 +33,8 @@ async fn lifecycle_through_the_domain_api() {
         assert_eq!(keys::authenticate(meta, &writer.key, T0).await.unwrap().scope, Scope::Write);
 
         // Rotate with a 24 h grace: both keys work inside it, only the new one after.
-        let (rotated, old_valid_until) = keys::rotate_key(meta, &writer.info.id, Duration::from_secs(24 * 3600), T0 + HOUR).await.unwrap();
+        let (rotated, old_valid_until) =
+            keys::rotate_key(meta, &writer.info.id, Duration::from_secs(24 * 3600), T0 + HOUR).await.unwrap();
         assert_eq!(old_valid_until, T0 + 25 * HOUR);
         assert_eq!(rotated.info.scope, Scope::Write);
         assert_eq!(rotated.info.name.as_deref(), Some("backend"));
@@ -60,7 +61,8 @@ async fn lifecycle_through_the_domain_api() {
         assert_eq!(rejected(keys::authenticate(meta, "Bearer something", T0).await), KeyRejection::Malformed);
 
         // Expiring keys.
-        let temp = keys::create_key(meta, &app.id, Scope::Read, None, Some(Duration::from_secs(60)), T0 + 2).await.unwrap();
+        let temp =
+            keys::create_key(meta, &app.id, Scope::Read, None, Some(Duration::from_secs(60)), T0 + 2).await.unwrap();
         assert!(temp.key.starts_with("msgd_pk_"));
         keys::authenticate(meta, &temp.key, T0 + 2 + 59_000).await.unwrap();
         assert_eq!(rejected(keys::authenticate(meta, &temp.key, T0 + 2 + 60_000).await), KeyRejection::Expired);
@@ -74,7 +76,10 @@ async fn lifecycle_through_the_domain_api() {
         assert!(listed[0].last_used_at.is_some(), "use is recorded");
         let other_app = keys::create_app(meta, "other", T0).await.unwrap().0;
         assert!(keys::list_keys(meta, Some(&other_app.id)).await.unwrap().len() == 1);
-        assert!(matches!(keys::create_key(meta, "app_missing", Scope::Read, None, None, T0).await, Err(KeyError::NoSuchApp(_))));
+        assert!(matches!(
+            keys::create_key(meta, "app_missing", Scope::Read, None, None, T0).await,
+            Err(KeyError::NoSuchApp(_))
+        ));
     }
 }
 

@@ -11,7 +11,23 @@ async fn load_send_reports_what_it_sent() {
         let base_url = format!("http://{}", api.msgd.addr);
         for (batch, concurrency) in [("1", "4"), ("10", "2")] {
             let out = api.env.run(
-                &["load", "send", "--base-url", &base_url, "--api-key", &api.admin_key, "--count", "105", "--concurrency", concurrency, "--batch", batch, "--users", "3", "--json"],
+                &[
+                    "load",
+                    "send",
+                    "--base-url",
+                    &base_url,
+                    "--api-key",
+                    &api.admin_key,
+                    "--count",
+                    "105",
+                    "--concurrency",
+                    concurrency,
+                    "--batch",
+                    batch,
+                    "--users",
+                    "3",
+                    "--json",
+                ],
                 "",
             );
             assert_eq!(out.code, 0, "{backend:?}: {}", out.stderr);
@@ -22,7 +38,9 @@ async fn load_send_reports_what_it_sent() {
             assert!(report["latency_ms_p99"].as_f64().unwrap() >= report["latency_ms_p50"].as_f64().unwrap());
         }
         // A server without dev tokens is a clear failure, not a hang.
-        let out = api.env.run(&["load", "send", "--base-url", &base_url, "--api-key", "msgd_sk_bad", "--count", "1", "--json"], "");
+        let out = api
+            .env
+            .run(&["load", "send", "--base-url", &base_url, "--api-key", "msgd_sk_bad", "--count", "1", "--json"], "");
         assert_eq!(out.code, 1);
         assert!(out.stderr.contains("dev token"), "{}", out.stderr);
     }
@@ -32,20 +50,71 @@ async fn load_send_reports_what_it_sent() {
 async fn load_history_and_ws_fanout_report_what_they_did() {
     let api = Api::start(crate::support::Backend::Embedded).await;
     let base_url = format!("http://{}", api.msgd.addr);
-    let sent = api.env.run(&["load", "send", "--base-url", &base_url, "--api-key", &api.admin_key, "--count", "120", "--users", "2", "--json"], "");
+    let sent = api.env.run(
+        &[
+            "load",
+            "send",
+            "--base-url",
+            &base_url,
+            "--api-key",
+            &api.admin_key,
+            "--count",
+            "120",
+            "--users",
+            "2",
+            "--json",
+        ],
+        "",
+    );
     assert_eq!(sent.code, 0, "{}", sent.stderr);
     let conversation = sent.json()["conversation_id"].as_str().unwrap().to_string();
     let out = api.env.run(
-        &["load", "history", "--base-url", &base_url, "--api-key", &api.admin_key, "--conversation-id", &conversation, "--requests", "20", "--limit", "10", "--after-to", "100", "--json"],
+        &[
+            "load",
+            "history",
+            "--base-url",
+            &base_url,
+            "--api-key",
+            &api.admin_key,
+            "--conversation-id",
+            &conversation,
+            "--requests",
+            "20",
+            "--limit",
+            "10",
+            "--after-to",
+            "100",
+            "--json",
+        ],
         "",
     );
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!((out.json()["requests"].as_u64(), out.json()["errors"].as_u64()), (Some(20), Some(0)));
     let out = api.env.run(
-        &["load", "ws-fanout", "--base-url", &base_url, "--api-key", &api.admin_key, "--clients", "6", "--conversations", "3", "--messages", "5", "--rate", "200", "--json"],
+        &[
+            "load",
+            "ws-fanout",
+            "--base-url",
+            &base_url,
+            "--api-key",
+            &api.admin_key,
+            "--clients",
+            "6",
+            "--conversations",
+            "3",
+            "--messages",
+            "5",
+            "--rate",
+            "200",
+            "--json",
+        ],
         "",
     );
     assert_eq!(out.code, 0, "{}", out.stderr);
     let report = out.json();
-    assert_eq!((report["messages_sent"].as_u64(), report["frames_received"].as_u64()), (Some(15), Some(30)), "{report}");
+    assert_eq!(
+        (report["messages_sent"].as_u64(), report["frames_received"].as_u64()),
+        (Some(15), Some(30)),
+        "{report}"
+    );
 }

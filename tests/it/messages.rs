@@ -56,8 +56,12 @@ async fn concurrent_senders_get_gap_free_seqs_in_their_send_order() {
         for (expected, entry) in (1u64..).zip(&entries) {
             assert_eq!(entry.seq, expected);
             let envelope: Value = serde_json::from_slice(&entry.body).unwrap();
-            let (sender, n) = (envelope["payload"]["sender"].as_u64().unwrap(), envelope["payload"]["n"].as_i64().unwrap());
-            assert!(last_n.insert(sender, n).is_none_or(|previous| previous < n), "{backend:?}: sender {sender} out of order");
+            let (sender, n) =
+                (envelope["payload"]["sender"].as_u64().unwrap(), envelope["payload"]["n"].as_i64().unwrap());
+            assert!(
+                last_n.insert(sender, n).is_none_or(|previous| previous < n),
+                "{backend:?}: sender {sender} out of order"
+            );
         }
     }
 }
@@ -95,7 +99,10 @@ async fn a_retry_storm_writes_each_message_once() {
         }
         assert_eq!((created, replayed), (MESSAGES, 2 * MESSAGES), "{backend:?}");
         for (n, answers) in envelopes {
-            assert!(answers.iter().all(|a| a == &answers[0]), "{backend:?}: message {n} answered with different envelopes");
+            assert!(
+                answers.iter().all(|a| a == &answers[0]),
+                "{backend:?}: message {n} answered with different envelopes"
+            );
         }
         let stores = api.stores().await;
         assert_eq!(stores.tail.last_seq(&api.conv_key(&conversation)).await.unwrap(), Some(MESSAGES as u64));
@@ -105,8 +112,26 @@ async fn a_retry_storm_writes_each_message_once() {
         assert_eq!((reused.status, reused.code()), (422, "idempotency_key_reused"));
         let path = format!("/v1/conversations/{conversation}/messages");
         let body = json!({"payload": {"via": "header"}});
-        let first = api.request(Method::POST, &path, Some(&api.write_key), Some(&token), Some(&body), &[("idempotency-key", "h-1")]).await;
-        let again = api.request(Method::POST, &path, Some(&api.write_key), Some(&token), Some(&body), &[("idempotency-key", "h-1")]).await;
+        let first = api
+            .request(
+                Method::POST,
+                &path,
+                Some(&api.write_key),
+                Some(&token),
+                Some(&body),
+                &[("idempotency-key", "h-1")],
+            )
+            .await;
+        let again = api
+            .request(
+                Method::POST,
+                &path,
+                Some(&api.write_key),
+                Some(&token),
+                Some(&body),
+                &[("idempotency-key", "h-1")],
+            )
+            .await;
         assert_eq!((first.status, again.status), (201, 200));
         assert_eq!(first.body, again.body);
     }
@@ -145,14 +170,29 @@ async fn bad_bodies_are_refused_with_codes_and_nothing_is_written() {
         let cases: Vec<(&str, Value, u16, &str)> = vec![
             ("no payload", json!({}), 400, "invalid_payload"),
             ("null payload", json!({"payload": null}), 400, "invalid_payload"),
-            ("both payloads", json!({"payload": 1, "payload_base64": "AA==", "content_type": "a/b"}), 400, "invalid_payload"),
+            (
+                "both payloads",
+                json!({"payload": 1, "payload_base64": "AA==", "content_type": "a/b"}),
+                400,
+                "invalid_payload",
+            ),
             ("too large", json!({"payload": {"text": big}}), 413, "payload_too_large"),
-            ("too large binary", json!({"payload_base64": base64_of(&[0u8; 2000]), "content_type": "application/octet-stream"}), 413, "payload_too_large"),
+            (
+                "too large binary",
+                json!({"payload_base64": base64_of(&[0u8; 2000]), "content_type": "application/octet-stream"}),
+                413,
+                "payload_too_large",
+            ),
             ("not base64", json!({"payload_base64": "***", "content_type": "a/b"}), 400, "invalid_payload"),
             ("binary without type", json!({"payload_base64": "AA=="}), 400, "invalid_content_type"),
             ("unknown field", json!({"payload": 1, "colour": "red"}), 400, "invalid_request"),
             ("wrong type", json!({"payload": 1, "attachments": "none"}), 400, "invalid_request"),
-            ("bad attachment", json!({"payload": 1, "attachments": [{"key": "k", "content_type": "image/png", "size": 3, "sha256": "nothex"}]}), 400, "invalid_attachments"),
+            (
+                "bad attachment",
+                json!({"payload": 1, "attachments": [{"key": "k", "content_type": "image/png", "size": 3, "sha256": "nothex"}]}),
+                400,
+                "invalid_attachments",
+            ),
             ("long client id", json!({"payload": 1, "client_msg_id": "c".repeat(256)}), 400, "invalid_client_msg_id"),
             ("control char id", json!({"payload": 1, "client_msg_id": "a\u{7}b"}), 400, "invalid_client_msg_id"),
         ];
@@ -160,22 +200,37 @@ async fn bad_bodies_are_refused_with_codes_and_nothing_is_written() {
             let reply = api.request(Method::POST, &path, Some(&api.write_key), Some(&token), Some(&body), &[]).await;
             assert_eq!((reply.status, reply.code()), (status, code), "{backend:?} {name}: {}", reply.body);
         }
-        let raw = api.client.post(api.msgd.url(&path)).header("x-api-key", &api.write_key).header("authorization", format!("Bearer {token}")).header("content-type", "application/json").body("{not json").send().await.unwrap();
+        let raw = api
+            .client
+            .post(api.msgd.url(&path))
+            .header("x-api-key", &api.write_key)
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body("{not json")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(raw.status().as_u16(), 400);
         let good = json!({"payload": 1, "attachments": [{"key": "attachments/x", "content_type": "image/png", "size": 3, "sha256": "a".repeat(64)}]});
         assert_eq!(api.send(&token, &conversation, &good).await.status, 201);
         let stores = api.stores().await;
-        assert_eq!(stores.tail.last_seq(&api.conv_key(&conversation)).await.unwrap(), Some(1), "{backend:?}: refusals wrote nothing");
+        assert_eq!(
+            stores.tail.last_seq(&api.conv_key(&conversation)).await.unwrap(),
+            Some(1),
+            "{backend:?}: refusals wrote nothing"
+        );
 
         let batch_path = format!("{path}/batch");
         let batch = json!({"messages": [{"payload": 2}, {"payload": {"text": big}}, {"nope": 1}, {"payload": 3}]});
         let reply = api.request(Method::POST, &batch_path, Some(&api.write_key), Some(&token), Some(&batch), &[]).await;
         assert_eq!(reply.status, 200, "{}", reply.body);
-        let statuses: Vec<_> = reply.body["results"].as_array().unwrap().iter().map(|r| r["status"].as_u64().unwrap()).collect();
+        let statuses: Vec<_> =
+            reply.body["results"].as_array().unwrap().iter().map(|r| r["status"].as_u64().unwrap()).collect();
         assert_eq!(statuses, [201, 413, 400, 201]);
         assert_eq!(reply.body["results"][3]["message"]["seq"], 3);
         let too_many = json!({"messages": vec![json!({"payload": 1}); 101]});
-        let reply = api.request(Method::POST, &batch_path, Some(&api.write_key), Some(&token), Some(&too_many), &[]).await;
+        let reply =
+            api.request(Method::POST, &batch_path, Some(&api.write_key), Some(&token), Some(&too_many), &[]).await;
         assert_eq!((reply.status, reply.code()), (400, "invalid_batch"));
     }
 }
@@ -189,13 +244,15 @@ fn base64_of(bytes: &[u8]) -> String {
 async fn rate_limits_answer_429_with_retry_after_and_ratelimit_fields() {
     for backend in backends() {
         // One message per 10 s after a burst of 5: no refill can happen while the test runs.
-        let api = Api::start_with(backend, &[("MSGD_LIMITS__USER_RATE", "0.1"), ("MSGD_LIMITS__USER_BURST", "5")]).await;
+        let api =
+            Api::start_with(backend, &[("MSGD_LIMITS__USER_RATE", "0.1"), ("MSGD_LIMITS__USER_BURST", "5")]).await;
         let token = api.token("alice").await;
         let conversation = api.conversation(&token, &[]).await;
         let mut statuses = Vec::new();
         let mut refused = None;
         for n in 0..8 {
-            let reply = api.send(&token, &conversation, &json!({"payload": n, "client_msg_id": format!("r-{n}")})).await;
+            let reply =
+                api.send(&token, &conversation, &json!({"payload": n, "client_msg_id": format!("r-{n}")})).await;
             statuses.push(reply.status);
             if reply.status == 429 {
                 refused.get_or_insert(reply);
@@ -272,7 +329,8 @@ async fn messages_and_receipts_are_published_on_the_live_channel() {
     sink.subscribe(&channel).await.unwrap();
     let sent = api.send(&alice, &conversation, &json!({"payload": {"text": "hello"}})).await;
     let path = format!("/v1/conversations/{conversation}/receipts");
-    api.request(Method::POST, &path, Some(&api.write_key), Some(&alice), Some(&json!({"seq": 1, "kind": "read"})), &[]).await;
+    api.request(Method::POST, &path, Some(&api.write_key), Some(&alice), Some(&json!({"seq": 1, "kind": "read"})), &[])
+        .await;
     use futures::StreamExt;
     let mut payloads = Vec::new();
     for _ in 0..2 {
@@ -307,14 +365,16 @@ async fn a_removed_member_is_refused_within_a_second_on_every_instance() {
         let path = format!("/v1/conversations/{conversation}/messages");
         let body = json!({"payload": "hi"});
         // Bob writes through the other instance, warming its membership cache.
-        let reply = api.request_to(instance, Method::POST, &path, Some(&api.write_key), Some(&bob), Some(&body), &[]).await;
+        let reply =
+            api.request_to(instance, Method::POST, &path, Some(&api.write_key), Some(&bob), Some(&body), &[]).await;
         assert_eq!(reply.status, 201, "{}", reply.body);
 
         let members = format!("/v1/conversations/{conversation}/members/bob");
         let removed = api.request(Method::DELETE, &members, Some(&api.write_key), Some(&alice), None, &[]).await;
         assert_eq!(removed.status, 204, "{}", removed.body);
         let refused = crate::support::eventually(Duration::from_secs(1), async || {
-            let reply = api.request_to(instance, Method::POST, &path, Some(&api.write_key), Some(&bob), Some(&body), &[]).await;
+            let reply =
+                api.request_to(instance, Method::POST, &path, Some(&api.write_key), Some(&bob), Some(&body), &[]).await;
             reply.status == 403 && reply.code() == "not_member"
         })
         .await;
@@ -323,7 +383,10 @@ async fn a_removed_member_is_refused_within_a_second_on_every_instance() {
         let added = api.request(Method::PUT, &members, Some(&api.write_key), Some(&alice), None, &[]).await;
         assert_eq!(added.status, 201);
         let allowed = crate::support::eventually(Duration::from_secs(1), async || {
-            api.request_to(instance, Method::POST, &path, Some(&api.write_key), Some(&bob), Some(&body), &[]).await.status == 201
+            api.request_to(instance, Method::POST, &path, Some(&api.write_key), Some(&bob), Some(&body), &[])
+                .await
+                .status
+                == 201
         })
         .await;
         assert!(allowed, "{backend:?}");

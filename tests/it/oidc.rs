@@ -77,10 +77,8 @@ impl RsaKey {
 }
 
 fn openssl(args: &[&str]) -> String {
-    let output = Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("run the openssl tool (it generates the test RSA keys)");
+    let output =
+        Command::new("openssl").args(args).output().expect("run the openssl tool (it generates the test RSA keys)");
     assert!(output.status.success(), "openssl {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
     String::from_utf8(output.stdout).expect("openssl prints UTF-8")
 }
@@ -88,10 +86,8 @@ fn openssl(args: &[&str]) -> String {
 /// Big-endian bytes of a hex number, without leading zero bytes.
 fn hex_to_bytes(hex: &str) -> Vec<u8> {
     let hex = if hex.len() % 2 == 1 { format!("0{hex}") } else { hex.to_string() };
-    let bytes: Vec<u8> = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex modulus"))
-        .collect();
+    let bytes: Vec<u8> =
+        (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex modulus")).collect();
     let first = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
     bytes[first..].to_vec()
 }

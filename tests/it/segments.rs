@@ -97,7 +97,11 @@ async fn flushing_indexes_every_seq_once_and_reindex_restores_the_index() {
         // The ticker stays out of the way (1 h); `msgd flush` does the work.
         let api = Api::start_with(backend, &[("MSGD_FLUSH__INTERVAL", "1h"), ("MSGD_FLUSH__HOT_WINDOW", "10")]).await;
         let token = api.token("alice").await;
-        let conversations = vec![api.conversation(&token, &[]).await, api.conversation(&token, &[]).await, api.conversation(&token, &[]).await];
+        let conversations = vec![
+            api.conversation(&token, &[]).await,
+            api.conversation(&token, &[]).await,
+            api.conversation(&token, &[]).await,
+        ];
         let mut sent = BTreeMap::new();
         send_many(&api, &token, &conversations, 50, &mut sent).await;
 
@@ -136,7 +140,9 @@ async fn flushing_indexes_every_seq_once_and_reindex_restores_the_index() {
         assert_eq!(after, before, "{backend:?}: reindexing restores identical block rows");
         assert_history(&api, &sent).await;
 
-        let out = api.env.run(&["inspect-segment", &stores.objects.list("segments/").await.unwrap()[0], "--verify", "--json"], "");
+        let out = api
+            .env
+            .run(&["inspect-segment", &stores.objects.list("segments/").await.unwrap()[0], "--verify", "--json"], "");
         assert_eq!(out.code, 0, "{}", out.stderr);
         assert!(out.json()["problems"].as_array().unwrap().is_empty());
     }
@@ -165,7 +171,10 @@ async fn an_object_store_outage_fails_the_flush_trims_nothing_and_recovers() {
     send_many(&api, &token, std::slice::from_ref(&conversation), 20, &mut sent).await;
     let stores = api.stores().await;
     let conv = api.conv_key(&conversation);
-    let flushed = eventually(Duration::from_secs(15), async || stores.metadata.flushed_seq(&api.app_id, &conversation).await.unwrap() == 20).await;
+    let flushed = eventually(Duration::from_secs(15), async || {
+        stores.metadata.flushed_seq(&api.app_id, &conversation).await.unwrap() == 20
+    })
+    .await;
     assert!(flushed, "{}", api.msgd.log_text());
 
     s3.stop();
@@ -179,11 +188,17 @@ async fn an_object_store_outage_fails_the_flush_trims_nothing_and_recovers() {
     assert_eq!(stores.metadata.flushed_seq(&api.app_id, &conversation).await.unwrap(), 20);
 
     s3.resume();
-    let recovered = eventually(Duration::from_secs(30), async || stores.metadata.flushed_seq(&api.app_id, &conversation).await.unwrap() == 40).await;
+    let recovered = eventually(Duration::from_secs(30), async || {
+        stores.metadata.flushed_seq(&api.app_id, &conversation).await.unwrap() == 40
+    })
+    .await;
     assert!(recovered, "the flush retries once the store is back:\n{}", api.msgd.log_text());
     assert_history(&api, &sent).await;
     let metrics = reqwest::get(api.msgd.url("/metrics")).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains(r#"msgd_flush_ticks_total{result="error"}"#) && metrics.contains(r#"msgd_flush_ticks_total{result="ok"}"#));
+    assert!(
+        metrics.contains(r#"msgd_flush_ticks_total{result="error"}"#)
+            && metrics.contains(r#"msgd_flush_ticks_total{result="ok"}"#)
+    );
     assert!(metrics.contains(r#"msgd_object_store_requests_total{op="put",result="error"}"#), "{metrics}");
 }
 
@@ -251,7 +266,17 @@ async fn two_instances_flushing_at_once_index_every_seq_once() {
         for conversation in &conversations {
             let instance = if n % 2 == 0 { &api.msgd } else { &second };
             let body = json!({"payload": {"n": n}});
-            let reply = api.request_to(instance, reqwest::Method::POST, &path(conversation), Some(&api.write_key), Some(&token), Some(&body), &[]).await;
+            let reply = api
+                .request_to(
+                    instance,
+                    reqwest::Method::POST,
+                    &path(conversation),
+                    Some(&api.write_key),
+                    Some(&token),
+                    Some(&body),
+                    &[],
+                )
+                .await;
             assert_eq!(reply.status, 201, "{}", reply.body);
             sent.insert(conversation.clone(), reply.body["seq"].as_u64().unwrap());
         }
@@ -282,6 +307,10 @@ async fn a_replay_after_the_tail_was_trimmed_answers_from_segments() {
         let stores = api.stores().await;
         assert!(stores.tail.read(&api.conv_key(&conversation), 0, 10).await.unwrap().is_empty(), "trimmed");
         let again = api.send(&token, &conversation, &body).await;
-        assert_eq!((again.status, &again.body), (200, &first.body), "{backend:?}: the original, read back from its segment");
+        assert_eq!(
+            (again.status, &again.body),
+            (200, &first.body),
+            "{backend:?}: the original, read back from its segment"
+        );
     }
 }

@@ -33,7 +33,10 @@ async fn serve_is_ready_and_exports_metrics_by_route_template() {
         assert_eq!(body["error"]["code"], "not_found");
 
         let metrics = reqwest::get(msgd.url("/metrics")).await.unwrap().text().await.unwrap();
-        assert!(metrics.contains(r#"msgd_http_requests_total{method="GET",route="/readyz",status="200"} 1"#), "{metrics}");
+        assert!(
+            metrics.contains(r#"msgd_http_requests_total{method="GET",route="/readyz",status="200"} 1"#),
+            "{metrics}"
+        );
         assert!(metrics.contains(r#"route="unmatched",status="404""#), "unmatched paths share one label");
         assert!(!metrics.contains("123e4567"), "raw paths never become labels");
         assert!(metrics.contains("msgd_http_request_duration_seconds_bucket"));
@@ -66,7 +69,9 @@ async fn outage(env: &TestEnv, dependency: &str, stop: impl FnOnce(), resume: im
     stop();
     let down = eventually(Duration::from_secs(10), async || {
         let (status, body) = get(&msgd.url("/readyz")).await;
-        status == 503 && body["dependencies"][dependency]["ok"] == false && body["dependencies"][dependency]["error"].is_string()
+        status == 503
+            && body["dependencies"][dependency]["ok"] == false
+            && body["dependencies"][dependency]["error"].is_string()
     })
     .await;
     assert!(down, "/readyz did not report {dependency} down:\n{}", msgd.log_text());

@@ -46,9 +46,12 @@ async fn migrations_apply_to_a_fresh_database_and_again_idempotently() {
         for table in TABLES {
             assert!(tables.iter().any(|t| t == table), "{backend:?}: table {table} missing from {tables:?}");
         }
-        let files = std::fs::read_dir(format!("migrations/{}", if backend == Backend::Embedded { "sqlite" } else { "postgres" }))
-            .unwrap()
-            .count() as i64;
+        let files = std::fs::read_dir(format!(
+            "migrations/{}",
+            if backend == Backend::Embedded { "sqlite" } else { "postgres" }
+        ))
+        .unwrap()
+        .count() as i64;
         assert_eq!(migrations, files, "{backend:?}: each migration applied exactly once");
     }
 }
@@ -68,7 +71,12 @@ async fn append(tail: &dyn Tail, request: &AppendRequest) -> AppendOutcome {
 }
 
 fn message(conv: &ConvKey, n: u64) -> AppendRequest {
-    AppendRequest { conv: conv.clone(), ts_ms: 1_790_000_000_000 + n as i64, body: format!("{{\"n\":{n}}}").into_bytes(), idempotency: None }
+    AppendRequest {
+        conv: conv.clone(),
+        ts_ms: 1_790_000_000_000 + n as i64,
+        body: format!("{{\"n\":{n}}}").into_bytes(),
+        idempotency: None,
+    }
 }
 
 #[tokio::test]
@@ -135,7 +143,11 @@ async fn idempotency_replays_and_detects_reuse() {
         assert_eq!(append(stores.tail.as_ref(), &reused).await, AppendOutcome::KeyReused { seq: 1 });
         // Concurrent duplicates: exactly one write.
         let racing = AppendRequest {
-            idempotency: Some(IdempotencyClaim { key: "client-2".into(), fingerprint: "ccc".into(), ttl: Duration::from_secs(60) }),
+            idempotency: Some(IdempotencyClaim {
+                key: "client-2".into(),
+                fingerprint: "ccc".into(),
+                ttl: Duration::from_secs(60),
+            }),
             ..message(&conv, 3)
         };
         let attempts: Vec<_> = (0..8)
@@ -171,11 +183,15 @@ async fn a_lost_counter_is_reseeded_and_never_regresses() {
         assert_eq!(stores.tail.last_seq(&conv).await.unwrap(), None);
         // A flushed history up to 41 (known from metadata) seeds the counter.
         stores.tail.seed_seq(&conv, 41).await.unwrap();
-        assert!(matches!(append(stores.tail.as_ref(), &message(&conv, 1)).await, AppendOutcome::Appended(e) if e.seq == 42));
+        assert!(
+            matches!(append(stores.tail.as_ref(), &message(&conv, 1)).await, AppendOutcome::Appended(e) if e.seq == 42)
+        );
         // Seeding lower never moves it back, and seeding respects what the log holds.
         stores.tail.seed_seq(&conv, 5).await.unwrap();
         assert_eq!(stores.tail.last_seq(&conv).await.unwrap(), Some(42));
-        assert!(matches!(append(stores.tail.as_ref(), &message(&conv, 2)).await, AppendOutcome::Appended(e) if e.seq == 43));
+        assert!(
+            matches!(append(stores.tail.as_ref(), &message(&conv, 2)).await, AppendOutcome::Appended(e) if e.seq == 43)
+        );
         assert_eq!(stores.tail.trim(&conv, 42).await.unwrap(), 1);
         assert_eq!(stores.tail.read(&conv, 0, 10).await.unwrap().iter().map(|e| e.seq).collect::<Vec<_>>(), vec![43]);
     }
@@ -259,7 +275,10 @@ async fn objects_round_trip_with_ranges() {
         objects.put("segments/app_t/2026/11/27/07/a.seg", bytes.clone()).await.unwrap();
         objects.put("segments/app_t/2026/11/27/08/b.seg", b"b".to_vec()).await.unwrap();
         assert_eq!(objects.get("segments/app_t/2026/11/27/07/a.seg").await.unwrap(), bytes);
-        assert_eq!(objects.get_range("segments/app_t/2026/11/27/07/a.seg", 100, 356).await.unwrap(), bytes[100..356].to_vec());
+        assert_eq!(
+            objects.get_range("segments/app_t/2026/11/27/07/a.seg", 100, 356).await.unwrap(),
+            bytes[100..356].to_vec()
+        );
         assert_eq!(
             objects.list("segments/app_t/2026/11/27").await.unwrap(),
             vec!["segments/app_t/2026/11/27/07/a.seg", "segments/app_t/2026/11/27/08/b.seg"]

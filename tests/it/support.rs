@@ -157,12 +157,8 @@ impl Output {
 
 pub fn run_command(mut command: Command, stdin: &str) -> Output {
     use std::io::Write;
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn msgd");
+    let mut child =
+        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn msgd");
     child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
     let output = child.wait_with_output().expect("wait for msgd");
     Output {
@@ -200,9 +196,11 @@ impl Msgd {
         let mut msgd = Msgd { child, addr: String::new(), log };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(addr) = msgd.log_lines().iter().find_map(|line| {
-                (line["message"] == "listening").then(|| line["addr"].as_str().unwrap().to_string())
-            }) {
+            if let Some(addr) = msgd
+                .log_lines()
+                .iter()
+                .find_map(|line| (line["message"] == "listening").then(|| line["addr"].as_str().unwrap().to_string()))
+            {
                 msgd.addr = addr;
                 return msgd;
             }

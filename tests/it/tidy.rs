@@ -46,7 +46,11 @@ fn nothing_below_the_cli_reads_the_environment() {
     for path in rust_files(Path::new("src")) {
         let source = std::fs::read_to_string(&path).unwrap();
         for call in ["std::env::var", "env::var(", "env::vars("] {
-            assert!(!source.contains(call), "{} reads the environment ({call}); pass config in instead", path.display());
+            assert!(
+                !source.contains(call),
+                "{} reads the environment ({call}); pass config in instead",
+                path.display()
+            );
         }
     }
 }
@@ -63,7 +67,11 @@ fn the_cli_does_not_hold_domain_rules() {
 
 #[test]
 fn every_module_opens_with_a_doc_paragraph() {
-    for path in rust_files(Path::new("src")).into_iter().chain(rust_files(Path::new("cli"))).chain(rust_files(Path::new("tests"))) {
+    for path in rust_files(Path::new("src"))
+        .into_iter()
+        .chain(rust_files(Path::new("cli")))
+        .chain(rust_files(Path::new("tests")))
+    {
         let source = std::fs::read_to_string(&path).unwrap();
         assert!(source.starts_with("//!"), "{} must open with a `//!` paragraph saying what it owns", path.display());
     }
@@ -72,7 +80,8 @@ fn every_module_opens_with_a_doc_paragraph() {
 #[test]
 fn the_openapi_document_lists_every_route() {
     let router = std::fs::read_to_string("src/http/mod.rs").unwrap();
-    let document: serde_json::Value = serde_json::from_str(&std::fs::read_to_string("src/http/openapi.json").unwrap()).unwrap();
+    let document: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string("src/http/openapi.json").unwrap()).unwrap();
     let paths = document["paths"].as_object().expect("paths");
     let mut routes = 0;
     for line in router.lines().filter(|l| l.trim_start().starts_with(".route(\"")) {

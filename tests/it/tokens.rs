@@ -127,7 +127,12 @@ async fn tokens_are_accepted_or_refused_with_a_precise_code() {
     let cases: Vec<Case> = vec![
         ("valid", bearer(&issuer.token("alice")), 200, ""),
         ("alg none", bearer(&unsigned(&kid, &claims)), 401, "invalid_token"),
-        ("HS256 keyed with the public key", bearer(&hs256_with_public_key(issuer, &kid, &claims)), 401, "invalid_token"),
+        (
+            "HS256 keyed with the public key",
+            bearer(&hs256_with_public_key(issuer, &kid, &claims)),
+            401,
+            "invalid_token",
+        ),
         ("unknown kid", bearer(&attacker.sign(rs256_header(&attacker.kid()), &claims)), 401, "invalid_token"),
         ("published kid, unpublished key", bearer(&attacker.sign(rs256_header(&kid), &claims)), 401, "invalid_token"),
         ("path in kid", bearer(&issuer.sign(rs256_header("../../etc/passwd"), &claims)), 401, "invalid_token"),
@@ -213,9 +218,8 @@ async fn unknown_kids_cannot_make_msgd_hammer_the_issuer() {
 
     let attacker = TestIssuer::start("msgd").await;
     let claims = d.issuer.claims("alice", Value::Null);
-    let tokens: Vec<String> = (0..20)
-        .map(|_| attacker.sign(rs256_header(&uuid::Uuid::new_v4().simple().to_string()), &claims))
-        .collect();
+    let tokens: Vec<String> =
+        (0..20).map(|_| attacker.sign(rs256_header(&uuid::Uuid::new_v4().simple().to_string()), &claims)).collect();
     // All at once: concurrent misses must not each trigger a fetch either.
     let answers = futures::future::join_all(tokens.iter().map(|token| d.send_token(token))).await;
     for answer in &answers {

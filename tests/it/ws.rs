@@ -18,7 +18,9 @@ use crate::wsclient::{Client, Next};
 async fn reconnecting_clients_receive_every_message_once_in_order() {
     const MESSAGES: u64 = 1500;
     for backend in backends() {
-        let api = Arc::new(Api::start_with(backend, &[("MSGD_FLUSH__INTERVAL", "1h"), ("MSGD_FLUSH__HOT_WINDOW", "5")]).await);
+        let api = Arc::new(
+            Api::start_with(backend, &[("MSGD_FLUSH__INTERVAL", "1h"), ("MSGD_FLUSH__HOT_WINDOW", "5")]).await,
+        );
         let alice = api.token("alice").await;
         let bob = api.token("bob").await;
         let conversation = api.conversation(&alice, &["bob"]).await;
@@ -53,7 +55,9 @@ async fn reconnecting_clients_receive_every_message_once_in_order() {
             let take = 1 + rng % 150;
             for _ in 0..take {
                 match client.next(Duration::from_secs(10)).await {
-                    Next::Frame(frame) if frame["op"] == "message" => received.push(frame["message"]["seq"].as_u64().unwrap()),
+                    Next::Frame(frame) if frame["op"] == "message" => {
+                        received.push(frame["message"]["seq"].as_u64().unwrap())
+                    }
                     Next::Frame(frame) => assert_ne!(frame["op"], "error", "{frame}"),
                     other => panic!("round {round}: {other:?}"),
                 }
@@ -69,7 +73,11 @@ async fn reconnecting_clients_receive_every_message_once_in_order() {
             }
         }
         sender.await.unwrap();
-        assert_eq!(received, (1..=MESSAGES).collect::<Vec<_>>(), "{backend:?}: every message once, in order, over {round} connections");
+        assert_eq!(
+            received,
+            (1..=MESSAGES).collect::<Vec<_>>(),
+            "{backend:?}: every message once, in order, over {round} connections"
+        );
         assert!(round > 10, "the test reconnected many times");
     }
 }
@@ -77,7 +85,9 @@ async fn reconnecting_clients_receive_every_message_once_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_is_cut_off_while_a_fast_one_keeps_up() {
     for backend in backends() {
-        let api = Api::start_with(backend, &[("MSGD_WS__SEND_QUEUE", "8"), ("MSGD_LIMITS__MAX_PAYLOAD_BYTES", "65536")]).await;
+        let api =
+            Api::start_with(backend, &[("MSGD_WS__SEND_QUEUE", "8"), ("MSGD_LIMITS__MAX_PAYLOAD_BYTES", "65536")])
+                .await;
         let alice = api.token("alice").await;
         let conversation = api.conversation(&alice, &[]).await;
         let mut fast = Client::connect(&api.msgd.addr, &api.read_key, &alice).await;
@@ -91,7 +101,9 @@ async fn a_slow_consumer_is_cut_off_while_a_fast_one_keeps_up() {
             let mut seqs = Vec::new();
             while seqs.len() < 300 {
                 match fast.next(Duration::from_secs(20)).await {
-                    Next::Frame(frame) if frame["op"] == "message" => seqs.push(frame["message"]["seq"].as_u64().unwrap()),
+                    Next::Frame(frame) if frame["op"] == "message" => {
+                        seqs.push(frame["message"]["seq"].as_u64().unwrap())
+                    }
                     Next::Frame(_) => {}
                     other => panic!("the fast consumer was disturbed: {other:?}"),
                 }
@@ -169,9 +181,18 @@ async fn malformed_frames_get_error_frames_and_auth_happens_at_upgrade() {
             (Message::Text(json!({"op": "subscribe"}).to_string().into()), "invalid_frame"),
             (Message::Text(json!({"no": "op"}).to_string().into()), "invalid_frame"),
             (Message::Binary(vec![1, 2, 3].into()), "invalid_frame"),
-            (Message::Text(json!({"op": "subscribe", "conversation_id": conversation}).to_string().into()), "not_member"),
-            (Message::Text(json!({"op": "send", "conversation_id": conversation, "payload": 1}).to_string().into()), "insufficient_scope"),
-            (Message::Text(json!({"op": "receipt", "conversation_id": conversation, "seq": 1}).to_string().into()), "invalid_frame"),
+            (
+                Message::Text(json!({"op": "subscribe", "conversation_id": conversation}).to_string().into()),
+                "not_member",
+            ),
+            (
+                Message::Text(json!({"op": "send", "conversation_id": conversation, "payload": 1}).to_string().into()),
+                "insufficient_scope",
+            ),
+            (
+                Message::Text(json!({"op": "receipt", "conversation_id": conversation, "seq": 1}).to_string().into()),
+                "invalid_frame",
+            ),
         ];
         for (message, code) in cases {
             client.send_raw(message).await;
@@ -197,7 +218,8 @@ async fn a_revoked_key_closes_its_open_websockets() {
         let alice = api.token("alice").await;
         let conversation = api.conversation(&alice, &[]).await;
         let out = api.env.run(&["keys", "create", "--app", &api.app_id, "--scope", "read", "--json"], "");
-        let (key, key_id) = (out.json()["key"].as_str().unwrap().to_string(), out.json()["id"].as_str().unwrap().to_string());
+        let (key, key_id) =
+            (out.json()["key"].as_str().unwrap().to_string(), out.json()["id"].as_str().unwrap().to_string());
         let mut client = Client::connect(&api.msgd.addr, &key, &alice).await;
         client.send(json!({"op": "subscribe", "conversation_id": conversation})).await;
         client.expect_op("subscribed").await;

@@ -44,7 +44,9 @@ impl Client {
                 Err(_) => return Next::Timeout,
                 Ok(None) => return Next::Closed(None),
                 Ok(Some(Err(_))) => return Next::Closed(None),
-                Ok(Some(Ok(Message::Text(text)))) => return Next::Frame(serde_json::from_str(text.as_str()).expect("JSON frame")),
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    return Next::Frame(serde_json::from_str(text.as_str()).expect("JSON frame"))
+                }
                 Ok(Some(Ok(Message::Close(frame)))) => return Next::Closed(frame.map(|f| f.code.into())),
                 Ok(Some(Ok(_))) => continue,
             }
