@@ -542,6 +542,23 @@ pub fn index_rows(
     (segment, blocks)
 }
 
+/// What the footer said about a block, back from its index row (the inverse
+/// of [`index_rows`]): what a reader needs to fetch and check one block.
+pub fn block_meta(row: &BlockRow) -> segment::BlockMeta {
+    segment::BlockMeta {
+        conversation_id: row.conversation_id.clone(),
+        seq_start: row.seq_start as u64,
+        seq_end: row.seq_end as u64,
+        ts_start: row.ts_start,
+        ts_end: row.ts_end,
+        record_count: row.record_count as u32,
+        offset: row.byte_offset as u64,
+        length: row.byte_length as u64,
+        raw_bytes: row.raw_length as u64,
+        checksum: row.checksum as u32,
+    }
+}
+
 /// The ticker `serve` runs: a tick every `flush.interval`, backing off
 /// exponentially (up to a minute) while ticks fail, and recovery at start and
 /// every ten minutes. Flushes what is due once more on shutdown.

@@ -22,7 +22,7 @@ use crate::conversations::require_access;
 use crate::error::{Error, Kind};
 use crate::keys::Scope;
 use crate::messages::{decode_record, Envelope};
-use crate::segment::{self, BlockMeta, Codec};
+use crate::segment::{self, Codec};
 use crate::store::{BlockRow, ConvKey, Stores};
 use crate::telemetry::Metrics;
 
@@ -197,18 +197,7 @@ async fn read_block(
     };
     let start = block.byte_offset as u64;
     let bytes = stores.objects.get_range(object_key, start, start + block.byte_length as u64).await?;
-    let meta = BlockMeta {
-        conversation_id: block.conversation_id.clone(),
-        seq_start: block.seq_start as u64,
-        seq_end: block.seq_end as u64,
-        ts_start: block.ts_start,
-        ts_end: block.ts_end,
-        record_count: block.record_count as u32,
-        offset: start,
-        length: block.byte_length as u64,
-        raw_bytes: block.raw_length as u64,
-        checksum: block.checksum as u32,
-    };
+    let meta = crate::flush::block_meta(block);
     let records = segment::decode_block(&bytes, &meta).map_err(corrupt)?;
     let envelopes = records
         .iter()

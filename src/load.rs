@@ -276,7 +276,7 @@ pub async fn fanout(
     messages: usize,
     rate: f64,
 ) -> anyhow::Result<FanoutReport> {
-    use futures::{SinkExt, StreamExt};
+    use futures::StreamExt;
     if clients == 0 || conversations == 0 || rate <= 0.0 {
         bail!("clients, conversations and rate must be positive");
     }
@@ -294,10 +294,7 @@ pub async fn fanout(
     let epoch = Instant::now();
     let mut readers = Vec::with_capacity(clients);
     for i in 0..clients {
-        let url = format!("{ws_base}/v1/ws?api_key={admin_key}&access_token={token}");
-        let (mut socket, _) = tokio_tungstenite::connect_async(url).await.with_context(|| format!("websocket {i}"))?;
-        let subscribe = json!({"op": "subscribe", "conversation_id": ids[i % conversations]}).to_string();
-        socket.send(tokio_tungstenite::tungstenite::Message::Text(subscribe.into())).await?;
+        let mut socket = subscribed_socket(&ws_base, admin_key, &token, &ids[i % conversations], i).await?;
         let (received, latency_tx) = (received.clone(), latency_tx.clone());
         let per_client = messages;
         readers.push(tokio::spawn(async move {
@@ -362,7 +359,6 @@ pub async fn fanout(
 /// Opens `connections` idle WebSockets, each subscribed to one of a few
 /// conversations, and holds them for `hold` (measure the server's RSS then).
 pub async fn idle(base_url: &str, admin_key: &str, connections: usize, hold: Duration) -> anyhow::Result<usize> {
-    use futures::SinkExt;
     let client = reqwest::Client::new();
     let base = base_url.trim_end_matches('/').to_string();
     let ws_base = base.replacen("http", "ws", 1);
@@ -373,12 +369,26 @@ pub async fn idle(base_url: &str, admin_key: &str, connections: usize, hold: Dur
     }
     let mut sockets = Vec::with_capacity(connections);
     for i in 0..connections {
-        let url = format!("{ws_base}/v1/ws?api_key={admin_key}&access_token={token}");
-        let (mut socket, _) = tokio_tungstenite::connect_async(url).await.with_context(|| format!("websocket {i}"))?;
-        let subscribe = json!({"op": "subscribe", "conversation_id": ids[i % ids.len()]}).to_string();
-        socket.send(tokio_tungstenite::tungstenite::Message::Text(subscribe.into())).await?;
-        sockets.push(socket);
+        sockets.push(subscribed_socket(&ws_base, admin_key, &token, &ids[i % ids.len()], i).await?);
     }
     tokio::time::sleep(hold).await;
     Ok(sockets.len())
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens WebSocket number `i` and subscribes it to `conversation`.
+async fn subscribed_socket(
+    ws_base: &str,
+    api_key: &str,
+    token: &str,
+    conversation: &str,
+    i: usize,
+) -> anyhow::Result<Socket> {
+    use futures::SinkExt;
+    let url = format!("{ws_base}/v1/ws?api_key={api_key}&access_token={token}");
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.with_context(|| format!("websocket {i}"))?;
+    let subscribe = json!({"op": "subscribe", "conversation_id": conversation}).to_string();
+    socket.send(tokio_tungstenite::tungstenite::Message::Text(subscribe.into())).await?;
+    Ok(socket)
 }

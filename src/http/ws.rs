@@ -71,15 +71,14 @@ pub(super) async fn upgrade(
 ) -> Result<Response, ApiError> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let bearer = query.access_token.as_ref().map(|t| format!("Bearer {t}"));
-    let credentials = Credentials {
-        api_key: header("x-api-key").or(query.api_key.as_deref()),
-        authorization: header("authorization").or(bearer.as_deref()),
-    };
+    let presented_key = header("x-api-key").or(query.api_key.as_deref());
+    let credentials =
+        Credentials { api_key: presented_key, authorization: header("authorization").or(bearer.as_deref()) };
     let caller = state.ctx.auth.authenticate(credentials, now_ms()).await?;
     caller.require_scope(Scope::Read)?;
     // Kept to re-check the key while the socket lives (the token is checked by
     // its expiry, so its bytes need not be kept).
-    let api_key: Box<str> = header("x-api-key").or(query.api_key.as_deref()).unwrap_or_default().into();
+    let api_key: Box<str> = presented_key.unwrap_or_default().into();
     let ws = ws.map_err(|e| Error::invalid("websocket_required", format!("{e}: connect with a WebSocket client")))?;
     let ctx = state.ctx.clone();
     let shutdown = state.shutdown.clone();

@@ -71,20 +71,9 @@ impl Tail for SqliteTail {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(failed)?;
 
         if let Some(claim) = &request.idempotency {
-            let prior = sqlx::query(
-                "SELECT seq, fingerprint FROM tail_idempotency \
-                 WHERE app_id = $1 AND conversation_id = $2 AND idempotency_key = $3 AND expires_at > $4",
-            )
-            .bind(&conv.app_id)
-            .bind(&conv.conversation_id)
-            .bind(&claim.key)
-            .bind(now_ms())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(failed)?;
-            if let Some(row) = prior {
-                let seq = row.get::<i64, _>("seq") as u64;
-                return Ok(if row.get::<String, _>("fingerprint") == claim.fingerprint {
+            let prior = find_claim(&mut *tx, conv, &claim.key).await?;
+            if let Some((seq, fingerprint)) = prior {
+                return Ok(if fingerprint == claim.fingerprint {
                     AppendOutcome::Replayed { seq }
                 } else {
                     AppendOutcome::KeyReused { seq }
@@ -160,18 +149,7 @@ impl Tail for SqliteTail {
     }
 
     async fn idempotency_claim(&self, conv: &ConvKey, key: &str) -> Result<Option<(u64, String)>, StoreError> {
-        let row = sqlx::query(
-            "SELECT seq, fingerprint FROM tail_idempotency \
-             WHERE app_id = $1 AND conversation_id = $2 AND idempotency_key = $3 AND expires_at > $4",
-        )
-        .bind(&conv.app_id)
-        .bind(&conv.conversation_id)
-        .bind(key)
-        .bind(now_ms())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(failed)?;
-        Ok(row.map(|row| (row.get::<i64, _>("seq") as u64, row.get::<String, _>("fingerprint"))))
+        find_claim(&self.pool, conv, key).await
     }
 
     async fn seed_seq(&self, conv: &ConvKey, last_seq: u64) -> Result<(), StoreError> {
@@ -396,4 +374,24 @@ async fn write_state(
         .await
         .map_err(failed)?;
     Ok(())
+}
+
+/// The live claim on an idempotency key, as (seq, fingerprint): read inside
+/// the append transaction, and alone for the replay peek.
+async fn find_claim<'e, E>(executor: E, conv: &ConvKey, key: &str) -> Result<Option<(u64, String)>, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    let row = sqlx::query(
+        "SELECT seq, fingerprint FROM tail_idempotency \
+         WHERE app_id = $1 AND conversation_id = $2 AND idempotency_key = $3 AND expires_at > $4",
+    )
+    .bind(&conv.app_id)
+    .bind(&conv.conversation_id)
+    .bind(key)
+    .bind(now_ms())
+    .fetch_optional(executor)
+    .await
+    .map_err(failed)?;
+    Ok(row.map(|row| (row.get::<i64, _>("seq") as u64, row.get::<String, _>("fingerprint"))))
 }
