@@ -63,7 +63,7 @@ alive() { [ -f "$1" ] && kill -0 "$(head -1 "$1")" 2>/dev/null; }
 
 wait_for() { # name, command...
   local name="$1"; shift
-  for _ in $(seq 1 100); do
+  for _ in $(seq 1 600); do
     if "$@" >/dev/null 2>&1; then return 0; fi
     sleep 0.1
   done
@@ -89,7 +89,8 @@ start_redis() {
   redis-server --daemonize yes --appendonly yes --appendfsync everysec \
     --maxmemory-policy noeviction --bind 127.0.0.1 --port "$REDIS_PORT" \
     --dir "$DIR/redis" --pidfile "$DIR/redis/pid" --logfile "$DIR/redis/log" --databases 16
-  wait_for redis redis-cli -p "$REDIS_PORT" ping
+  # PONG, not just an answer: while Redis replays its AOF it answers LOADING.
+  wait_for redis bash -c "[ \"\$(redis-cli -p $REDIS_PORT ping 2>/dev/null)\" = PONG ]"
   log "redis on 127.0.0.1:$REDIS_PORT"
 }
 
