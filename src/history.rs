@@ -52,8 +52,9 @@ pub struct Page {
 }
 
 /// What a cursor carries: the query it belongs to and where the next page starts.
+/// Public (fields private) only so the cursor codec can be fuzzed from outside.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct CursorState {
+pub struct CursorState {
     v: u32,
     /// The conversation it is bound to.
     c: String,
@@ -386,14 +387,18 @@ async fn first_seq_at_or_after(ctx: &Context, conv: &ConvKey, ts: i64, from: u64
     Ok(start.max(from))
 }
 
-fn encode_cursor(key: &[u8], state: &CursorState) -> String {
+/// The opaque cursor string for `state`: its JSON, base64url, then a
+/// truncated HMAC-SHA256 under the deployment's cursor key.
+pub fn encode_cursor(key: &[u8], state: &CursorState) -> String {
     let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let body = engine.encode(serde_json::to_vec(state).expect("cursor serializes"));
     let mac = engine.encode(&hmac_sha256(key, body.as_bytes())[..16]);
     format!("{body}.{mac}")
 }
 
-fn decode_cursor(key: &[u8], cursor: &str) -> Option<CursorState> {
+/// The state in a cursor made by [`encode_cursor`] with the same key; `None`
+/// for anything else (forged, tampered, another version, an out-of-range limit).
+pub fn decode_cursor(key: &[u8], cursor: &str) -> Option<CursorState> {
     let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let (body, mac) = cursor.split_once('.')?;
     let expected = hmac_sha256(key, body.as_bytes());
