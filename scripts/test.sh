@@ -14,3 +14,4 @@ trap 'scripts/services.sh down' EXIT
 . "$DIR/env"
 export MSGDTEST_REQUIRE_SERVICES=1
 cargo test --locked "$@"
+[ $# -gt 0 ] || scripts/fuzz.sh # the whole suite only, not a filtered run
