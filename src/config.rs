@@ -154,6 +154,11 @@ pub struct WsConfig {
     /// Frames queued for one connection before it counts as a slow consumer.
     pub send_queue: usize,
     pub max_subscriptions: usize,
+    /// Open WebSockets per user (app + user id) at most.
+    pub max_per_user: usize,
+    /// Open WebSockets per client IP address at most; 0 turns the limit off
+    /// (behind a reverse proxy every client shares the proxy's address).
+    pub max_per_ip: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -236,6 +241,17 @@ pub struct HttpConfig {
     /// How long `serve` waits for in-flight work after SIGTERM before exiting.
     #[serde(serialize_with = "ser_duration")]
     pub shutdown_timeout: Duration,
+    /// A connection must deliver a complete request head within this long of
+    /// opening, and of its previous response (so it is also the keep-alive
+    /// idle timeout): slow-header trickles and silent sockets are closed.
+    #[serde(serialize_with = "ser_duration")]
+    pub header_read_timeout: Duration,
+    /// A request (body included) must be answered within this long, else 408.
+    #[serde(serialize_with = "ser_duration")]
+    pub request_timeout: Duration,
+    /// Open connections (HTTP and WebSocket) at most; beyond it new ones get a 503.
+    /// Lowered at start to fit the process's file limit.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -300,6 +316,10 @@ pub struct LogConfig {
     /// A tracing filter directive, e.g. `info` or `msgd=debug`.
     pub level: String,
     pub format: LogFormat,
+    /// One log line per HTTP request (method, route template, status, duration, app id).
+    pub access: bool,
+    /// The share of requests the access log shows (0 < rate ≤ 1); 5xx answers are always shown.
+    pub access_sample_rate: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -366,6 +386,10 @@ struct RawWs {
     send_queue: Option<usize>,
     #[serde(deserialize_with = "lenient")]
     max_subscriptions: Option<usize>,
+    #[serde(deserialize_with = "lenient")]
+    max_per_user: Option<usize>,
+    #[serde(deserialize_with = "lenient")]
+    max_per_ip: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -457,6 +481,10 @@ fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D
 struct RawHttp {
     listen: Option<String>,
     shutdown_timeout: Option<String>,
+    header_read_timeout: Option<String>,
+    request_timeout: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    max_connections: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -503,6 +531,10 @@ struct RawRetention {
 struct RawLog {
     level: Option<String>,
     format: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    access: Option<bool>,
+    #[serde(deserialize_with = "lenient")]
+    access_sample_rate: Option<f64>,
 }
 
 /// Accepts a typed TOML value or a string (environment overrides are always
@@ -666,6 +698,23 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         ConfigError::new("http.listen", Some(listen_text.clone()), format!("not a socket address (host:port): {e}"))
     })?;
     let shutdown_timeout = duration("http.shutdown_timeout", raw.http.shutdown_timeout, Duration::from_secs(10))?;
+    let positive = |key: &str, text: Option<String>, default: Duration| {
+        let value = duration(key, text, default)?;
+        if value.is_zero() {
+            return Err(ConfigError::new(key, Some("0s".into()), "must be more than zero"));
+        }
+        Ok(value)
+    };
+    let http = HttpConfig {
+        listen,
+        shutdown_timeout,
+        header_read_timeout: positive("http.header_read_timeout", raw.http.header_read_timeout, Duration::from_secs(10))?,
+        request_timeout: positive("http.request_timeout", raw.http.request_timeout, Duration::from_secs(30))?,
+        max_connections: match raw.http.max_connections.unwrap_or(10_000) {
+            0 => return Err(ConfigError::new("http.max_connections", Some("0".into()), "must be at least 1")),
+            n => n,
+        },
+    };
 
     let backend = match (raw.postgres, raw.redis, raw.s3) {
         (None, None, None) => Backend::Embedded,
@@ -724,16 +773,26 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let ws = WsConfig {
         heartbeat_interval: duration("ws.heartbeat_interval", raw.ws.heartbeat_interval, Duration::from_secs(25))?,
         idle_timeout: duration("ws.idle_timeout", raw.ws.idle_timeout, Duration::from_secs(60))?,
-        send_queue: raw.ws.send_queue.unwrap_or(256).max(1),
+        send_queue: raw.ws.send_queue.unwrap_or(256).max(2),
         max_subscriptions: raw.ws.max_subscriptions.unwrap_or(100).max(1),
+        max_per_user: raw.ws.max_per_user.unwrap_or(32).max(1),
+        max_per_ip: raw.ws.max_per_ip.unwrap_or(1024),
     };
+    let access_sample_rate = raw.log.access_sample_rate.unwrap_or(1.0);
+    if !(access_sample_rate > 0.0 && access_sample_rate <= 1.0) {
+        return Err(ConfigError::new(
+            "log.access_sample_rate",
+            Some(access_sample_rate.to_string()),
+            "must be more than 0 and at most 1",
+        ));
+    }
 
     Ok(Config {
         data_dir,
-        http: HttpConfig { listen, shutdown_timeout },
+        http,
         backend,
         retention: RetentionConfig { days },
-        log: LogConfig { level, format },
+        log: LogConfig { level, format, access: raw.log.access.unwrap_or(false), access_sample_rate },
         auth,
         limits,
         flush,

@@ -10,6 +10,7 @@ pub mod conversations;
 pub mod error;
 pub mod flush;
 pub mod history;
+pub mod ids;
 pub mod http;
 pub mod inspect;
 pub mod keys;

@@ -13,7 +13,7 @@ use anyhow::Context;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 
-use super::{invalid_token, VerifiedToken};
+use super::{invalid_token, subject_user_id, VerifiedToken};
 use crate::config::DevTokensConfig;
 use crate::error::{Error, Kind};
 
@@ -67,6 +67,7 @@ impl DevIssuer {
         validation.set_issuer(&[DEV_ISSUER]);
         validation.set_audience(&[app_id]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
         validation.leeway = 5;
         let data =
             jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &self.decoding, &validation)
@@ -77,15 +78,13 @@ impl DevIssuer {
                     ErrorKind::InvalidAudience => {
                         Error::new(Kind::Unauthenticated, "wrong_audience", "the dev token was minted for another app")
                     }
+                    ErrorKind::ImmatureSignature => invalid_token("the token is not valid yet (nbf)"),
                     _ => invalid_token(format!("the dev token failed validation: {e}")),
                 })?;
         let expires_at_ms = data.claims.get("exp").and_then(|v| v.as_i64()).unwrap_or(0) * 1000;
-        data.claims
-            .get("sub")
-            .and_then(|v| v.as_str())
-            .filter(|s| !s.is_empty())
-            .map(|user| VerifiedToken { user_id: user.to_string(), expires_at_ms })
-            .ok_or_else(|| invalid_token("the dev token has no subject"))
+        let subject =
+            data.claims.get("sub").and_then(|v| v.as_str()).ok_or_else(|| invalid_token("the dev token has no subject"))?;
+        Ok(VerifiedToken { user_id: subject_user_id(subject)?, expires_at_ms })
     }
 }
 
