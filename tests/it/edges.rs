@@ -424,3 +424,60 @@ async fn the_heartbeat_comes_at_its_interval() {
     };
     assert!(pinged < Duration::from_millis(3500), "first ping after {pinged:?} for a 2 s heartbeat");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_are_capped_per_user_and_per_address() {
+    let api = Api::start_with(Backend::Embedded, &[("MSGD_WS__MAX_PER_USER", "2"), ("MSGD_WS__MAX_PER_IP", "3")]).await;
+    let (alice, bob) = (api.token("alice").await, api.token("bob").await);
+    let upgrade = |token: &str| {
+        let url = format!("ws://{}/v1/ws?api_key={}&access_token={token}", api.msgd.addr, api.read_key);
+        async move { tokio_tungstenite::connect_async(url).await }
+    };
+    let refused_status = |result: Result<_, tokio_tungstenite::tungstenite::Error>| match result {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(other) => panic!("{other}"),
+        Ok(_) => 101,
+    };
+    let a1 = upgrade(&alice).await.unwrap();
+    let a2 = upgrade(&alice).await.unwrap();
+    assert_eq!(refused_status(upgrade(&alice).await), 429, "a third socket for alice");
+    let _b1 = upgrade(&bob).await.unwrap();
+    assert_eq!(refused_status(upgrade(&bob).await), 429, "a fourth socket from one address");
+    drop((a1, a2));
+    let again = eventually(Duration::from_secs(5), async || upgrade(&alice).await.is_ok()).await;
+    assert!(again, "closing sockets frees their places");
+    let text = metrics(&api).await;
+    for reason in ["ws_per_user", "ws_per_ip"] {
+        assert!(text.contains(&format!(r#"msgd_connections_refused_total{{reason="{reason}"}}"#)), "{reason}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_is_off_by_default_and_names_the_route_and_app() {
+    let quiet = Api::start(Backend::Embedded).await;
+    let alice = quiet.token("alice").await;
+    quiet.request(Method::GET, "/v1/conversations", Some(&quiet.write_key), Some(&alice), None, &[]).await;
+    assert!(!quiet.msgd.log_lines().iter().any(|l| l["component"] == "http" && l["message"] == "request"));
+
+    let api = Api::start_with(Backend::Embedded, &[("MSGD_LOG__ACCESS", "true")]).await;
+    let alice = api.token("alice").await;
+    let conversation = api.conversation(&alice, &[]).await;
+    let reply =
+        api.request(Method::GET, &format!("/v1/conversations/{conversation}"), Some(&api.write_key), Some(&alice), None, &[]).await;
+    assert_eq!(reply.status, 200);
+    let logged = eventually(Duration::from_secs(5), async || {
+        api.msgd.log_lines().iter().any(|l| {
+            l["component"] == "http"
+                && l["message"] == "request"
+                && l["route"] == "/v1/conversations/{id}"
+                && l["status"] == 200
+                && l["app-id"] == api.app_id.as_str()
+                && l["method"] == "GET"
+                && l["duration-ms"].is_number()
+        })
+    })
+    .await;
+    assert!(logged, "{}", api.msgd.log_text());
+    let access: Vec<_> = api.msgd.log_lines().into_iter().filter(|l| l["message"] == "request").collect();
+    assert!(!access.iter().any(|l| l.to_string().contains(&conversation)), "the access log never carries path ids");
+}
