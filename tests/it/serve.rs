@@ -154,3 +154,30 @@ async fn bad_dependencies_are_named_never_panicked() {
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(out.stderr.contains(&format!("127.0.0.1:{port}")) && !out.stderr.contains("topsecret"), "{}", out.stderr);
 }
+
+#[tokio::test]
+async fn a_refused_postgres_is_named_at_once_with_its_address_never_its_password() {
+    if !backends().contains(&Backend::Services) {
+        return;
+    }
+    let mut env = TestEnv::new(Backend::Services).await;
+    let port = crate::support::free_port();
+    env.set("MSGD_POSTGRES__URL", &format!("postgres://msgd@127.0.0.1:{port}/msgd?password=topsecret"));
+    // Longer than /readyz's own 2 s bound and than the test waits: the cause
+    // must come from the refused connection, not from a timeout.
+    env.set("MSGD_POSTGRES__CONNECT_TIMEOUT", "30s");
+    let msgd = env.serve();
+    let (status, body) = get(&msgd.url("/readyz")).await;
+    assert_eq!(status, 503, "{body}");
+    let error = body["dependencies"]["postgres"]["error"].as_str().unwrap_or_default().to_string();
+    assert!(error.to_lowercase().contains("connection refused"), "{error}");
+    assert!(error.contains(&format!("127.0.0.1:{port}")) && !error.contains("topsecret"), "{error}");
+    let log = msgd.log_text();
+    assert!(log.to_lowercase().contains("connection refused") && !log.contains("topsecret"), "{log}");
+
+    // One-shot commands say the same.
+    let out = env.run(&["keys", "list"], "");
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.to_lowercase().contains("connection refused"), "{}", out.stderr);
+    assert!(out.stderr.contains(&format!("127.0.0.1:{port}")) && !out.stderr.contains("topsecret"), "{}", out.stderr);
+}
