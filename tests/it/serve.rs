@@ -156,6 +156,56 @@ async fn bad_dependencies_are_named_never_panicked() {
 }
 
 #[tokio::test]
+async fn habitual_signals_are_logged_and_ignored() {
+    for backend in backends() {
+        let env = TestEnv::new(backend).await;
+        let mut msgd = env.serve();
+        for signal in ["HUP", "USR1", "USR2"] {
+            msgd.signal(signal);
+            let logged = eventually(Duration::from_secs(5), async || {
+                msgd.log_lines().iter().any(|l| {
+                    l["message"] == "signal ignored: it has no meaning for msgd yet"
+                        && l["signal"] == format!("SIG{signal}")
+                })
+            })
+            .await;
+            assert!(logged, "{backend:?}: SIG{signal} not logged:\n{}", msgd.log_text());
+            assert!(msgd.still_running(), "{backend:?}: SIG{signal} killed serve:\n{}", msgd.log_text());
+            assert_eq!(get(&msgd.url("/healthz")).await.0, 200, "{backend:?}: after SIG{signal}");
+        }
+        // SIGTERM still stops it cleanly.
+        msgd.signal("TERM");
+        let status = msgd.wait_exit(Duration::from_secs(10)).expect("exits");
+        assert_eq!(status.code(), Some(0), "{}", msgd.log_text());
+    }
+}
+
+#[tokio::test]
+async fn text_logs_to_a_file_carry_no_colour_codes() {
+    for backend in backends() {
+        let mut env = TestEnv::new(backend).await;
+        env.set("MSGD_LOG__FORMAT", "text");
+        let log = env.dir.path().join("serve-text.log");
+        let mut child = env
+            .command(&["serve"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn msgd serve");
+        let listening = eventually(Duration::from_secs(30), async || {
+            std::fs::read_to_string(&log).unwrap_or_default().contains("listening")
+        })
+        .await;
+        let _ = child.kill();
+        let _ = child.wait();
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(listening, "{backend:?}: serve did not listen:\n{text}");
+        assert!(!text.contains('\x1b'), "{backend:?}: ANSI escape codes in a log file:\n{text:?}");
+        assert!(text.contains("INFO") && text.contains("component=\"boot\""), "{backend:?}: still text logs:\n{text}");
+    }
+}
+
+#[tokio::test]
 async fn a_refused_postgres_is_named_at_once_with_its_address_never_its_password() {
     if !backends().contains(&Backend::Services) {
         return;
