@@ -273,10 +273,15 @@ impl Metrics {
 }
 
 /// Installs the global log subscriber (stderr). Idempotent: a second call
-/// (tests) keeps the first subscriber.
+/// (tests) keeps the first subscriber. Text logs are coloured only when stderr
+/// is a terminal: escape codes in a file or a log shipper are noise.
 pub fn init_logging(config: &LogConfig) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::builder().parse_lossy(&config.level);
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = match config.format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
         LogFormat::Text => builder.with_target(false).try_init(),

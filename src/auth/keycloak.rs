@@ -17,7 +17,7 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
 use super::{invalid_token, subject_user_id, VerifiedToken};
-use crate::config::KeycloakConfig;
+use crate::config::{redact_text, redact_url, KeycloakConfig};
 use crate::error::{Error, Kind};
 
 /// An unknown `kid` triggers a JWKS refetch at most this often.
@@ -156,11 +156,11 @@ impl Inner {
     async fn fetch(&self) {
         match self.fetch_keys().await {
             Ok(keys) => {
-                tracing::info!(component = "auth", worker = "jwks", keys = keys.len(), issuer = %self.config.issuer, "jwks fetched");
+                tracing::info!(component = "auth", worker = "jwks", keys = keys.len(), issuer = %redact_url(&self.config.issuer), "jwks fetched");
                 *self.keys.write().expect("jwks lock") = keys;
             }
             Err(e) => {
-                tracing::warn!(component = "auth", worker = "jwks", issuer = %self.config.issuer, error = %format!("{e:#}"), "jwks fetch failed; keeping the cached keys");
+                tracing::warn!(component = "auth", worker = "jwks", issuer = %redact_url(&self.config.issuer), error = %redact_text(&format!("{e:#}")), "jwks fetch failed; keeping the cached keys");
             }
         }
     }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-pub use dev::DevIssuer;
+pub use dev::{DevIssuer, DevTokens};
 pub use keycloak::KeycloakVerifier;
 
 use crate::config::Config;
@@ -88,7 +88,7 @@ pub struct Authenticator {
     /// accepted, so RSA is verified once per token rather than per request.
     token_cache: Mutex<HashMap<[u8; 32], (VerifiedToken, Instant)>>,
     keycloak: Option<KeycloakVerifier>,
-    dev: Option<DevIssuer>,
+    dev: Option<DevTokens>,
 }
 
 /// A verified token is trusted from the cache at most this long (and never
@@ -100,11 +100,7 @@ const KEY_CACHE_MAX: usize = 10_000;
 
 impl Authenticator {
     pub fn new(config: &Config, metadata: Arc<dyn Metadata>) -> anyhow::Result<Authenticator> {
-        let dev = if config.auth.dev_tokens.enabled {
-            Some(DevIssuer::open(&config.auth.dev_tokens, &config.data_dir)?)
-        } else {
-            None
-        };
+        let dev = config.auth.dev_tokens.enabled.then(|| DevTokens::open(&config.auth.dev_tokens, metadata.clone()));
         Ok(Authenticator {
             metadata,
             key_cache_ttl: config.auth.key_cache_ttl,
@@ -115,7 +111,7 @@ impl Authenticator {
         })
     }
 
-    pub fn dev_issuer(&self) -> Option<&DevIssuer> {
+    pub fn dev_issuer(&self) -> Option<&DevTokens> {
         self.dev.as_ref()
     }
 
@@ -196,7 +192,7 @@ impl Authenticator {
             }
         }
         let verified = if let Some(dev) = self.dev.as_ref().filter(|dev| dev.issued(token)) {
-            dev.verify(token, app_id)?
+            dev.issuer().await?.verify(token, app_id)?
         } else {
             match (&self.keycloak, &self.dev) {
                 (Some(keycloak), _) => keycloak.verify(token).await?,

@@ -207,7 +207,7 @@ pub(super) async fn dev_token(
     caller.require_scope(Scope::Admin)?;
     let request: DevTokenRequest = json_body(body)?;
     let user_id = crate::ids::user_id(&request.user_id)?;
-    let (token, expires_in) = issuer.mint(&caller.app_id, &user_id, now_ms())?;
+    let (token, expires_in) = issuer.mint(&caller.app_id, &user_id, now_ms()).await?;
     Ok(Json(serde_json::json!({"access_token": token, "expires_in": expires_in, "token_type": "Bearer"}))
         .into_response())
 }

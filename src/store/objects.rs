@@ -50,7 +50,7 @@ impl Objects {
         let location = match &config.endpoint {
             Some(endpoint) => {
                 builder = builder.with_endpoint(endpoint).with_allow_http(endpoint.starts_with("http://"));
-                format!("s3 bucket `{}` at {endpoint}", config.bucket)
+                format!("s3 bucket `{}` at {}", config.bucket, crate::config::redact_url(endpoint))
             }
             None => format!("s3 bucket `{}` in {}", config.bucket, config.region),
         };
