@@ -42,7 +42,7 @@ pub fn create_app(env: &TestEnv, name: &str) -> (String, String) {
     let out = env.run(&["keys", "create-app", name, "--json"], "");
     assert_eq!(out.code, 0, "{}", out.stderr);
     let json = out.json();
-    (json["app"]["id"].as_str().unwrap().to_string(), json["key"]["key"].as_str().unwrap().to_string())
+    (json["app"]["id"].as_str().unwrap().to_string(), json["key"].as_str().unwrap().to_string())
 }
 
 impl Api {

@@ -246,3 +246,44 @@ fn an_unknown_section_is_named_never_echoed() {
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("`log.sink`") && !out.stderr.contains("hunter2"), "{}", out.stderr);
 }
+
+#[test]
+fn services_sh_env_prints_a_deployment_on_the_servers_it_starts() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh");
+    let mut command = std::process::Command::new("bash");
+    command.args([script, "env"]);
+    let out = run_command(command, "");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let vars: Vec<(String, String)> = out
+        .stdout
+        .lines()
+        .filter_map(|line| line.strip_prefix("export "))
+        .filter_map(|line| line.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let var = |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    for name in ["MSGD_POSTGRES__URL", "MSGD_REDIS__URL", "MSGD_S3__ENDPOINT", "MSGD_S3__BUCKET"] {
+        assert!(var(name).is_some(), "{name} missing from:\n{}", out.stdout);
+    }
+    assert!(vars.iter().all(|(k, _)| k.starts_with("MSGD_")), "{}", out.stdout);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().display().to_string();
+    let mut env: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    env.push(("MSGD_DATA_DIR", &data));
+    let out = msgd(&["config", "--check"], &env);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+
+    // The same servers, ports and credentials as the ones `up` started for the tests.
+    if let Some(services) = crate::support::services_env() {
+        assert_eq!(var("MSGD_REDIS__URL"), Some(services.redis_url.as_str()));
+        assert_eq!(var("MSGD_S3__ENDPOINT"), Some(services.s3_endpoint.as_str()));
+        assert_eq!(var("MSGD_S3__ACCESS_KEY_ID"), Some(services.s3_access_key_id.as_str()));
+        assert_eq!(var("MSGD_S3__SECRET_ACCESS_KEY"), Some(services.s3_secret_access_key.as_str()));
+        let ours = url::Url::parse(var("MSGD_POSTGRES__URL").unwrap()).unwrap();
+        let theirs = url::Url::parse(&services.postgres_url).unwrap();
+        assert_eq!(
+            (ours.host_str(), ours.port(), ours.username()),
+            (theirs.host_str(), theirs.port(), theirs.username())
+        );
+    }
+}
