@@ -11,8 +11,9 @@
 #   scripts/schemathesis.sh              both backends (services: needs `scripts/services.sh up`)
 #   scripts/schemathesis.sh embedded     one backend
 #
-# Bounded for CI: SCHEMATHESIS_EXAMPLES cases per operation and phase (default
-# 25) and SCHEMATHESIS_MAX_TIME seconds per run (default 40; four runs).
+# Bounded by time for CI: SCHEMATHESIS_MAX_TIME seconds per run (default 40;
+# four runs, about 3 minutes); fuzzing repeats rounds of SCHEMATHESIS_EXAMPLES
+# cases per operation (default 25) until then.
 # Installs its pinned Python dependencies (scripts/schemathesis-requirements.txt)
 # into a venv under $MSGDTEST_SERVICES_DIR. Exits non-zero on any failure.
 # SCHEMATHESIS_SEED=N replays a run; SCHEMATHESIS_KEEP=1 keeps each run's
