@@ -14,3 +14,8 @@ trap 'scripts/services.sh down' EXIT
 . "$DIR/env"
 export MSGDTEST_REQUIRE_SERVICES=1
 cargo test --locked "$@"
+# The whole suite (no test filter) also runs the contract tests against the
+# binary cargo test just built.
+if [ "$#" -eq 0 ]; then
+  scripts/schemathesis.sh
+fi
