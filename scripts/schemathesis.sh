@@ -139,7 +139,7 @@ sys.exit(served != json.load(open(sys.argv[2])))' "$BASE_URL" "$ROOT/src/http/op
 # history cursor. Prints shell assignments.
 seed() {
   local admin_key write_key
-  admin_key="$("$VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["key"]["key"])' <"$WORK/app.json")"
+  admin_key="$("$VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["key"])' <"$WORK/app.json")"
   write_key="$("$MSGD" keys create --app "$("$VENV/bin/python" -c \
     'import json,sys; print(json.load(sys.stdin)["app"]["id"])' <"$WORK/app.json")" --scope write --json |
     "$VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["key"])')"

@@ -39,11 +39,12 @@ def _user_id(case, value):
     if not isinstance(value, str):
         return value
     pattern = case.operation.schema.raw_schema["components"]["schemas"]["UserId"]["pattern"]
-    # The pattern is `^[^...]+$`: one negated class of refused code points.
-    assert pattern.startswith("^[^") and pattern.endswith("]+$"), pattern
-    refused = re.compile("[" + pattern[len("^[^") : -len("+$")])
-    value = refused.sub("", value) or "u"
-    return _utf8_at_most(value, 255, normalize=True)
+    # The pattern is `^[^ R](?:[^R]*[^ R])?$` for one class R of refused code
+    # points, with no space at either end.
+    start, end = pattern.index("(?:[^") + len("(?:[^"), pattern.index("]*[^ ")
+    refused = re.compile("[" + pattern[start:end] + "]")
+    value = refused.sub("", value).strip(" ") or "u"
+    return _utf8_at_most(value, 255, normalize=True).strip(" ") or "u"
 
 
 def _fresh_key(key):

@@ -808,7 +808,11 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let http = HttpConfig {
         listen,
         shutdown_timeout,
-        header_read_timeout: positive("http.header_read_timeout", raw.http.header_read_timeout, Duration::from_secs(10))?,
+        header_read_timeout: positive(
+            "http.header_read_timeout",
+            raw.http.header_read_timeout,
+            Duration::from_secs(10),
+        )?,
         request_timeout: positive("http.request_timeout", raw.http.request_timeout, Duration::from_secs(30))?,
         max_connections: match raw.http.max_connections.unwrap_or(10_000) {
             0 => return Err(ConfigError::new("http.max_connections", Some("0".into()), "must be at least 1")),

@@ -113,9 +113,23 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
     let max_connections = match http::listener::raise_file_limit() {
         Ok((before, soft, hard)) => {
             let cap = http::listener::connection_cap(config.http.max_connections, soft);
-            tracing::info!(component = "boot", step = "limits", "nofile-soft-before" = before, "nofile-soft" = soft, "nofile-hard" = hard, "max-connections" = cap, "file limit raised");
+            tracing::info!(
+                component = "boot",
+                step = "limits",
+                "nofile-soft-before" = before,
+                "nofile-soft" = soft,
+                "nofile-hard" = hard,
+                "max-connections" = cap,
+                "file limit raised"
+            );
             if cap < config.http.max_connections {
-                tracing::warn!(component = "boot", step = "limits", configured = config.http.max_connections, "max-connections" = cap, "http.max_connections lowered to fit the file limit");
+                tracing::warn!(
+                    component = "boot",
+                    step = "limits",
+                    configured = config.http.max_connections,
+                    "max-connections" = cap,
+                    "http.max_connections lowered to fit the file limit"
+                );
             }
             cap
         }
@@ -149,7 +163,8 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
     let membership_stop = stop_rx.clone();
     let membership = tokio::spawn(async move { ctx.membership.listen(membership_stop).await });
 
-    let server = tokio::spawn(http::listener::serve(listener, http::router(state), bounds, server_metrics, stop_rx.clone()));
+    let server =
+        tokio::spawn(http::listener::serve(listener, http::router(state), bounds, server_metrics, stop_rx.clone()));
     tracing::info!(component = "boot", step = "listen", addr = %addr, "duration-ms" = boot.elapsed().as_millis() as u64, "listening");
 
     shutdown.await;

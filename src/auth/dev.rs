@@ -119,8 +119,11 @@ impl DevIssuer {
                     _ => invalid_token(format!("the dev token failed validation: {e}")),
                 })?;
         let expires_at_ms = data.claims.get("exp").and_then(|v| v.as_i64()).unwrap_or(0) * 1000;
-        let subject =
-            data.claims.get("sub").and_then(|v| v.as_str()).ok_or_else(|| invalid_token("the dev token has no subject"))?;
+        let subject = data
+            .claims
+            .get("sub")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| invalid_token("the dev token has no subject"))?;
         Ok(VerifiedToken { user_id: subject_user_id(subject)?, expires_at_ms })
     }
 }

@@ -191,21 +191,22 @@ impl Authenticator {
                 return Ok(token.clone());
             }
         }
-        let verified = if let Some(dev) = self.dev.as_ref().filter(|dev| dev.issued(token)) {
-            dev.issuer().await?.verify(token, app_id)?
-        } else {
-            match (&self.keycloak, &self.dev) {
-                (Some(keycloak), _) => keycloak.verify(token).await?,
-                (None, Some(_)) => {
-                    return Err(invalid_token("the token is not a dev token of this server (no other issuer is configured)"))
-                }
-                (None, None) => {
-                    return Err(invalid_token(
+        let verified =
+            if let Some(dev) = self.dev.as_ref().filter(|dev| dev.issued(token)) {
+                dev.issuer().await?.verify(token, app_id)?
+            } else {
+                match (&self.keycloak, &self.dev) {
+                    (Some(keycloak), _) => keycloak.verify(token).await?,
+                    (None, Some(_)) => {
+                        return Err(invalid_token(
+                            "the token is not a dev token of this server (no other issuer is configured)",
+                        ))
+                    }
+                    (None, None) => return Err(invalid_token(
                         "this server accepts no user tokens (neither auth.keycloak nor auth.dev_tokens is configured)",
-                    ))
+                    )),
                 }
-            }
-        };
+            };
         let remaining_ms = u64::try_from(verified.expires_at_ms - now).unwrap_or(0);
         let until = Instant::now() + TOKEN_CACHE_TTL.min(Duration::from_millis(remaining_ms));
         let mut cache = self.token_cache.lock().expect("token cache lock");
@@ -233,7 +234,8 @@ pub(crate) struct VerifiedToken {
 /// The user id a token's subject names, under the one user-id rule
 /// ([`crate::ids::user_id`]); a subject that breaks it refuses the token.
 pub(crate) fn subject_user_id(subject: &str) -> Result<String, Error> {
-    crate::ids::user_id(subject).map_err(|e| invalid_token(format!("the token's subject is not a usable user id: {}", e.message)))
+    crate::ids::user_id(subject)
+        .map_err(|e| invalid_token(format!("the token's subject is not a usable user id: {}", e.message)))
 }
 
 pub(crate) fn invalid_token(message: impl Into<String>) -> Error {

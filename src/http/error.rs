@@ -94,7 +94,8 @@ pub(super) async fn into_api_shape(response: Response) -> Response {
         _ => "invalid_request",
     };
     // Rejection texts are short; anything longer is cut, not echoed whole.
-    let text = axum::body::to_bytes(body, 2048).await.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let text =
+        axum::body::to_bytes(body, 2048).await.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
     let message = match parts.status {
         StatusCode::METHOD_NOT_ALLOWED => {
             let allowed = parts.headers.get("allow").and_then(|v| v.to_str().ok()).unwrap_or("");

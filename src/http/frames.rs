@@ -16,11 +16,24 @@ use crate::receipts::{ReceiptKind, ReceiptRequest};
 pub enum ClientFrame {
     Ping,
     /// Replay everything after `since_seq` (when given), then live.
-    Subscribe { conversation_id: String, since_seq: Option<u64> },
-    Unsubscribe { conversation_id: String },
-    Send { conversation_id: String, request: SendRequest },
-    Receipt { conversation_id: String, request: ReceiptRequest },
-    Typing { conversation_id: String },
+    Subscribe {
+        conversation_id: String,
+        since_seq: Option<u64>,
+    },
+    Unsubscribe {
+        conversation_id: String,
+    },
+    Send {
+        conversation_id: String,
+        request: SendRequest,
+    },
+    Receipt {
+        conversation_id: String,
+        request: ReceiptRequest,
+    },
+    Typing {
+        conversation_id: String,
+    },
 }
 
 /// The loose shape every frame is first read into.
@@ -70,15 +83,20 @@ impl ClientFrame {
         // answers it as it answers any conversation the caller cannot see.
         let conversation_id =
             raw.conversation_id.as_deref().map(|id| crate::ids::conversation_id(id).unwrap_or_else(|| id.to_string()));
-        let echo =
-            Echo { op: Some(raw.op.clone()), conversation_id: conversation_id.clone(), client_msg_id: raw.client_msg_id.clone() };
+        let echo = Echo {
+            op: Some(raw.op.clone()),
+            conversation_id: conversation_id.clone(),
+            client_msg_id: raw.client_msg_id.clone(),
+        };
         (Self::from_raw(raw, conversation_id), echo)
     }
 
     fn from_raw(raw: RawFrame, conversation_id: Option<String>) -> Result<ClientFrame, Error> {
         let op = raw.op.as_str();
         let conversation = || {
-            conversation_id.clone().ok_or_else(|| Error::invalid("invalid_frame", format!("`{op}` needs a conversation_id")))
+            conversation_id
+                .clone()
+                .ok_or_else(|| Error::invalid("invalid_frame", format!("`{op}` needs a conversation_id")))
         };
         Ok(match op {
             "ping" => ClientFrame::Ping,
@@ -124,7 +142,12 @@ mod tests {
     #[test]
     fn conversation_ids_are_canonical_in_every_frame() {
         let id = "67e55044-10b1-426f-9247-bb680e5fe0c8";
-        for form in ["67E55044-10B1-426F-9247-BB680E5FE0C8", "{67e55044-10b1-426f-9247-bb680e5fe0c8}", "urn:uuid:67e55044-10b1-426f-9247-bb680e5fe0c8", "67e5504410b1426f9247bb680e5fe0c8"] {
+        for form in [
+            "67E55044-10B1-426F-9247-BB680E5FE0C8",
+            "{67e55044-10b1-426f-9247-bb680e5fe0c8}",
+            "urn:uuid:67e55044-10b1-426f-9247-bb680e5fe0c8",
+            "67e5504410b1426f9247bb680e5fe0c8",
+        ] {
             let text = json!({"op": "unsubscribe", "conversation_id": form}).to_string();
             match ClientFrame::parse(&text).unwrap() {
                 ClientFrame::Unsubscribe { conversation_id } => assert_eq!(conversation_id, id),

@@ -50,7 +50,13 @@ pub struct Bounds {
 
 /// Serves `router` on `listener` until `stop` turns true, then waits for the
 /// open connections to finish.
-pub async fn serve(listener: TcpListener, router: Router, bounds: Bounds, metrics: Metrics, mut stop: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    bounds: Bounds,
+    metrics: Metrics,
+    mut stop: watch::Receiver<bool>,
+) {
     let slots = Arc::new(Semaphore::new(bounds.max_connections));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(bounds.header_read_timeout).keep_alive(true);

@@ -140,7 +140,10 @@ async fn record_request(State(state): State<AppState>, request: Request, next: N
         Err(_) => ApiError(Error::new(
             Kind::TimedOut,
             "request_timeout",
-            format!("the request was not complete within {} (http.request_timeout)", humantime::format_duration(timeout)),
+            format!(
+                "the request was not complete within {} (http.request_timeout)",
+                humantime::format_duration(timeout)
+            ),
         ))
         .into_response(),
     };
@@ -148,11 +151,8 @@ async fn record_request(State(state): State<AppState>, request: Request, next: N
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    let response = if response.status().as_u16() >= 400 && !is_json {
-        error::into_api_shape(response).await
-    } else {
-        response
-    };
+    let response =
+        if response.status().as_u16() >= 400 && !is_json { error::into_api_shape(response).await } else { response };
     let status = response.status();
     // Every authentication or authorization refusal, wherever it was decided.
     if let (401 | 403, Some(error::ErrorCode(code))) = (status.as_u16(), response.extensions().get()) {

@@ -32,9 +32,9 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, State};
-use axum::Extension;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -111,13 +111,19 @@ impl Admission {
         let mut open = self.open.lock().expect("admission lock");
         if let Some(user) = &user {
             if open.per_user.get(user).copied().unwrap_or(0) >= self.max_per_user {
-                return Err(too_many("ws_per_user", format!("this user has {} WebSockets open (ws.max_per_user)", self.max_per_user)));
+                return Err(too_many(
+                    "ws_per_user",
+                    format!("this user has {} WebSockets open (ws.max_per_user)", self.max_per_user),
+                ));
             }
         }
         let ip = ip.filter(|_| self.max_per_ip > 0);
         if let Some(ip) = ip {
             if open.per_ip.get(&ip).copied().unwrap_or(0) >= self.max_per_ip {
-                return Err(too_many("ws_per_ip", format!("this address has {} WebSockets open (ws.max_per_ip)", self.max_per_ip)));
+                return Err(too_many(
+                    "ws_per_ip",
+                    format!("this address has {} WebSockets open (ws.max_per_ip)", self.max_per_ip),
+                ));
             }
             *open.per_ip.entry(ip).or_default() += 1;
         }

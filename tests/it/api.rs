@@ -157,6 +157,17 @@ impl Api {
         .await
     }
 
+    /// Sends `payloads` as batches of 100, asserting each is accepted.
+    pub async fn send_batches(&self, token: &str, conversation: &str, payloads: impl IntoIterator<Item = Value>) {
+        let payloads: Vec<Value> = payloads.into_iter().map(|payload| json!({"payload": payload})).collect();
+        let path = format!("/v1/conversations/{conversation}/messages/batch");
+        for chunk in payloads.chunks(100) {
+            let body = json!({"messages": chunk});
+            let reply = self.request(Method::POST, &path, Some(&self.write_key), Some(token), Some(&body), &[]).await;
+            assert_eq!(reply.status, 200, "{}", reply.body);
+        }
+    }
+
     /// The stores of this deployment, opened from the test process.
     pub async fn stores(&self) -> msgd::store::Stores {
         msgd::store::Stores::open(&self.env.config(), &msgd::telemetry::Metrics::new("test")).await.unwrap()

@@ -6,11 +6,11 @@
 
 use std::time::Duration;
 
+use futures::{SinkExt, StreamExt};
 use reqwest::Method;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use futures::{SinkExt, StreamExt};
 
 use crate::api::Api;
 use crate::support::{backends, eventually, Backend, TestEnv};
@@ -35,7 +35,12 @@ async fn made_up_methods_never_grow_the_metric_series() {
     let api = Api::start(Backend::Embedded).await;
     let series = |text: &str| text.lines().filter(|l| l.starts_with("msgd_http_request")).count();
     // Warm up the series the loop below can legitimately create.
-    raw_exchange(&api.msgd.addr, b"BREW0 /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n", Duration::from_secs(5)).await;
+    raw_exchange(
+        &api.msgd.addr,
+        b"BREW0 /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
     metrics(&api).await; // the scrape's own series
     let before = series(&metrics(&api).await);
     for n in 0..200 {
@@ -96,9 +101,10 @@ async fn the_connection_cap_answers_503_and_service_returns() {
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains(r#""code":"too_many_connections""#), "{answer}");
     // The silent ones time out, and the server serves again without help.
-    let back = eventually(Duration::from_secs(10), async || {
-        matches!(reqwest::get(msgd.url("/healthz")).await, Ok(r) if r.status() == 200)
-    })
+    let back = eventually(
+        Duration::from_secs(10),
+        async || matches!(reqwest::get(msgd.url("/healthz")).await, Ok(r) if r.status() == 200),
+    )
     .await;
     assert!(back, "service did not return after the silent sockets timed out");
     let text = reqwest::get(msgd.url("/metrics")).await.unwrap().text().await.unwrap();
@@ -169,7 +175,8 @@ async fn unreadable_credentials_are_refused_never_ignored() {
             .unwrap();
         assert_eq!(reply.status().as_u16(), 401, "{backend:?}");
         // With only dev tokens on, garbage is called what it is.
-        let reply = api.request(Method::GET, "/v1/conversations", Some(&api.write_key), Some("garbage"), None, &[]).await;
+        let reply =
+            api.request(Method::GET, "/v1/conversations", Some(&api.write_key), Some("garbage"), None, &[]).await;
         assert_eq!(reply.code(), "invalid_token");
         assert!(!reply.body.to_string().contains("keycloak"), "{}", reply.body);
     }
@@ -193,7 +200,8 @@ async fn every_error_has_the_json_shape_and_a_code() {
         assert_eq!((reply.status, reply.code()), (status, code), "{method} {path}: {}", reply.body);
         assert!(reply.body["error"]["message"].is_string(), "{method} {path}: {}", reply.body);
     }
-    let reply = api.request(Method::GET, "/v1/conversations?limit=500", Some(&api.write_key), Some(&alice), None, &[]).await;
+    let reply =
+        api.request(Method::GET, "/v1/conversations?limit=500", Some(&api.write_key), Some(&alice), None, &[]).await;
     assert_eq!(reply.status, 200);
     let reply = api.request(Method::DELETE, "/v1/conversations", Some(&api.write_key), None, None, &[]).await;
     assert!(reply.headers.get("allow").is_some(), "a 405 keeps its Allow header");
@@ -239,7 +247,10 @@ async fn dev_tokens_honour_nbf_and_the_user_id_rule() {
     let api = Api::start(Backend::Embedded).await;
     let now = msgd::clock::now_ms() / 1000;
     let sign = |claims: serde_json::Value| {
-        let header = jsonwebtoken::Header { kid: Some("msgd-dev".into()), ..jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256) };
+        let header = jsonwebtoken::Header {
+            kid: Some("msgd-dev".into()),
+            ..jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256)
+        };
         let key = jsonwebtoken::EncodingKey::from_secret(b"test-signing-key-0123456789abcdef0123");
         jsonwebtoken::encode(&header, &claims, &key).unwrap()
     };
@@ -267,8 +278,15 @@ async fn idempotency_keys_belong_to_their_sender() {
         let send = |token: &str, text: &str| {
             let (api, path, token, body) = (&api, path.clone(), token.to_string(), json!({"payload": {"text": text}}));
             async move {
-                api.request(Method::POST, &path, Some(&api.write_key), Some(&token), Some(&body), &[("idempotency-key", "k1")])
-                    .await
+                api.request(
+                    Method::POST,
+                    &path,
+                    Some(&api.write_key),
+                    Some(&token),
+                    Some(&body),
+                    &[("idempotency-key", "k1")],
+                )
+                .await
             }
         };
         let first = send(&alice, "from alice").await;
@@ -281,7 +299,14 @@ async fn idempotency_keys_belong_to_their_sender() {
         // A batch refuses the header instead of ignoring it.
         let batch = json!({"messages": [{"payload": 1}]});
         let reply = api
-            .request(Method::POST, &format!("{path}/batch"), Some(&api.write_key), Some(&alice), Some(&batch), &[("idempotency-key", "b1")])
+            .request(
+                Method::POST,
+                &format!("{path}/batch"),
+                Some(&api.write_key),
+                Some(&alice),
+                Some(&batch),
+                &[("idempotency-key", "b1")],
+            )
             .await;
         assert_eq!((reply.status, reply.code()), (400, "idempotency_key_not_supported"), "{}", reply.body);
     }
@@ -298,13 +323,7 @@ async fn an_old_to_ts_does_not_walk_all_history() {
         let path = format!("/v1/conversations/{conversation}/messages");
         // Four flushes of 500: four blocks, each a history chunk of its own.
         for round in 0..4 {
-            let messages: Vec<_> = (0..500).map(|n| json!({"payload": {"round": round, "n": n}})).collect();
-            for chunk in messages.chunks(100) {
-                let reply = api
-                    .request(Method::POST, &format!("{path}/batch"), Some(&api.write_key), Some(&alice), Some(&json!({"messages": chunk})), &[])
-                    .await;
-                assert_eq!(reply.status, 200, "{}", reply.body);
-            }
+            api.send_batches(&alice, &conversation, (0..500).map(|n| json!({"round": round, "n": n}))).await;
             let out = api.env.run(&["flush", "--all"], "");
             assert_eq!(out.code, 0, "{}", out.stderr);
         }
@@ -333,13 +352,7 @@ async fn a_long_catch_up_from_segments_arrives_whole() {
         let api = Api::start(backend).await;
         let alice = api.token("alice").await;
         let conversation = api.conversation(&alice, &[]).await;
-        let path = format!("/v1/conversations/{conversation}/messages/batch");
-        for start in (0..TOTAL).step_by(100) {
-            let messages: Vec<_> = (start..start + 100).map(|n| json!({"payload": {"n": n}})).collect();
-            let reply =
-                api.request(Method::POST, &path, Some(&api.write_key), Some(&alice), Some(&json!({"messages": messages})), &[]).await;
-            assert_eq!(reply.status, 200, "{}", reply.body);
-        }
+        api.send_batches(&alice, &conversation, (0..TOTAL).map(|n| json!({"n": n}))).await;
         let out = api.env.run(&["flush", "--all"], "");
         assert_eq!(out.code, 0, "{}", out.stderr);
         let mut client = Client::connect(&api.msgd.addr, &api.read_key, &alice).await;
@@ -462,8 +475,16 @@ async fn the_access_log_is_off_by_default_and_names_the_route_and_app() {
     let api = Api::start_with(Backend::Embedded, &[("MSGD_LOG__ACCESS", "true")]).await;
     let alice = api.token("alice").await;
     let conversation = api.conversation(&alice, &[]).await;
-    let reply =
-        api.request(Method::GET, &format!("/v1/conversations/{conversation}"), Some(&api.write_key), Some(&alice), None, &[]).await;
+    let reply = api
+        .request(
+            Method::GET,
+            &format!("/v1/conversations/{conversation}"),
+            Some(&api.write_key),
+            Some(&alice),
+            None,
+            &[],
+        )
+        .await;
     assert_eq!(reply.status, 200);
     let logged = eventually(Duration::from_secs(5), async || {
         api.msgd.log_lines().iter().any(|l| {

@@ -166,6 +166,9 @@ async fn tokens_are_accepted_or_refused_with_a_precise_code() {
         ("malformed: two parts", bearer("a.b"), 401, "invalid_token"),
         ("malformed: four parts", bearer("a.b.c.d"), 401, "invalid_token"),
         ("malformed: not base64url", bearer("!!!.???.***"), 401, "invalid_token"),
+        ("a subject with a control character", with(json!({"sub": "ali\u{7}ce"})), 401, "invalid_token"),
+        ("a subject with a zero-width space", with(json!({"sub": "alice\u{200b}"})), 401, "invalid_token"),
+        ("a 10,000-character subject", with(json!({"sub": "x".repeat(10_000)})), 401, "invalid_token"),
         ("no Authorization header", None, 401, "missing_token"),
         ("Basic scheme", Some("Basic xyz".to_string()), 401, "invalid_token"),
     ];
