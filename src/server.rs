@@ -110,34 +110,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
     let ready = readiness.check(http::CHECK_TIMEOUT).await.iter().all(|check| check.ok);
     tracing::info!(component = "boot", step = "dependencies", ready, "dependencies checked");
 
-    let max_connections = match http::listener::raise_file_limit() {
-        Ok((before, soft, hard)) => {
-            let cap = http::listener::connection_cap(config.http.max_connections, soft);
-            tracing::info!(
-                component = "boot",
-                step = "limits",
-                "nofile-soft-before" = before,
-                "nofile-soft" = soft,
-                "nofile-hard" = hard,
-                "max-connections" = cap,
-                "file limit raised"
-            );
-            if cap < config.http.max_connections {
-                tracing::warn!(
-                    component = "boot",
-                    step = "limits",
-                    configured = config.http.max_connections,
-                    "max-connections" = cap,
-                    "http.max_connections lowered to fit the file limit"
-                );
-            }
-            cap
-        }
-        Err(e) => {
-            tracing::warn!(component = "boot", step = "limits", error = %e, "cannot read or raise the file limit");
-            config.http.max_connections
-        }
-    };
+    let max_connections = http::listener::fit_to_file_limit(config.http.max_connections);
     let bounds = http::listener::Bounds { max_connections, header_read_timeout: config.http.header_read_timeout };
 
     let listener = tokio::net::TcpListener::bind(config.http.listen)

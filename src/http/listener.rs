@@ -142,9 +142,42 @@ async fn refuse(mut stream: TcpStream) {
     .await;
 }
 
+/// Raises the soft open-file limit to the hard one (a boot step, logged with
+/// both) and answers the connection cap that fits it.
+pub fn fit_to_file_limit(configured: usize) -> usize {
+    match raise_file_limit() {
+        Ok((before, soft, hard)) => {
+            let cap = connection_cap(configured, soft);
+            tracing::info!(
+                component = "boot",
+                step = "limits",
+                "nofile-soft-before" = before,
+                "nofile-soft" = soft,
+                "nofile-hard" = hard,
+                "max-connections" = cap,
+                "file limit raised"
+            );
+            if cap < configured {
+                tracing::warn!(
+                    component = "boot",
+                    step = "limits",
+                    configured,
+                    "max-connections" = cap,
+                    "http.max_connections lowered to fit the file limit"
+                );
+            }
+            cap
+        }
+        Err(e) => {
+            tracing::warn!(component = "boot", step = "limits", error = %e, "cannot read or raise the file limit");
+            configured
+        }
+    }
+}
+
 /// Raises the soft open-file limit to the hard limit; returns (soft before,
 /// soft after, hard).
-pub fn raise_file_limit() -> std::io::Result<(u64, u64, u64)> {
+fn raise_file_limit() -> std::io::Result<(u64, u64, u64)> {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit and setrlimit only read and write the struct passed in.
     unsafe {
@@ -165,10 +198,22 @@ pub fn raise_file_limit() -> std::io::Result<(u64, u64, u64)> {
 
 /// Descriptors kept free of connections: the stores' pools, log files,
 /// refusing over-limit connections.
-pub const RESERVED_FILES: u64 = 64;
+const RESERVED_FILES: u64 = 64;
 
 /// The connection cap that fits `file_limit`.
-pub fn connection_cap(configured: usize, file_limit: u64) -> usize {
+fn connection_cap(configured: usize, file_limit: u64) -> usize {
     let fits = file_limit.saturating_sub(RESERVED_FILES).max(1);
     configured.min(usize::try_from(fits).unwrap_or(usize::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_fits_the_file_limit() {
+        assert_eq!(connection_cap(10_000, 256), 256 - RESERVED_FILES as usize);
+        assert_eq!(connection_cap(100, 1_048_576), 100);
+        assert_eq!(connection_cap(100, 10), 1, "never zero");
+    }
 }
