@@ -16,7 +16,7 @@ pub struct Args {
     /// Flush every dirty conversation now, whatever the thresholds say
     #[arg(long)]
     all: bool,
-    /// Show what would be written; write nothing
+    /// Show what is waiting per conversation and what would be written and trimmed; write nothing
     #[arg(long, conflicts_with = "reindex")]
     dry_run: bool,
     /// Rebuild the segment index from every object's footer (metadata lost, objects kept)
@@ -84,27 +84,59 @@ pub async fn run(args: &Args, config: Config) -> Result<(), Failure> {
         output::json(&report);
         return outcome;
     }
-    let rows = report.segments.iter().flat_map(|segment| {
-        segment.blocks.iter().map(move |b| {
-            vec![
-                segment.object_key.clone(),
-                b.conversation_id.clone(),
-                format!("{}..={}", b.seq_start, b.seq_end),
-                format!("{} → {}", format_ms(b.ts_start), format_ms(b.ts_end)),
-                b.record_count.to_string(),
-                b.length.to_string(),
-                b.raw_bytes.to_string(),
-            ]
-        })
-    });
-    output::table(&["object", "conversation", "seqs", "time", "records", "bytes", "raw bytes"], rows);
-    let verb = if report.dry_run { "would write" } else { "wrote" };
-    println!(
-        "{verb} {} segment(s); trimmed {} tail entries; {} conversation(s) below the thresholds; {} shard(s) held by other instances",
-        report.segments.len(),
-        report.trimmed,
-        report.deferred,
-        report.skipped_shards
-    );
+    if report.dry_run && !report.waiting.is_empty() {
+        println!("waiting (unflushed messages per conversation):");
+        output::table(
+            &["app", "conversation", "messages", "bytes", "oldest", "this tick"],
+            report.waiting.iter().map(|w| {
+                vec![
+                    w.app_id.clone(),
+                    w.conversation_id.clone(),
+                    w.messages.to_string(),
+                    w.bytes.to_string(),
+                    format_ms(w.oldest_ts_ms),
+                    if w.due { "flushes".into() } else { "waits (below the thresholds)".into() },
+                ]
+            }),
+        );
+    }
+    if !report.segments.is_empty() {
+        if report.dry_run {
+            println!("would write:");
+        }
+        let rows = report.segments.iter().flat_map(|segment| {
+            segment.blocks.iter().map(move |b| {
+                vec![
+                    segment.object_key.clone(),
+                    b.conversation_id.clone(),
+                    output::seqs(b.seq_start, b.seq_end),
+                    format!("{} → {}", format_ms(b.ts_start), format_ms(b.ts_end)),
+                    b.record_count.to_string(),
+                    b.length.to_string(),
+                    b.raw_bytes.to_string(),
+                ]
+            })
+        });
+        output::table(&["object", "conversation", "seqs", "time", "records", "bytes", "raw bytes"], rows);
+    }
+    let (write, trim, trimmed) = if report.dry_run {
+        ("would write", "would trim", report.would_trim)
+    } else {
+        ("wrote", "trimmed", report.trimmed)
+    };
+    let mut summary = format!("{write} {} segment(s); {trim} {trimmed} tail entries", report.segments.len());
+    if report.deferred > 0 {
+        summary += &format!(
+            "; {} conversation(s) wait below the thresholds (flush.max_age, flush.max_bytes; --all flushes them now)",
+            report.deferred
+        );
+    }
+    if report.skipped_shards > 0 {
+        summary += &format!("; {} shard(s) held by other instances", report.skipped_shards);
+    }
+    if report.dry_run && report.waiting.is_empty() {
+        summary += "; nothing is waiting";
+    }
+    println!("{summary}");
     outcome
 }

@@ -1,5 +1,9 @@
 //! `msgd keys`: issue, list, rotate, revoke and verify application API keys.
 //! The rules live in `msgd::keys`; this file parses and prints.
+//!
+//! A key is named by one id form everywhere (`keys list`, the issuing
+//! commands, `verify`) and every command accepts it; with `--json` every
+//! issuing command prints the same key document (see [`issued_json`]).
 
 use std::io::Read;
 use std::time::Duration;
@@ -50,13 +54,17 @@ enum KeysCommand {
     },
     /// Issue a successor; the old key keeps working for the grace period
     Rotate {
+        /// The key id, as `keys list` and `keys create` print it
         key_id: String,
         /// How long the old key stays valid
         #[arg(long, default_value = "24h", value_parser = parse_duration)]
         grace: Duration,
     },
     /// Revoke a key now
-    Revoke { key_id: String },
+    Revoke {
+        /// The key id, as `keys list` and `keys create` print it
+        key_id: String,
+    },
     /// Check a key read from stdin: which app, scope and status (exit 1 when refused)
     Verify,
 }
@@ -77,7 +85,9 @@ pub async fn run(args: &Args, config: Config) -> Result<(), Failure> {
         KeysCommand::CreateApp { name } => {
             let (app, key) = keys::create_app(meta, name, now).await.map_err(failure)?;
             if args.json {
-                output::json(&serde_json::json!({"app": app, "key": key}));
+                let mut issued = issued_json(&key, now);
+                issued["app"] = serde_json::to_value(&app).expect("app serializes");
+                output::json(&issued);
             } else {
                 output::table(
                     &["app id", "name", "created"],
@@ -89,7 +99,7 @@ pub async fn run(args: &Args, config: Config) -> Result<(), Failure> {
         KeysCommand::Create { app, scope, name, expires_in } => {
             let key = keys::create_key(meta, app, *scope, name.as_deref(), *expires_in, now).await.map_err(failure)?;
             if args.json {
-                output::json(&key);
+                output::json(&issued_json(&key, now));
             } else {
                 print_issued(&key);
             }
@@ -104,7 +114,7 @@ pub async fn run(args: &Args, config: Config) -> Result<(), Failure> {
                     &["key id", "app", "scope", "name", "status", "created", "expires", "last used"],
                     keys.iter().map(|k| {
                         vec![
-                            format!("{}{}…", k.prefix, k.id),
+                            k.id.clone(),
                             k.app_id.clone(),
                             k.scope.as_str().into(),
                             k.name.clone().unwrap_or_default(),
@@ -118,11 +128,14 @@ pub async fn run(args: &Args, config: Config) -> Result<(), Failure> {
             }
         }
         KeysCommand::Rotate { key_id, grace } => {
-            let (key, old_valid_until) = keys::rotate_key(meta, key_id, *grace, now).await.map_err(failure)?;
+            let old_id = keys::parse_key_id(key_id).map_err(failure)?;
+            let (key, old_valid_until) = keys::rotate_key(meta, &old_id, *grace, now).await.map_err(failure)?;
             if args.json {
-                output::json(&serde_json::json!({"rotated": key_id, "old_valid_until": old_valid_until, "new": key}));
+                let mut issued = issued_json(&key, now);
+                issued["replaces"] = serde_json::json!({"id": old_id, "valid_until": old_valid_until});
+                output::json(&issued);
             } else {
-                eprintln!("key {key_id} stays valid until {}", format_ms(old_valid_until));
+                eprintln!("key {old_id} stays valid until {}", format_ms(old_valid_until));
                 print_issued(&key);
             }
         }
@@ -174,6 +187,15 @@ pub async fn run(args: &Args, config: Config) -> Result<(), Failure> {
 fn with_status(info: &KeyInfo, now: i64) -> serde_json::Value {
     let mut value = serde_json::to_value(info).expect("key info serializes");
     value["status"] = info.status(now).into();
+    value
+}
+
+/// A newly issued key as JSON, one shape for `create-app`, `create` and
+/// `rotate`: the key's fields as `list` shows them (with `status`), plus
+/// `key`, the secret, shown this once. The commands add `app` and `replaces`.
+fn issued_json(key: &IssuedKey, now: i64) -> serde_json::Value {
+    let mut value = with_status(&key.info, now);
+    value["key"] = key.key.clone().into();
     value
 }
 

@@ -18,7 +18,9 @@ pub struct Args {
 #[derive(clap::Subcommand)]
 enum LoadCommand {
     /// Send messages into one new conversation and measure ack latency
-    /// (needs an admin key and auth.dev_tokens.enabled on the server)
+    /// (needs an admin key and auth.dev_tokens.enabled on the server, and rate limits raised for the test:
+    /// limits.user_rate/user_burst and limits.key_rate/key_burst, see load/README.md). Prints the
+    /// conversation id for `load history`, and failures by HTTP status and error code
     Send {
         /// The server, e.g. http://127.0.0.1:8080
         #[arg(long, default_value = "http://127.0.0.1:8080")]
@@ -99,16 +101,20 @@ pub async fn run(args: &Args) -> Result<(), Failure> {
         LoadCommand::History { base_url, api_key, conversation_id, requests, limit, after_from, after_to } => {
             let report =
                 load::history(base_url, api_key, conversation_id, *requests, *limit, *after_from, *after_to).await?;
-            return print_report(args.json, &report, report.errors);
+            print_report(args.json, &report);
+            return check(&report.failures, 0);
         }
         LoadCommand::WsFanout { base_url, api_key, clients, conversations, messages, rate } => {
             let report = load::fanout(base_url, api_key, *clients, *conversations, *messages, *rate).await?;
+            print_report(args.json, &report);
+            // Every client should see every message of its conversation.
             let missing = (report.clients * *messages).saturating_sub(report.frames_received);
-            return print_report(args.json, &report, missing);
+            return check(&report.failures, missing);
         }
         LoadCommand::WsIdle { base_url, api_key, connections, hold } => {
-            let opened = load::idle(base_url, api_key, *connections, *hold).await?;
-            return print_report(args.json, &serde_json::json!({"connections": opened}), 0);
+            let report = load::idle(base_url, api_key, *connections, *hold).await?;
+            print_report(args.json, &report);
+            return Ok(());
         }
     };
     let plan = SendPlan {
@@ -129,8 +135,21 @@ pub async fn run(args: &Args) -> Result<(), Failure> {
         output::json(&report);
     } else {
         output::table(
-            &["messages", "errors", "seconds", "msg/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "clients", "batch"],
+            &[
+                "conversation",
+                "messages",
+                "errors",
+                "seconds",
+                "msg/s",
+                "p50 ms",
+                "p90 ms",
+                "p99 ms",
+                "max ms",
+                "clients",
+                "batch",
+            ],
             [vec![
+                report.conversation_id.clone(),
                 report.messages.to_string(),
                 report.errors.to_string(),
                 format!("{:.2}", report.elapsed_seconds),
@@ -144,22 +163,42 @@ pub async fn run(args: &Args) -> Result<(), Failure> {
             ]],
         );
     }
-    if report.errors > 0 {
-        return Err(Failure::Failed(anyhow::anyhow!("{} requests failed", report.errors)));
-    }
-    Ok(())
+    check(&report.failures, 0)
 }
 
-/// Prints a report as JSON or as a two-column table; fails when `errors` > 0.
-fn print_report(json: bool, report: &impl serde::Serialize, errors: usize) -> Result<(), Failure> {
+/// Prints a report as JSON or as a two-column table (numbers to two decimals,
+/// the failure breakdown one `status code: count` per line).
+fn print_report(json: bool, report: &impl serde::Serialize) {
     let value = serde_json::to_value(report).expect("reports serialize");
     if json {
         output::json(&value);
     } else if let Some(fields) = value.as_object() {
-        output::table(&["measure", "value"], fields.iter().map(|(k, v)| vec![k.clone(), v.to_string()]));
+        output::table(
+            &["measure", "value"],
+            fields.iter().map(|(k, v)| {
+                let shown = match v.as_object() {
+                    Some(map) if map.is_empty() => "none".to_string(),
+                    Some(map) => map.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join("\n"),
+                    None if v.is_null() => "not reported".to_string(),
+                    None => output::number(v),
+                };
+                vec![k.clone(), shown]
+            }),
+        );
     }
-    if errors > 0 {
-        return Err(Failure::Failed(anyhow::anyhow!("{errors} requests or frames failed")));
+}
+
+/// Fails when requests failed (saying how, by status and code) or frames are missing.
+fn check(failures: &load::Failures, missing_frames: usize) -> Result<(), Failure> {
+    let mut problems = Vec::new();
+    if !failures.is_empty() {
+        problems.push(load::describe_failures(failures));
     }
-    Ok(())
+    if missing_frames > 0 {
+        problems.push(format!("{missing_frames} frames never arrived"));
+    }
+    match problems.is_empty() {
+        true => Ok(()),
+        false => Err(Failure::Failed(anyhow::anyhow!(problems.join("; ")))),
+    }
 }

@@ -15,3 +15,23 @@ pub fn table(headers: &[&str], rows: impl IntoIterator<Item = Vec<String>>) {
     }
     println!("{table}");
 }
+
+/// A seq range as people write it: `1-35`, or `7` for one message.
+pub fn seqs(start: u64, end: u64) -> String {
+    if start == end {
+        start.to_string()
+    } else {
+        format!("{start}-{end}")
+    }
+}
+
+/// A measured number for a table: at most two decimals, integers as integers.
+pub fn number(value: &serde_json::Value) -> String {
+    match value.as_f64() {
+        Some(x) if value.is_f64() => format!("{:.2}", x),
+        _ => match value.as_str() {
+            Some(text) => text.to_string(),
+            None => value.to_string(),
+        },
+    }
+}

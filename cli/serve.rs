@@ -1,8 +1,14 @@
 //! `msgd serve`: run the server until SIGTERM or SIGINT, then drain within
 //! `http.shutdown_timeout` (exit 0), or exit 1 when the deadline passes.
+//!
+//! Signals an operator may send by habit never kill it: SIGHUP (a reload
+//! elsewhere), SIGUSR1 and SIGUSR2 are logged and ignored until they are given
+//! a meaning. SIGPIPE needs nothing: the Rust runtime ignores it, so a closed
+//! socket or log pipe is a write error, not a death.
 
 use msgd::config::Config;
 use msgd::server::{self, Exit};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::Failure;
 
@@ -11,24 +17,60 @@ pub struct Args {}
 
 pub async fn run(_args: &Args, config: Config) -> Result<(), Failure> {
     msgd::telemetry::init_logging(&config.log);
-    match server::serve(config, shutdown_signal()).await {
+    // Installed before boot, so a signal sent while msgd starts is handled too.
+    let signals = Signals::install()
+        .map_err(|e| Failure::Failed(anyhow::Error::new(e).context("cannot install the signal handlers")))?;
+    match server::serve(config, signals.until_shutdown()).await {
         Ok(Exit::Clean) => Ok(()),
         Ok(Exit::DeadlineExceeded) => {
             Err(Failure::Failed(anyhow::anyhow!("shutdown deadline passed with work in flight")))
         }
         Err(e) => {
-            tracing::error!(component = "boot", error = %format!("{e:#}"), "serve failed");
-            Err(Failure::Failed(e))
+            // Driver and client errors may quote a dependency URL.
+            let message = msgd::config::redact_text(&format!("{e:#}"));
+            tracing::error!(component = "boot", error = %message, "serve failed");
+            Err(Failure::Failed(anyhow::anyhow!(message)))
         }
     }
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("install the SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("install the SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!(component = "shutdown", signal = "SIGTERM", "signal received"),
-        _ = int.recv() => tracing::info!(component = "shutdown", signal = "SIGINT", "signal received"),
+/// The signals `serve` handles.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+    usr1: Signal,
+    usr2: Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+            usr1: signal(SignalKind::user_defined1())?,
+            usr2: signal(SignalKind::user_defined2())?,
+        })
+    }
+
+    /// Resolves on SIGTERM or SIGINT; logs and ignores the others meanwhile.
+    async fn until_shutdown(mut self) {
+        loop {
+            let ignored = tokio::select! {
+                _ = self.term.recv() => {
+                    tracing::info!(component = "shutdown", signal = "SIGTERM", "signal received");
+                    return;
+                }
+                _ = self.int.recv() => {
+                    tracing::info!(component = "shutdown", signal = "SIGINT", "signal received");
+                    return;
+                }
+                _ = self.hup.recv() => "SIGHUP",
+                _ = self.usr1.recv() => "SIGUSR1",
+                _ = self.usr2.recv() => "SIGUSR2",
+            };
+            tracing::info!(component = "signals", signal = ignored, "signal ignored: it has no meaning for msgd yet");
+        }
     }
 }

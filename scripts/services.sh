@@ -3,10 +3,15 @@
 # local services-mode deployment use: PostgreSQL 15, Redis 7 and an S3 server
 # (s3s-fs, a SigV4-checking S3 implementation over a directory).
 #
-#   scripts/services.sh up     install what is missing, start what is not running
-#   scripts/services.sh down   stop everything this script started (by PID)
-#   scripts/services.sh env    print the environment the tests read
+#   scripts/services.sh up        install what is missing, start what is not running
+#   scripts/services.sh down      stop everything this script started (by PID)
+#   scripts/services.sh env       print the MSGD_* variables of a local services-mode msgd
+#                                 on these servers: eval "$(scripts/services.sh env)"
+#   scripts/services.sh test-env  print the MSGDTEST_* environment the tests read
 #
+# The local deployment uses database `msgd` (created by `up`), Redis key prefix
+# `msgd` and bucket `msgd` (msgd creates a missing bucket itself); the tests use
+# their own databases, prefixes and buckets on the same servers.
 # Everything lives under $MSGDTEST_SERVICES_DIR (default /tmp/msgd-services) and
 # listens on 127.0.0.1 only. No systemd: each server is a background process
 # whose PID file is in that directory. `up` is idempotent.
@@ -118,6 +123,28 @@ export MSGDTEST_S3S_FS=$(s3s_bin)
 ENV
 }
 
+create_msgd_database() {
+  local bin; bin="$(pg_bin)"
+  if ! "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'msgd'" \
+      | grep -q 1; then
+    "$bin/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -qc "CREATE DATABASE msgd" >/dev/null
+    log "created database msgd"
+  fi
+}
+
+# What a services-mode msgd on these servers needs; the same ports and
+# credentials `up` starts them with.
+msgd_env() {
+  cat <<ENV
+export MSGD_POSTGRES__URL=postgres://postgres@127.0.0.1:$PG_PORT/msgd
+export MSGD_REDIS__URL=redis://127.0.0.1:$REDIS_PORT
+export MSGD_S3__ENDPOINT=http://127.0.0.1:$S3_PORT
+export MSGD_S3__BUCKET=msgd
+export MSGD_S3__ACCESS_KEY_ID=$S3_ACCESS_KEY
+export MSGD_S3__SECRET_ACCESS_KEY=$S3_SECRET_KEY
+ENV
+}
+
 stop_pidfile() { # name, pidfile
   if alive "$2"; then
     kill "$(head -1 "$2")" 2>/dev/null || true
@@ -130,7 +157,7 @@ case "${1:-}" in
   up)
     install_missing
     mkdir -p "$DIR"; chmod 755 "$DIR"
-    start_postgres; start_redis; start_s3; write_env
+    start_postgres; create_msgd_database; start_redis; start_s3; write_env
     log "ready; environment in $DIR/env" ;;
   down)
     if alive "$DIR/pg/data/postmaster.pid"; then
@@ -140,7 +167,9 @@ case "${1:-}" in
     stop_pidfile redis "$DIR/redis/pid"
     stop_pidfile s3 "$DIR/s3/pid" ;;
   env)
+    msgd_env ;;
+  test-env)
     cat "$DIR/env" ;;
   *)
-    echo "usage: $0 up|down|env" >&2; exit 2 ;;
+    echo "usage: $0 up|down|env|test-env" >&2; exit 2 ;;
 esac

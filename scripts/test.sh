@@ -14,4 +14,9 @@ trap 'scripts/services.sh down' EXIT
 . "$DIR/env"
 export MSGDTEST_REQUIRE_SERVICES=1
 cargo test --locked "$@"
-[ $# -gt 0 ] || scripts/fuzz.sh # the whole suite only, not a filtered run
+# The whole suite (no test filter) also runs the contract tests against the
+# binary cargo test just built.
+if [ "$#" -eq 0 ]; then
+  scripts/schemathesis.sh
+  scripts/fuzz.sh # bounded runs of every fuzz target (fuzz/README.md)
+fi

@@ -22,8 +22,8 @@ pub const ENV_CONFIG_FILE: &str = "MSGD_CONFIG";
 
 /// Keys whose values are secrets in full.
 const SECRET_KEYS: &[&str] = &["s3.secret_access_key", "auth.dev_tokens.signing_key"];
-/// Keys holding URLs whose password part is a secret.
-const URL_KEYS: &[&str] = &["postgres.url", "redis.url"];
+/// Keys holding URLs, shown through [`redact_url`] even when they fail to parse.
+const URL_KEYS: &[&str] = &["postgres.url", "redis.url", "s3.endpoint", "auth.keycloak.issuer"];
 
 /// A configuration error: which key, which value, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,8 +54,15 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl ConfigError {
+    /// Every error is built here, so every shown value and reason passes the
+    /// redaction: secret keys by name, URLs by [`redact_url`].
     fn new(key: &str, value: Option<String>, reason: impl Into<String>) -> Self {
-        ConfigError { key: key.to_string(), value, reason: reason.into(), env_var: None }
+        ConfigError {
+            key: key.to_string(),
+            value: value.map(|value| shown_value(key, &value)),
+            reason: redact_text(&reason.into()),
+            env_var: None,
+        }
     }
 }
 
@@ -96,7 +103,7 @@ impl SecretUrl {
         self.0.as_str()
     }
     pub fn redacted(&self) -> String {
-        redact_url(&self.0)
+        redact_url(self.0.as_str())
     }
 }
 
@@ -112,12 +119,94 @@ impl Serialize for SecretUrl {
     }
 }
 
-fn redact_url(url: &url::Url) -> String {
-    let mut shown = url.clone();
-    if shown.password().is_some() {
-        let _ = shown.set_password(Some(REDACTED));
+/// A URL as it may be shown (config view, errors, logs, `/readyz`): the whole
+/// userinfo, every query parameter whose name suggests a secret, and any
+/// fragment are replaced by `<redacted>`; scheme, host, port and path stay.
+/// Text that is not a URL keeps only its scheme, since it may hide a password
+/// anywhere. The one redaction of URLs: everything that shows one calls this.
+pub fn redact_url(text: &str) -> String {
+    use url::Position;
+    let Ok(url) = url::Url::parse(text) else {
+        return match text.split_once("://") {
+            Some((scheme, _)) => format!("{scheme}://{REDACTED}"),
+            None => REDACTED.to_string(),
+        };
+    };
+    let mut shown = url[..Position::BeforeUsername].to_string();
+    if !url.username().is_empty() || url.password().is_some() {
+        shown.push_str(REDACTED);
+        shown.push('@');
     }
-    shown.to_string()
+    shown.push_str(&url[Position::BeforeHost..Position::AfterPath]);
+    // The parser adds `/` as the path of `scheme://host`; show what was written.
+    if url.path() == "/" && !text.split(['?', '#']).next().unwrap_or_default().ends_with('/') {
+        shown.pop();
+    }
+    if let Some(query) = url.query() {
+        shown.push('?');
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| {
+                let name = pair.split('=').next().unwrap_or_default();
+                let decoded: String =
+                    url::form_urlencoded::parse(name.as_bytes()).map(|(k, _)| k.into_owned()).collect();
+                if is_secret_param(&decoded) {
+                    format!("{name}={REDACTED}")
+                } else {
+                    pair.to_string()
+                }
+            })
+            .collect();
+        shown.push_str(&pairs.join("&"));
+    }
+    if url.fragment().is_some() {
+        shown.push('#');
+        shown.push_str(REDACTED);
+    }
+    shown
+}
+
+/// Free text (an error message, a log field) with every URL in it passed
+/// through [`redact_url`]; a URL runs from its scheme to the next space or quote.
+pub fn redact_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let start = rest[..at]
+            .char_indices()
+            .rev()
+            .find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+            .map_or(0, |(i, c)| i + c.len_utf8());
+        let mut end = rest[at..]
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '<' | '>'))
+            .map_or(rest.len(), |i| at + i);
+        // Punctuation closing the sentence around a URL is not part of it.
+        while let Some(last) = rest[at..end].chars().last().filter(|c| matches!(c, ')' | ',' | '.' | ';' | ':')) {
+            if last == ')' && rest[start..end].contains('(') {
+                break;
+            }
+            end -= 1;
+        }
+        out.push_str(&rest[..start]);
+        if start == at {
+            // No scheme before `://`: not a URL, but what follows may still be userinfo.
+            out.push_str(&redact_url(&format!("x{}", &rest[at..end]))[1..]);
+        } else {
+            out.push_str(&redact_url(&rest[start..end]));
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Query parameters that carry credentials: passwords (`password`,
+/// `sslpassword`, `pwd`), tokens (`access_token`, `X-Amz-Security-Token`),
+/// keys, secrets and signatures (`X-Amz-Signature`, `X-Amz-Credential`, `sig`).
+fn is_secret_param(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["pass", "pwd", "secret", "token", "key", "signature", "credential", "auth"].iter().any(|word| name.contains(word))
+        || name == "sig"
 }
 
 /// The validated configuration.
@@ -154,6 +243,11 @@ pub struct WsConfig {
     /// Frames queued for one connection before it counts as a slow consumer.
     pub send_queue: usize,
     pub max_subscriptions: usize,
+    /// Open WebSockets per user (app + user id) at most.
+    pub max_per_user: usize,
+    /// Open WebSockets per client IP address at most; 0 turns the limit off
+    /// (behind a reverse proxy every client shares the proxy's address).
+    pub max_per_ip: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -190,6 +284,7 @@ pub struct AuthConfig {
 #[derive(Debug, Clone, Serialize)]
 pub struct KeycloakConfig {
     /// `https://keycloak.example.com/realms/REALM`; the JWKS is discovered from it.
+    #[serde(serialize_with = "ser_url")]
     pub issuer: String,
     /// Accepted `aud` values (any one must be present); empty = not checked.
     pub audiences: Vec<String>,
@@ -236,6 +331,17 @@ pub struct HttpConfig {
     /// How long `serve` waits for in-flight work after SIGTERM before exiting.
     #[serde(serialize_with = "ser_duration")]
     pub shutdown_timeout: Duration,
+    /// A connection must deliver a complete request head within this long of
+    /// opening, and of its previous response (so it is also the keep-alive
+    /// idle timeout): slow-header trickles and silent sockets are closed.
+    #[serde(serialize_with = "ser_duration")]
+    pub header_read_timeout: Duration,
+    /// A request (body included) must be answered within this long, else 408.
+    #[serde(serialize_with = "ser_duration")]
+    pub request_timeout: Duration,
+    /// Open connections (HTTP and WebSocket) at most; beyond it new ones get a 503.
+    /// Lowered at start to fit the process's file limit.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -280,7 +386,7 @@ pub struct RedisConfig {
 #[derive(Debug, Clone, Serialize)]
 pub struct S3Config {
     /// Custom endpoint (MinIO, R2); `None` means AWS for the region.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "ser_optional_url")]
     pub endpoint: Option<String>,
     pub bucket: String,
     pub region: String,
@@ -300,6 +406,10 @@ pub struct LogConfig {
     /// A tracing filter directive, e.g. `info` or `msgd=debug`.
     pub level: String,
     pub format: LogFormat,
+    /// One log line per HTTP request (method, route template, status, duration, app id).
+    pub access: bool,
+    /// The share of requests the access log shows (0 < rate ≤ 1); 5xx answers are always shown.
+    pub access_sample_rate: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -328,6 +438,18 @@ impl Config {
 
 fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+/// A URL-valued key in the config view, through [`redact_url`].
+fn ser_url<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redact_url(url))
+}
+
+fn ser_optional_url<S: Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match url {
+        Some(url) => ser_url(url, s),
+        None => s.serialize_none(),
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -366,6 +488,10 @@ struct RawWs {
     send_queue: Option<usize>,
     #[serde(deserialize_with = "lenient")]
     max_subscriptions: Option<usize>,
+    #[serde(deserialize_with = "lenient")]
+    max_per_user: Option<usize>,
+    #[serde(deserialize_with = "lenient")]
+    max_per_ip: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -457,6 +583,10 @@ fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D
 struct RawHttp {
     listen: Option<String>,
     shutdown_timeout: Option<String>,
+    header_read_timeout: Option<String>,
+    request_timeout: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    max_connections: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -503,6 +633,10 @@ struct RawRetention {
 struct RawLog {
     level: Option<String>,
     format: Option<String>,
+    #[serde(deserialize_with = "lenient")]
+    access: Option<bool>,
+    #[serde(deserialize_with = "lenient")]
+    access_sample_rate: Option<f64>,
 }
 
 /// Accepts a typed TOML value or a string (environment overrides are always
@@ -575,13 +709,20 @@ pub fn from_toml(text: &str, env: impl IntoIterator<Item = (String, String)>) ->
         if let Some(field) = missing {
             key = if key == "." { field.to_string() } else { format!("{key}.{field}") };
         }
-        let value = match missing {
-            Some(_) => None,
-            None => lookup(&merged, &key).map(|v| shown_value(&key, v)),
+        // An unknown key's value is never shown: nothing says whether it is a
+        // secret (a `[backup]` section of a newer release may hold credentials).
+        // Nor is a whole section's: only a scalar or a list of them.
+        let unknown = message.starts_with("unknown field");
+        let value = match lookup(&merged, &key) {
+            _ if missing.is_some() || unknown => None,
+            Some(toml::Value::String(text)) => Some(text.clone()),
+            Some(toml::Value::Table(_)) | None => None,
+            Some(toml::Value::Array(items)) if items.iter().any(|item| item.is_table()) => None,
+            Some(other) => Some(other.to_string()),
         };
         let reason = if missing.is_some() {
             "required but missing".to_string()
-        } else if is_secret(&key) && !message.starts_with("unknown field") {
+        } else if is_secret(&key) && !unknown {
             "invalid value".to_string()
         } else {
             message
@@ -635,24 +776,15 @@ fn is_secret(key: &str) -> bool {
             .any(|word| key.to_ascii_lowercase().contains(word))
 }
 
-fn shown_value(key: &str, value: &toml::Value) -> String {
+/// A value as an error may show it: nothing of a secret key, URLs redacted.
+fn shown_value(key: &str, text: &str) -> String {
     if is_secret(key) {
-        return REDACTED.to_string();
+        REDACTED.to_string()
+    } else if URL_KEYS.contains(&key) {
+        redact_url(text)
+    } else {
+        redact_text(text)
     }
-    let text = match value {
-        toml::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    if URL_KEYS.contains(&key) {
-        return url::Url::parse(&text).map(|u| redact_url(&u)).unwrap_or_else(|_| {
-            // Unparseable: it may still hold a password after `:`; show only the scheme.
-            match text.split_once("://") {
-                Some((scheme, _)) => format!("{scheme}://{REDACTED}"),
-                None => REDACTED.to_string(),
-            }
-        });
-    }
-    text
 }
 
 fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
@@ -666,6 +798,27 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         ConfigError::new("http.listen", Some(listen_text.clone()), format!("not a socket address (host:port): {e}"))
     })?;
     let shutdown_timeout = duration("http.shutdown_timeout", raw.http.shutdown_timeout, Duration::from_secs(10))?;
+    let positive = |key: &str, text: Option<String>, default: Duration| {
+        let value = duration(key, text, default)?;
+        if value.is_zero() {
+            return Err(ConfigError::new(key, Some("0s".into()), "must be more than zero"));
+        }
+        Ok(value)
+    };
+    let http = HttpConfig {
+        listen,
+        shutdown_timeout,
+        header_read_timeout: positive(
+            "http.header_read_timeout",
+            raw.http.header_read_timeout,
+            Duration::from_secs(10),
+        )?,
+        request_timeout: positive("http.request_timeout", raw.http.request_timeout, Duration::from_secs(30))?,
+        max_connections: match raw.http.max_connections.unwrap_or(10_000) {
+            0 => return Err(ConfigError::new("http.max_connections", Some("0".into()), "must be at least 1")),
+            n => n,
+        },
+    };
 
     let backend = match (raw.postgres, raw.redis, raw.s3) {
         (None, None, None) => Backend::Embedded,
@@ -724,16 +877,26 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let ws = WsConfig {
         heartbeat_interval: duration("ws.heartbeat_interval", raw.ws.heartbeat_interval, Duration::from_secs(25))?,
         idle_timeout: duration("ws.idle_timeout", raw.ws.idle_timeout, Duration::from_secs(60))?,
-        send_queue: raw.ws.send_queue.unwrap_or(256).max(1),
+        send_queue: raw.ws.send_queue.unwrap_or(256).max(2),
         max_subscriptions: raw.ws.max_subscriptions.unwrap_or(100).max(1),
+        max_per_user: raw.ws.max_per_user.unwrap_or(32).max(1),
+        max_per_ip: raw.ws.max_per_ip.unwrap_or(1024),
     };
+    let access_sample_rate = raw.log.access_sample_rate.unwrap_or(1.0);
+    if !(access_sample_rate > 0.0 && access_sample_rate <= 1.0) {
+        return Err(ConfigError::new(
+            "log.access_sample_rate",
+            Some(access_sample_rate.to_string()),
+            "must be more than 0 and at most 1",
+        ));
+    }
 
     Ok(Config {
         data_dir,
-        http: HttpConfig { listen, shutdown_timeout },
+        http,
         backend,
         retention: RetentionConfig { days },
-        log: LogConfig { level, format },
+        log: LogConfig { level, format, access: raw.log.access.unwrap_or(false), access_sample_rate },
         auth,
         limits,
         flush,
@@ -920,7 +1083,7 @@ fn valid_bucket_name(name: &str) -> bool {
 }
 
 fn service_url(key: &str, text: &str, schemes: &[&str]) -> Result<SecretUrl, ConfigError> {
-    let shown = || Some(shown_value(key, &toml::Value::String(text.to_string())));
+    let shown = || Some(text.to_string());
     let url = url::Url::parse(text).map_err(|e| ConfigError::new(key, shown(), format!("not a URL: {e}")))?;
     if !schemes.contains(&url.scheme()) {
         return Err(ConfigError::new(
@@ -985,5 +1148,65 @@ mod tests {
         let err = from_toml("", env(&[("MSGD_HTTP__ADMIN_PASSWORD", "hunter2")])).unwrap_err();
         assert_eq!(err.key, "http.admin_password");
         assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn urls_lose_userinfo_and_secret_parameters_everywhere() {
+        let cases = [
+            ("postgres://u:hunter2@db:5432/msgd", "postgres://<redacted>@db:5432/msgd"),
+            ("postgres://db/msgd?user=u&password=hunter2", "postgres://db/msgd?user=u&password=<redacted>"),
+            (
+                "postgres://db/msgd?sslmode=require&SSLPassword=hunter2",
+                "postgres://db/msgd?sslmode=require&SSLPassword=<redacted>",
+            ),
+            ("redis://:hunter2@cache:6379", "redis://<redacted>@cache:6379"),
+            ("https://hunter2@sso.example.com/realms/a", "https://<redacted>@sso.example.com/realms/a"),
+            (
+                "https://s3.example.com/b?X-Amz-Credential=AKIA%2Fhunter2&X-Amz-Signature=hunter2&x=1",
+                "https://s3.example.com/b?X-Amz-Credential=<redacted>&X-Amz-Signature=<redacted>&x=1",
+            ),
+            (
+                "http://h/?access_token=hunter2&PWD=hunter2&pass=hunter2",
+                "http://h/?access_token=<redacted>&PWD=<redacted>&pass=<redacted>",
+            ),
+            ("http://h/p#access_token=hunter2", "http://h/p#<redacted>"),
+            ("postgres//u:hunter2@nohost", "<redacted>"),
+        ];
+        for (url, shown) in cases {
+            assert_eq!(redact_url(url), shown);
+        }
+        let text = "error sending request for url (https://u:hunter2@sso/x?token=hunter2): refused; é://a:hunter2@b";
+        let shown = redact_text(text);
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.starts_with("error sending request for url (https://<redacted>@sso/x?token=<redacted>)"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn unknown_sections_and_url_keys_never_echo_secrets() {
+        // A section this release does not know is named, its contents never shown.
+        let err =
+            from_toml("[backup]\nurl = \"s3://AKIA:hunter2@b\"\npassphrase = \"hunter2\"\n", env(&[])).unwrap_err();
+        assert_eq!(err.key, "backup");
+        assert!(err.value.is_none() && !err.to_string().contains("hunter2"), "{err}");
+        let err = from_toml("[http]\nlisten_token = \"hunter2\"\n", env(&[])).unwrap_err();
+        assert_eq!(err.key, "http.listen_token");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        // URL-valued keys other than postgres.url and redis.url.
+        let err = from_toml("[auth.keycloak]\nissuer = \"ftp://u:hunter2@sso\"\naudiences = [\"a\"]\n", env(&[]))
+            .unwrap_err();
+        assert_eq!(err.key, "auth.keycloak.issuer");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let services = "[postgres]\nurl = \"postgres://h/db?password=hunter2\"\n[redis]\nurl = \"redis://h\"\n\
+                        [s3]\nbucket = \"b-1\"\naccess_key_id = \"a\"\nsecret_access_key = \"s\"\n\
+                        endpoint = \"ftp://a:hunter2@minio\"\n";
+        let err = from_toml(services, env(&[])).unwrap_err();
+        assert_eq!(err.key, "s3.endpoint");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let config = from_toml(&services.replace("ftp://", "http://"), env(&[])).unwrap();
+        let view = config.effective_view().to_string();
+        assert!(!view.contains("hunter2") && view.contains("minio"), "{view}");
     }
 }

@@ -29,6 +29,7 @@ const MEMBERSHIP_CACHE_MAX: usize = 100_000;
 const MAX_MEMBERS_AT_CREATION: usize = 1000;
 const MAX_TITLE_CHARS: usize = 200;
 const MAX_METADATA_BYTES: usize = 8 * 1024;
+const DEFAULT_LIST: u32 = 100;
 const MAX_LIST: u32 = 500;
 
 #[derive(Debug, Deserialize)]
@@ -76,22 +77,6 @@ impl ConversationView {
     }
 }
 
-/// Checks a user id's shape: 1–255 characters, no control characters.
-pub fn validate_user_id(user_id: &str) -> Result<(), Error> {
-    if user_id.is_empty() || user_id.len() > 255 || user_id.chars().any(char::is_control) {
-        return Err(Error::invalid(
-            "invalid_user_id",
-            format!("user ids are 1 to 255 characters without control characters: {user_id:?}"),
-        ));
-    }
-    Ok(())
-}
-
-/// Conversation ids are UUIDs; anything else names no conversation.
-fn parse_id(id: &str) -> Option<String> {
-    uuid::Uuid::parse_str(id).ok().map(|u| u.to_string())
-}
-
 pub async fn create(
     ctx: &Context,
     caller: &Caller,
@@ -130,9 +115,9 @@ pub async fn create(
         members.push(MemberRow { user_id: user.clone(), role: "owner".into(), joined_at: now });
     }
     for user in &request.members {
-        validate_user_id(user)?;
-        if !members.iter().any(|m| &m.user_id == user) {
-            members.push(MemberRow { user_id: user.clone(), role: "member".into(), joined_at: now });
+        let user = crate::ids::user_id(user)?;
+        if !members.iter().any(|m| m.user_id == user) {
+            members.push(MemberRow { user_id: user, role: "member".into(), joined_at: now });
         }
     }
     let row = ConversationRow {
@@ -151,7 +136,10 @@ pub async fn create(
 /// The caller's conversations (all of the app's for an admin key acting as the app), newest first.
 pub async fn list(ctx: &Context, caller: &Caller, limit: Option<u32>) -> Result<Vec<ConversationView>, Error> {
     caller.require_scope(Scope::Read)?;
-    let limit = limit.unwrap_or(100).clamp(1, MAX_LIST);
+    let limit = limit.unwrap_or(DEFAULT_LIST);
+    if limit == 0 || limit > MAX_LIST {
+        return Err(Error::invalid("invalid_request", format!("limit must be 1 to {MAX_LIST}")));
+    }
     let rows = ctx.stores.metadata.list_conversations(&caller.app_id, caller.user_id.as_deref(), limit).await?;
     Ok(rows.into_iter().map(|row| ConversationView::from_row(row, None)).collect())
 }
@@ -164,27 +152,34 @@ pub async fn get(ctx: &Context, caller: &Caller, id: &str) -> Result<Conversatio
     Ok(ConversationView::from_row(row, Some(members)))
 }
 
-/// Adds `user_id`; answers whether they were added (false: already a member).
-pub async fn add_member(ctx: &Context, caller: &Caller, id: &str, user_id: &str, now: i64) -> Result<bool, Error> {
-    caller.require_scope(Scope::Write)?;
-    validate_user_id(user_id)?;
+/// Adds `user_id` (answered in its canonical form); says whether they were
+/// added (false: already a member).
+pub async fn add_member(
+    ctx: &Context,
+    caller: &Caller,
+    id: &str,
+    user_id: &str,
+    now: i64,
+) -> Result<(String, bool), Error> {
+    caller.require_participant()?;
+    let user_id = crate::ids::user_id(user_id)?;
     let (id, role) = require_access(ctx, caller, id).await?;
     require_manager(caller, role.as_deref(), None)?;
-    let member = MemberRow { user_id: user_id.to_string(), role: "member".into(), joined_at: now };
+    let member = MemberRow { user_id: user_id.clone(), role: "member".into(), joined_at: now };
     let added = ctx.stores.metadata.add_member(&caller.app_id, &id, &member).await?;
     if added {
         ctx.membership.changed(&caller.app_id, &id).await;
     }
-    Ok(added)
+    Ok((user_id, added))
 }
 
 /// Removes `user_id`; answers whether they were a member.
 pub async fn remove_member(ctx: &Context, caller: &Caller, id: &str, user_id: &str) -> Result<bool, Error> {
-    caller.require_scope(Scope::Write)?;
-    validate_user_id(user_id)?;
+    caller.require_participant()?;
+    let user_id = crate::ids::user_id(user_id)?;
     let (id, role) = require_access(ctx, caller, id).await?;
-    require_manager(caller, role.as_deref(), Some(user_id))?;
-    let removed = ctx.stores.metadata.remove_member(&caller.app_id, &id, user_id).await?;
+    require_manager(caller, role.as_deref(), Some(&user_id))?;
+    let removed = ctx.stores.metadata.remove_member(&caller.app_id, &id, &user_id).await?;
     if removed {
         ctx.membership.changed(&caller.app_id, &id).await;
     }
@@ -194,7 +189,7 @@ pub async fn remove_member(ctx: &Context, caller: &Caller, id: &str, user_id: &s
 /// Resolves a conversation the caller may access: its canonical id and the
 /// caller's role (`None` for an admin key acting as the app).
 pub async fn require_access(ctx: &Context, caller: &Caller, id: &str) -> Result<(String, Option<String>), Error> {
-    let Some(id) = parse_id(id) else {
+    let Some(id) = crate::ids::conversation_id(id) else {
         return Err(if caller.is_app() { not_found() } else { Error::not_member() });
     };
     match &caller.user_id {
@@ -213,10 +208,12 @@ fn not_found() -> Error {
     Error::new(Kind::NotFound, "not_found", "no such conversation")
 }
 
-/// Owners and admin keys manage members; anyone may remove themselves.
+/// Owners and admin keys acting as the app manage members; anyone may
+/// remove themselves. When a user token is present the user's role decides,
+/// whatever the key's scope: an admin key lends no powers to a user.
 fn require_manager(caller: &Caller, role: Option<&str>, removing: Option<&str>) -> Result<(), Error> {
     let is_self = removing.is_some() && removing == caller.user_id.as_deref();
-    if caller.scope == Scope::Admin || role == Some("owner") || is_self {
+    if caller.is_app() || role == Some("owner") || is_self {
         return Ok(());
     }
     Err(Error::new(Kind::Forbidden, "not_owner", "only the conversation's owners and admin keys manage members"))

@@ -19,8 +19,10 @@ pub enum Kind {
     TooLarge,
     /// Well-formed but unacceptable, e.g. an idempotency key reused (422).
     Unprocessable,
-    /// Over a rate limit (429).
+    /// Over a rate limit, or over a cap on connections (429).
     RateLimited,
+    /// The request took longer than allowed to arrive or be answered (408).
+    TimedOut,
     /// A dependency is down; retry later (503).
     Unavailable,
     /// A bug or corrupt data (500).

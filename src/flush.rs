@@ -66,6 +66,26 @@ pub struct FlushReport {
     /// Conversations skipped because their tail has a hole after the flushed
     /// seq (lost tail data: needs an operator, see runbooks/flush.md).
     pub holes: u64,
+    /// Dry runs only: the tail entries the trim would remove.
+    pub would_trim: u64,
+    /// Dry runs only: every conversation with unflushed messages, due now or not.
+    pub waiting: Vec<Waiting>,
+}
+
+/// One conversation with unflushed messages, as a dry run lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Waiting {
+    pub app_id: String,
+    pub conversation_id: String,
+    /// Messages appended since the conversation became dirty.
+    pub messages: u64,
+    /// Body bytes appended since then.
+    pub bytes: u64,
+    /// Receive time of the oldest unflushed message (Unix ms).
+    pub oldest_ts_ms: i64,
+    /// Whether this tick flushes it (its app has a conversation past a
+    /// threshold, or `--all`); otherwise it waits for `flush.max_age`/`max_bytes`.
+    pub due: bool,
 }
 
 /// A flush stage failed.
@@ -177,6 +197,18 @@ impl Flusher {
                     app.1.push(mark);
                 }
             }
+            if options.dry_run {
+                for (app_id, (due, marks)) in &dirty {
+                    report.waiting.extend(marks.iter().map(|mark| Waiting {
+                        app_id: app_id.clone(),
+                        conversation_id: mark.conv.conversation_id.clone(),
+                        messages: mark.messages,
+                        bytes: mark.bytes,
+                        oldest_ts_ms: mark.first_ts_ms,
+                        due: *due,
+                    }));
+                }
+            }
             self.metrics.flush_backlog_messages.set(backlog as i64);
             self.metrics
                 .flush_oldest_unflushed_age_seconds
@@ -248,7 +280,11 @@ impl Flusher {
         let (empty, snapshots): (Vec<_>, Vec<_>) = snapshots.into_iter().partition(|s| s.entries.is_empty());
         let records: usize = snapshots.iter().map(|s| s.entries.len()).sum();
         self.stage_done("buffer-snapshot", stage, &[("message-count", records as u64)]);
-        if !options.dry_run {
+        if options.dry_run {
+            for snapshot in &empty {
+                report.would_trim += self.trim_count(&snapshot.mark.conv, snapshot.flushed).await?;
+            }
+        } else {
             // Nothing new since the last flush: only trim and clear the mark.
             for snapshot in &empty {
                 report.trimmed += self.trim(&snapshot.mark.conv, snapshot.flushed).await?;
@@ -289,6 +325,10 @@ impl Flusher {
             raw_bytes,
         };
         if options.dry_run {
+            for snapshot in &snapshots {
+                let to = snapshot.entries.last().expect("non-empty snapshot").seq;
+                report.would_trim += self.trim_count(&snapshot.mark.conv, to).await?;
+            }
             report.segments.push(segment_report);
             return Ok(());
         }
@@ -385,6 +425,14 @@ impl Flusher {
             return Ok(0);
         }
         self.stores.tail.trim(conv, through).await.map_err(|e| stage_error("trim", e))
+    }
+
+    /// How many entries [`Flusher::trim`] would remove after flushing through
+    /// `flushed`: the tail is gap-free, so its first seq tells.
+    async fn trim_count(&self, conv: &ConvKey, flushed: u64) -> Result<u64, FlushError> {
+        let through = flushed.saturating_sub(self.config.hot_window);
+        let first = self.stores.tail.read(conv, 0, 1).await.map_err(|e| stage_error("buffer-snapshot", e))?;
+        Ok(first.first().map_or(0, |entry| (through + 1).saturating_sub(entry.seq)))
     }
 
     fn stage_done(&self, stage: &'static str, started: Instant, fields: &[(&str, u64)]) {

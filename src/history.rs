@@ -352,6 +352,15 @@ async fn collect(
         // retention cutoff) is looked at: expired history costs no walk.
         let low = low.max(first_seq_at_or_after(ctx, conv, floor_ts, low + 1).await? - 1);
         let mut top = if state.pos > 0 { state.pos } else { high }; // exclusive
+                                                                    // Nor is anything above the last block that can hold a message from
+                                                                    // before the time ceiling: an old `to_ts` costs no walk either.
+        if let Some(to) = state.to {
+            if let Some(block) =
+                ctx.stores.metadata.first_block_since(&conv.app_id, &conv.conversation_id, to.saturating_add(1)).await?
+            {
+                top = top.min(block.seq_end as u64 + 1);
+            }
+        }
         while top > low + 1 && out.len() < limit {
             let start = top.saturating_sub(CHUNK).max(low + 1);
             let chunk = fetch(&ctx.stores, cache, &ctx.metrics, conv, start, top - 1, cutoff).await?;

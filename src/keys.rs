@@ -202,6 +202,27 @@ pub fn parse_key(key: &str) -> Result<ParsedKey<'_>, KeyRejection> {
     Ok(ParsedKey { prefix, id: &body[..ID_LEN] })
 }
 
+/// The key id a command names, in the one form every command prints (the 12
+/// characters after `msgd_sk_`/`msgd_pk_`). The prefixed form `msgd_sk_<id>`
+/// (with or without a trailing `…`) is accepted too; a whole key is refused,
+/// naming its id, because a secret on a command line lands in shell history.
+pub fn parse_key_id(text: &str) -> Result<String, KeyError> {
+    let text = text.trim();
+    let unprefixed = ["msgd_sk_", "msgd_pk_"].into_iter().find_map(|p| text.strip_prefix(p)).unwrap_or(text);
+    let id = unprefixed.trim_end_matches('…').trim_end_matches("...");
+    let base62 = |s: &str| s.bytes().all(|b| b.is_ascii_alphanumeric());
+    if id.len() == ID_LEN && base62(id) {
+        return Ok(id.to_string());
+    }
+    if let Ok(parsed) = parse_key(text) {
+        return Err(KeyError::Invalid(format!(
+            "that is a whole key, secret included; name it by its id `{}` (and consider it exposed)",
+            parsed.id
+        )));
+    }
+    Err(KeyError::NoSuchKey(text.to_string()))
+}
+
 /// A fresh id for an app, `app_` and 12 base62 characters.
 pub fn new_app_id() -> String {
     format!("app_{}", random_base62(12))
@@ -256,6 +277,7 @@ pub async fn rotate_key(
     grace: Duration,
     now: i64,
 ) -> Result<(IssuedKey, i64), KeyError> {
+    let key_id = &parse_key_id(key_id)?;
     let old = meta.get_api_key(key_id).await?.ok_or_else(|| KeyError::NoSuchKey(key_id.to_string()))?;
     if old.revoked_at.is_some() {
         return Err(KeyError::KeyRevoked(key_id.to_string()));
@@ -274,6 +296,7 @@ pub async fn rotate_key(
 
 /// Revokes a key at once.
 pub async fn revoke_key(meta: &dyn Metadata, key_id: &str, now: i64) -> Result<KeyInfo, KeyError> {
+    let key_id = &parse_key_id(key_id)?;
     if !meta.revoke_api_key(key_id, now).await? {
         return Err(KeyError::NoSuchKey(key_id.to_string()));
     }
@@ -397,6 +420,17 @@ mod tests {
         }
         assert_eq!(parse_key("sk_live_abc"), Err(KeyRejection::Malformed));
         assert_eq!(parse_key(&key[..key.len() - 1]), Err(KeyRejection::Malformed));
+    }
+
+    #[test]
+    fn key_ids_are_accepted_in_every_printed_form() {
+        let (key, row) = new_key_row("app_x", Scope::Write, None, None, 0);
+        for form in [row.id.clone(), format!("msgd_sk_{}", row.id), format!("msgd_sk_{}…", row.id)] {
+            assert_eq!(parse_key_id(&form).unwrap(), row.id, "{form}");
+        }
+        let whole = parse_key_id(&key).unwrap_err().to_string();
+        assert!(whole.contains(&row.id) && !whole.contains(&key), "{whole}");
+        assert!(matches!(parse_key_id("nosuchkey"), Err(KeyError::NoSuchKey(_))));
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod error;
 pub mod flush;
 pub mod history;
 pub mod http;
+pub mod ids;
 pub mod inspect;
 pub mod keys;
 pub mod load;

@@ -6,6 +6,7 @@
 //! and sends `count` messages from `concurrency` concurrent clients, one
 //! message or one batch per request, measuring each request's ack latency.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,14 +29,89 @@ pub struct SendPlan {
     pub payload_bytes: usize,
 }
 
+/// The error codes msgd's API answers with (README, "HTTP API"): a failure's
+/// key in a report names one of these, or `other`, so the breakdown stays a
+/// small fixed set whatever a server sends.
+const KNOWN_CODES: &[&str] = &[
+    "missing_api_key",
+    "invalid_api_key",
+    "key_revoked",
+    "key_expired",
+    "missing_token",
+    "invalid_token",
+    "token_expired",
+    "wrong_issuer",
+    "wrong_audience",
+    "insufficient_scope",
+    "not_member",
+    "not_owner",
+    "not_found",
+    "not_a_member",
+    "invalid_request",
+    "invalid_payload",
+    "invalid_content_type",
+    "invalid_attachments",
+    "invalid_client_msg_id",
+    "invalid_batch",
+    "invalid_user_id",
+    "user_required",
+    "seq_out_of_range",
+    "invalid_cursor",
+    "idempotency_original_unavailable",
+    "payload_too_large",
+    "idempotency_key_reused",
+    "rate_limited",
+    "internal",
+    "corrupt_segment",
+    "dependency_unavailable",
+    "seq_unavailable",
+];
+
+/// Failed requests (and failed batch items) by `<status> <error code>`, or
+/// `no response` when the request got no HTTP answer.
+pub type Failures = BTreeMap<String, usize>;
+
+/// The key of one failure: its HTTP status and the `error.code` of its body.
+fn failure_key(status: u16, error: &serde_json::Value) -> String {
+    let code = error["code"].as_str().filter(|code| KNOWN_CODES.contains(code)).unwrap_or("other");
+    format!("{status} {code}")
+}
+
+const NO_RESPONSE: &str = "no response";
+
+/// One line about failures for people: counts by status and code, and what
+/// to do about the usual one.
+pub fn describe_failures(failures: &Failures) -> String {
+    let total: usize = failures.values().sum();
+    let mut parts: Vec<(usize, &String)> = failures.iter().map(|(k, n)| (*n, k)).collect();
+    parts.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+    let listed: Vec<String> = parts.iter().map(|(n, k)| format!("{n}× {k}")).collect();
+    let mut line = format!("{total} request(s) failed: {}", listed.join(", "));
+    if failures.keys().any(|k| k.ends_with(" rate_limited")) {
+        line += "; the server's rate limits refused them: for a load test raise limits.user_rate, \
+                 limits.user_burst, limits.key_rate and limits.key_burst (MSGD_LIMITS__USER_RATE=1000000 …, \
+                 see load/README.md)";
+    }
+    line
+}
+
+/// Rounds a measure to 3 decimals (µs for milliseconds): reports carry what was measured, not float noise.
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
 /// What a run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct SendReport {
     /// The conversation the run created (for `msgd load history`).
     pub conversation_id: String,
+    /// Messages acknowledged.
     pub messages: usize,
     pub requests: usize,
+    /// Failed requests plus failed batch items.
     pub errors: usize,
+    /// `errors` by HTTP status and error code.
+    pub failures: Failures,
     pub elapsed_seconds: f64,
     pub messages_per_second: f64,
     pub latency_ms_p50: f64,
@@ -70,7 +146,7 @@ pub async fn send(plan: &SendPlan, progress: impl Fn(usize) + Send + Sync + 'sta
         let (base, conversation, payload, plan) = (base.clone(), conversation.clone(), payload.clone(), plan.clone());
         workers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
-            let mut errors = 0;
+            let mut failures = Failures::new();
             loop {
                 let index = next.fetch_add(1, Ordering::Relaxed);
                 if index >= requests {
@@ -86,26 +162,55 @@ pub async fn send(plan: &SendPlan, progress: impl Fn(usize) + Send + Sync + 'sta
                         .json(&json!({"messages": vec![message; size]}))
                 };
                 let sent_at = Instant::now();
-                let ok = match request.header("x-api-key", &plan.admin_key).bearer_auth(&token).send().await {
-                    Ok(reply) => reply.status().is_success() && reply.bytes().await.is_ok(),
-                    Err(_) => false,
+                let reply = request.header("x-api-key", &plan.admin_key).bearer_auth(&token).send().await;
+                let body = match reply {
+                    Ok(reply) => {
+                        let status = reply.status();
+                        reply.bytes().await.map(|body| (status, body))
+                    }
+                    Err(e) => Err(e),
                 };
                 latencies.push(sent_at.elapsed());
-                if ok {
-                    progress(acked.fetch_add(size, Ordering::Relaxed) + size);
-                } else {
-                    errors += 1;
+                let ok = match body {
+                    Err(_) => {
+                        *failures.entry(NO_RESPONSE.to_string()).or_default() += 1;
+                        0
+                    }
+                    Ok((status, body)) => {
+                        let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                        if !status.is_success() {
+                            *failures.entry(failure_key(status.as_u16(), &value["error"])).or_default() += 1;
+                            0
+                        } else if plan.batch == 1 {
+                            1
+                        } else {
+                            // A batch answers 200 with a status per item: count each.
+                            let mut ok = 0;
+                            for item in value["results"].as_array().into_iter().flatten() {
+                                match item["status"].as_u64().unwrap_or(0) as u16 {
+                                    200..=299 => ok += 1,
+                                    status => *failures.entry(failure_key(status, &item["error"])).or_default() += 1,
+                                }
+                            }
+                            ok
+                        }
+                    }
+                };
+                if ok > 0 {
+                    progress(acked.fetch_add(ok, Ordering::Relaxed) + ok);
                 }
             }
-            (latencies, errors)
+            (latencies, failures)
         }));
     }
     let mut latencies: Vec<Duration> = Vec::with_capacity(requests);
-    let mut errors = 0;
+    let mut failures = Failures::new();
     for worker in workers {
-        let (worker_latencies, worker_errors) = worker.await?;
+        let (worker_latencies, worker_failures) = worker.await?;
         latencies.extend(worker_latencies);
-        errors += worker_errors;
+        for (key, n) in worker_failures {
+            *failures.entry(key).or_default() += n;
+        }
     }
     let elapsed = started.elapsed().as_secs_f64();
     latencies.sort();
@@ -115,13 +220,14 @@ pub async fn send(plan: &SendPlan, progress: impl Fn(usize) + Send + Sync + 'sta
         conversation_id: conversation.clone(),
         messages,
         requests,
-        errors,
-        elapsed_seconds: elapsed,
-        messages_per_second: messages as f64 / elapsed,
-        latency_ms_p50: percentile(0.50),
-        latency_ms_p90: percentile(0.90),
-        latency_ms_p99: percentile(0.99),
-        latency_ms_max: percentile(1.0),
+        errors: failures.values().sum(),
+        failures,
+        elapsed_seconds: round3(elapsed),
+        messages_per_second: round3(messages as f64 / elapsed),
+        latency_ms_p50: round3(percentile(0.50)),
+        latency_ms_p90: round3(percentile(0.90)),
+        latency_ms_p99: round3(percentile(0.99)),
+        latency_ms_max: round3(percentile(1.0)),
         concurrency: plan.concurrency,
         batch: plan.batch,
     })
@@ -191,6 +297,8 @@ async fn create_conversation(
 pub struct HistoryReport {
     pub requests: usize,
     pub errors: usize,
+    /// `errors` by HTTP status and error code.
+    pub failures: Failures,
     pub limit: u32,
     pub after_seq_from: u64,
     pub after_seq_to: u64,
@@ -216,7 +324,7 @@ pub async fn history(
     let token = dev_tokens(&client, base, admin_key, 1).await?.remove(0);
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
     let mut latencies = Vec::with_capacity(requests);
-    let mut errors = 0;
+    let mut failures = Failures::new();
     let started = Instant::now();
     for _ in 0..requests {
         state ^= state << 13;
@@ -230,27 +338,40 @@ pub async fn history(
             .bearer_auth(&token)
             .send()
             .await;
-        let ok = match reply {
-            Ok(reply) => reply.status().is_success() && reply.bytes().await.is_ok(),
-            Err(_) => false,
-        };
+        let failure = classify(reply).await;
         latencies.push(sent_at.elapsed());
-        if !ok {
-            errors += 1;
+        if let Some(key) = failure {
+            *failures.entry(key).or_default() += 1;
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
     latencies.sort();
     Ok(HistoryReport {
         requests,
-        errors,
+        errors: failures.values().sum(),
+        failures,
         limit,
         after_seq_from: after_from,
         after_seq_to: after_to,
-        latency_ms_p50: percentile_ms(&latencies, 0.5),
-        latency_ms_p99: percentile_ms(&latencies, 0.99),
-        pages_per_second: requests as f64 / elapsed,
+        latency_ms_p50: round3(percentile_ms(&latencies, 0.5)),
+        latency_ms_p99: round3(percentile_ms(&latencies, 0.99)),
+        pages_per_second: round3(requests as f64 / elapsed),
     })
+}
+
+/// The failure key of a whole-request reply, or `None` when it succeeded.
+async fn classify(reply: reqwest::Result<reqwest::Response>) -> Option<String> {
+    let reply = match reply {
+        Ok(reply) => reply,
+        Err(_) => return Some(NO_RESPONSE.into()),
+    };
+    let status = reply.status();
+    let Ok(body) = reply.bytes().await else { return Some(NO_RESPONSE.into()) };
+    if status.is_success() {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    Some(failure_key(status.as_u16(), &value["error"]))
 }
 
 /// WebSocket fanout: delivery latency from send to frame received.
@@ -259,6 +380,8 @@ pub struct FanoutReport {
     pub clients: usize,
     pub conversations: usize,
     pub messages_sent: usize,
+    /// Sends that failed, by HTTP status and error code.
+    pub failures: Failures,
     pub frames_received: usize,
     pub frames_per_second: f64,
     pub latency_ms_p50: f64,
@@ -322,17 +445,21 @@ pub async fn fanout(
     let started = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / rate);
     let mut next_at = Instant::now();
+    let mut failures = Failures::new();
     for n in 0..messages {
         for id in &ids {
             next_at += interval;
             tokio::time::sleep_until(next_at.into()).await;
             let body = json!({"payload": {"n": n, "sent_us": epoch.elapsed().as_micros() as u64}});
-            client
+            let reply = client
                 .post(format!("{base}/v1/conversations/{id}/messages"))
                 .header("x-api-key", admin_key)
                 .json(&body)
                 .send()
-                .await?;
+                .await;
+            if let Some(key) = classify(reply).await {
+                *failures.entry(key).or_default() += 1;
+            }
         }
     }
     for reader in readers {
@@ -348,17 +475,42 @@ pub async fn fanout(
     Ok(FanoutReport {
         clients,
         conversations,
-        messages_sent: messages * conversations,
+        messages_sent: messages * conversations - failures.values().sum::<usize>(),
+        failures,
         frames_received: frames,
-        frames_per_second: frames as f64 / elapsed,
-        latency_ms_p50: percentile_ms(&latencies, 0.5),
-        latency_ms_p99: percentile_ms(&latencies, 0.99),
+        frames_per_second: round3(frames as f64 / elapsed),
+        latency_ms_p50: round3(percentile_ms(&latencies, 0.5)),
+        latency_ms_p99: round3(percentile_ms(&latencies, 0.99)),
     })
 }
 
+/// What holding idle WebSockets cost the server.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdleReport {
+    pub connections: usize,
+    /// The server's resident memory before the sockets opened and while they
+    /// were held (its `/metrics`, `msgd_process_resident_memory_bytes`); null
+    /// when the server does not report it.
+    pub server_rss_bytes_before: Option<u64>,
+    pub server_rss_bytes_held: Option<u64>,
+    /// (held − before) / connections.
+    pub rss_bytes_per_connection: Option<u64>,
+    pub hold_seconds: f64,
+}
+
+/// The server's resident memory, read from its Prometheus metrics.
+async fn server_rss(client: &reqwest::Client, base: &str) -> Option<u64> {
+    let text = client.get(format!("{base}/metrics")).send().await.ok()?.text().await.ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("msgd_process_resident_memory_bytes "))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .map(|bytes| bytes as u64)
+}
+
 /// Opens `connections` idle WebSockets, each subscribed to one of a few
-/// conversations, and holds them for `hold` (measure the server's RSS then).
-pub async fn idle(base_url: &str, admin_key: &str, connections: usize, hold: Duration) -> anyhow::Result<usize> {
+/// conversations, holds them for `hold`, and reports the server's RSS before
+/// and at the end of the hold.
+pub async fn idle(base_url: &str, admin_key: &str, connections: usize, hold: Duration) -> anyhow::Result<IdleReport> {
     let client = reqwest::Client::new();
     let base = base_url.trim_end_matches('/').to_string();
     let ws_base = base.replacen("http", "ws", 1);
@@ -367,12 +519,24 @@ pub async fn idle(base_url: &str, admin_key: &str, connections: usize, hold: Dur
     for _ in 0..10 {
         ids.push(create_conversation(&client, &base, admin_key, 1).await?);
     }
+    let before = server_rss(&client, &base).await;
     let mut sockets = Vec::with_capacity(connections);
     for i in 0..connections {
         sockets.push(subscribed_socket(&ws_base, admin_key, &token, &ids[i % ids.len()], i).await?);
     }
     tokio::time::sleep(hold).await;
-    Ok(sockets.len())
+    let held = server_rss(&client, &base).await;
+    let per_connection = match (before, held) {
+        (Some(before), Some(held)) if !sockets.is_empty() => Some(held.saturating_sub(before) / sockets.len() as u64),
+        _ => None,
+    };
+    Ok(IdleReport {
+        connections: sockets.len(),
+        server_rss_bytes_before: before,
+        server_rss_bytes_held: held,
+        rss_bytes_per_connection: per_connection,
+        hold_seconds: round3(hold.as_secs_f64()),
+    })
 }
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;

@@ -12,7 +12,6 @@ use crate::auth::Caller;
 use crate::context::Context;
 use crate::conversations::require_access;
 use crate::error::{Error, Kind, RateLimitInfo};
-use crate::keys::Scope;
 use crate::segment::Codec;
 use crate::store::{AppendOutcome, AppendRequest, ConvKey, IdempotencyClaim, TailEntry};
 
@@ -229,7 +228,7 @@ pub async fn send(
     idempotency_header: Option<&str>,
     now: i64,
 ) -> Result<Sent, Error> {
-    caller.require_scope(Scope::Write)?;
+    caller.require_participant()?;
     let (conversation_id, _) = require_access(ctx, caller, conversation_id).await?;
     send_checked(ctx, caller, &conversation_id, request, idempotency_header, now).await
 }
@@ -242,7 +241,7 @@ pub async fn send_batch(
     requests: Vec<serde_json::Value>,
     now: i64,
 ) -> Result<Vec<Result<Sent, Error>>, Error> {
-    caller.require_scope(Scope::Write)?;
+    caller.require_participant()?;
     let max = ctx.config.limits.max_batch;
     if requests.is_empty() || requests.len() > max {
         return Err(Error::invalid("invalid_batch", format!("a batch holds 1 to {max} messages")));
@@ -274,6 +273,7 @@ async fn send_checked(
         Some(user) => Sender { kind: "user".into(), id: user.clone() },
         None => Sender { kind: "app".into(), id: caller.app_id.clone() },
     };
+    let idempotency_key = idempotency_key.map(|key| claim_key(&sender, &key));
     let envelope = Envelope {
         v: ENVELOPE_VERSION,
         id: uuid::Uuid::now_v7().to_string(),
@@ -318,6 +318,12 @@ async fn send_checked(
                 ctx.metrics.messages_ingested_total.inc();
                 ctx.metrics.ingest_duration_seconds.observe(started.elapsed().as_secs_f64());
                 tracing::debug!(component = "ingest", "conversation-id" = %conv.conversation_id, seq = entry.seq, "payload-bytes" = append.body.len(), "duration-ms" = started.elapsed().as_millis() as u64, "message accepted");
+                if let Some(user) = &caller.user_id {
+                    // The message is durable already; a failure here only costs an unread count.
+                    if let Err(e) = crate::receipts::note_sent(ctx, &conv, user, entry.seq).await {
+                        tracing::warn!(component = "ingest", error = %e.message, "sender's own-message mark not saved");
+                    }
+                }
                 return Ok(Sent { envelope: Envelope { seq: entry.seq, ..envelope }, replayed: false });
             }
             AppendOutcome::Replayed { seq } => {
@@ -335,6 +341,13 @@ async fn send_checked(
         }
     }
     Err(Error::new(Kind::Unavailable, "seq_unavailable", "could not assign a seq; retry"))
+}
+
+/// Idempotency keys are scoped to their sender (app + conversation + sender
+/// + key): two members who pick the same key never see each other's message.
+/// The sender id's length keeps the parts apart whatever characters they hold.
+fn claim_key(sender: &Sender, key: &str) -> String {
+    format!("{}:{}:{}:{key}", sender.kind, sender.id.len(), sender.id)
 }
 
 fn key_reused(seq: u64) -> Error {

@@ -40,7 +40,9 @@ pub struct Marks {
 pub struct ReceiptsView {
     pub last_seq: u64,
     pub receipts: Vec<Marks>,
-    /// The caller's unread count (last seq − read mark); absent for an app caller.
+    /// The caller's unread count: messages after both their read mark and
+    /// the last message they sent (sending implies having read what came
+    /// before, and your own messages are never unread); absent for an app caller.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unread: Option<u64>,
 }
@@ -56,7 +58,7 @@ pub async fn mark(
     conversation_id: &str,
     request: ReceiptRequest,
 ) -> Result<Marks, Error> {
-    caller.require_scope(Scope::Write)?;
+    caller.require_participant()?;
     let (conversation_id, _) = require_access(ctx, caller, conversation_id).await?;
     let user = caller
         .user_id
@@ -70,7 +72,7 @@ pub async fn mark(
             format!("seq must be between 1 and the conversation's last seq ({last_seq})"),
         ));
     }
-    let ttl = std::time::Duration::from_secs(u64::from(ctx.config.retention.days) * 86_400);
+    let ttl = state_ttl(ctx);
     let key = state_key(&conv);
     let delivered = ctx.stores.tail.state_raise(&key, &format!("{user}:delivered"), request.seq, ttl).await?;
     let read = match request.kind {
@@ -89,19 +91,39 @@ pub async fn mark(
     Ok(marks)
 }
 
+/// Remembers the last seq `user` sent, so their own messages never count as
+/// unread for them. Not published: the message itself says as much.
+pub async fn note_sent(ctx: &Context, conv: &ConvKey, user: &str, seq: u64) -> Result<(), Error> {
+    ctx.stores.tail.state_raise(&state_key(conv), &format!("{user}:{SENT}"), seq, state_ttl(ctx)).await?;
+    Ok(())
+}
+
+/// The state field suffix of the last seq a user sent.
+const SENT: &str = "sent";
+
+fn state_ttl(ctx: &Context) -> std::time::Duration {
+    std::time::Duration::from_secs(u64::from(ctx.config.retention.days) * 86_400)
+}
+
 async fn current(ctx: &Context, key: &str, user: &str) -> Result<Marks, Error> {
-    Ok(all_marks(ctx, key).await?.into_iter().find(|m| m.user_id == user).unwrap_or(Marks {
+    Ok(all_marks(ctx, key).await?.0.into_iter().find(|m| m.user_id == user).unwrap_or(Marks {
         user_id: user.to_string(),
         delivered_seq: 0,
         read_seq: 0,
     }))
 }
 
-async fn all_marks(ctx: &Context, key: &str) -> Result<Vec<Marks>, Error> {
+/// Every member's marks, and the last seq each member sent.
+async fn all_marks(ctx: &Context, key: &str) -> Result<(Vec<Marks>, Vec<(String, u64)>), Error> {
     let mut marks: Vec<Marks> = Vec::new();
+    let mut sent = Vec::new();
     for (field, value) in ctx.stores.tail.state_get(key).await? {
         let Some((user, kind)) = field.rsplit_once(':') else { continue };
         let seq = std::str::from_utf8(&value).ok().and_then(|t| t.parse::<u64>().ok()).unwrap_or(0);
+        if kind == SENT {
+            sent.push((user.to_string(), seq));
+            continue;
+        }
         let index = match marks.iter().position(|m| m.user_id == user) {
             Some(index) => index,
             None => {
@@ -115,7 +137,7 @@ async fn all_marks(ctx: &Context, key: &str) -> Result<Vec<Marks>, Error> {
             _ => {}
         }
     }
-    Ok(marks)
+    Ok((marks, sent))
 }
 
 /// Every member's marks, and the caller's unread count.
@@ -124,10 +146,11 @@ pub async fn list(ctx: &Context, caller: &Caller, conversation_id: &str) -> Resu
     let (conversation_id, _) = require_access(ctx, caller, conversation_id).await?;
     let conv = ConvKey::new(&caller.app_id, &conversation_id);
     let last_seq = crate::messages::last_seq(ctx, &conv).await?;
-    let receipts = all_marks(ctx, &state_key(&conv)).await?;
+    let (receipts, sent) = all_marks(ctx, &state_key(&conv)).await?;
     let unread = caller.user_id.as_ref().map(|user| {
         let read = receipts.iter().find(|m| &m.user_id == user).map_or(0, |m| m.read_seq);
-        last_seq.saturating_sub(read)
+        let sent = sent.iter().find(|(u, _)| u == user).map_or(0, |(_, seq)| *seq);
+        last_seq.saturating_sub(read.max(sent))
     });
     Ok(ReceiptsView { last_seq, receipts, unread })
 }

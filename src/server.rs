@@ -110,6 +110,9 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
     let ready = readiness.check(http::CHECK_TIMEOUT).await.iter().all(|check| check.ok);
     tracing::info!(component = "boot", step = "dependencies", ready, "dependencies checked");
 
+    let max_connections = http::listener::fit_to_file_limit(config.http.max_connections);
+    let bounds = http::listener::Bounds { max_connections, header_read_timeout: config.http.header_read_timeout };
+
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?;
@@ -125,21 +128,16 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
         dev_tokens = ctx.config.auth.dev_tokens.enabled,
         "auth ready"
     );
-    let state = AppState { ctx: ctx.clone(), readiness: readiness.clone(), shutdown: stop_rx.clone() };
+    let state = AppState::new(ctx.clone(), readiness.clone(), stop_rx.clone());
+    let server_metrics = ctx.metrics.clone();
     let watcher = tokio::spawn(watch_dependencies(readiness, stop_rx.clone()));
     let flusher = crate::flush::Flusher::new(ctx.stores.clone(), ctx.metrics.clone(), ctx.config.flush.clone());
     let flush = tokio::spawn(crate::flush::run(flusher, stop_rx.clone()));
     let membership_stop = stop_rx.clone();
     let membership = tokio::spawn(async move { ctx.membership.listen(membership_stop).await });
 
-    let mut server_stop = stop_rx.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, http::router(state))
-            .with_graceful_shutdown(async move {
-                let _ = server_stop.wait_for(|stop| *stop).await;
-            })
-            .await
-    });
+    let server =
+        tokio::spawn(http::listener::serve(listener, http::router(state), bounds, server_metrics, stop_rx.clone()));
     tracing::info!(component = "boot", step = "listen", addr = %addr, "duration-ms" = boot.elapsed().as_millis() as u64, "listening");
 
     shutdown.await;
@@ -154,11 +152,10 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + '
     })
     .await;
     match drained {
-        Ok(Ok(Ok(()))) => {
+        Ok(Ok(())) => {
             tracing::info!(component = "shutdown", "stopped");
             Ok(Exit::Clean)
         }
-        Ok(Ok(Err(e))) => Err(anyhow::Error::new(e).context("the HTTP server failed")),
         Ok(Err(e)) => Err(anyhow::Error::new(e).context("the HTTP server task panicked")),
         Err(_) => {
             tracing::warn!(

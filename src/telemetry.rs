@@ -19,6 +19,11 @@ pub struct Metrics {
     pub registry: Registry,
     pub http_requests_total: IntCounterVec,
     pub http_request_duration_seconds: HistogramVec,
+    /// Open client connections (HTTP and WebSocket).
+    pub http_connections: IntGauge,
+    /// Connections or WebSockets refused by a cap, by reason: `max_connections`,
+    /// `fd_exhausted`, `ws_per_user`, `ws_per_ip`.
+    pub connections_refused_total: IntCounterVec,
     pub object_store_requests_total: IntCounterVec,
     pub object_store_request_duration_seconds: HistogramVec,
     /// 1 when the last readiness check of a dependency passed.
@@ -64,6 +69,16 @@ impl Metrics {
                 HistogramOpts::new("msgd_http_request_duration_seconds", "HTTP request latency by route template")
                     .buckets(LATENCY_BUCKETS.to_vec()),
                 &["method", "route"],
+            )
+            .expect("metric"),
+            http_connections: IntGauge::new("msgd_http_connections", "Open client connections (HTTP and WebSocket)")
+                .expect("metric"),
+            connections_refused_total: IntCounterVec::new(
+                Opts::new(
+                    "msgd_connections_refused_total",
+                    "Connections and WebSockets refused by a cap (max_connections, fd_exhausted, ws_per_user, ws_per_ip)",
+                ),
+                &["reason"],
             )
             .expect("metric"),
             object_store_requests_total: IntCounterVec::new(
@@ -212,6 +227,8 @@ impl Metrics {
         for collector in [
             Box::new(metrics.http_requests_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(metrics.http_request_duration_seconds.clone()),
+            Box::new(metrics.http_connections.clone()),
+            Box::new(metrics.connections_refused_total.clone()),
             Box::new(metrics.object_store_requests_total.clone()),
             Box::new(metrics.object_store_request_duration_seconds.clone()),
             Box::new(metrics.dependency_up.clone()),
@@ -256,10 +273,15 @@ impl Metrics {
 }
 
 /// Installs the global log subscriber (stderr). Idempotent: a second call
-/// (tests) keeps the first subscriber.
+/// (tests) keeps the first subscriber. Text logs are coloured only when stderr
+/// is a terminal: escape codes in a file or a log shipper are noise.
 pub fn init_logging(config: &LogConfig) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::builder().parse_lossy(&config.level);
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = match config.format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
         LogFormat::Text => builder.with_target(false).try_init(),

@@ -3,23 +3,68 @@
 //!
 //! Its tokens carry `kid = "msgd-dev"`, `iss = "msgd-dev"` and the app id as
 //! `aud`, so a dev token minted for one app is refused by every other app.
-//! The key comes from `auth.dev_tokens.signing_key`, or is generated once into
-//! `<data_dir>/dev-token.key` (several instances must share the configured key).
+//! The key comes from `auth.dev_tokens.signing_key`, or else is generated once
+//! per deployment and kept in the metadata store (`server_secrets`), like the
+//! history cursor key: every instance — embedded or services — signs and
+//! accepts with the same key. It is read on first use, so `serve` starts while
+//! Postgres is down.
 
-use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 
-use super::{invalid_token, VerifiedToken};
+use super::{invalid_token, subject_user_id, VerifiedToken};
 use crate::config::DevTokensConfig;
 use crate::error::{Error, Kind};
+use crate::store::Metadata;
 
 const DEV_KID: &str = "msgd-dev";
 const DEV_ISSUER: &str = "msgd-dev";
-const KEY_FILE: &str = "dev-token.key";
+/// The name of the generated key in the metadata store's shared secrets.
+const SHARED_KEY_NAME: &str = "dev-token-signing";
+
+/// The dev issuer of a running msgd: its key is the configured one, or the
+/// deployment's shared key fetched on first use.
+pub struct DevTokens {
+    metadata: Arc<dyn Metadata>,
+    ttl: Duration,
+    issuer: tokio::sync::OnceCell<DevIssuer>,
+}
+
+impl DevTokens {
+    pub fn open(config: &DevTokensConfig, metadata: Arc<dyn Metadata>) -> DevTokens {
+        let issuer = match &config.signing_key {
+            Some(key) => tokio::sync::OnceCell::new_with(Some(DevIssuer::open(key.expose().as_bytes(), config.ttl))),
+            None => tokio::sync::OnceCell::new(),
+        };
+        DevTokens { metadata, ttl: config.ttl, issuer }
+    }
+
+    /// The keyed issuer; the first call reads (or creates) the shared key,
+    /// and fails as unavailable while the metadata store is down.
+    pub async fn issuer(&self) -> Result<&DevIssuer, Error> {
+        self.issuer
+            .get_or_try_init(|| async {
+                let mut candidate = [0u8; 32];
+                getrandom::fill(&mut candidate).expect("the OS random number generator failed");
+                let key = self.metadata.shared_secret(SHARED_KEY_NAME, &candidate).await?;
+                Ok::<_, Error>(DevIssuer::open(&key, self.ttl))
+            })
+            .await
+    }
+
+    /// As [`DevIssuer::mint`], with the deployment's key.
+    pub async fn mint(&self, app_id: &str, user_id: &str, now_ms: i64) -> Result<(String, u64), Error> {
+        self.issuer().await?.mint(app_id, user_id, now_ms)
+    }
+
+    /// Whether a token claims to come from this issuer (by its `kid`); needs no key.
+    pub fn issued(&self, token: &str) -> bool {
+        jsonwebtoken::decode_header(token).is_ok_and(|h| h.kid.as_deref() == Some(DEV_KID))
+    }
+}
 
 pub struct DevIssuer {
     encoding: EncodingKey,
@@ -28,16 +73,8 @@ pub struct DevIssuer {
 }
 
 impl DevIssuer {
-    pub fn open(config: &DevTokensConfig, data_dir: &Path) -> anyhow::Result<DevIssuer> {
-        let secret = match &config.signing_key {
-            Some(key) => key.expose().as_bytes().to_vec(),
-            None => load_or_create_key(&data_dir.join(KEY_FILE))?,
-        };
-        Ok(DevIssuer {
-            encoding: EncodingKey::from_secret(&secret),
-            decoding: DecodingKey::from_secret(&secret),
-            ttl: config.ttl,
-        })
+    fn open(secret: &[u8], ttl: Duration) -> DevIssuer {
+        DevIssuer { encoding: EncodingKey::from_secret(secret), decoding: DecodingKey::from_secret(secret), ttl }
     }
 
     /// Mints a token for `user_id` of `app_id`; returns it and its lifetime in seconds.
@@ -67,6 +104,7 @@ impl DevIssuer {
         validation.set_issuer(&[DEV_ISSUER]);
         validation.set_audience(&[app_id]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
         validation.leeway = 5;
         let data =
             jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &self.decoding, &validation)
@@ -77,38 +115,15 @@ impl DevIssuer {
                     ErrorKind::InvalidAudience => {
                         Error::new(Kind::Unauthenticated, "wrong_audience", "the dev token was minted for another app")
                     }
+                    ErrorKind::ImmatureSignature => invalid_token("the token is not valid yet (nbf)"),
                     _ => invalid_token(format!("the dev token failed validation: {e}")),
                 })?;
         let expires_at_ms = data.claims.get("exp").and_then(|v| v.as_i64()).unwrap_or(0) * 1000;
-        data.claims
+        let subject = data
+            .claims
             .get("sub")
             .and_then(|v| v.as_str())
-            .filter(|s| !s.is_empty())
-            .map(|user| VerifiedToken { user_id: user.to_string(), expires_at_ms })
-            .ok_or_else(|| invalid_token("the dev token has no subject"))
+            .ok_or_else(|| invalid_token("the dev token has no subject"))?;
+        Ok(VerifiedToken { user_id: subject_user_id(subject)?, expires_at_ms })
     }
-}
-
-fn load_or_create_key(path: &Path) -> anyhow::Result<Vec<u8>> {
-    if let Ok(text) = std::fs::read_to_string(path) {
-        return Ok(text.trim().as_bytes().to_vec());
-    }
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("the OS random number generator failed: {e}"))?;
-    let key: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
-    }
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .with_context(|| format!("cannot create the dev token key {}", path.display()))?;
-        file.write_all(key.as_bytes())?;
-    }
-    Ok(key.into_bytes())
 }

@@ -16,8 +16,8 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
-use super::{invalid_token, VerifiedToken};
-use crate::config::KeycloakConfig;
+use super::{invalid_token, subject_user_id, VerifiedToken};
+use crate::config::{redact_text, redact_url, KeycloakConfig};
 use crate::error::{Error, Kind};
 
 /// An unknown `kid` triggers a JWKS refetch at most this often.
@@ -125,12 +125,11 @@ impl KeycloakVerifier {
             }
         }
         let expires_at_ms = claims.get("exp").and_then(|v| v.as_i64()).unwrap_or(0) * 1000;
-        match claims.get(&config.user_claim).and_then(|v| v.as_str()) {
-            Some(user) if !user.is_empty() && user.len() <= 255 => {
-                Ok(VerifiedToken { user_id: user.to_string(), expires_at_ms })
-            }
-            _ => Err(invalid_token(format!("the token has no usable `{}` claim", config.user_claim))),
-        }
+        let subject = claims
+            .get(&config.user_claim)
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| invalid_token(format!("the token has no string `{}` claim", config.user_claim)))?;
+        Ok(VerifiedToken { user_id: subject_user_id(subject)?, expires_at_ms })
     }
 }
 
@@ -157,11 +156,11 @@ impl Inner {
     async fn fetch(&self) {
         match self.fetch_keys().await {
             Ok(keys) => {
-                tracing::info!(component = "auth", worker = "jwks", keys = keys.len(), issuer = %self.config.issuer, "jwks fetched");
+                tracing::info!(component = "auth", worker = "jwks", keys = keys.len(), issuer = %redact_url(&self.config.issuer), "jwks fetched");
                 *self.keys.write().expect("jwks lock") = keys;
             }
             Err(e) => {
-                tracing::warn!(component = "auth", worker = "jwks", issuer = %self.config.issuer, error = %format!("{e:#}"), "jwks fetch failed; keeping the cached keys");
+                tracing::warn!(component = "auth", worker = "jwks", issuer = %redact_url(&self.config.issuer), error = %redact_text(&format!("{e:#}")), "jwks fetch failed; keeping the cached keys");
             }
         }
     }

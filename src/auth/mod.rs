@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-pub use dev::DevIssuer;
+pub use dev::{DevIssuer, DevTokens};
 pub use keycloak::KeycloakVerifier;
 
 use crate::config::Config;
@@ -49,6 +49,20 @@ impl Caller {
         }
     }
 
+    /// Refuses unless the caller may act inside a conversation as a member
+    /// (send, receipts, typing, managing members as its role allows). A
+    /// server-secret key with the write scope may; so may a publishable
+    /// (read-scope) key *with* a user token: what happens is then decided by
+    /// that user's memberships and role alone, so the key a browser holds
+    /// grants nothing of its own. Creating conversations still needs a
+    /// server-secret key.
+    pub fn require_participant(&self) -> Result<(), Error> {
+        if self.user_id.is_some() {
+            return Ok(());
+        }
+        self.require_scope(Scope::Write)
+    }
+
     /// An admin key acting as the app, without a user.
     pub fn is_app(&self) -> bool {
         self.user_id.is_none()
@@ -74,7 +88,7 @@ pub struct Authenticator {
     /// accepted, so RSA is verified once per token rather than per request.
     token_cache: Mutex<HashMap<[u8; 32], (VerifiedToken, Instant)>>,
     keycloak: Option<KeycloakVerifier>,
-    dev: Option<DevIssuer>,
+    dev: Option<DevTokens>,
 }
 
 /// A verified token is trusted from the cache at most this long (and never
@@ -86,11 +100,7 @@ const KEY_CACHE_MAX: usize = 10_000;
 
 impl Authenticator {
     pub fn new(config: &Config, metadata: Arc<dyn Metadata>) -> anyhow::Result<Authenticator> {
-        let dev = if config.auth.dev_tokens.enabled {
-            Some(DevIssuer::open(&config.auth.dev_tokens, &config.data_dir)?)
-        } else {
-            None
-        };
+        let dev = config.auth.dev_tokens.enabled.then(|| DevTokens::open(&config.auth.dev_tokens, metadata.clone()));
         Ok(Authenticator {
             metadata,
             key_cache_ttl: config.auth.key_cache_ttl,
@@ -101,7 +111,7 @@ impl Authenticator {
         })
     }
 
-    pub fn dev_issuer(&self) -> Option<&DevIssuer> {
+    pub fn dev_issuer(&self) -> Option<&DevTokens> {
         self.dev.as_ref()
     }
 
@@ -181,14 +191,22 @@ impl Authenticator {
                 return Ok(token.clone());
             }
         }
-        let verified = if let Some(dev) = self.dev.as_ref().filter(|dev| dev.issued(token)) {
-            dev.verify(token, app_id)?
-        } else {
-            match &self.keycloak {
-                Some(keycloak) => keycloak.verify(token).await?,
-                None => return Err(invalid_token("no token issuer is configured (auth.keycloak)")),
-            }
-        };
+        let verified =
+            if let Some(dev) = self.dev.as_ref().filter(|dev| dev.issued(token)) {
+                dev.issuer().await?.verify(token, app_id)?
+            } else {
+                match (&self.keycloak, &self.dev) {
+                    (Some(keycloak), _) => keycloak.verify(token).await?,
+                    (None, Some(_)) => {
+                        return Err(invalid_token(
+                            "the token is not a dev token of this server (no other issuer is configured)",
+                        ))
+                    }
+                    (None, None) => return Err(invalid_token(
+                        "this server accepts no user tokens (neither auth.keycloak nor auth.dev_tokens is configured)",
+                    )),
+                }
+            };
         let remaining_ms = u64::try_from(verified.expires_at_ms - now).unwrap_or(0);
         let until = Instant::now() + TOKEN_CACHE_TTL.min(Duration::from_millis(remaining_ms));
         let mut cache = self.token_cache.lock().expect("token cache lock");
@@ -211,6 +229,13 @@ pub(crate) struct VerifiedToken {
     pub user_id: String,
     /// The token's `exp`, in Unix ms.
     pub expires_at_ms: i64,
+}
+
+/// The user id a token's subject names, under the one user-id rule
+/// ([`crate::ids::user_id`]); a subject that breaks it refuses the token.
+pub(crate) fn subject_user_id(subject: &str) -> Result<String, Error> {
+    crate::ids::user_id(subject)
+        .map_err(|e| invalid_token(format!("the token's subject is not a usable user id: {}", e.message)))
 }
 
 pub(crate) fn invalid_token(message: impl Into<String>) -> Error {

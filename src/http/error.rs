@@ -28,6 +28,7 @@ pub fn status_of(kind: Kind) -> StatusCode {
         Kind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         Kind::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
         Kind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        Kind::TimedOut => StatusCode::REQUEST_TIMEOUT,
         Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -75,4 +76,39 @@ impl IntoResponse for ApiError {
 
 pub(super) async fn not_found(method: Method, uri: Uri) -> ApiError {
     ApiError(Error::new(Kind::NotFound, "not_found", format!("no route for {method} {}", uri.path())))
+}
+
+/// Rewrites an error answered without the API's shape (axum's extractor
+/// rejections, a 405, a body-limit 413) into it, keeping its status and
+/// headers (`Allow` on a 405) and its text as the message.
+pub(super) async fn into_api_shape(response: Response) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let code = match parts.status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::REQUEST_TIMEOUT => "request_timeout",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "headers_too_large",
+        status if status.is_server_error() => "internal",
+        _ => "invalid_request",
+    };
+    // Rejection texts are short; anything longer is cut, not echoed whole.
+    let text =
+        axum::body::to_bytes(body, 2048).await.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let message = match parts.status {
+        StatusCode::METHOD_NOT_ALLOWED => {
+            let allowed = parts.headers.get("allow").and_then(|v| v.to_str().ok()).unwrap_or("");
+            format!("this route does not take that method (allowed: {allowed})")
+        }
+        status if status.is_server_error() || text.trim().is_empty() => {
+            status.canonical_reason().unwrap_or("error").to_string()
+        }
+        _ => text.trim().to_string(),
+    };
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    parts.headers.insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    parts.extensions.insert(ErrorCode(code));
+    let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
+    Response::from_parts(parts, axum::body::Body::from(body))
 }

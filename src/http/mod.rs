@@ -1,26 +1,34 @@
-//! The HTTP edge: every route in [`router`], the JSON error shape, and the
-//! request metrics middleware. Handlers parse, call the domain, and answer;
-//! nothing here talks to a database directly.
+//! The HTTP edge: the accept loop ([`listener`]), every route in
+//! [`router`], the JSON error shape, and the request middleware (metrics,
+//! request timeout, access log, JSON for every error). Handlers parse, call
+//! the domain, and answer; nothing here talks to a database directly.
 
 mod error;
+mod frames;
 mod health;
+pub mod listener;
 mod v1;
 mod ws;
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use axum::extract::DefaultBodyLimit;
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, Method};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Router;
 
 pub use error::{error_body, status_of, ApiError};
+pub use frames::ClientFrame;
 pub use health::CHECK_TIMEOUT;
+pub use ws::Admission;
 
 use crate::context::Context;
+use crate::error::{Error, Kind};
 use crate::server::Readiness;
 
 /// What every handler can reach.
@@ -30,6 +38,17 @@ pub struct AppState {
     pub readiness: Arc<Readiness>,
     /// Becomes true at shutdown: long-lived connections (WebSockets) close.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Open WebSockets per user and per IP, against `ws.max_per_user`/`max_per_ip`.
+    pub admission: Arc<Admission>,
+    /// Counts requests for the access log's sampling.
+    pub access_counter: Arc<AtomicU64>,
+}
+
+impl AppState {
+    pub fn new(ctx: Arc<Context>, readiness: Arc<Readiness>, shutdown: tokio::sync::watch::Receiver<bool>) -> AppState {
+        let admission = Arc::new(Admission::new(&ctx.config.ws));
+        AppState { ctx, readiness, shutdown, admission, access_counter: Arc::default() }
+    }
 }
 
 /// Every route msgd serves.
@@ -62,26 +81,102 @@ async fn openapi() -> impl axum::response::IntoResponse {
     ([(axum::http::header::CONTENT_TYPE, "application/json")], include_str!("openapi.json"))
 }
 
+/// The method as a metric label: one of a fixed set, never the raw string
+/// (a client may send any token as a method).
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
+}
+
+tokio::task_local! {
+    /// The app a request authenticated as, for its access log line.
+    static REQUEST_APP: Arc<OnceLock<String>>;
+}
+
+/// Records which app the current request authenticated as (for the access log).
+fn note_app(app_id: &str) {
+    let _ = REQUEST_APP.try_with(|slot| slot.set(app_id.to_string()));
+}
+
+/// A request header that is present must be readable: an unreadable one is
+/// refused with `code`, never taken as absent (an unreadable
+/// `Authorization` must not turn a user's request into the app's). Two copies
+/// of the header are refused too.
+fn header_text<'a>(headers: &'a HeaderMap, name: &str, code: &'static str) -> Result<Option<&'a str>, Error> {
+    let mut values = headers.get_all(name).iter();
+    let Some(value) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err(Error::new(Kind::Unauthenticated, code, format!("send one {name} header, not several")));
+    }
+    value
+        .to_str()
+        .map(Some)
+        .map_err(|_| Error::new(Kind::Unauthenticated, code, format!("the {name} header is not visible ASCII")))
+}
+
 /// Counts and times each request under its route template (never the raw
-/// path, which would carry ids and explode the label set).
+/// path, which would carry ids and explode the label set), bounds it by
+/// `http.request_timeout`, turns every error answered without the JSON
+/// shape (axum's own rejections, 405s) into it, and writes the access log.
 async fn record_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().as_str().to_string();
+    let method = method_label(request.method());
     let route =
         request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
-    let response = next.run(request).await;
+    let app = Arc::new(OnceLock::new());
+    let timeout = state.ctx.config.http.request_timeout;
+    let response = match tokio::time::timeout(timeout, REQUEST_APP.scope(app.clone(), next.run(request))).await {
+        Ok(response) => response,
+        Err(_) => ApiError(Error::new(
+            Kind::TimedOut,
+            "request_timeout",
+            format!(
+                "the request was not complete within {} (http.request_timeout)",
+                humantime::format_duration(timeout)
+            ),
+        ))
+        .into_response(),
+    };
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let response =
+        if response.status().as_u16() >= 400 && !is_json { error::into_api_shape(response).await } else { response };
     let status = response.status();
     // Every authentication or authorization refusal, wherever it was decided.
     if let (401 | 403, Some(error::ErrorCode(code))) = (status.as_u16(), response.extensions().get()) {
         state.ctx.metrics.auth_failures_total.with_label_values(&[code]).inc();
     }
-    let status = status.as_u16().to_string();
-    state.ctx.metrics.http_requests_total.with_label_values(&[&method, &route, &status]).inc();
-    state
-        .ctx
-        .metrics
-        .http_request_duration_seconds
-        .with_label_values(&[&method, &route])
-        .observe(started.elapsed().as_secs_f64());
+    let elapsed = started.elapsed();
+    state.ctx.metrics.http_requests_total.with_label_values(&[method, &route, status.as_str()]).inc();
+    state.ctx.metrics.http_request_duration_seconds.with_label_values(&[method, &route]).observe(elapsed.as_secs_f64());
+    let log = &state.ctx.config.log;
+    if log.access {
+        let n = state.access_counter.fetch_add(1, Ordering::Relaxed);
+        // Every 1/rate-th request (deterministic, so a low rate still shows a steady trickle).
+        let sampled = ((n + 1) as f64 * log.access_sample_rate).floor() > (n as f64 * log.access_sample_rate).floor();
+        if sampled || status.is_server_error() {
+            tracing::info!(
+                component = "http",
+                method,
+                route = %route,
+                status = status.as_u16(),
+                "duration-ms" = elapsed.as_secs_f64() * 1000.0,
+                "app-id" = app.get().map(String::as_str).unwrap_or(""),
+                sampled = log.access_sample_rate < 1.0,
+                "sample-rate" = log.access_sample_rate,
+                "request"
+            );
+        }
+    }
     response
 }

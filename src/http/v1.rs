@@ -20,9 +20,13 @@ use crate::keys::Scope;
 use crate::{conversations, history, messages, receipts};
 
 async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let credentials = Credentials { api_key: header("x-api-key"), authorization: header("authorization") };
-    Ok(state.ctx.auth.authenticate(credentials, now_ms()).await?)
+    let credentials = Credentials {
+        api_key: super::header_text(headers, "x-api-key", "invalid_api_key")?,
+        authorization: super::header_text(headers, "authorization", "invalid_token")?,
+    };
+    let caller = state.ctx.auth.authenticate(credentials, now_ms()).await?;
+    super::note_app(&caller.app_id);
+    Ok(caller)
 }
 
 /// Parses a JSON body; a body over the size limit is a 413, anything else
@@ -80,7 +84,7 @@ pub(super) async fn add_member(
     Path((id, user_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let caller = authenticate(&state, &headers).await?;
-    let added = conversations::add_member(&state.ctx, &caller, &id, &user_id, now_ms()).await?;
+    let (user_id, added) = conversations::add_member(&state.ctx, &caller, &id, &user_id, now_ms()).await?;
     let status = if added { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(serde_json::json!({"user_id": user_id, "added": added}))).into_response())
 }
@@ -142,6 +146,13 @@ pub(super) async fn send_batch(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let caller = authenticate(&state, &headers).await?;
+    if headers.contains_key("idempotency-key") {
+        return Err(Error::invalid(
+            "idempotency_key_not_supported",
+            "Idempotency-Key applies to single sends; give each batch item its own client_msg_id",
+        )
+        .into());
+    }
     let request: BatchRequest = json_body(body)?;
     let results = messages::send_batch(&state.ctx, &caller, &id, request.messages, now_ms()).await?;
     let results: Vec<_> = results
@@ -195,8 +206,8 @@ pub(super) async fn dev_token(
     let caller = authenticate(&state, &headers).await?;
     caller.require_scope(Scope::Admin)?;
     let request: DevTokenRequest = json_body(body)?;
-    conversations::validate_user_id(&request.user_id)?;
-    let (token, expires_in) = issuer.mint(&caller.app_id, &request.user_id, now_ms())?;
+    let user_id = crate::ids::user_id(&request.user_id)?;
+    let (token, expires_in) = issuer.mint(&caller.app_id, &user_id, now_ms()).await?;
     Ok(Json(serde_json::json!({"access_token": token, "expires_in": expires_in, "token_type": "Bearer"}))
         .into_response())
 }

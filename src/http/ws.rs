@@ -6,31 +6,45 @@
 //! subscription is a task that subscribes to the live channel *first*, then
 //! replays from `since_seq` (tail, then segments), then forwards live events
 //! skipping what it already sent — no gap and no duplicate across the switch;
-//! a gap seen live (a missed publish) is filled from history. A queue that
-//! fills up closes the connection (slow consumer) without slowing anyone else.
+//! a gap seen live (a missed publish) is filled from history.
 //!
-//! Close codes: 1000 normal, 1001 server shutting down, 4000 idle timeout,
-//! 4001 credentials revoked or expired (re-checked every `auth.key_cache_ttl`),
-//! 4008 slow consumer (reconnect with your last seq). A frame over 256 KiB
-//! ends the connection.
+//! Back-pressure: catch-up frames wait for room in the queue (and use at most
+//! half of it), so a replay of any length is paced by the reader. Live
+//! frames, acks and pongs never wait: a queue they find full, or a write that
+//! stalls for 30 s, closes the connection (slow consumer) without slowing
+//! anyone else.
+//!
+//! Caps: `ws.max_per_user` and `ws.max_per_ip` open sockets (429
+//! `too_many_websockets` at the upgrade); each socket keeps its connection's
+//! slot under `http.max_connections`.
+//!
+//! Close codes: 1000 normal, 1001 server shutting down, 1009 a frame over
+//! 256 KiB, 4000 idle timeout, 4001 credentials revoked or expired
+//! (re-checked every `auth.key_cache_ttl`), 4008 slow consumer (reconnect
+//! with your last seq).
 //! Malformed frames get an `error` frame (`invalid_frame`, `unknown_op`, ...)
 //! and the connection stays open.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use super::error::ApiError;
+use super::frames::ClientFrame;
+use super::listener::ConnectionSlot;
 use super::AppState;
 use crate::auth::{Caller, Credentials};
 use crate::clock::now_ms;
@@ -39,13 +53,15 @@ use crate::conversations::require_access;
 use crate::error::Error;
 use crate::history;
 use crate::keys::Scope;
-use crate::messages::{self, Envelope, SendRequest};
-use crate::receipts::{self, ReceiptRequest};
+use crate::messages::{self, Envelope};
+use crate::receipts;
 use crate::store::{ConvKey, LiveEvent};
 
 pub const CLOSE_IDLE: u16 = 4000;
 pub const CLOSE_CREDENTIALS: u16 = 4001;
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
+/// RFC 6455: the message is too big to process.
+pub const CLOSE_TOO_BIG: u16 = 1009;
 const MAX_FRAME_BYTES: usize = 256 * 1024;
 /// A single write may stall this long (the client not reading) before the
 /// connection counts as a slow consumer.
@@ -61,27 +77,119 @@ pub(super) struct WsQuery {
     access_token: Option<String>,
 }
 
+/// Open WebSockets per user and per client IP, held against `ws.max_per_user`
+/// and `ws.max_per_ip`. Entries exist only while sockets are open, so the
+/// maps are bounded by the connection cap.
+pub struct Admission {
+    max_per_user: usize,
+    max_per_ip: usize,
+    open: Mutex<AdmissionCounts>,
+}
+
+#[derive(Default)]
+struct AdmissionCounts {
+    per_user: HashMap<(String, String), usize>,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// One admitted socket; dropping it frees its place.
+struct Admitted {
+    admission: Arc<Admission>,
+    user: Option<(String, String)>,
+    ip: Option<IpAddr>,
+}
+
+impl Admission {
+    pub fn new(config: &crate::config::WsConfig) -> Admission {
+        Admission { max_per_user: config.max_per_user, max_per_ip: config.max_per_ip, open: Mutex::default() }
+    }
+
+    /// Admits one more socket for `caller` from `ip`, or says which cap
+    /// refused it (the metric reason, and the error).
+    fn admit(self: &Arc<Self>, caller: &Caller, ip: Option<IpAddr>) -> Result<Admitted, (&'static str, Error)> {
+        let user = caller.user_id.as_ref().map(|user| (caller.app_id.clone(), user.clone()));
+        let mut open = self.open.lock().expect("admission lock");
+        if let Some(user) = &user {
+            if open.per_user.get(user).copied().unwrap_or(0) >= self.max_per_user {
+                return Err(too_many(
+                    "ws_per_user",
+                    format!("this user has {} WebSockets open (ws.max_per_user)", self.max_per_user),
+                ));
+            }
+        }
+        let ip = ip.filter(|_| self.max_per_ip > 0);
+        if let Some(ip) = ip {
+            if open.per_ip.get(&ip).copied().unwrap_or(0) >= self.max_per_ip {
+                return Err(too_many(
+                    "ws_per_ip",
+                    format!("this address has {} WebSockets open (ws.max_per_ip)", self.max_per_ip),
+                ));
+            }
+            *open.per_ip.entry(ip).or_default() += 1;
+        }
+        if let Some(user) = &user {
+            *open.per_user.entry(user.clone()).or_default() += 1;
+        }
+        Ok(Admitted { admission: self.clone(), user, ip })
+    }
+}
+
+fn too_many(reason: &'static str, message: String) -> (&'static str, Error) {
+    (reason, Error::new(crate::error::Kind::RateLimited, "too_many_websockets", message))
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut open = self.admission.open.lock().expect("admission lock");
+        if let Some(user) = self.user.take() {
+            if let Some(n) = open.per_user.get_mut(&user) {
+                *n -= 1;
+                if *n == 0 {
+                    open.per_user.remove(&user);
+                }
+            }
+        }
+        if let Some(ip) = self.ip {
+            if let Some(n) = open.per_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    open.per_ip.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
 /// Authenticates at the upgrade (headers, or query parameters for browsers)
-/// and answers 401/403 as JSON before any WebSocket exists.
+/// and answers 401/403/429 as JSON before any WebSocket exists.
 pub(super) async fn upgrade(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(query): Query<WsQuery>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    slot: Option<Extension<ConnectionSlot>>,
+    query: Result<Query<WsQuery>, axum::extract::rejection::QueryRejection>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let Query(query) = query.map_err(|e| Error::invalid("invalid_request", e.body_text()))?;
     let bearer = query.access_token.as_ref().map(|t| format!("Bearer {t}"));
-    let presented_key = header("x-api-key").or(query.api_key.as_deref());
-    let credentials =
-        Credentials { api_key: presented_key, authorization: header("authorization").or(bearer.as_deref()) };
+    let presented_key = super::header_text(&headers, "x-api-key", "invalid_api_key")?.or(query.api_key.as_deref());
+    let authorization = super::header_text(&headers, "authorization", "invalid_token")?.or(bearer.as_deref());
+    let credentials = Credentials { api_key: presented_key, authorization };
     let caller = state.ctx.auth.authenticate(credentials, now_ms()).await?;
+    super::note_app(&caller.app_id);
     caller.require_scope(Scope::Read)?;
+    let ws = ws.map_err(|e| Error::invalid("websocket_required", format!("{e}: connect with a WebSocket client")))?;
+    let admitted =
+        state.admission.admit(&caller, peer.map(|Extension(ConnectInfo(addr))| addr.ip())).map_err(|(reason, e)| {
+            state.ctx.metrics.connections_refused_total.with_label_values(&[reason]).inc();
+            e
+        })?;
     // Kept to re-check the key while the socket lives (the token is checked by
     // its expiry, so its bytes need not be kept).
     let api_key: Box<str> = presented_key.unwrap_or_default().into();
-    let ws = ws.map_err(|e| Error::invalid("websocket_required", format!("{e}: connect with a WebSocket client")))?;
     let ctx = state.ctx.clone();
     let shutdown = state.shutdown.clone();
+    let held = (admitted, slot.map(|Extension(slot)| slot));
     Ok(ws
         // Small buffers: tungstenite's defaults (128 KiB read) would cost ~1.3 GB
         // at 10k sockets. Frames larger than these just take more reads.
@@ -90,7 +198,11 @@ pub(super) async fn upgrade(
         .max_write_buffer_size(1024 * 1024)
         .max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
-        .on_upgrade(move |socket| session(ctx, caller, api_key, socket, shutdown))
+        .on_upgrade(move |socket| async move {
+            // The socket keeps its connection slot and its admission while it lives.
+            let _held = held;
+            session(ctx, caller, api_key, socket, shutdown).await
+        })
         .into_response())
 }
 
@@ -98,8 +210,15 @@ pub(super) async fn upgrade(
 enum Outbound {
     /// Boxed so a queue slot is one pointer: tokio allocates a connection's
     /// queue 32 slots at a time, and idle connections should stay small.
-    Frame(Box<(&'static str, String)>),
+    Frame(Box<QueuedFrame>),
     Ping,
+}
+
+struct QueuedFrame {
+    op: &'static str,
+    text: String,
+    /// A catch-up frame holds a place of the replay budget until it is written.
+    _budget: Option<OwnedSemaphorePermit>,
 }
 
 /// The sending half every task of a connection shares.
@@ -108,12 +227,18 @@ struct Outbox {
     queue: mpsc::Sender<Outbound>,
     /// Set when the queue overflowed: the session closes with 4008.
     slow: watch::Sender<bool>,
+    /// Catch-up (replay) frames may fill at most half the queue and wait for
+    /// room instead of overflowing it: a replay of 10,000 messages is paced
+    /// by the reader, while live frames, acks and pongs keep the other half.
+    replay_budget: Arc<Semaphore>,
 }
 
 impl Outbox {
-    /// Queues a frame; a full queue marks the connection a slow consumer.
+    /// Queues a live or control frame; a full queue marks the connection a
+    /// slow consumer (it stopped reading while events kept coming).
     fn send(&self, op: &'static str, frame: Value) -> bool {
-        match self.queue.try_send(Outbound::Frame(Box::new((op, frame.to_string())))) {
+        let frame = QueuedFrame { op, text: frame.to_string(), _budget: None };
+        match self.queue.try_send(Outbound::Frame(Box::new(frame))) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 let _ = self.slow.send(true);
@@ -121,6 +246,15 @@ impl Outbox {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
+    }
+
+    /// Queues a catch-up frame, waiting for room (back-pressure). A reader
+    /// that stalls is cut off by the write timeout, not here. False when the
+    /// connection is gone.
+    async fn send_replayed(&self, op: &'static str, frame: Value) -> bool {
+        let Ok(permit) = self.replay_budget.clone().acquire_owned().await else { return false };
+        let frame = QueuedFrame { op, text: frame.to_string(), _budget: Some(permit) };
+        self.queue.send(Outbound::Frame(Box::new(frame))).await.is_ok()
     }
 
     fn error(&self, err: &Error, extra: Value) {
@@ -148,6 +282,14 @@ impl Drop for Gauged {
     }
 }
 
+/// Whether a read failed because the client's frame was over the size limit.
+fn is_too_big(error: &axum::Error) -> bool {
+    // tungstenite reports it as a capacity error; axum hides the type, so its
+    // text is what can be matched ("Space limit exceeded: Message too long").
+    let text = error.to_string();
+    text.contains("Space limit exceeded") || text.contains("too long")
+}
+
 async fn session(
     ctx: Arc<Context>,
     caller: Caller,
@@ -160,22 +302,24 @@ async fn session(
     let (mut sink, mut stream) = socket.split();
     let (queue, mut outbound) = mpsc::channel::<Outbound>(config.send_queue);
     let (slow, mut slow_rx) = watch::channel(false);
-    let outbox = Outbox { queue, slow };
+    let replay_budget = Arc::new(Semaphore::new((config.send_queue / 2).max(1)));
+    let outbox = Outbox { queue, slow, replay_budget };
 
     let mut subscriptions: HashMap<String, JoinHandle<()>> = HashMap::new();
     let mut last_seen = Instant::now();
-    // One timer drives both the heartbeat and the credential re-check (a
-    // revoked key or an expired token ends the connection within one key cache
-    // period, as it would refuse an HTTP request).
+    // Heartbeat and credential re-check each keep their own deadline, so each
+    // runs exactly at its interval (a revoked key or an expired token ends the
+    // connection within one key cache period, as it would refuse an HTTP
+    // request).
     let recheck_every = ctx.config.auth.key_cache_ttl.max(Duration::from_secs(1));
-    let mut timer = tokio::time::interval(config.heartbeat_interval.min(recheck_every));
-    timer.tick().await;
-    let (mut last_ping, mut last_check) = (Instant::now(), Instant::now());
+    let mut next_ping = Instant::now() + config.heartbeat_interval;
+    let mut next_check = Instant::now() + recheck_every;
     // One task per connection reads frames and writes the queue (a second,
     // writer task would cost memory on every idle socket). A write that stalls
     // past WRITE_TIMEOUT, like a queue that overflows, marks a slow consumer.
     let close = loop {
-        let idle_left = config.idle_timeout.saturating_sub(last_seen.elapsed());
+        let idle_at = last_seen + config.idle_timeout;
+        let timer_at = next_ping.min(next_check);
         tokio::select! {
             _ = async { shutdown.wait_for(|s| *s).await.map(|_| ()) } => break Some((1001, "server shutting down")),
             // Only a real overflow counts; the outbox outlives this loop, so the
@@ -195,13 +339,14 @@ async fn session(
                     }
                 }
             }
-            _ = timer.tick() => {
-                if last_ping.elapsed() >= config.heartbeat_interval {
-                    last_ping = Instant::now();
+            _ = tokio::time::sleep_until(timer_at.into()) => {
+                let now = Instant::now();
+                if now >= next_ping {
+                    next_ping = now + config.heartbeat_interval;
                     let _ = outbox.queue.try_send(Outbound::Ping);
                 }
-                if last_check.elapsed() >= recheck_every {
-                    last_check = Instant::now();
+                if now >= next_check {
+                    next_check = now + recheck_every;
                     let now = now_ms();
                     let refused = match ctx.auth.recheck_key(&api_key, now).await {
                         Err(e) if e.kind != crate::error::Kind::Unavailable => Some(e),
@@ -216,11 +361,13 @@ async fn session(
                     }
                 }
             }
-            _ = tokio::time::sleep(idle_left) => break Some((CLOSE_IDLE, "idle timeout")),
+            _ = tokio::time::sleep_until(idle_at.into()) => break Some((CLOSE_IDLE, "idle timeout")),
             frame = stream.next() => {
                 last_seen = Instant::now();
                 match frame {
-                    None | Some(Err(_)) => break None,
+                    None => break None,
+                    Some(Err(e)) if is_too_big(&e) => break Some((CLOSE_TOO_BIG, "frame too large (at most 256 KiB)")),
+                    Some(Err(_)) => break None,
                     Some(Ok(Message::Close(_))) => break None,
                     Some(Ok(Message::Text(text))) => {
                         // Boxed: the handlers' futures are large, and an idle connection
@@ -261,30 +408,11 @@ async fn session(
 fn outbound_message(ctx: &Context, next: Outbound) -> Message {
     match next {
         Outbound::Frame(frame) => {
-            let (op, text) = *frame;
-            ctx.metrics.ws_frames_sent_total.with_label_values(&[op]).inc();
-            Message::Text(text.into())
+            ctx.metrics.ws_frames_sent_total.with_label_values(&[frame.op]).inc();
+            Message::Text(frame.text.into())
         }
         Outbound::Ping => Message::Ping(Default::default()),
     }
-}
-
-#[derive(Deserialize)]
-struct Frame {
-    op: String,
-    conversation_id: Option<String>,
-    since_seq: Option<u64>,
-    seq: Option<u64>,
-    kind: Option<String>,
-    client_msg_id: Option<String>,
-    #[serde(default)]
-    payload: Option<Value>,
-    #[serde(default)]
-    payload_base64: Option<String>,
-    #[serde(default)]
-    content_type: Option<String>,
-    #[serde(default)]
-    attachments: Option<Value>,
 }
 
 async fn handle_frame(
@@ -294,28 +422,18 @@ async fn handle_frame(
     subscriptions: &mut HashMap<String, JoinHandle<()>>,
     text: &str,
 ) {
-    let frame: Frame = match serde_json::from_str(text) {
-        Ok(frame) => frame,
-        Err(e) => return outbox.error(&Error::invalid("invalid_frame", format!("not a frame: {e}")), Value::Null),
-    };
-    let needs_conversation = || {
-        frame
-            .conversation_id
-            .clone()
-            .ok_or_else(|| Error::invalid("invalid_frame", format!("`{}` needs a conversation_id", frame.op)))
-    };
+    let (frame, echo) = ClientFrame::parse_with_echo(text);
     let result: Result<(), Error> = async {
-        match frame.op.as_str() {
-            "ping" => {
+        match frame? {
+            ClientFrame::Ping => {
                 outbox.send("pong", json!({"op": "pong"}));
                 Ok(())
             }
-            "subscribe" => {
-                let id = needs_conversation()?;
-                if subscriptions.len() >= ctx.config.ws.max_subscriptions && !subscriptions.contains_key(&id) {
+            ClientFrame::Subscribe { conversation_id, since_seq } => {
+                if subscriptions.len() >= ctx.config.ws.max_subscriptions && !subscriptions.contains_key(&conversation_id) {
                     return Err(Error::invalid("too_many_subscriptions", "unsubscribe from something first"));
                 }
-                let (id, _) = require_access(ctx, caller, &id).await?;
+                let (id, _) = require_access(ctx, caller, &conversation_id).await?;
                 let conv = ConvKey::new(&caller.app_id, &id);
                 let live = ctx.stores.tail.subscribe(&conv).await?;
                 let last_seq = messages::last_seq(ctx, &conv).await?;
@@ -323,69 +441,43 @@ async fn handle_frame(
                     previous.abort();
                 }
                 outbox.send("subscribed", json!({"op": "subscribed", "conversation_id": id, "last_seq": last_seq}));
-                let task = tokio::spawn(forward(ctx.clone(), caller.clone(), outbox.clone(), conv, live, frame.since_seq, last_seq));
+                let task = tokio::spawn(forward(ctx.clone(), caller.clone(), outbox.clone(), conv, live, since_seq, last_seq));
                 subscriptions.insert(id, task);
                 Ok(())
             }
-            "unsubscribe" => {
-                let id = needs_conversation()?;
-                if let Some(task) = subscriptions.remove(&id) {
+            ClientFrame::Unsubscribe { conversation_id } => {
+                if let Some(task) = subscriptions.remove(&conversation_id) {
                     task.abort();
                 }
-                outbox.send("unsubscribed", json!({"op": "unsubscribed", "conversation_id": id}));
+                outbox.send("unsubscribed", json!({"op": "unsubscribed", "conversation_id": conversation_id}));
                 Ok(())
             }
-            "send" => {
-                let id = needs_conversation()?;
-                let request = SendRequest {
-                    payload: frame.payload.clone(),
-                    payload_base64: frame.payload_base64.clone(),
-                    content_type: frame.content_type.clone(),
-                    attachments: match &frame.attachments {
-                        None => Vec::new(),
-                        Some(value) => serde_json::from_value(value.clone())
-                            .map_err(|e| Error::invalid("invalid_attachments", e.to_string()))?,
-                    },
-                    client_msg_id: frame.client_msg_id.clone(),
-                };
-                let sent = messages::send(ctx, caller, &id, request, None, now_ms()).await?;
+            ClientFrame::Send { conversation_id, request } => {
+                let client_msg_id = request.client_msg_id.clone();
+                let sent = messages::send(ctx, caller, &conversation_id, request, None, now_ms()).await?;
                 outbox.send(
                     "ack",
-                    json!({"op": "ack", "conversation_id": id, "client_msg_id": frame.client_msg_id, "seq": sent.envelope.seq, "id": sent.envelope.id, "replayed": sent.replayed}),
+                    json!({"op": "ack", "conversation_id": sent.envelope.conversation_id, "client_msg_id": client_msg_id, "seq": sent.envelope.seq, "id": sent.envelope.id, "replayed": sent.replayed}),
                 );
                 Ok(())
             }
-            "receipt" => {
-                let id = needs_conversation()?;
-                let kind = match frame.kind.as_deref() {
-                    Some("read") => receipts::ReceiptKind::Read,
-                    Some("delivered") => receipts::ReceiptKind::Delivered,
-                    _ => return Err(Error::invalid("invalid_frame", "receipt needs kind delivered or read")),
-                };
-                let seq = frame.seq.ok_or_else(|| Error::invalid("invalid_frame", "receipt needs a seq"))?;
-                receipts::mark(ctx, caller, &id, ReceiptRequest { seq, kind }).await?;
+            ClientFrame::Receipt { conversation_id, request } => {
+                receipts::mark(ctx, caller, &conversation_id, request).await?;
                 Ok(())
             }
-            "typing" => {
-                let id = needs_conversation()?;
-                typing(ctx, caller, &id).await
-            }
-            other => Err(Error::invalid("unknown_op", format!("unknown op {other:?}"))),
+            ClientFrame::Typing { conversation_id } => typing(ctx, caller, &conversation_id).await,
         }
     }
     .await;
     if let Err(e) = result {
-        outbox.error(
-            &e,
-            json!({"conversation_id": frame.conversation_id, "client_msg_id": frame.client_msg_id, "for": frame.op}),
-        );
+        outbox.error(&e, echo.fields());
     }
 }
 
 /// Typing indicators: ephemeral, never stored, at most one per user and
 /// conversation every 2 s (extra ones are dropped silently).
 async fn typing(ctx: &Context, caller: &Caller, conversation_id: &str) -> Result<(), Error> {
-    caller.require_scope(Scope::Write)?;
+    caller.require_participant()?;
     let user = caller.user_id.as_ref().ok_or_else(|| Error::invalid("user_required", "typing belongs to a user"))?;
     let (id, _) = require_access(ctx, caller, conversation_id).await?;
     let bucket = format!("t:{}:{id}:{user}", caller.app_id);
@@ -433,7 +525,7 @@ async fn forward(
             Ok(event) => event,
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                 // Fell behind the local channel: refill from history up to now.
-                let Ok(Some(last)) = ctx.stores.tail.last_seq(&conv).await else { continue };
+                let Ok(last) = messages::last_seq(&ctx, &conv).await else { continue };
                 match Box::pin(replay(&ctx, &outbox, &conv, delivered, last)).await {
                     Ok(Some(through)) => delivered = through,
                     Ok(None) => return,
@@ -525,7 +617,7 @@ async fn replay(
                 break;
             }
             delivered = envelope.seq;
-            if !outbox.send("message", json!({"op": "message", "message": envelope})) {
+            if !outbox.send_replayed("message", json!({"op": "message", "message": envelope})).await {
                 return Ok(None);
             }
         }

@@ -35,7 +35,8 @@ use crate::telemetry::Metrics;
 pub enum StoreError {
     /// The dependency could not be reached or answered with an error; the
     /// request may succeed later.
-    #[error("{dependency} unavailable: {message}")]
+    /// Shown with every URL redacted: driver errors may quote the dependency's.
+    #[error("{dependency} unavailable: {}", crate::config::redact_text(.message))]
     Unavailable { dependency: &'static str, message: String },
     /// A uniqueness or state precondition failed.
     #[error("conflict: {0}")]
@@ -78,6 +79,10 @@ impl Stores {
     /// resumes by itself when it returns. Embedded stores are opened eagerly
     /// because a failure there (an unwritable data dir) is a config problem.
     pub async fn open(config: &Config, metrics: &Metrics) -> anyhow::Result<Stores> {
+        Self::open_unredacted(config, metrics).await.map_err(redacted)
+    }
+
+    async fn open_unredacted(config: &Config, metrics: &Metrics) -> anyhow::Result<Stores> {
         match &config.backend {
             Backend::Embedded => {
                 let db = sql::Db::open_sqlite(&config.data_dir).await?;
@@ -104,7 +109,7 @@ impl Stores {
         match &config.backend {
             Backend::Embedded => Ok(Arc::new(sql::Db::open_sqlite(&config.data_dir).await?)),
             Backend::Services(services) => {
-                let db = sql::Db::connect_postgres(&services.postgres)?;
+                let db = sql::Db::connect_postgres(&services.postgres).map_err(redacted)?;
                 db.migrate()
                     .await
                     .with_context(|| format!("postgres at {} is not usable", services.postgres.url.redacted()))?;
@@ -126,6 +131,12 @@ impl Stores {
         );
         vec![meta, tail, objects]
     }
+}
+
+/// An opening error as it may be shown: client constructors quote the URLs
+/// they were given (an endpoint with credentials, a malformed URL).
+fn redacted(err: anyhow::Error) -> anyhow::Error {
+    anyhow::anyhow!(crate::config::redact_text(&format!("{err:#}")))
 }
 
 async fn timed(

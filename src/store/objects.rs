@@ -4,6 +4,11 @@
 //!
 //! `object_store` already abstracts S3 and the filesystem, so this is a
 //! struct, not a trait: the two modes differ only in the store it wraps.
+//!
+//! A missing bucket is created on the first readiness probe that finds it
+//! missing (`NoSuchBucket`): a fresh MinIO or s3s-fs works without a separate
+//! tool. object_store has no create-bucket call, so that one request is a
+//! SigV4-signed `PUT /<bucket>` (signed by object_store's own signer).
 
 use std::path::Path as FsPath;
 use std::sync::Arc;
@@ -11,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures::StreamExt;
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AwsAuthorizer, AwsCredential};
+use object_store::client::{HttpRequest, HttpRequestBody};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
@@ -33,6 +39,8 @@ pub struct Objects {
     pub bucket: String,
     metrics: Metrics,
     dependency: &'static str,
+    /// The S3 settings, to create the bucket when it is missing; `None` on the filesystem.
+    s3: Option<Arc<S3Config>>,
 }
 
 impl Objects {
@@ -50,7 +58,7 @@ impl Objects {
         let location = match &config.endpoint {
             Some(endpoint) => {
                 builder = builder.with_endpoint(endpoint).with_allow_http(endpoint.starts_with("http://"));
-                format!("s3 bucket `{}` at {endpoint}", config.bucket)
+                format!("s3 bucket `{}` at {}", config.bucket, crate::config::redact_url(endpoint))
             }
             None => format!("s3 bucket `{}` in {}", config.bucket, config.region),
         };
@@ -61,6 +69,7 @@ impl Objects {
             bucket: config.bucket.clone(),
             metrics: metrics.clone(),
             dependency: "s3",
+            s3: Some(Arc::new(config.clone())),
         })
     }
 
@@ -76,6 +85,7 @@ impl Objects {
             bucket: "local".into(),
             metrics: metrics.clone(),
             dependency: "filesystem",
+            s3: None,
         })
     }
 
@@ -84,7 +94,28 @@ impl Objects {
         &self.location
     }
 
+    /// Proves the store answers; an S3 bucket that does not exist is created
+    /// (and the probe repeated).
     pub async fn ping(&self) -> Result<(), StoreError> {
+        let probe = self.probe().await;
+        match (&probe, &self.s3) {
+            (Err(StoreError::Unavailable { message, .. }), Some(s3)) if message.contains("NoSuchBucket") => {
+                match create_bucket(s3).await {
+                    Ok(()) => {
+                        tracing::warn!(component = "store", dependency = "s3", "storage.bucket" = %s3.bucket, location = %self.location, "the bucket did not exist: created it");
+                        self.probe().await
+                    }
+                    Err(why) => Err(StoreError::Unavailable {
+                        dependency: self.dependency,
+                        message: format!("{message}; creating the bucket failed: {why}"),
+                    }),
+                }
+            }
+            _ => probe,
+        }
+    }
+
+    async fn probe(&self) -> Result<(), StoreError> {
         let prefix = Path::from(PROBE_PREFIX);
         self.timed("list", async {
             match self.store.list(Some(&prefix)).next().await {
@@ -93,6 +124,12 @@ impl Objects {
             }
         })
         .await
+    }
+
+    /// An object's size in bytes (a HEAD request on S3).
+    pub async fn size(&self, key: &str) -> Result<u64, StoreError> {
+        let path = Path::from(key);
+        self.timed("head", async { Ok(self.store.head(&path).await?.size) }).await
     }
 
     pub async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
@@ -169,6 +206,71 @@ impl Objects {
             message: format!("{} failed on {}: {}", op, self.location, describe(&e)),
         })
     }
+}
+
+/// S3 `CreateBucket`. An existing bucket of ours (`BucketAlreadyOwnedByYou`,
+/// 409) counts as success: another instance may have created it first.
+async fn create_bucket(config: &S3Config) -> Result<(), String> {
+    let url = bucket_url(config)?;
+    // Outside us-east-1 AWS wants the region named in the body; R2's `auto` and
+    // us-east-1 take an empty body.
+    let body = if matches!(config.region.as_str(), "us-east-1" | "auto") {
+        String::new()
+    } else {
+        format!(
+            r#"<CreateBucketConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><LocationConstraint>{}</LocationConstraint></CreateBucketConfiguration>"#,
+            config.region
+        )
+    };
+    let mut request = HttpRequest::new(HttpRequestBody::from(body.clone()));
+    *request.method_mut() = reqwest::Method::PUT;
+    *request.uri_mut() = url.as_str().parse().map_err(|e| format!("bad bucket URL {url}: {e}"))?;
+    let credential = AwsCredential {
+        key_id: config.access_key_id.clone(),
+        secret_key: config.secret_access_key.expose().to_string(),
+        token: None,
+    };
+    AwsAuthorizer::new(&credential, "s3", &config.region)
+        .try_authorize(&mut request, None)
+        .map_err(|e| format!("cannot sign the request: {e}"))?;
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let reply = client
+        .put(url.as_str())
+        .headers(request.headers().clone())
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| format!("PUT {url}: {e}"))?;
+    let status = reply.status();
+    let text = reply.text().await.unwrap_or_default();
+    if status.is_success() || text.contains("BucketAlreadyOwnedByYou") {
+        return Ok(());
+    }
+    let code = text.split("<Code>").nth(1).and_then(|rest| rest.split("</Code>").next()).unwrap_or("no error code");
+    Err(format!("PUT {url} answered {status} ({code})"))
+}
+
+/// The URL of the bucket itself, addressed as the store addresses it.
+fn bucket_url(config: &S3Config) -> Result<url::Url, String> {
+    let endpoint = match &config.endpoint {
+        Some(endpoint) => endpoint.clone(),
+        None => format!("https://s3.{}.amazonaws.com", config.region),
+    };
+    let mut url = url::Url::parse(&endpoint).map_err(|e| format!("bad s3.endpoint {endpoint}: {e}"))?;
+    if config.path_style {
+        url.path_segments_mut()
+            .map_err(|()| format!("bad s3.endpoint {endpoint}"))?
+            .pop_if_empty()
+            .push(&config.bucket);
+    } else {
+        let host = url.host_str().ok_or_else(|| format!("s3.endpoint {endpoint} has no host"))?.to_string();
+        url.set_host(Some(&format!("{}.{host}", config.bucket))).map_err(|e| format!("bad bucket host: {e}"))?;
+    }
+    Ok(url)
 }
 
 /// The most useful line of an object_store error: S3 error codes (NoSuchBucket,

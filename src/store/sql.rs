@@ -14,7 +14,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{PgPool, SqlitePool};
+use sqlx::{Connection, PgConnection, PgPool, SqlitePool};
 
 use super::metadata::{ApiKeyRow, AppRow, BlockRow, ConversationRow, FlushAdvance, MemberRow, Metadata, SegmentRow};
 use super::StoreError;
@@ -38,6 +38,16 @@ pub(crate) struct Db {
     pub(crate) pool: Pool,
     /// Set once the migrations have been applied; `ping` reports not-ready until then.
     migrated: Arc<AtomicBool>,
+    /// Where a Postgres pool connects, for [`Db::probe`]; `None` for SQLite.
+    postgres: Option<Arc<PostgresTarget>>,
+}
+
+/// A Postgres server as a direct connection attempt reaches it.
+struct PostgresTarget {
+    options: PgConnectOptions,
+    /// `host:port`, for messages: never the URL, which may hold a password.
+    address: String,
+    timeout: std::time::Duration,
 }
 
 /// Runs `$body` with `$pool` bound to the open pool, whichever dialect it is,
@@ -75,11 +85,39 @@ impl Db {
             .expose()
             .parse()
             .with_context(|| format!("postgres.url {} is not a usable connection string", config.url.redacted()))?;
+        let options = options.application_name("msgd");
+        let address = format!("{}:{}", options.get_host(), options.get_port());
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections)
             .acquire_timeout(config.connect_timeout)
-            .connect_lazy_with(options.application_name("msgd"));
-        Ok(Db { pool: Pool::Postgres(pool), migrated: Arc::default() })
+            .connect_lazy_with(options.clone());
+        let target = PostgresTarget { options, address, timeout: config.connect_timeout };
+        Ok(Db { pool: Pool::Postgres(pool), migrated: Arc::default(), postgres: Some(Arc::new(target)) })
+    }
+
+    /// While the pool holds no connection, one direct connection attempt: the
+    /// pool retries a refused connection until its acquire timeout and then
+    /// says only "pool timed out", where this names the cause at once
+    /// (connection refused, no such host, authentication failed).
+    async fn probe(&self) -> Result<(), StoreError> {
+        let (Pool::Postgres(pool), Some(target)) = (&self.pool, &self.postgres) else { return Ok(()) };
+        if pool.size() > 0 {
+            return Ok(());
+        }
+        let refused = |reason: String| {
+            StoreError::unavailable("postgres", format!("cannot connect to {}: {reason}", target.address))
+        };
+        match tokio::time::timeout(target.timeout, PgConnection::connect_with(&target.options)).await {
+            Ok(Ok(connection)) => {
+                let _ = connection.close().await;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(refused(e.to_string())),
+            Err(_) => Err(refused(format!(
+                "no answer within {} (postgres.connect_timeout)",
+                humantime::format_duration(target.timeout)
+            ))),
+        }
     }
 
     /// Opens (creating when missing) the SQLite file under `data_dir` and
@@ -106,7 +144,7 @@ impl Db {
             .connect_with(options)
             .await
             .with_context(|| format!("cannot open {}", path.display()))?;
-        let db = Db { pool: Pool::Sqlite(pool), migrated: Arc::default() };
+        let db = Db { pool: Pool::Sqlite(pool), migrated: Arc::default(), postgres: None };
         db.migrate().await.with_context(|| format!("cannot migrate {}", path.display()))?;
         Ok(db)
     }
@@ -114,6 +152,7 @@ impl Db {
     /// Applies the embedded migrations; idempotent, and safe to run from several
     /// instances at once (the migrator takes a database lock).
     pub(crate) async fn migrate(&self) -> Result<(), StoreError> {
+        self.probe().await?;
         match &self.pool {
             Pool::Postgres(pool) => PG_MIGRATOR.run(pool).await,
             Pool::Sqlite(pool) => SQLITE_MIGRATOR.run(pool).await,
@@ -366,6 +405,7 @@ macro_rules! insert_key {
 #[async_trait]
 impl Metadata for Db {
     async fn ping(&self) -> Result<(), StoreError> {
+        self.probe().await?;
         on_db!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(|r| r.rows_affected()))?;
         if !self.migrated.load(Ordering::Acquire) {
             // Reachable but not migrated yet: migrate now rather than wait for the

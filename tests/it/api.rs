@@ -42,7 +42,7 @@ pub fn create_app(env: &TestEnv, name: &str) -> (String, String) {
     let out = env.run(&["keys", "create-app", name, "--json"], "");
     assert_eq!(out.code, 0, "{}", out.stderr);
     let json = out.json();
-    (json["app"]["id"].as_str().unwrap().to_string(), json["key"]["key"].as_str().unwrap().to_string())
+    (json["app"]["id"].as_str().unwrap().to_string(), json["key"].as_str().unwrap().to_string())
 }
 
 impl Api {
@@ -155,6 +155,17 @@ impl Api {
             &[],
         )
         .await
+    }
+
+    /// Sends `payloads` as batches of 100, asserting each is accepted.
+    pub async fn send_batches(&self, token: &str, conversation: &str, payloads: impl IntoIterator<Item = Value>) {
+        let payloads: Vec<Value> = payloads.into_iter().map(|payload| json!({"payload": payload})).collect();
+        let path = format!("/v1/conversations/{conversation}/messages/batch");
+        for chunk in payloads.chunks(100) {
+            let body = json!({"messages": chunk});
+            let reply = self.request(Method::POST, &path, Some(&self.write_key), Some(token), Some(&body), &[]).await;
+            assert_eq!(reply.status, 200, "{}", reply.body);
+        }
     }
 
     /// The stores of this deployment, opened from the test process.

@@ -167,3 +167,123 @@ fn usage_errors_exit_2() {
     assert_eq!(msgd(&["no-such-command"], &[]).code, 2);
     assert_eq!(msgd(&["keys", "create", "--app", "x", "--scope", "root"], &[]).code, 2);
 }
+
+#[test]
+fn secrets_outside_url_userinfo_are_never_printed() {
+    let services = r#"
+[postgres]
+url = "postgres://db.internal:5432/msgd?user=msgd&password=pg-hunter2&sslpassword=ssl-hunter2"
+[redis]
+url = "redis://cache.internal:6379/?token=redis-hunter2"
+[s3]
+endpoint = "http://s3user:s3-hunter2@minio.internal:9000"
+bucket = "msgd-segments"
+access_key_id = "msgd"
+secret_access_key = "key-hunter2"
+[auth.keycloak]
+issuer = "https://kc:kc-hunter2@sso.internal/realms/acme"
+audiences = ["account"]
+"#;
+    let (_dir, path) = write_config(services);
+    for args in [vec!["config"], vec!["config", "--json"]] {
+        let mut full = vec!["--config", path.as_str()];
+        full.extend(args);
+        let out = msgd(&full, &[]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert!(!out.stdout.contains("hunter2"), "a secret printed:\n{}", out.stdout);
+        for visible in ["db.internal", "user=msgd", "minio.internal:9000", "sso.internal/realms/acme"] {
+            assert!(out.stdout.contains(visible), "{visible} hidden:\n{}", out.stdout);
+        }
+    }
+    // Errors about those keys show the same redacted values.
+    for (var, value, key) in [
+        ("MSGD_POSTGRES__URL", "mysql://db/msgd?password=pg-hunter2", "postgres.url"),
+        ("MSGD_S3__ENDPOINT", "ftp://s3user:s3-hunter2@minio.internal", "s3.endpoint"),
+        ("MSGD_AUTH__KEYCLOAK__ISSUER", "ftp://kc-hunter2@sso.internal/realms/acme", "auth.keycloak.issuer"),
+    ] {
+        for json in [false, true] {
+            let args: &[&str] = if json {
+                &["--config", &path, "config", "--check", "--json"]
+            } else {
+                &["--config", &path, "config", "--check"]
+            };
+            let out = msgd(args, &[(var, value)]);
+            assert_eq!(out.code, 2, "{var}: {}", out.stderr);
+            assert!(out.stderr.contains(key) || out.stdout.contains(key), "{var}: {}{}", out.stdout, out.stderr);
+            assert!(
+                !out.stderr.contains("hunter2") && !out.stdout.contains("hunter2"),
+                "{var}: {}{}",
+                out.stdout,
+                out.stderr
+            );
+        }
+    }
+}
+
+#[test]
+fn an_unknown_section_is_named_never_echoed() {
+    // A section a newer release knows (and an older binary does not), holding credentials.
+    let (_dir, path) = write_config(
+        "[backup]\nurl = \"s3://AKIAEXAMPLE:backup-hunter2@bucket\"\npassphrase = \"backup-hunter2\"\nschedule = \"daily\"\n",
+    );
+    for args in [vec!["config", "--check"], vec!["config", "--check", "--json"]] {
+        let mut full = vec!["--config", path.as_str()];
+        full.extend(args);
+        let out = msgd(&full, &[]);
+        assert_eq!(out.code, 2, "{}", out.stderr);
+        let shown = format!("{}{}", out.stdout, out.stderr);
+        assert!(shown.contains("backup"), "the section is named: {shown}");
+        for content in ["hunter2", "AKIAEXAMPLE", "daily"] {
+            assert!(!shown.contains(content), "{content} echoed: {shown}");
+        }
+    }
+    // So is an unknown key in a known section, from the file or the environment.
+    let (_dir, path) = write_config("[http]\nlisten_secret_thing = \"file-hunter2\"\n");
+    let out = msgd(&["--config", &path, "config", "--check"], &[("MSGD_LOG__SINK", "https://u:env-hunter2@logs")]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("`http.listen_secret_thing`") && !out.stderr.contains("hunter2"), "{}", out.stderr);
+    let out = msgd(&["config", "--check"], &[("MSGD_LOG__SINK", "https://u:env-hunter2@logs")]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("`log.sink`") && !out.stderr.contains("hunter2"), "{}", out.stderr);
+}
+
+#[test]
+fn services_sh_env_prints_a_deployment_on_the_servers_it_starts() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh");
+    let mut command = std::process::Command::new("bash");
+    command.args([script, "env"]);
+    let out = run_command(command, "");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let vars: Vec<(String, String)> = out
+        .stdout
+        .lines()
+        .filter_map(|line| line.strip_prefix("export "))
+        .filter_map(|line| line.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let var = |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    for name in ["MSGD_POSTGRES__URL", "MSGD_REDIS__URL", "MSGD_S3__ENDPOINT", "MSGD_S3__BUCKET"] {
+        assert!(var(name).is_some(), "{name} missing from:\n{}", out.stdout);
+    }
+    assert!(vars.iter().all(|(k, _)| k.starts_with("MSGD_")), "{}", out.stdout);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().display().to_string();
+    let mut env: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    env.push(("MSGD_DATA_DIR", &data));
+    let out = msgd(&["config", "--check"], &env);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+
+    // The same servers, ports and credentials as the ones `up` started for the tests.
+    if let Some(services) = crate::support::services_env() {
+        assert_eq!(var("MSGD_REDIS__URL"), Some(services.redis_url.as_str()));
+        assert_eq!(var("MSGD_S3__ENDPOINT"), Some(services.s3_endpoint.as_str()));
+        assert_eq!(var("MSGD_S3__ACCESS_KEY_ID"), Some(services.s3_access_key_id.as_str()));
+        assert_eq!(var("MSGD_S3__SECRET_ACCESS_KEY"), Some(services.s3_secret_access_key.as_str()));
+        let ours = url::Url::parse(var("MSGD_POSTGRES__URL").unwrap()).unwrap();
+        let theirs = url::Url::parse(&services.postgres_url).unwrap();
+        assert_eq!(
+            (ours.host_str(), ours.port(), ours.username()),
+            (theirs.host_str(), theirs.port(), theirs.username())
+        );
+    }
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 use msgd::keys::{self, KeyError, KeyRejection, Scope};
 use msgd::store::Stores;
 
-use crate::support::{backends, TestEnv};
+use crate::support::{backends, Output, TestEnv};
 
 const T0: i64 = 1_790_000_000_000;
 const HOUR: i64 = 3_600_000;
@@ -91,7 +91,7 @@ async fn lifecycle_through_the_cli() {
         assert_eq!(created.code, 0, "{backend:?}: {}", created.stderr);
         let created = created.json();
         let app_id = created["app"]["id"].as_str().unwrap().to_string();
-        let admin_key = created["key"]["key"].as_str().unwrap().to_string();
+        let admin_key = created["key"].as_str().unwrap().to_string();
 
         let verify = env.run(&["keys", "verify", "--json"], &admin_key);
         assert_eq!(verify.code, 0, "{}", verify.stderr);
@@ -104,7 +104,7 @@ async fn lifecycle_through_the_cli() {
 
         let rotated = env.run(&["keys", "rotate", writer_id, "--grace", "1h", "--json"], "");
         assert_eq!(rotated.code, 0, "{}", rotated.stderr);
-        let new_key = rotated.json()["new"]["key"].as_str().unwrap().to_string();
+        let new_key = rotated.json()["key"].as_str().unwrap().to_string();
         assert_eq!(env.run(&["keys", "verify"], writer_key).code, 0, "old key works within the grace");
         assert_eq!(env.run(&["keys", "verify"], &new_key).code, 0);
 
@@ -133,5 +133,69 @@ async fn lifecycle_through_the_cli() {
         let missing = env.run(&["keys", "revoke", "nosuchkey"], "");
         assert_eq!(missing.code, 1);
         assert!(missing.stderr.contains("nosuchkey"));
+    }
+}
+
+fn ok(out: Output, what: &str) -> serde_json::Value {
+    assert_eq!(out.code, 0, "{what}: {}", out.stderr);
+    out.json()
+}
+
+#[tokio::test]
+async fn every_command_prints_and_accepts_one_key_id_form_and_one_issued_key_shape() {
+    for backend in backends() {
+        let env = TestEnv::new(backend).await;
+        let created = ok(env.run(&["keys", "create-app", "acme", "--json"], ""), "create-app");
+        let app_id = created["app"]["id"].as_str().unwrap().to_string();
+        let writer = ok(env.run(&["keys", "create", "--app", &app_id, "--scope", "write", "--json"], ""), "create");
+        let writer_id = writer["id"].as_str().unwrap().to_string();
+        let rotated = ok(env.run(&["keys", "rotate", &writer_id, "--json"], ""), "rotate");
+        assert_eq!(rotated["replaces"]["id"], writer_id.as_str(), "{rotated}");
+
+        // One document for a newly issued key, whichever command issued it.
+        let fields = |doc: &serde_json::Value| {
+            let mut keys: Vec<String> = doc.as_object().unwrap().keys().cloned().collect();
+            keys.retain(|k| k != "app" && k != "replaces");
+            keys.sort();
+            keys
+        };
+        for (what, doc) in [("create-app", &created), ("create", &writer), ("rotate", &rotated)] {
+            assert_eq!(fields(doc), fields(&writer), "{backend:?}: {what} prints another shape: {doc}");
+            assert!(doc["key"].as_str().unwrap().starts_with("msgd_sk_"), "{what}: {doc}");
+            assert_eq!(doc["status"], "active", "{what}: {doc}");
+            assert_eq!(doc["app_id"], app_id.as_str());
+        }
+
+        // `keys list` shows the ids the issuing commands printed, and nothing else.
+        let listed = ok(env.run(&["keys", "list", "--json"], ""), "list --json");
+        let ids: Vec<String> =
+            listed["keys"].as_array().unwrap().iter().map(|k| k["id"].as_str().unwrap().to_string()).collect();
+        for doc in [&created, &writer, &rotated] {
+            assert!(ids.contains(&doc["id"].as_str().unwrap().to_string()), "{ids:?}");
+        }
+        let table = env.run(&["keys", "list"], "");
+        assert_eq!(table.code, 0, "{}", table.stderr);
+        for id in &ids {
+            assert!(
+                table.stdout.contains(&format!("│ {id} ")),
+                "{backend:?}: the table does not show `{id}`:\n{}",
+                table.stdout
+            );
+        }
+        assert!(!table.stdout.contains("msgd_sk_"), "{}", table.stdout);
+
+        // Every command accepts that id — and the prefixed form older listings printed.
+        let rotated_id = rotated["id"].as_str().unwrap();
+        let out = env.run(&["keys", "rotate", rotated_id, "--grace", "1h"], "");
+        assert_eq!(out.code, 0, "{backend:?}: rotate by the listed id: {}", out.stderr);
+        let admin_id = created["id"].as_str().unwrap();
+        let out = env.run(&["keys", "revoke", &format!("msgd_sk_{admin_id}…")], "");
+        assert_eq!(out.code, 0, "{backend:?}: revoke by the prefixed id: {}", out.stderr);
+
+        // A whole key is refused, naming its id, without echoing the secret.
+        let secret = writer["key"].as_str().unwrap();
+        let out = env.run(&["keys", "revoke", secret], "");
+        assert_eq!(out.code, 1);
+        assert!(out.stderr.contains(&writer_id) && !out.stderr.contains(secret), "{}", out.stderr);
     }
 }

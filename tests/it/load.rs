@@ -118,3 +118,69 @@ async fn load_history_and_ws_fanout_report_what_they_did() {
         "{report}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_reports_why_requests_failed_the_conversation_and_server_rss() {
+    for backend in backends() {
+        // One message a second per user, a burst of 3: a load run meets the limiter at once.
+        let api = Api::start_with(backend, &[("MSGD_LIMITS__USER_RATE", "1"), ("MSGD_LIMITS__USER_BURST", "3")]).await;
+        let base_url = format!("http://{}", api.msgd.addr);
+        let send = |extra: &[&str]| {
+            let mut args = vec!["load", "send", "--base-url", &base_url, "--api-key", &api.admin_key, "--users", "1"];
+            args.extend_from_slice(extra);
+            api.env.run(&args, "")
+        };
+
+        // The table names the conversation `load history` needs.
+        let out = send(&["--count", "2", "--concurrency", "1"]);
+        assert_eq!(out.code, 0, "{backend:?}: {}", out.stderr);
+        let shown =
+            out.stdout.split(|c: char| c == '│' || c.is_whitespace()).find(|t| uuid::Uuid::parse_str(t).is_ok());
+        assert!(shown.is_some(), "{backend:?}: no conversation id in\n{}", out.stdout);
+
+        for extra in
+            [&["--count", "12", "--concurrency", "1", "--json"][..], &["--count", "12", "--batch", "4", "--json"][..]]
+        {
+            let out = send(extra);
+            assert_eq!(out.code, 1, "{backend:?} {extra:?}: {}", out.stdout);
+            let report = out.json();
+            let limited = report["failures"]["429 rate_limited"].as_u64().unwrap_or(0);
+            assert!(limited >= 1, "{backend:?} {extra:?}: {report}");
+            let failures: u64 = report["failures"].as_object().unwrap().values().map(|n| n.as_u64().unwrap()).sum();
+            assert_eq!(report["errors"].as_u64(), Some(failures), "{report}");
+            assert_eq!(
+                report["messages"].as_u64().unwrap() + failures,
+                12,
+                "every message is acked or failed: {report}"
+            );
+            assert!(out.stderr.contains("429 rate_limited"), "{}", out.stderr);
+            assert!(out.stderr.contains("limits.user_rate"), "the way out is named: {}", out.stderr);
+            assert!(
+                report["latency_ms_p50"].as_f64().unwrap().to_string().split('.').nth(1).is_none_or(|d| d.len() <= 3),
+                "{report}"
+            );
+        }
+
+        let out = api.env.run(
+            &[
+                "load",
+                "ws-idle",
+                "--base-url",
+                &base_url,
+                "--api-key",
+                &api.admin_key,
+                "--connections",
+                "3",
+                "--hold",
+                "100ms",
+                "--json",
+            ],
+            "",
+        );
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let report = out.json();
+        assert_eq!(report["connections"], 3, "{report}");
+        assert!(report["server_rss_bytes_held"].as_u64().unwrap() > 1 << 20, "{backend:?}: {report}");
+        assert!(report["rss_bytes_per_connection"].is_u64(), "{report}");
+    }
+}

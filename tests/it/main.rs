@@ -5,6 +5,7 @@
 mod api;
 mod authz;
 mod cli_config;
+mod edges;
 mod history;
 mod keys;
 mod load;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::api::Api;
-use crate::support::{backends, eventually, services_env, Backend, PrivateS3};
+use crate::support::{backends, eventually, services_env, unique, Backend, PrivateS3, TestEnv};
 
 /// Checks the index and the objects of `api`'s deployment: for each
 /// conversation, blocks cover exactly 1..=last seq; every block decodes to
@@ -313,4 +313,168 @@ async fn a_replay_after_the_tail_was_trimmed_answers_from_segments() {
             "{backend:?}: the original, read back from its segment"
         );
     }
+}
+
+const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/segment-v1.seg");
+
+/// `msgd inspect-segment` with its address space capped at 2 GiB: reading a
+/// larger object whole would fail to allocate.
+fn inspect_capped(env: &TestEnv, args: &[&str]) -> crate::support::Output {
+    let mut command = std::process::Command::new("bash");
+    command.args(["-c", r#"ulimit -v 2097152 && exec "$0" inspect-segment "$@""#, crate::support::MSGD]).args(args);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("MSGD_") {
+            command.env_remove(name);
+        }
+    }
+    command.envs(env.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    crate::support::run_command(command, "")
+}
+
+#[tokio::test]
+async fn inspect_segment_reads_by_range_and_names_truncation() {
+    let golden = std::fs::read(GOLDEN).unwrap();
+    for backend in backends() {
+        let env = TestEnv::new(backend).await;
+        let dir = tempfile::tempdir().unwrap();
+        let local = |name: &str, bytes: &[u8], len: u64| {
+            let path = dir.path().join(name);
+            let file = std::fs::File::create(&path).unwrap();
+            std::io::Write::write_all(&mut &file, bytes).unwrap();
+            file.set_len(len).unwrap();
+            path.display().to_string()
+        };
+        // 8 GiB sparse files: not a segment at all, and a segment's header with nothing after it.
+        const HUGE: u64 = 8 << 30;
+        for (path, expected) in [
+            (local("zeros.seg", &[], HUGE), "bad magic"),
+            (local("header-only.seg", &golden[..16], HUGE), "truncated"),
+            (local("short.seg", &golden[..30], 30), "truncated"),
+            (local("cut.seg", &golden[..golden.len() - 10], golden.len() as u64 - 10), "truncated"),
+        ] {
+            let out = inspect_capped(&env, &[&path]);
+            assert_eq!(out.code, 1, "{backend:?} {path}: {}", out.stderr);
+            assert!(out.stderr.contains(expected), "{backend:?} {path}: expected `{expected}`: {}", out.stderr);
+        }
+
+        // The same through the object store, by ranged reads.
+        let stores = msgd::store::Stores::open(&env.config(), &msgd::telemetry::Metrics::new("test")).await.unwrap();
+        let (whole, cut) = ("segments/app_golden/whole.seg", "segments/app_golden/cut.seg");
+        stores.objects.put(whole, golden.clone()).await.unwrap();
+        stores.objects.put(cut, golden[..golden.len() - 10].to_vec()).await.unwrap();
+        let out = env.run(&["inspect-segment", cut], "");
+        assert_eq!(out.code, 1, "{backend:?}: {}", out.stderr);
+        assert!(out.stderr.contains("truncated"), "{backend:?}: {}", out.stderr);
+        let out = env.run(&["inspect-segment", whole, "--json"], "");
+        assert_eq!(out.code, 0, "{backend:?}: {}", out.stderr);
+        let report = out.json();
+        assert_eq!(
+            (report["bytes"].as_u64(), report["blocks"].as_array().unwrap().len()),
+            (Some(golden.len() as u64), 2)
+        );
+        let records = env.run(&["inspect-segment", whole, "--records"], "");
+        assert_eq!((records.code, records.stdout.lines().count()), (0, 3), "{}", records.stderr);
+
+        // A conversation the segment does not hold is an error, not an empty table.
+        for extra in [&[][..], &["--records"][..], &["--json"][..]] {
+            let mut args = vec!["inspect-segment", whole, "--conversation", "nope"];
+            args.extend_from_slice(extra);
+            let out = env.run(&args, "");
+            assert_eq!(out.code, 1, "{backend:?} {extra:?}: {}", out.stdout);
+            assert!(out.stderr.contains("no block of conversation `nope`"), "{}", out.stderr);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_segment_verify_gives_a_verdict_and_never_skips_the_index_silently() {
+    for backend in backends() {
+        let api = Api::start_with(backend, &[("MSGD_FLUSH__INTERVAL", "1h"), ("MSGD_FLUSH__HOT_WINDOW", "0")]).await;
+        let token = api.token("alice").await;
+        let conversation = api.conversation(&token, &[]).await;
+        send_many(&api, &token, std::slice::from_ref(&conversation), 5, &mut BTreeMap::new()).await;
+        flush(&api, &["--all"]);
+        let stores = api.stores().await;
+        let key = stores.objects.list("segments/").await.unwrap().remove(0);
+
+        let out = api.env.run(&["inspect-segment", &key, "--verify"], "");
+        assert_eq!(out.code, 0, "{backend:?}: {}", out.stderr);
+        assert!(out.stdout.contains("verified: 1 block(s)"), "{backend:?}: no verdict:\n{}", out.stdout);
+        assert!(out.stdout.contains("┆ 1-5 "), "seqs as people write them:\n{}", out.stdout);
+        let out = api.env.run(&["inspect-segment", &key, "--verify", "--json"], "");
+        assert_eq!((out.code, &out.json()["verified"]), (0, &json!(true)), "{}", out.stderr);
+
+        // A copy outside the object store has no index rows: --verify says so and fails.
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("copy.seg");
+        std::fs::write(&copy, stores.objects.get(&key).await.unwrap()).unwrap();
+        let copy = copy.display().to_string();
+        let out = api.env.run(&["inspect-segment", &copy, "--verify"], "");
+        assert_eq!(out.code, 1, "{backend:?}: {}", out.stdout);
+        assert!(out.stderr.contains("index was not checked"), "{}", out.stderr);
+        assert!(!out.stdout.contains("verified:"), "{}", out.stdout);
+        let out = api.env.run(&["inspect-segment", &copy], "");
+        assert_eq!(out.code, 0, "without --verify a copy's checksums are checked: {}", out.stderr);
+
+        // In embedded mode the object's own file is its key: the index is checked.
+        if backend == Backend::Embedded {
+            let file = api.env.config().data_dir.join("objects").join(&key).display().to_string();
+            let out = api.env.run(&["inspect-segment", &file, "--verify"], "");
+            assert_eq!(out.code, 0, "{}", out.stderr);
+            assert!(out.stdout.contains("verified:"), "{}", out.stdout);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_dry_run_shows_what_waits_and_what_would_be_trimmed() {
+    for backend in backends() {
+        // Thresholds far away: nothing is due without --all.
+        let api = Api::start_with(backend, &[("MSGD_FLUSH__INTERVAL", "1h"), ("MSGD_FLUSH__HOT_WINDOW", "10")]).await;
+        let token = api.token("alice").await;
+        let conversation = api.conversation(&token, &[]).await;
+        send_many(&api, &token, std::slice::from_ref(&conversation), 35, &mut BTreeMap::new()).await;
+
+        let waiting = flush(&api, &["--dry-run"]);
+        let listed = &waiting["waiting"][0];
+        assert_eq!(
+            (listed["conversation_id"].as_str(), listed["messages"].as_u64(), listed["due"].as_bool()),
+            (Some(conversation.as_str()), Some(35), Some(false)),
+            "{backend:?}: {waiting}"
+        );
+        let out = api.env.run(&["flush", "--dry-run"], "");
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert!(out.stdout.contains(&conversation), "{backend:?}: the dry run shows what waits:\n{}", out.stdout);
+        assert!(out.stdout.contains("waits"), "{}", out.stdout);
+
+        let planned = flush(&api, &["--dry-run", "--all"]);
+        assert_eq!((planned["would_trim"].as_u64(), planned["trimmed"].as_u64()), (Some(25), Some(0)), "{planned}");
+        let out = api.env.run(&["flush", "--dry-run", "--all"], "");
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert!(out.stdout.contains("would trim 25 tail entries"), "{backend:?}:\n{}", out.stdout);
+        assert!(!out.stdout.contains("trimmed") && !out.stdout.contains("..="), "{}", out.stdout);
+        assert!(out.stdout.contains("┆ 1-35 "), "{}", out.stdout);
+
+        let done = flush(&api, &["--all"]);
+        assert_eq!(done["trimmed"], 25, "the dry run's count is what the flush trims: {done}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_bucket_is_created_and_flushed_into() {
+    let Some(services) = services_env().filter(|_| backends().contains(&Backend::Services)) else { return };
+    let bucket = unique("fresh-");
+    let api = Api::start_with(Backend::Services, &[("MSGD_S3__BUCKET", &bucket), ("MSGD_FLUSH__INTERVAL", "1h")]).await;
+    let ready = eventually(Duration::from_secs(15), async || {
+        reqwest::get(api.msgd.url("/readyz")).await.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    let readyz = reqwest::get(api.msgd.url("/readyz")).await.unwrap().text().await.unwrap();
+    assert!(ready, "/readyz: {readyz}\n{}", api.msgd.log_text());
+    assert!(services.s3_root.join(&bucket).is_dir(), "the bucket exists on the server");
+    let token = api.token("alice").await;
+    let conversation = api.conversation(&token, &[]).await;
+    send_many(&api, &token, std::slice::from_ref(&conversation), 3, &mut BTreeMap::new()).await;
+    flush(&api, &["--all"]);
+    assert_eq!(api.stores().await.objects.list("segments/").await.unwrap().len(), 1);
 }

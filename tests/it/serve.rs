@@ -132,11 +132,9 @@ async fn bad_dependencies_are_named_never_panicked() {
     if !backends().contains(&Backend::Services) {
         return;
     }
-    // A missing bucket and wrong credentials: serve runs, /readyz names the problem.
-    for (var, value, expected) in [
-        ("MSGD_S3__BUCKET", "no-such-bucket", "NoSuchBucket"),
-        ("MSGD_S3__SECRET_ACCESS_KEY", "wrong-secret", "SignatureDoesNotMatch"),
-    ] {
+    // Wrong credentials: serve runs, /readyz names the problem. (A missing bucket
+    // is created: segments::a_missing_bucket_is_created_and_flushed_into.)
+    for (var, value, expected) in [("MSGD_S3__SECRET_ACCESS_KEY", "wrong-secret", "SignatureDoesNotMatch")] {
         let mut env = TestEnv::new(Backend::Services).await;
         env.set(var, value);
         let msgd = env.serve();
@@ -152,5 +150,82 @@ async fn bad_dependencies_are_named_never_panicked() {
     env.set("MSGD_POSTGRES__CONNECT_TIMEOUT", "1s");
     let out = env.run(&["keys", "list"], "");
     assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains(&format!("127.0.0.1:{port}")) && !out.stderr.contains("topsecret"), "{}", out.stderr);
+}
+
+#[tokio::test]
+async fn habitual_signals_are_logged_and_ignored() {
+    for backend in backends() {
+        let env = TestEnv::new(backend).await;
+        let mut msgd = env.serve();
+        for signal in ["HUP", "USR1", "USR2"] {
+            msgd.signal(signal);
+            let logged = eventually(Duration::from_secs(5), async || {
+                msgd.log_lines().iter().any(|l| {
+                    l["message"] == "signal ignored: it has no meaning for msgd yet"
+                        && l["signal"] == format!("SIG{signal}")
+                })
+            })
+            .await;
+            assert!(logged, "{backend:?}: SIG{signal} not logged:\n{}", msgd.log_text());
+            assert!(msgd.still_running(), "{backend:?}: SIG{signal} killed serve:\n{}", msgd.log_text());
+            assert_eq!(get(&msgd.url("/healthz")).await.0, 200, "{backend:?}: after SIG{signal}");
+        }
+        // SIGTERM still stops it cleanly.
+        msgd.signal("TERM");
+        let status = msgd.wait_exit(Duration::from_secs(10)).expect("exits");
+        assert_eq!(status.code(), Some(0), "{}", msgd.log_text());
+    }
+}
+
+#[tokio::test]
+async fn text_logs_to_a_file_carry_no_colour_codes() {
+    for backend in backends() {
+        let mut env = TestEnv::new(backend).await;
+        env.set("MSGD_LOG__FORMAT", "text");
+        let log = env.dir.path().join("serve-text.log");
+        let mut child = env
+            .command(&["serve"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn msgd serve");
+        let listening = eventually(Duration::from_secs(30), async || {
+            std::fs::read_to_string(&log).unwrap_or_default().contains("listening")
+        })
+        .await;
+        let _ = child.kill();
+        let _ = child.wait();
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(listening, "{backend:?}: serve did not listen:\n{text}");
+        assert!(!text.contains('\x1b'), "{backend:?}: ANSI escape codes in a log file:\n{text:?}");
+        assert!(text.contains("INFO") && text.contains("component=\"boot\""), "{backend:?}: still text logs:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn a_refused_postgres_is_named_at_once_with_its_address_never_its_password() {
+    if !backends().contains(&Backend::Services) {
+        return;
+    }
+    let mut env = TestEnv::new(Backend::Services).await;
+    let port = crate::support::free_port();
+    env.set("MSGD_POSTGRES__URL", &format!("postgres://msgd@127.0.0.1:{port}/msgd?password=topsecret"));
+    // Longer than /readyz's own 2 s bound and than the test waits: the cause
+    // must come from the refused connection, not from a timeout.
+    env.set("MSGD_POSTGRES__CONNECT_TIMEOUT", "30s");
+    let msgd = env.serve();
+    let (status, body) = get(&msgd.url("/readyz")).await;
+    assert_eq!(status, 503, "{body}");
+    let error = body["dependencies"]["postgres"]["error"].as_str().unwrap_or_default().to_string();
+    assert!(error.to_lowercase().contains("connection refused"), "{error}");
+    assert!(error.contains(&format!("127.0.0.1:{port}")) && !error.contains("topsecret"), "{error}");
+    let log = msgd.log_text();
+    assert!(log.to_lowercase().contains("connection refused") && !log.contains("topsecret"), "{log}");
+
+    // One-shot commands say the same.
+    let out = env.run(&["keys", "list"], "");
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.to_lowercase().contains("connection refused"), "{}", out.stderr);
     assert!(out.stderr.contains(&format!("127.0.0.1:{port}")) && !out.stderr.contains("topsecret"), "{}", out.stderr);
 }

@@ -2,6 +2,7 @@
 //! issuer: valid tokens pass, forged, expired, misdirected and malformed ones
 //! are refused with a precise error code, keys rotate without a restart,
 //! unknown kids cannot make msgd hammer the issuer, and refusals are counted.
+//! Dev tokens, too, are accepted by every instance of a deployment.
 //!
 //! The tests run on a multi-thread runtime: the issuer is served by tasks of
 //! the test's runtime, and `env.serve()` blocks the test's own thread while
@@ -165,6 +166,9 @@ async fn tokens_are_accepted_or_refused_with_a_precise_code() {
         ("malformed: two parts", bearer("a.b"), 401, "invalid_token"),
         ("malformed: four parts", bearer("a.b.c.d"), 401, "invalid_token"),
         ("malformed: not base64url", bearer("!!!.???.***"), 401, "invalid_token"),
+        ("a subject with a control character", with(json!({"sub": "ali\u{7}ce"})), 401, "invalid_token"),
+        ("a subject with a zero-width space", with(json!({"sub": "alice\u{200b}"})), 401, "invalid_token"),
+        ("a 10,000-character subject", with(json!({"sub": "x".repeat(10_000)})), 401, "invalid_token"),
         ("no Authorization header", None, 401, "missing_token"),
         ("Basic scheme", Some("Basic xyz".to_string()), 401, "invalid_token"),
     ];
@@ -238,4 +242,58 @@ async fn refusals_are_counted_by_reason() {
     let metrics = d.client.get(d.msgd.url("/metrics")).send().await.expect("GET /metrics");
     let metrics = metrics.text().await.expect("metrics text");
     assert!(metrics.contains(r#"msgd_auth_failures_total{reason="token_expired"}"#), "{metrics}");
+}
+
+/// Mints a dev token for `user` on `msgd` with the app's admin key.
+async fn mint_dev_token(msgd: &Msgd, admin_key: &str, user: &str) -> String {
+    let reply = reqwest::Client::new()
+        .post(msgd.url("/v1/dev/token"))
+        .header("X-Api-Key", admin_key)
+        .json(&json!({"user_id": user}))
+        .send()
+        .await
+        .expect("request msgd");
+    assert_eq!(reply.status().as_u16(), 200, "{}", msgd.log_text());
+    reply.json::<Value>().await.unwrap()["access_token"].as_str().expect("a token").to_string()
+}
+
+async fn conversations_status(msgd: &Msgd, write_key: &str, token: &str) -> u16 {
+    reqwest::Client::new()
+        .get(msgd.url("/v1/conversations"))
+        .header("X-Api-Key", write_key)
+        .header("Authorization", format!("Bearer {token}"))
+        .send()
+        .await
+        .expect("request msgd")
+        .status()
+        .as_u16()
+}
+
+/// Without `auth.dev_tokens.signing_key`, the generated key belongs to the
+/// deployment (kept in the metadata store), not to one instance's data dir:
+/// services-mode instances on different hosts accept each other's dev tokens,
+/// and an embedded instance accepts its predecessor's after a restart.
+#[tokio::test]
+async fn dev_tokens_are_accepted_by_every_instance_of_a_deployment() {
+    for backend in crate::support::backends() {
+        let mut env = TestEnv::new(backend).await;
+        env.set("MSGD_AUTH__DEV_TOKENS__ENABLED", "true");
+        let (app_id, admin_key) = crate::api::create_app(&env, "acme");
+        let write_key = crate::api::create_key(&env, &app_id, "write");
+        let mut first = env.serve();
+        let from_first = mint_dev_token(&first, &admin_key, "alice").await;
+        if backend == Backend::Embedded {
+            first.signal("TERM");
+            first.wait_exit(Duration::from_secs(10)).expect("exits");
+        } else {
+            // Another host: its own data dir, the same Postgres.
+            env.set("MSGD_DATA_DIR", &env.dir.path().join("second-host").display().to_string());
+        }
+        let second = env.serve();
+        assert_eq!(conversations_status(&second, &write_key, &from_first).await, 200, "{}", second.log_text());
+        if backend == Backend::Services {
+            let from_second = mint_dev_token(&second, &admin_key, "bob").await;
+            assert_eq!(conversations_status(&first, &write_key, &from_second).await, 200, "{}", first.log_text());
+        }
+    }
 }

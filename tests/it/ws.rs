@@ -187,7 +187,7 @@ async fn malformed_frames_get_error_frames_and_auth_happens_at_upgrade() {
             ),
             (
                 Message::Text(json!({"op": "send", "conversation_id": conversation, "payload": 1}).to_string().into()),
-                "insufficient_scope",
+                "not_member",
             ),
             (
                 Message::Text(json!({"op": "receipt", "conversation_id": conversation, "seq": 1}).to_string().into()),
