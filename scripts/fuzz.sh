@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # Fuzzing, bounded: installs cargo-fuzz when missing, builds every target in
-# fuzz/ and runs each for MSGD_FUZZ_SECONDS (default 25) from its committed
+# fuzz/ and runs each for MSGD_FUZZ_SECONDS (default 20) from its committed
 # seed corpus. Exits non-zero when a target crashes; the input that did it is
 # left in fuzz/artifacts/TARGET/ (replay: cargo fuzz run -s none TARGET FILE).
 # CI runs it from scripts/test.sh after `cargo test`.
 #
-# `-s none`: msgd has no unsafe code, so AddressSanitizer would find nothing
-# a panic does not, and without it the targets build on the stable toolchain
-# (a CI machine has only that one) and run about twice as fast.
+# `-s none`: the parsers the targets call hold no unsafe code, so
+# AddressSanitizer would find nothing a panic does not; without it the targets
+# build on the stable toolchain (a CI machine has only that one) and run
+# faster.
 set -euo pipefail
 export PATH="$HOME/.cargo/bin:$PATH"
 cd "$(dirname "$0")/.."
 CARGO_FUZZ_VERSION=0.13.2
-SECONDS_PER_TARGET="${MSGD_FUZZ_SECONDS:-25}"
+SECONDS_PER_TARGET="${MSGD_FUZZ_SECONDS:-20}"
 
 if [ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]; then
     cargo install --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION"
