@@ -126,12 +126,23 @@ impl Serialize for SecretUrl {
 /// anywhere. The one redaction of URLs: everything that shows one calls this.
 pub fn redact_url(text: &str) -> String {
     use url::Position;
+    let is_scheme = |s: &str| {
+        s.starts_with(|c: char| c.is_ascii_alphabetic())
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    };
     let Ok(url) = url::Url::parse(text) else {
+        // Unparsable: nothing of it is shown but a well-formed scheme (what
+        // precedes `://` may be a mistyped password).
         return match text.split_once("://") {
-            Some((scheme, _)) => format!("{scheme}://{REDACTED}"),
-            None => REDACTED.to_string(),
+            Some((scheme, _)) if is_scheme(scheme) => format!("{scheme}://{REDACTED}"),
+            _ => REDACTED.to_string(),
         };
     };
+    if url.host_str().is_none() {
+        // No authority (`postgres:/user:pw@host`, a missing slash): userinfo
+        // was not recognised as such, so nothing after the scheme is shown.
+        return format!("{}:{REDACTED}", url.scheme());
+    }
     let mut shown = url[..Position::BeforeUsername].to_string();
     if !url.username().is_empty() || url.password().is_some() {
         shown.push_str(REDACTED);
@@ -1109,6 +1120,18 @@ fn duration(key: &str, text: Option<String>, default: Duration) -> Result<Durati
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn malformed_urls_never_show_their_userinfo() {
+        for (text, shown) in [
+            ("postgres:/msgd:pw@db/msgd", "postgres:<redacted>"),
+            ("redis:/u:pw@h", "redis:<redacted>"),
+            ("redisB//m1s:pw@h:6379tp://x", "<redacted>"),
+            ("mailto:user:pw@example.com", "mailto:<redacted>"),
+        ] {
+            assert_eq!(redact_url(text), shown, "{text}");
+        }
+    }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
