@@ -343,8 +343,8 @@ async fn send_checked(
     Err(Error::new(Kind::Unavailable, "seq_unavailable", "could not assign a seq; retry"))
 }
 
-/// Idempotency keys are scoped to their sender (app + conversation + sender
-/// + key): two members who pick the same key never see each other's message.
+/// Idempotency keys are scoped to their sender (app, conversation, sender and
+/// key): two members who pick the same key never see each other's message.
 /// The sender id's length keeps the parts apart whatever characters they hold.
 fn claim_key(sender: &Sender, key: &str) -> String {
     format!("{}:{}:{}:{key}", sender.kind, sender.id.len(), sender.id)

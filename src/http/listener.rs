@@ -184,7 +184,7 @@ fn raise_file_limit() -> std::io::Result<(u64, u64, u64)> {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        let before = limit.rlim_cur as u64;
+        let before = limit.rlim_cur;
         if limit.rlim_cur < limit.rlim_max {
             let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
@@ -192,7 +192,7 @@ fn raise_file_limit() -> std::io::Result<(u64, u64, u64)> {
             }
             limit = raised;
         }
-        Ok((before, limit.rlim_cur as u64, limit.rlim_max as u64))
+        Ok((before, limit.rlim_cur, limit.rlim_max))
     }
 }
 

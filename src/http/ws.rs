@@ -339,7 +339,7 @@ async fn session(
                     }
                 }
             }
-            _ = tokio::time::sleep_until(timer_at.into()) => {
+            _ = tokio::time::sleep_until(timer_at) => {
                 let now = Instant::now();
                 if now >= next_ping {
                     next_ping = now + config.heartbeat_interval;
@@ -361,7 +361,7 @@ async fn session(
                     }
                 }
             }
-            _ = tokio::time::sleep_until(idle_at.into()) => break Some((CLOSE_IDLE, "idle timeout")),
+            _ = tokio::time::sleep_until(idle_at) => break Some((CLOSE_IDLE, "idle timeout")),
             frame = stream.next() => {
                 last_seen = Instant::now();
                 match frame {
