@@ -1,4 +1,4 @@
-//! The one typed, validated configuration every subcommand shares (DESIGN §10).
+//! The one typed, validated configuration every subcommand shares (README, "Configuration").
 //!
 //! A TOML file (optional) is merged with `MSGD_<SECTION>__<KEY>` environment
 //! overrides, deserialized strictly (unknown keys are errors) and validated once
@@ -126,10 +126,7 @@ impl Serialize for SecretUrl {
 /// anywhere. The one redaction of URLs: everything that shows one calls this.
 pub fn redact_url(text: &str) -> String {
     use url::Position;
-    let is_scheme = |s: &str| {
-        s.starts_with(|c: char| c.is_ascii_alphabetic())
-            && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
-    };
+    let is_scheme = |s: &str| s.starts_with(|c: char| c.is_ascii_alphabetic()) && s.chars().all(is_scheme_char);
     let Ok(url) = url::Url::parse(text) else {
         // Unparsable: nothing of it is shown but a well-formed scheme (what
         // precedes `://` may be a mistyped password).
@@ -183,11 +180,8 @@ pub fn redact_text(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find("://") {
-        let start = rest[..at]
-            .char_indices()
-            .rev()
-            .find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
-            .map_or(0, |(i, c)| i + c.len_utf8());
+        let start =
+            rest[..at].char_indices().rev().find(|(_, c)| !is_scheme_char(*c)).map_or(0, |(i, c)| i + c.len_utf8());
         let mut end = rest[at..]
             .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '<' | '>'))
             .map_or(rest.len(), |i| at + i);
@@ -209,6 +203,11 @@ pub fn redact_text(text: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// A character a URL scheme may hold (RFC 3986: letters, digits, `+`, `-`, `.`).
+fn is_scheme_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')
 }
 
 /// Query parameters that carry credentials: passwords (`password`,

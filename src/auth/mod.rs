@@ -191,22 +191,20 @@ impl Authenticator {
                 return Ok(token.clone());
             }
         }
-        let verified =
-            if let Some(dev) = self.dev.as_ref().filter(|dev| dev.issued(token)) {
-                dev.issuer().await?.verify(token, app_id)?
-            } else {
-                match (&self.keycloak, &self.dev) {
-                    (Some(keycloak), _) => keycloak.verify(token).await?,
-                    (None, Some(_)) => {
-                        return Err(invalid_token(
-                            "the token is not a dev token of this server (no other issuer is configured)",
-                        ))
-                    }
-                    (None, None) => return Err(invalid_token(
-                        "this server accepts no user tokens (neither auth.keycloak nor auth.dev_tokens is configured)",
-                    )),
-                }
-            };
+        let verified = match (&self.dev, &self.keycloak) {
+            (Some(dev), _) if dev.issued(token) => dev.issuer().await?.verify(token, app_id)?,
+            (_, Some(keycloak)) => keycloak.verify(token).await?,
+            (Some(_), None) => {
+                return Err(invalid_token(
+                    "the token is not a dev token of this server (no other issuer is configured)",
+                ))
+            }
+            (None, None) => {
+                return Err(invalid_token(
+                    "this server accepts no user tokens (neither auth.keycloak nor auth.dev_tokens is configured)",
+                ))
+            }
+        };
         let remaining_ms = u64::try_from(verified.expires_at_ms - now).unwrap_or(0);
         let until = Instant::now() + TOKEN_CACHE_TTL.min(Duration::from_millis(remaining_ms));
         let mut cache = self.token_cache.lock().expect("token cache lock");

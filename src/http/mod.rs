@@ -27,6 +27,8 @@ pub use frames::ClientFrame;
 pub use health::CHECK_TIMEOUT;
 pub use ws::Admission;
 
+use crate::auth::{Caller, Credentials};
+use crate::clock::now_ms;
 use crate::context::Context;
 use crate::error::{Error, Kind};
 use crate::server::Readiness;
@@ -101,9 +103,26 @@ tokio::task_local! {
     static REQUEST_APP: Arc<OnceLock<String>>;
 }
 
-/// Records which app the current request authenticated as (for the access log).
-fn note_app(app_id: &str) {
-    let _ = REQUEST_APP.try_with(|slot| slot.set(app_id.to_string()));
+/// What a request presented: the key and the `Authorization` value from its
+/// headers, else from `query_key` and `query_authorization` (a browser's
+/// WebSocket URL). A header that is present wins and must be readable.
+fn credentials<'a>(
+    headers: &'a HeaderMap,
+    query_key: Option<&'a str>,
+    query_authorization: Option<&'a str>,
+) -> Result<Credentials<'a>, Error> {
+    Ok(Credentials {
+        api_key: header_text(headers, "x-api-key", "invalid_api_key")?.or(query_key),
+        authorization: header_text(headers, "authorization", "invalid_token")?.or(query_authorization),
+    })
+}
+
+/// Authenticates a request, every route's one way in, and notes its app for
+/// the access log.
+async fn authenticate(state: &AppState, credentials: Credentials<'_>) -> Result<Caller, Error> {
+    let caller = state.ctx.auth.authenticate(credentials, now_ms()).await?;
+    let _ = REQUEST_APP.try_with(|slot| slot.set(caller.app_id.clone()));
+    Ok(caller)
 }
 
 /// A request header that is present must be readable: an unreadable one is

@@ -13,20 +13,14 @@ use serde::Deserialize;
 
 use super::error::{error_body, status_of, ApiError};
 use super::AppState;
-use crate::auth::{Caller, Credentials};
+use crate::auth::Caller;
 use crate::clock::now_ms;
 use crate::error::{Error, Kind};
 use crate::keys::Scope;
 use crate::{conversations, history, messages, receipts};
 
 async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    let credentials = Credentials {
-        api_key: super::header_text(headers, "x-api-key", "invalid_api_key")?,
-        authorization: super::header_text(headers, "authorization", "invalid_token")?,
-    };
-    let caller = state.ctx.auth.authenticate(credentials, now_ms()).await?;
-    super::note_app(&caller.app_id);
-    Ok(caller)
+    Ok(super::authenticate(state, super::credentials(headers, None, None)?).await?)
 }
 
 /// Parses a JSON body; a body over the size limit is a 413, anything else

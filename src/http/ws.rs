@@ -1,4 +1,4 @@
-//! The WebSocket API (`GET /v1/ws`, DESIGN §9): subscribe with catch-up then
+//! The WebSocket API (`GET /v1/ws`, README "WebSocket frames"): subscribe with catch-up then
 //! live delivery, send, receipts, typing, ping — JSON frames with an `op`.
 //!
 //! Each connection has one bounded send queue, drained by the connection's
@@ -46,7 +46,7 @@ use super::error::ApiError;
 use super::frames::ClientFrame;
 use super::listener::ConnectionSlot;
 use super::AppState;
-use crate::auth::{Caller, Credentials};
+use crate::auth::Caller;
 use crate::clock::now_ms;
 use crate::context::Context;
 use crate::conversations::require_access;
@@ -141,21 +141,22 @@ fn too_many(reason: &'static str, message: String) -> (&'static str, Error) {
 impl Drop for Admitted {
     fn drop(&mut self) {
         let mut open = self.admission.open.lock().expect("admission lock");
-        if let Some(user) = self.user.take() {
-            if let Some(n) = open.per_user.get_mut(&user) {
-                *n -= 1;
-                if *n == 0 {
-                    open.per_user.remove(&user);
-                }
-            }
+        if let Some(user) = &self.user {
+            release(&mut open.per_user, user);
         }
-        if let Some(ip) = self.ip {
-            if let Some(n) = open.per_ip.get_mut(&ip) {
-                *n -= 1;
-                if *n == 0 {
-                    open.per_ip.remove(&ip);
-                }
-            }
+        if let Some(ip) = &self.ip {
+            release(&mut open.per_ip, ip);
+        }
+    }
+}
+
+/// Gives back one place under `key`; a key with none left is forgotten, so
+/// the map holds only what is open.
+fn release<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: &K) {
+    if let Some(n) = counts.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(key);
         }
     }
 }
@@ -172,11 +173,9 @@ pub(super) async fn upgrade(
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| Error::invalid("invalid_request", e.body_text()))?;
     let bearer = query.access_token.as_ref().map(|t| format!("Bearer {t}"));
-    let presented_key = super::header_text(&headers, "x-api-key", "invalid_api_key")?.or(query.api_key.as_deref());
-    let authorization = super::header_text(&headers, "authorization", "invalid_token")?.or(bearer.as_deref());
-    let credentials = Credentials { api_key: presented_key, authorization };
-    let caller = state.ctx.auth.authenticate(credentials, now_ms()).await?;
-    super::note_app(&caller.app_id);
+    let credentials = super::credentials(&headers, query.api_key.as_deref(), bearer.as_deref())?;
+    let presented_key = credentials.api_key;
+    let caller = super::authenticate(&state, credentials).await?;
     caller.require_scope(Scope::Read)?;
     let ws = ws.map_err(|e| Error::invalid("websocket_required", format!("{e}: connect with a WebSocket client")))?;
     let admitted =
