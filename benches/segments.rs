@@ -1,4 +1,4 @@
-//! Segment benchmark (`cargo bench --bench segments`): DESIGN §7's seed load
+//! Segment benchmark (`cargo bench --bench segments`): the seed load (ARCHITECTURE.md, "The contract")
 //! fast-forwarded over 24 hours through the flush policy, with the real codec.
 //!
 //! 1,000 users × 10 messages/min spread over 10,000 conversations, ~200-byte

@@ -1,4 +1,4 @@
-//! Conversations and their members (DESIGN §9), and the per-instance
+//! Conversations and their members (README, "HTTP API"), and the per-instance
 //! membership cache every read and write consults.
 //!
 //! Who may do what: a user sees and writes only conversations they are a

@@ -1,5 +1,5 @@
-//! The flush worker: moves messages from the tail into segments (DESIGN §5,
-//! Flush). One function, [`Flusher::tick`], runs as a ticker in `serve` and
+//! The flush worker: moves messages from the tail into segments (ARCHITECTURE.md,
+//! "Segments and the flush"). One function, [`Flusher::tick`], runs as a ticker in `serve` and
 //! once from `msgd flush`; [`Flusher::recover`] and [`Flusher::reindex`]
 //! repair the index from the objects.
 //!

@@ -1,4 +1,4 @@
-//! History reads (DESIGN §5, Read): seq and time ranges in both directions,
+//! History reads (ARCHITECTURE.md, "Reads and live delivery"): seq and time ranges in both directions,
 //! paged with an opaque cursor, served from the tail where it still holds the
 //! range and from segment blocks (one ranged GET each, cached decoded) below
 //! it — the caller never sees the boundary. Nothing older than the retention

@@ -1,5 +1,5 @@
 //! Application API keys: format, issuing, rotation, revocation and
-//! authentication (DESIGN §6). The CLI and (later) the admin HTTP API both
+//! authentication (README, "HTTP API"). The CLI and (later) the admin HTTP API both
 //! call these functions; nothing here prints or parses arguments.
 //!
 //! A key reads `msgd_sk_<id><secret><check>`:

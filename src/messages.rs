@@ -1,6 +1,6 @@
 //! Sending messages: the envelope (the wire and segment record format),
-//! validation, rate limits, idempotency and the atomic append (DESIGN §5,
-//! Write). The reply is given only once the tail holds the message.
+//! validation, rate limits, idempotency and the atomic append (ARCHITECTURE.md,
+//! "The write path"). The reply is given only once the tail holds the message.
 
 use std::time::Instant;
 

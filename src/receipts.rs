@@ -1,5 +1,5 @@
 //! Read and delivered receipts: per member, the highest delivered and read
-//! seq of a conversation. Ephemeral (DESIGN §3): kept in the tail's TTL'd
+//! seq of a conversation. Ephemeral: kept in the tail's TTL'd
 //! state for the retention window, never in segments, published live.
 //!
 //! Marks only move forward: a lower seq never moves one back, and marking

@@ -1,4 +1,4 @@
-//! The segment format (DESIGN §4): pure bytes in, records out. No IO, no
+//! The segment format (ARCHITECTURE.md, "Segments and the flush"): pure bytes in, records out. No IO, no
 //! tokio, no knowledge of what a record means — the flush hands in encoded
 //! records, readers get them back.
 //!

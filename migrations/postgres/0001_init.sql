@@ -1,4 +1,4 @@
--- msgd metadata schema (DESIGN §3). Metadata only: message bodies never live here.
+-- msgd metadata schema (ARCHITECTURE.md, "Bird's-eye view"). Metadata only: message bodies never live here.
 -- Times are Unix milliseconds (BIGINT) so the SQLite schema can mirror this one.
 
 CREATE TABLE apps (

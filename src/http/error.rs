@@ -1,4 +1,4 @@
-//! The one JSON error shape of the public API (DESIGN §9):
+//! The one JSON error shape of the public API (README, "HTTP API"):
 //! `{"error": {"code": "<stable_snake_case>", "message": "<human text>"}}`.
 //! Domain errors map to statuses here; internal failures become a 500 whose
 //! message leaks no details (they were logged where they happened).

@@ -1,4 +1,4 @@
-//! WebSocket client frames (DESIGN §9) as one typed enum, parsed once at the
+//! WebSocket client frames (README, "WebSocket frames") as one typed enum, parsed once at the
 //! edge: JSON text with an `op`, each op with the fields it needs, every
 //! conversation id in its canonical form ([`crate::ids::conversation_id`]),
 //! so `unsubscribe` by `{ID}` or `urn:uuid:id` names the same subscription

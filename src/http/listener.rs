@@ -1,5 +1,5 @@
 //! The accept loop: every TCP connection msgd serves passes through here, so
-//! this is where the edge is bounded (DESIGN §5 "Edges").
+//! this is where the edge is bounded (ARCHITECTURE.md, "Architecture invariants").
 //!
 //! - At most `http.max_connections` connections are open at once (WebSockets
 //!   included: an upgraded socket keeps its connection's slot). One more gets

@@ -1,5 +1,5 @@
 //! The storage layer: the only code that talks to Postgres, SQLite, Redis or an
-//! object store (DESIGN §2–3).
+//! object store (ARCHITECTURE.md, "Bird's-eye view").
 //!
 //! Three interfaces — [`Metadata`], [`Tail`] and [`Objects`] — each with a
 //! services implementation (Postgres, Redis, S3) and an embedded one (SQLite,
