@@ -188,11 +188,18 @@ pub struct ParsedKey<'a> {
     pub id: &'a str,
 }
 
+/// The visible prefixes of keys: server-secret and publishable (see [`Scope::prefix`]).
+const KEY_PREFIXES: [&str; 2] = ["msgd_sk_", "msgd_pk_"];
+
+fn is_base62(text: &str) -> bool {
+    text.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
 /// Checks a key's shape and checksum without any lookup.
 pub fn parse_key(key: &str) -> Result<ParsedKey<'_>, KeyRejection> {
-    let prefix = ["msgd_sk_", "msgd_pk_"].into_iter().find(|p| key.starts_with(p)).ok_or(KeyRejection::Malformed)?;
+    let prefix = KEY_PREFIXES.into_iter().find(|p| key.starts_with(p)).ok_or(KeyRejection::Malformed)?;
     let body = &key[prefix.len()..];
-    if body.len() != BODY_LEN || !body.bytes().all(|b| b.is_ascii_alphanumeric()) {
+    if body.len() != BODY_LEN || !is_base62(body) {
         return Err(KeyRejection::Malformed);
     }
     let (signed, check) = key.split_at(key.len() - CHECK_LEN);
@@ -208,10 +215,9 @@ pub fn parse_key(key: &str) -> Result<ParsedKey<'_>, KeyRejection> {
 /// naming its id, because a secret on a command line lands in shell history.
 pub fn parse_key_id(text: &str) -> Result<String, KeyError> {
     let text = text.trim();
-    let unprefixed = ["msgd_sk_", "msgd_pk_"].into_iter().find_map(|p| text.strip_prefix(p)).unwrap_or(text);
+    let unprefixed = KEY_PREFIXES.into_iter().find_map(|p| text.strip_prefix(p)).unwrap_or(text);
     let id = unprefixed.trim_end_matches('…').trim_end_matches("...");
-    let base62 = |s: &str| s.bytes().all(|b| b.is_ascii_alphanumeric());
-    if id.len() == ID_LEN && base62(id) {
+    if id.len() == ID_LEN && is_base62(id) {
         return Ok(id.to_string());
     }
     if let Ok(parsed) = parse_key(text) {

@@ -65,6 +65,18 @@ const KNOWN_CODES: &[&str] = &[
     "corrupt_segment",
     "dependency_unavailable",
     "seq_unavailable",
+    "invalid_title",
+    "invalid_metadata",
+    "too_many_members",
+    "metadata_too_large",
+    "websocket_required",
+    "idempotency_key_not_supported",
+    "method_not_allowed",
+    "request_timeout",
+    "unsupported_media_type",
+    "headers_too_large",
+    "too_many_connections",
+    "too_many_websockets",
 ];
 
 /// Failed requests (and failed batch items) by `<status> <error code>`, or
