@@ -121,7 +121,9 @@ impl Serialize for SecretUrl {
 
 /// A URL as it may be shown (config view, errors, logs, `/readyz`): the whole
 /// userinfo, every query parameter whose name suggests a secret, and any
-/// fragment are replaced by `<redacted>`; scheme, host, port and path stay.
+/// fragment are replaced by `<redacted>`, and so is a path or a query
+/// parameter holding an `@` (mistyped userinfo); scheme, host, port and path
+/// stay.
 /// Text that is not a URL keeps only its scheme, since it may hide a password
 /// anywhere. The one redaction of URLs: everything that shows one calls this.
 pub fn redact_url(text: &str) -> String {
@@ -145,7 +147,15 @@ pub fn redact_url(text: &str) -> String {
         shown.push_str(REDACTED);
         shown.push('@');
     }
-    shown.push_str(&url[Position::BeforeHost..Position::AfterPath]);
+    if url.path().contains('@') {
+        // `scheme://host//user:pw@…` (a doubled scheme, a stray slash): what
+        // looks like userinfo in the path is treated as userinfo.
+        shown.push_str(&url[Position::BeforeHost..Position::BeforePath]);
+        shown.push('/');
+        shown.push_str(REDACTED);
+    } else {
+        shown.push_str(&url[Position::BeforeHost..Position::AfterPath]);
+    }
     // The parser adds `/` as the path of `scheme://host`; show what was written.
     if url.path() == "/" && !text.split(['?', '#']).next().unwrap_or_default().ends_with('/') {
         shown.pop();
@@ -158,7 +168,7 @@ pub fn redact_url(text: &str) -> String {
                 let name = pair.split('=').next().unwrap_or_default();
                 let decoded: String =
                     url::form_urlencoded::parse(name.as_bytes()).map(|(k, _)| k.into_owned()).collect();
-                if is_secret_param(&decoded) {
+                if is_secret_param(&decoded) || pair.contains('@') {
                     format!("{name}={REDACTED}")
                 } else {
                     pair.to_string()
@@ -1127,6 +1137,8 @@ mod tests {
             ("redis:/u:pw@h", "redis:<redacted>"),
             ("redisB//m1s:pw@h:6379tp://x", "<redacted>"),
             ("mailto:user:pw@example.com", "mailto:<redacted>"),
+            ("pos2gres://is://m2s:pw@h:6379", "pos2gres://is/<redacted>"),
+            ("redis://h/db?x=/u:pw@h&db=1", "redis://h/db?x=<redacted>&db=1"),
         ] {
             assert_eq!(redact_url(text), shown, "{text}");
         }

@@ -1,15 +1,17 @@
 //! The shared context of a running msgd: config, stores, metrics and the
-//! per-instance caches. Built once by `serve`; domain functions take it as
-//! their first parameter.
+//! shared domain primitives (authentication, membership, the timeline) with
+//! their per-instance caches. Built once by `serve`; use cases take it as
+//! their first parameter. It sits above the primitives and below the use
+//! cases: nothing it holds imports it.
 
 use std::sync::Arc;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::conversations::Membership;
-use crate::history::BlockCache;
+use crate::membership::Membership;
 use crate::store::Stores;
 use crate::telemetry::Metrics;
+use crate::timeline::Timeline;
 
 pub struct Context {
     pub config: Arc<Config>,
@@ -17,7 +19,7 @@ pub struct Context {
     pub metrics: Metrics,
     pub auth: Authenticator,
     pub membership: Membership,
-    pub block_cache: BlockCache,
+    pub timeline: Timeline,
     /// The HMAC key of history cursors, shared by every instance through the
     /// metadata store so a cursor from one instance works on another; read on
     /// first use, so `serve` starts while Postgres is down.
@@ -28,8 +30,13 @@ impl Context {
     pub fn new(config: Arc<Config>, stores: Stores, metrics: Metrics) -> anyhow::Result<Context> {
         let auth = Authenticator::new(&config, stores.metadata.clone())?;
         let membership = Membership::new(stores.clone());
-        let block_cache = BlockCache::new(config.history.block_cache_bytes as usize, metrics.clone());
-        Ok(Context { config, stores, metrics, auth, membership, block_cache, cursor_key: Default::default() })
+        let timeline = Timeline::new(
+            stores.clone(),
+            metrics.clone(),
+            config.history.block_cache_bytes as usize,
+            config.retention.days,
+        );
+        Ok(Context { config, stores, metrics, auth, membership, timeline, cursor_key: Default::default() })
     }
 
     pub async fn cursor_key(&self) -> Result<&[u8], crate::error::Error> {

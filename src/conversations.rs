@@ -1,31 +1,16 @@
-//! Conversations and their members (README, "HTTP API"), and the per-instance
-//! membership cache every read and write consults.
-//!
-//! Who may do what: a user sees and writes only conversations they are a
-//! member of; owners and admin keys manage members; a member may remove
-//! themselves. A non-member gets the same `not_member` answer whether the
-//! conversation exists or not. Membership answers are cached per instance and
-//! invalidated on change through the tail's live channel `_msgd/membership`
-//! (Redis Pub/Sub in services mode), so a removed member is refused
-//! everywhere within a second; the cache TTL bounds staleness if an
-//! invalidation is ever missed.
-
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+//! Conversations and their members (README, "HTTP API"): create, list, get,
+//! add and remove members. Who may do what is decided by [`crate::membership`].
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 
 use crate::auth::Caller;
 use crate::context::Context;
 use crate::error::{Error, Kind};
 use crate::keys::Scope;
-use crate::store::{ConvKey, ConversationRow, LiveEvent, MemberRow, Stores};
+use crate::membership::Role;
+use crate::store::{ConversationRow, MemberRow};
 
 /// How long a cached membership answer may be used without an invalidation.
-const MEMBERSHIP_TTL: Duration = Duration::from_secs(10);
-const MEMBERSHIP_CACHE_MAX: usize = 100_000;
 const MAX_MEMBERS_AT_CREATION: usize = 1000;
 const MAX_TITLE_CHARS: usize = 200;
 const MAX_METADATA_BYTES: usize = 8 * 1024;
@@ -112,12 +97,12 @@ pub async fn create(
     }
     let mut members: Vec<MemberRow> = Vec::new();
     if let Some(user) = &caller.user_id {
-        members.push(MemberRow { user_id: user.clone(), role: "owner".into(), joined_at: now });
+        members.push(MemberRow { user_id: user.clone(), role: Role::Owner.as_str().into(), joined_at: now });
     }
     for user in &request.members {
         let user = crate::ids::user_id(user)?;
         if !members.iter().any(|m| m.user_id == user) {
-            members.push(MemberRow { user_id: user, role: "member".into(), joined_at: now });
+            members.push(MemberRow { user_id: user, role: Role::Member.as_str().into(), joined_at: now });
         }
     }
     let row = ConversationRow {
@@ -146,7 +131,7 @@ pub async fn list(ctx: &Context, caller: &Caller, limit: Option<u32>) -> Result<
 
 pub async fn get(ctx: &Context, caller: &Caller, id: &str) -> Result<ConversationView, Error> {
     caller.require_scope(Scope::Read)?;
-    let id = require_access(ctx, caller, id).await?.0;
+    let id = ctx.membership.require_access(caller, id).await?.conversation_id;
     let row = ctx.stores.metadata.get_conversation(&caller.app_id, &id).await?.ok_or_else(Error::not_member)?;
     let members = ctx.stores.metadata.list_members(&caller.app_id, &id).await?;
     Ok(ConversationView::from_row(row, Some(members)))
@@ -163,9 +148,10 @@ pub async fn add_member(
 ) -> Result<(String, bool), Error> {
     caller.require_participant()?;
     let user_id = crate::ids::user_id(user_id)?;
-    let (id, role) = require_access(ctx, caller, id).await?;
-    require_manager(caller, role.as_deref(), None)?;
-    let member = MemberRow { user_id: user_id.clone(), role: "member".into(), joined_at: now };
+    let access = ctx.membership.require_access(caller, id).await?;
+    access.require_manager(caller, None)?;
+    let id = access.conversation_id;
+    let member = MemberRow { user_id: user_id.clone(), role: Role::Member.as_str().into(), joined_at: now };
     let added = ctx.stores.metadata.add_member(&caller.app_id, &id, &member).await?;
     if added {
         ctx.membership.changed(&caller.app_id, &id).await;
@@ -177,141 +163,12 @@ pub async fn add_member(
 pub async fn remove_member(ctx: &Context, caller: &Caller, id: &str, user_id: &str) -> Result<bool, Error> {
     caller.require_participant()?;
     let user_id = crate::ids::user_id(user_id)?;
-    let (id, role) = require_access(ctx, caller, id).await?;
-    require_manager(caller, role.as_deref(), Some(&user_id))?;
+    let access = ctx.membership.require_access(caller, id).await?;
+    access.require_manager(caller, Some(&user_id))?;
+    let id = access.conversation_id;
     let removed = ctx.stores.metadata.remove_member(&caller.app_id, &id, &user_id).await?;
     if removed {
         ctx.membership.changed(&caller.app_id, &id).await;
     }
     Ok(removed)
-}
-
-/// Resolves a conversation the caller may access: its canonical id and the
-/// caller's role (`None` for an admin key acting as the app).
-pub async fn require_access(ctx: &Context, caller: &Caller, id: &str) -> Result<(String, Option<String>), Error> {
-    let Some(id) = crate::ids::conversation_id(id) else {
-        return Err(if caller.is_app() { not_found() } else { Error::not_member() });
-    };
-    match &caller.user_id {
-        None => match ctx.stores.metadata.get_conversation(&caller.app_id, &id).await? {
-            Some(_) => Ok((id, None)),
-            None => Err(not_found()),
-        },
-        Some(user) => match ctx.membership.role(&caller.app_id, &id, user).await? {
-            Some(role) => Ok((id, Some(role))),
-            None => Err(Error::not_member()),
-        },
-    }
-}
-
-fn not_found() -> Error {
-    Error::new(Kind::NotFound, "not_found", "no such conversation")
-}
-
-/// Owners and admin keys acting as the app manage members; anyone may
-/// remove themselves. When a user token is present the user's role decides,
-/// whatever the key's scope: an admin key lends no powers to a user.
-fn require_manager(caller: &Caller, role: Option<&str>, removing: Option<&str>) -> Result<(), Error> {
-    let is_self = removing.is_some() && removing == caller.user_id.as_deref();
-    if caller.is_app() || role == Some("owner") || is_self {
-        return Ok(());
-    }
-    Err(Error::new(Kind::Forbidden, "not_owner", "only the conversation's owners and admin keys manage members"))
-}
-
-/// (app, conversation, user).
-type MemberKey = (String, String, String);
-
-/// The per-instance membership cache.
-pub struct Membership {
-    stores: Stores,
-    /// (app, conversation, user) → role (`None`: not a member), and when it was read.
-    cache: Mutex<HashMap<MemberKey, (Option<String>, Instant)>>,
-    /// Bumped by every invalidation: an answer read from the database while an
-    /// invalidation happened is not cached (it may predate the change).
-    generation: std::sync::atomic::AtomicU64,
-}
-
-/// The pseudo-conversation whose live channel carries membership changes.
-fn invalidation_channel() -> ConvKey {
-    ConvKey::new("_msgd", "membership")
-}
-
-impl Membership {
-    pub fn new(stores: Stores) -> Membership {
-        Membership { stores, cache: Mutex::default(), generation: Default::default() }
-    }
-
-    /// The user's role in the conversation, `None` when not a member.
-    pub async fn role(&self, app_id: &str, conversation_id: &str, user_id: &str) -> Result<Option<String>, Error> {
-        let key = (app_id.to_string(), conversation_id.to_string(), user_id.to_string());
-        if let Some((role, at)) = self.cache.lock().expect("membership lock").get(&key) {
-            if at.elapsed() < MEMBERSHIP_TTL {
-                return Ok(role.clone());
-            }
-        }
-        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
-        let role = self.stores.metadata.get_member(app_id, conversation_id, user_id).await?.map(|m| m.role);
-        let mut cache = self.cache.lock().expect("membership lock");
-        if self.generation.load(std::sync::atomic::Ordering::SeqCst) != generation {
-            return Ok(role);
-        }
-        if cache.len() >= MEMBERSHIP_CACHE_MAX {
-            cache.clear();
-        }
-        cache.insert(key, (role.clone(), Instant::now()));
-        Ok(role)
-    }
-
-    fn forget(&self, app_id: &str, conversation_id: &str) {
-        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.cache
-            .lock()
-            .expect("membership lock")
-            .retain(|(app, conv, _), _| !(app == app_id && conv == conversation_id));
-    }
-
-    /// Forgets the conversation here and tells every other instance to.
-    pub async fn changed(&self, app_id: &str, conversation_id: &str) {
-        self.forget(app_id, conversation_id);
-        let event = format!("{app_id}/{conversation_id}");
-        if let Err(e) = self.stores.tail.publish(&invalidation_channel(), event.as_bytes()).await {
-            tracing::warn!(component = "conversations", error = %e, "membership invalidation not published; other instances rely on the cache TTL");
-        }
-    }
-
-    /// Applies other instances' invalidations until `stop`; resubscribes after
-    /// failures and clears the whole cache whenever events may have been missed.
-    pub async fn listen(&self, mut stop: watch::Receiver<bool>) {
-        loop {
-            let mut subscription = match self.stores.tail.subscribe(&invalidation_channel()).await {
-                Ok(subscription) => subscription,
-                Err(e) => {
-                    tracing::warn!(component = "conversations", worker = "membership-invalidation", error = %e, "cannot subscribe; retrying");
-                    tokio::select! {
-                        _ = stop.wait_for(|s| *s) => return,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    }
-                }
-            };
-            loop {
-                tokio::select! {
-                    _ = stop.wait_for(|s| *s) => return,
-                    event = subscription.recv() => match event {
-                        Ok(LiveEvent::Event(bytes)) => {
-                            if let Some((app, conv)) = std::str::from_utf8(&bytes).ok().and_then(|t| t.split_once('/')) {
-                                self.forget(app, conv);
-                            }
-                        }
-                        Ok(LiveEvent::Message(_)) => {}
-                        Err(_) => {
-                            self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                            self.cache.lock().expect("membership lock").clear();
-                            break;
-                        }
-                    },
-                }
-            }
-        }
-    }
 }

@@ -2,7 +2,7 @@
 //! (HTTP, WebSocket, CLI) show as is, or an internal failure they must not
 //! leak. The HTTP edge maps [`Kind`] to a status; nothing here knows HTTP.
 
-use crate::store::{RateDecision, StoreError};
+use crate::ratelimit::RateDecision;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -69,22 +69,3 @@ impl std::fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
-
-impl From<StoreError> for Error {
-    fn from(err: StoreError) -> Self {
-        match err {
-            StoreError::Unavailable { .. } => {
-                tracing::warn!(component = "store", error = %err, "dependency unavailable");
-                Error::new(
-                    Kind::Unavailable,
-                    "dependency_unavailable",
-                    "a storage dependency is unavailable; retry later",
-                )
-            }
-            StoreError::Conflict(_) | StoreError::Corrupt { .. } => {
-                tracing::error!(component = "store", error = %err, "storage failure");
-                Error::new(Kind::Internal, "internal", "internal error")
-            }
-        }
-    }
-}

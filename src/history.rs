@@ -1,15 +1,9 @@
-//! History reads (ARCHITECTURE.md, "Reads and live delivery"): seq and time ranges in both directions,
-//! paged with an opaque cursor, served from the tail where it still holds the
-//! range and from segment blocks (one ranged GET each, cached decoded) below
-//! it — the caller never sees the boundary. Nothing older than the retention
-//! window is ever returned.
-//!
-//! Correctness across a concurrent flush: the tail is read first. Whatever it
-//! no longer holds was trimmed, and a trim only ever follows the index commit,
-//! so the blocks found afterwards cover it.
+//! History pages (ARCHITECTURE.md, "Reads and live delivery"): seq and time
+//! ranges in both directions, paged with an opaque cursor, read through the
+//! [`crate::timeline`] (tail where it still holds the range, segment blocks
+//! below it) — the caller never sees the boundary. Nothing older than the
+//! retention window is ever returned.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use base64::Engine;
@@ -18,13 +12,10 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::Caller;
 use crate::context::Context;
-use crate::conversations::require_access;
-use crate::error::{Error, Kind};
+use crate::envelope::Envelope;
+use crate::error::Error;
 use crate::keys::Scope;
-use crate::messages::{decode_record, Envelope};
-use crate::segment::{self, Codec};
-use crate::store::{BlockRow, ConvKey, Stores};
-use crate::telemetry::Metrics;
+use crate::store::ConvKey;
 
 pub const DEFAULT_LIMIT: u32 = 50;
 pub const MAX_LIMIT: u32 = 500;
@@ -68,158 +59,6 @@ pub struct CursorState {
     pos: u64,
 }
 
-/// The decoded blocks most recently read, capped in bytes; shared by every
-/// reader of an instance.
-pub struct BlockCache {
-    capacity: usize,
-    inner: Mutex<CacheInner>,
-    metrics: Metrics,
-}
-
-/// (segment id, byte offset): one block.
-type BlockKey = (String, i64);
-
-#[derive(Default)]
-struct CacheInner {
-    /// Decoded blocks and their raw size.
-    blocks: HashMap<BlockKey, (Arc<Vec<Envelope>>, usize)>,
-    /// Insertion order, for eviction.
-    order: VecDeque<BlockKey>,
-    bytes: usize,
-    /// Segment id → its record codec (from the header).
-    codecs: HashMap<String, Codec>,
-}
-
-impl BlockCache {
-    pub fn new(capacity: usize, metrics: Metrics) -> BlockCache {
-        BlockCache { capacity, inner: Mutex::default(), metrics }
-    }
-
-    fn get(&self, key: &BlockKey) -> Option<Arc<Vec<Envelope>>> {
-        let found = self.inner.lock().expect("block cache lock").blocks.get(key).map(|(b, _)| b.clone());
-        match &found {
-            Some(_) => self.metrics.block_cache_hits_total.inc(),
-            None => self.metrics.block_cache_misses_total.inc(),
-        }
-        found
-    }
-
-    fn put(&self, key: BlockKey, block: Arc<Vec<Envelope>>, size: usize) {
-        if size > self.capacity {
-            return;
-        }
-        let mut inner = self.inner.lock().expect("block cache lock");
-        if inner.blocks.insert(key.clone(), (block, size)).is_none() {
-            inner.order.push_back(key);
-            inner.bytes += size;
-        }
-        while inner.bytes > self.capacity {
-            let Some(oldest) = inner.order.pop_front() else { break };
-            if let Some((_, freed)) = inner.blocks.remove(&oldest) {
-                inner.bytes -= freed;
-            }
-        }
-        self.metrics.block_cache_bytes.set(inner.bytes as i64);
-    }
-
-    fn codec(&self, segment_id: &str) -> Option<Codec> {
-        self.inner.lock().expect("block cache lock").codecs.get(segment_id).copied()
-    }
-
-    fn set_codec(&self, segment_id: &str, codec: Codec) {
-        let mut inner = self.inner.lock().expect("block cache lock");
-        if inner.codecs.len() > 100_000 {
-            inner.codecs.clear();
-        }
-        inner.codecs.insert(segment_id.to_string(), codec);
-    }
-}
-
-/// Messages with seq in `lo..=hi` (at most a few thousand), in seq order,
-/// from the tail and the segments; messages older than `cutoff_ms` are left out.
-pub async fn fetch(
-    stores: &Stores,
-    cache: &BlockCache,
-    metrics: &Metrics,
-    conv: &ConvKey,
-    lo: u64,
-    hi: u64,
-    cutoff_ms: i64,
-) -> Result<Vec<Envelope>, Error> {
-    if lo > hi || hi == 0 {
-        return Ok(Vec::new());
-    }
-    let lo = lo.max(1);
-    let tail = stores.tail.read(conv, lo - 1, (hi - lo + 1) as usize).await?;
-    let tail: Vec<_> = tail.into_iter().filter(|e| e.seq <= hi).collect();
-    let first_in_tail = tail.first().map_or(hi + 1, |e| e.seq);
-    let mut out = Vec::with_capacity((hi - lo + 1) as usize);
-    if first_in_tail > lo {
-        metrics.history_requests_total.with_label_values(&["segments"]).inc();
-        let upper = first_in_tail - 1;
-        for (block, object_key) in
-            stores.metadata.blocks_in_range(&conv.app_id, &conv.conversation_id, lo, upper).await?
-        {
-            if block.ts_end < cutoff_ms {
-                continue;
-            }
-            let envelopes = read_block(stores, cache, &block, &object_key).await?;
-            out.extend(envelopes.iter().filter(|e| e.seq >= lo && e.seq <= upper).cloned());
-        }
-    }
-    if !tail.is_empty() {
-        metrics.history_requests_total.with_label_values(&["tail"]).inc();
-    }
-    for entry in &tail {
-        out.push(Envelope::from_entry(entry)?);
-    }
-    out.retain(|e| e.ts >= cutoff_ms);
-    Ok(out)
-}
-
-async fn read_block(
-    stores: &Stores,
-    cache: &BlockCache,
-    block: &BlockRow,
-    object_key: &str,
-) -> Result<Arc<Vec<Envelope>>, Error> {
-    let key = (block.segment_id.clone(), block.byte_offset);
-    if let Some(found) = cache.get(&key) {
-        return Ok(found);
-    }
-    let codec = match cache.codec(&block.segment_id) {
-        Some(codec) => codec,
-        None => {
-            let header = stores.objects.get_range(object_key, 0, segment::HEADER_LEN as u64).await?;
-            let codec = segment::decode_header(&header).map_err(corrupt)?.codec;
-            cache.set_codec(&block.segment_id, codec);
-            codec
-        }
-    };
-    let start = block.byte_offset as u64;
-    let bytes = stores.objects.get_range(object_key, start, start + block.byte_length as u64).await?;
-    let meta = crate::flush::block_meta(block);
-    let records = segment::decode_block(&bytes, &meta).map_err(corrupt)?;
-    let envelopes = records
-        .iter()
-        .enumerate()
-        .map(|(i, record)| decode_record(codec, meta.seq_start + i as u64, record))
-        .collect::<Result<Vec<_>, _>>()?;
-    let block = Arc::new(envelopes);
-    cache.put(key, block.clone(), meta.raw_bytes as usize);
-    Ok(block)
-}
-
-fn corrupt(err: segment::SegmentError) -> Error {
-    tracing::error!(component = "history", error = %err, "unreadable segment block");
-    Error::new(Kind::Internal, "corrupt_segment", "a stored segment could not be read")
-}
-
-/// The earliest receive time still inside the retention window.
-pub fn retention_cutoff(ctx: &Context, now: i64) -> i64 {
-    now - i64::from(ctx.config.retention.days) * 86_400_000
-}
-
 /// One page of history for the caller.
 pub async fn page(
     ctx: &Context,
@@ -229,7 +68,7 @@ pub async fn page(
     now: i64,
 ) -> Result<Page, Error> {
     caller.require_scope(Scope::Read)?;
-    let (conversation_id, _) = require_access(ctx, caller, conversation_id).await?;
+    let conversation_id = ctx.membership.require_access(caller, conversation_id).await?.conversation_id;
     let started = Instant::now();
     let conv = ConvKey::new(&caller.app_id, &conversation_id);
     let key = ctx.cursor_key().await?;
@@ -243,8 +82,8 @@ pub async fn page(
         }
         None => new_state(&conversation_id, &query)?,
     };
-    let cutoff = retention_cutoff(ctx, now);
-    let last_seq = crate::messages::last_seq(ctx, &conv).await?;
+    let cutoff = ctx.timeline.retention_cutoff(now);
+    let last_seq = ctx.timeline.last_seq(&conv).await?;
     let (messages, more) = collect(ctx, &conv, &state, last_seq, cutoff).await?;
     let next_cursor = match (more, messages.last()) {
         (true, Some(last)) => Some(encode_cursor(key, &CursorState { pos: last.seq, ..state })),
@@ -324,15 +163,14 @@ async fn collect(
     let high = state.before.unwrap_or(last_seq + 1).min(last_seq + 1);
     let limit = state.limit as usize;
     let mut out = Vec::with_capacity(limit);
-    let cache = &ctx.block_cache;
     if !state.desc {
         let mut next = if state.pos > 0 { state.pos + 1 } else { low + 1 };
         if state.pos == 0 && floor_ts > i64::MIN {
-            next = next.max(first_seq_at_or_after(ctx, conv, floor_ts, next).await?);
+            next = next.max(ctx.timeline.first_seq_at_or_after(conv, floor_ts, next).await?);
         }
         while next < high && out.len() < limit {
             let end = (next + CHUNK - 1).min(high - 1);
-            for envelope in fetch(&ctx.stores, cache, &ctx.metrics, conv, next, end, cutoff).await? {
+            for envelope in ctx.timeline.read(conv, next, end, cutoff).await? {
                 if envelope.ts > ceiling_ts {
                     return Ok((out, false));
                 }
@@ -350,20 +188,19 @@ async fn collect(
     } else {
         // Nothing below the first seq that can reach the time floor (or the
         // retention cutoff) is looked at: expired history costs no walk.
-        let low = low.max(first_seq_at_or_after(ctx, conv, floor_ts, low + 1).await? - 1);
-        let mut top = if state.pos > 0 { state.pos } else { high }; // exclusive
-                                                                    // Nor is anything above the last block that can hold a message from
-                                                                    // before the time ceiling: an old `to_ts` costs no walk either.
+        let low = low.max(ctx.timeline.first_seq_at_or_after(conv, floor_ts, low + 1).await? - 1);
+        // Exclusive. Nor is anything above the last block that can hold a
+        // message from before the time ceiling: an old `to_ts` costs no walk
+        // either.
+        let mut top = if state.pos > 0 { state.pos } else { high };
         if let Some(to) = state.to {
-            if let Some(block) =
-                ctx.stores.metadata.first_block_since(&conv.app_id, &conv.conversation_id, to.saturating_add(1)).await?
-            {
-                top = top.min(block.seq_end as u64 + 1);
+            if let Some(bound) = ctx.timeline.seq_bound_before(conv, to).await? {
+                top = top.min(bound);
             }
         }
         while top > low + 1 && out.len() < limit {
             let start = top.saturating_sub(CHUNK).max(low + 1);
-            let chunk = fetch(&ctx.stores, cache, &ctx.metrics, conv, start, top - 1, cutoff).await?;
+            let chunk = ctx.timeline.read(conv, start, top - 1, cutoff).await?;
             for envelope in chunk.into_iter().rev() {
                 if envelope.ts < floor_ts {
                     return Ok((out, false));
@@ -383,17 +220,6 @@ async fn collect(
         }
         Ok((out, false))
     }
-}
-
-/// The first seq at or after `from` that may hold a message received at or
-/// after `ts`: the start of the first block reaching `ts`, or, when no block
-/// does, the first seq after the segments (the tail).
-async fn first_seq_at_or_after(ctx: &Context, conv: &ConvKey, ts: i64, from: u64) -> Result<u64, Error> {
-    let start = match ctx.stores.metadata.first_block_since(&conv.app_id, &conv.conversation_id, ts).await? {
-        Some(block) => block.seq_start as u64,
-        None => ctx.stores.metadata.flushed_seq(&conv.app_id, &conv.conversation_id).await? + 1,
-    };
-    Ok(start.max(from))
 }
 
 /// The opaque cursor string for `state`: its JSON, base64url, then a

@@ -12,13 +12,13 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::flush::index_rows;
-use crate::messages::{decode_record, Envelope};
+use crate::envelope::{decode_record, Envelope};
 use crate::segment::{
     decode_block, decode_footer, decode_header, decode_trailer, BlockMeta, Footer, Header, HEADER_LEN, MAGIC,
     TRAILER_LEN, TRAILER_MAGIC,
 };
 use crate::store::{Metadata, Objects};
+use crate::timeline::index_rows;
 
 /// A footer larger than this is refused without being read: at ~110 bytes a
 /// block it would describe over half a million conversations, far beyond what

@@ -1,114 +1,22 @@
-//! Sending messages: the envelope (the wire and segment record format),
-//! validation, rate limits, idempotency and the atomic append (ARCHITECTURE.md,
-//! "The write path"). The reply is given only once the tail holds the message.
+//! Sending messages: validation, rate limits, idempotency and the atomic
+//! append (ARCHITECTURE.md, "The write path"). The reply is given only once the tail holds the message.
 
 use std::time::Instant;
 
 use base64::Engine;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::auth::Caller;
 use crate::context::Context;
-use crate::conversations::require_access;
+use crate::envelope::{Attachment, Envelope, Sender, ENVELOPE_VERSION};
 use crate::error::{Error, Kind, RateLimitInfo};
-use crate::segment::Codec;
-use crate::store::{AppendOutcome, AppendRequest, ConvKey, IdempotencyClaim, TailEntry};
+use crate::store::{AppendOutcome, AppendRequest, ConvKey, IdempotencyClaim};
 
-/// Format version of [`Envelope`]; bumped on any incompatible change.
-pub const ENVELOPE_VERSION: u32 = 1;
 const MAX_ATTACHMENTS: usize = 32;
 const MAX_CLIENT_MSG_ID: usize = 255;
 /// How many times an append re-seeds a missing counter before giving up.
 const SEED_ATTEMPTS: usize = 3;
-
-/// Who sent a message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Sender {
-    /// `user`, or `app` for an admin key acting as the app.
-    pub kind: String,
-    /// The user id, or the app id.
-    pub id: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Attachment {
-    /// Object key of the uploaded attachment.
-    pub key: String,
-    pub content_type: String,
-    pub size: u64,
-    /// Lowercase hex SHA-256 of the content.
-    pub sha256: String,
-}
-
-/// A message as clients and segments see it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Envelope {
-    pub v: u32,
-    /// UUIDv7, server-assigned.
-    pub id: String,
-    pub conversation_id: String,
-    /// Per-conversation, gap-free, from 1. Absent in the tail body (the tail
-    /// stores it as the entry's id) and filled in on read.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub seq: u64,
-    /// Server receive time, Unix ms.
-    pub ts: i64,
-    pub sender: Sender,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub payload: Option<serde_json::Value>,
-    /// Binary payload, base64 (with `content_type`), instead of `payload`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub payload_base64: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub content_type: Option<String>,
-    #[serde(default)]
-    pub attachments: Vec<Attachment>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_msg_id: Option<String>,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
-}
-
-impl Envelope {
-    /// Rebuilds an envelope from a tail entry.
-    pub fn from_entry(entry: &TailEntry) -> Result<Envelope, Error> {
-        let mut envelope: Envelope = serde_json::from_slice(&entry.body).map_err(|e| {
-            tracing::error!(component = "messages", seq = entry.seq, error = %e, "undecodable tail entry");
-            Error::new(Kind::Internal, "internal", "internal error")
-        })?;
-        envelope.seq = entry.seq;
-        Ok(envelope)
-    }
-}
-
-/// Encodes a tail entry as a segment record in `codec`: JSON and MessagePack
-/// carry the whole envelope (seq included, self-describing); raw stores the
-/// tail body as is (its seq is its position in the block).
-pub fn encode_record(codec: Codec, entry: &TailEntry) -> Result<Vec<u8>, Error> {
-    match codec {
-        Codec::Raw => Ok(entry.body.clone()),
-        Codec::Json => Ok(serde_json::to_vec(&Envelope::from_entry(entry)?).expect("envelopes serialize")),
-        Codec::Msgpack => rmp_serde::to_vec_named(&Envelope::from_entry(entry)?)
-            .map_err(|e| Error::new(Kind::Internal, "internal", format!("msgpack encoding failed: {e}"))),
-    }
-}
-
-/// Decodes a segment record written by [`encode_record`]; `seq` is the
-/// record's position-derived seq.
-pub fn decode_record(codec: Codec, seq: u64, bytes: &[u8]) -> Result<Envelope, Error> {
-    let corrupt =
-        |e: String| Error::new(Kind::Internal, "corrupt_segment", format!("undecodable record at seq {seq}: {e}"));
-    let mut envelope: Envelope = match codec {
-        Codec::Raw | Codec::Json => serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?,
-        Codec::Msgpack => rmp_serde::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?,
-    };
-    envelope.seq = seq;
-    Ok(envelope)
-}
 
 /// One message to send, as the API accepts it.
 #[derive(Debug, Clone, Deserialize)]
@@ -229,7 +137,7 @@ pub async fn send(
     now: i64,
 ) -> Result<Sent, Error> {
     caller.require_participant()?;
-    let (conversation_id, _) = require_access(ctx, caller, conversation_id).await?;
+    let conversation_id = ctx.membership.require_access(caller, conversation_id).await?.conversation_id;
     send_checked(ctx, caller, &conversation_id, request, idempotency_header, now).await
 }
 
@@ -246,7 +154,7 @@ pub async fn send_batch(
     if requests.is_empty() || requests.len() > max {
         return Err(Error::invalid("invalid_batch", format!("a batch holds 1 to {max} messages")));
     }
-    let (conversation_id, _) = require_access(ctx, caller, conversation_id).await?;
+    let conversation_id = ctx.membership.require_access(caller, conversation_id).await?.conversation_id;
     let mut results = Vec::with_capacity(requests.len());
     for item in requests {
         let result = match serde_json::from_value::<SendRequest>(item) {
@@ -358,23 +266,12 @@ fn key_reused(seq: u64) -> Error {
     )
 }
 
-/// A conversation's last seq. When the tail lost its counter (a Redis restart
-/// without AOF, say) the conversation must not look empty until the next
-/// write re-seeds it: fall back to the highest seq durably in segments.
-pub async fn last_seq(ctx: &Context, conv: &ConvKey) -> Result<u64, Error> {
-    match ctx.stores.tail.last_seq(conv).await? {
-        Some(seq) => Ok(seq),
-        None => Ok(ctx.stores.metadata.flushed_seq(&conv.app_id, &conv.conversation_id).await?),
-    }
-}
-
 /// The envelope originally stored at `seq`, for an idempotent replay: from
 /// the tail, or from segments once it was flushed and trimmed.
 async fn original(ctx: &Context, conv: &ConvKey, seq: u64) -> Result<Envelope, Error> {
-    let found = crate::history::fetch(&ctx.stores, &ctx.block_cache, &ctx.metrics, conv, seq, seq, i64::MIN).await?;
-    match found.into_iter().next() {
-        Some(envelope) if envelope.seq == seq => Ok(envelope),
-        _ => Err(Error::new(
+    match ctx.timeline.message(conv, seq).await? {
+        Some(envelope) => Ok(envelope),
+        None => Err(Error::new(
             Kind::Conflict,
             "idempotency_original_unavailable",
             format!("this idempotency key was used for seq {seq}, which is no longer stored"),
@@ -419,35 +316,4 @@ async fn rate_limit(ctx: &Context, caller: &Caller) -> Result<(), Error> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn envelopes_round_trip_and_the_tail_body_has_no_seq() {
-        let envelope = Envelope {
-            v: ENVELOPE_VERSION,
-            id: "0190c0de-0000-7000-8000-000000000001".into(),
-            conversation_id: "0190c0de-0000-7000-8000-000000000002".into(),
-            seq: 0,
-            ts: 1_790_000_000_000,
-            sender: Sender { kind: "user".into(), id: "alice".into() },
-            payload: Some(serde_json::json!({"text": "hi"})),
-            payload_base64: None,
-            content_type: None,
-            attachments: vec![],
-            client_msg_id: Some("c-1".into()),
-        };
-        let body = serde_json::to_vec(&envelope).unwrap();
-        assert!(!String::from_utf8_lossy(&body).contains("\"seq\""));
-        let entry = TailEntry { seq: 7, ts_ms: envelope.ts, body };
-        let read = Envelope::from_entry(&entry).unwrap();
-        assert_eq!(read, Envelope { seq: 7, ..envelope });
-        for codec in [Codec::Json, Codec::Msgpack, Codec::Raw] {
-            let record = encode_record(codec, &entry).unwrap();
-            assert_eq!(decode_record(codec, 7, &record).unwrap(), read, "{codec:?}");
-        }
-    }
 }

@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::Caller;
 use crate::context::Context;
-use crate::conversations::require_access;
 use crate::error::Error;
 use crate::keys::Scope;
 use crate::store::ConvKey;
@@ -59,13 +58,13 @@ pub async fn mark(
     request: ReceiptRequest,
 ) -> Result<Marks, Error> {
     caller.require_participant()?;
-    let (conversation_id, _) = require_access(ctx, caller, conversation_id).await?;
+    let conversation_id = ctx.membership.require_access(caller, conversation_id).await?.conversation_id;
     let user = caller
         .user_id
         .clone()
         .ok_or_else(|| Error::invalid("user_required", "receipts belong to a user; send a user token"))?;
     let conv = ConvKey::new(&caller.app_id, &conversation_id);
-    let last_seq = crate::messages::last_seq(ctx, &conv).await?;
+    let last_seq = ctx.timeline.last_seq(&conv).await?;
     if request.seq == 0 || request.seq > last_seq {
         return Err(Error::invalid(
             "seq_out_of_range",
@@ -143,9 +142,9 @@ async fn all_marks(ctx: &Context, key: &str) -> Result<(Vec<Marks>, Vec<(String,
 /// Every member's marks, and the caller's unread count.
 pub async fn list(ctx: &Context, caller: &Caller, conversation_id: &str) -> Result<ReceiptsView, Error> {
     caller.require_scope(Scope::Read)?;
-    let (conversation_id, _) = require_access(ctx, caller, conversation_id).await?;
+    let conversation_id = ctx.membership.require_access(caller, conversation_id).await?.conversation_id;
     let conv = ConvKey::new(&caller.app_id, &conversation_id);
-    let last_seq = crate::messages::last_seq(ctx, &conv).await?;
+    let last_seq = ctx.timeline.last_seq(&conv).await?;
     let (receipts, sent) = all_marks(ctx, &state_key(&conv)).await?;
     let unread = caller.user_id.as_ref().map(|user| {
         let read = receipts.iter().find(|m| &m.user_id == user).map_or(0, |m| m.read_seq);

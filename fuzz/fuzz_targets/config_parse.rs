@@ -52,7 +52,9 @@ fn shown(outcome: Result<Config, ConfigError>) -> String {
 fn check_secrets(text: &str, env: &[(String, String)]) {
     let Ok(mut table) = text.parse::<toml::Table>() else { return };
     let Ok(before) = toml::to_string(&table) else { return };
-    if before.contains(MARKER) || env.iter().any(|(name, value)| name.contains(MARKER) || value.contains(MARKER)) {
+    // An env name is shown lowercased: a marker in any case there is no secret.
+    let holds_marker = |name: &str, value: &str| name.to_ascii_lowercase().contains(MARKER) || value.contains(MARKER);
+    if before.contains(MARKER) || env.iter().any(|(name, value)| holds_marker(name, value)) {
         return;
     }
     let mut planted = plant_in_table(&mut table, "");

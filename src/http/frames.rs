@@ -1,5 +1,6 @@
-//! WebSocket client frames (README, "WebSocket frames") as one typed enum, parsed once at the
-//! edge: JSON text with an `op`, each op with the fields it needs, every
+//! WebSocket client frames (README, "WebSocket frames") as one typed enum,
+//! parsed once at the edge: JSON text tagged by its `op` (serde's internally
+//! tagged enum), each op with the fields it needs, every
 //! conversation id in its canonical form ([`crate::ids::conversation_id`]),
 //! so `unsubscribe` by `{ID}` or `urn:uuid:id` names the same subscription
 //! as `subscribe` by `id`. Pure: no IO.
@@ -36,20 +37,40 @@ pub enum ClientFrame {
     },
 }
 
-/// The loose shape every frame is first read into.
+/// A frame as it arrives on the wire, tagged by its `op`; unknown fields are
+/// ignored. Conversation ids are made canonical after.
 #[derive(Deserialize)]
-struct RawFrame {
-    op: String,
-    conversation_id: Option<String>,
-    since_seq: Option<u64>,
-    seq: Option<u64>,
-    kind: Option<String>,
-    client_msg_id: Option<String>,
-    payload: Option<Value>,
-    payload_base64: Option<String>,
-    content_type: Option<String>,
-    attachments: Option<Value>,
+#[serde(tag = "op", rename_all = "snake_case")]
+enum WireFrame {
+    Ping,
+    Subscribe {
+        conversation_id: String,
+        since_seq: Option<u64>,
+    },
+    Unsubscribe {
+        conversation_id: String,
+    },
+    Typing {
+        conversation_id: String,
+    },
+    Send {
+        conversation_id: String,
+        payload: Option<Value>,
+        payload_base64: Option<String>,
+        content_type: Option<String>,
+        /// Read as JSON first: a bad list is `invalid_attachments`, not `invalid_frame`.
+        attachments: Option<Value>,
+        client_msg_id: Option<String>,
+    },
+    Receipt {
+        conversation_id: String,
+        seq: u64,
+        kind: ReceiptKind,
+    },
 }
+
+/// Every op [`WireFrame`] knows; anything else is `unknown_op`.
+const OPS: [&str; 6] = ["ping", "subscribe", "unsubscribe", "typing", "send", "receipt"];
 
 /// What an `error` frame repeats of the frame it answers, so a client can
 /// tell which of its frames failed.
@@ -75,64 +96,63 @@ impl ClientFrame {
 
     /// Parses one text frame, and says what an error answer should repeat.
     pub fn parse_with_echo(text: &str) -> (Result<ClientFrame, Error>, Echo) {
-        let raw: RawFrame = match serde_json::from_str(text) {
-            Ok(raw) => raw,
+        let value: Value = match serde_json::from_str(text) {
+            Ok(value) => value,
             Err(e) => return (Err(Error::invalid("invalid_frame", format!("not a frame: {e}"))), Echo::default()),
         };
-        // A conversation id that is no UUID is kept as given: the domain
-        // answers it as it answers any conversation the caller cannot see.
-        let conversation_id =
-            raw.conversation_id.as_deref().map(|id| crate::ids::conversation_id(id).unwrap_or_else(|| id.to_string()));
-        let echo = Echo {
-            op: Some(raw.op.clone()),
-            conversation_id: conversation_id.clone(),
-            client_msg_id: raw.client_msg_id.clone(),
+        let Some(op) = value.get("op").and_then(Value::as_str).map(str::to_string) else {
+            return (Err(Error::invalid("invalid_frame", "a frame is a JSON object with an `op`")), Echo::default());
         };
-        (Self::from_raw(raw, conversation_id), echo)
+        let text_field = |name: &str| value.get(name).and_then(Value::as_str).map(str::to_string);
+        let echo = Echo {
+            op: Some(op.clone()),
+            conversation_id: text_field("conversation_id").map(|id| canonical(&id)),
+            client_msg_id: text_field("client_msg_id"),
+        };
+        if !OPS.contains(&op.as_str()) {
+            let shown: String = op.chars().take(32).collect();
+            return (Err(Error::invalid("unknown_op", format!("unknown op {shown:?}"))), echo);
+        }
+        let frame = serde_json::from_value::<WireFrame>(value)
+            .map_err(|e| Error::invalid("invalid_frame", format!("not a valid `{op}` frame: {e}")))
+            .and_then(ClientFrame::from_wire);
+        (frame, echo)
     }
 
-    fn from_raw(raw: RawFrame, conversation_id: Option<String>) -> Result<ClientFrame, Error> {
-        let op = raw.op.as_str();
-        let conversation = || {
-            conversation_id
-                .clone()
-                .ok_or_else(|| Error::invalid("invalid_frame", format!("`{op}` needs a conversation_id")))
-        };
-        Ok(match op {
-            "ping" => ClientFrame::Ping,
-            "subscribe" => ClientFrame::Subscribe { conversation_id: conversation()?, since_seq: raw.since_seq },
-            "unsubscribe" => ClientFrame::Unsubscribe { conversation_id: conversation()? },
-            "typing" => ClientFrame::Typing { conversation_id: conversation()? },
-            "send" => {
-                let attachments = match raw.attachments {
+    fn from_wire(frame: WireFrame) -> Result<ClientFrame, Error> {
+        Ok(match frame {
+            WireFrame::Ping => ClientFrame::Ping,
+            WireFrame::Subscribe { conversation_id, since_seq } => {
+                ClientFrame::Subscribe { conversation_id: canonical(&conversation_id), since_seq }
+            }
+            WireFrame::Unsubscribe { conversation_id } => {
+                ClientFrame::Unsubscribe { conversation_id: canonical(&conversation_id) }
+            }
+            WireFrame::Typing { conversation_id } => {
+                ClientFrame::Typing { conversation_id: canonical(&conversation_id) }
+            }
+            WireFrame::Send { conversation_id, payload, payload_base64, content_type, attachments, client_msg_id } => {
+                let attachments = match attachments {
                     None => Vec::new(),
                     Some(value) => serde_json::from_value(value)
                         .map_err(|e| Error::invalid("invalid_attachments", e.to_string()))?,
                 };
-                let request = SendRequest {
-                    payload: raw.payload,
-                    payload_base64: raw.payload_base64,
-                    content_type: raw.content_type,
-                    attachments,
-                    client_msg_id: raw.client_msg_id,
-                };
-                ClientFrame::Send { conversation_id: conversation()?, request }
+                let request = SendRequest { payload, payload_base64, content_type, attachments, client_msg_id };
+                ClientFrame::Send { conversation_id: canonical(&conversation_id), request }
             }
-            "receipt" => {
-                let kind = match raw.kind.as_deref() {
-                    Some("read") => ReceiptKind::Read,
-                    Some("delivered") => ReceiptKind::Delivered,
-                    _ => return Err(Error::invalid("invalid_frame", "receipt needs kind delivered or read")),
-                };
-                let seq = raw.seq.ok_or_else(|| Error::invalid("invalid_frame", "receipt needs a seq"))?;
-                ClientFrame::Receipt { conversation_id: conversation()?, request: ReceiptRequest { seq, kind } }
-            }
-            other => {
-                let shown: String = other.chars().take(32).collect();
-                return Err(Error::invalid("unknown_op", format!("unknown op {shown:?}")));
-            }
+            WireFrame::Receipt { conversation_id, seq, kind } => ClientFrame::Receipt {
+                conversation_id: canonical(&conversation_id),
+                request: ReceiptRequest { seq, kind },
+            },
         })
     }
+}
+
+/// A conversation id in canonical form. One that is no UUID is kept as
+/// given: the domain answers it as it answers any conversation the caller
+/// cannot see.
+fn canonical(id: &str) -> String {
+    crate::ids::conversation_id(id).unwrap_or_else(|| id.to_string())
 }
 
 #[cfg(test)]

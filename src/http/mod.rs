@@ -15,7 +15,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use axum::extract::DefaultBodyLimit;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -115,6 +116,17 @@ fn credentials<'a>(
         api_key: header_text(headers, "x-api-key", "invalid_api_key")?.or(query_key),
         authorization: header_text(headers, "authorization", "invalid_token")?.or(query_authorization),
     })
+}
+
+/// The authenticated caller of a request: every `/v1` route's one way in
+/// (the WebSocket upgrade reads its credentials from the query too, through
+/// the same [`authenticate`]). Authorization stays an explicit domain call.
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, ApiError> {
+        Ok(authenticate(state, credentials(&parts.headers, None, None)?).await?)
+    }
 }
 
 /// Authenticates a request, every route's one way in, and notes its app for

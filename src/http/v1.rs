@@ -1,6 +1,7 @@
-//! The `/v1` API handlers: parse the request, authenticate, call the domain,
-//! answer. Authorization decisions are explicit calls in the domain
-//! functions, not hidden in extractors.
+//! The `/v1` API handlers: take the authenticated [`Caller`] (the extractor
+//! in `super`), parse the request, call the domain, answer. Authorization
+//! decisions are explicit calls in the domain functions, not hidden in
+//! extractors.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -19,10 +20,6 @@ use crate::error::{Error, Kind};
 use crate::keys::Scope;
 use crate::{conversations, history, messages, receipts};
 
-async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    Ok(super::authenticate(state, super::credentials(headers, None, None)?).await?)
-}
-
 /// Parses a JSON body; a body over the size limit is a 413, anything else
 /// malformed a 400, both in the API's error shape.
 fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
@@ -39,10 +36,9 @@ fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result
 
 pub(super) async fn create_conversation(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = authenticate(&state, &headers).await?;
     let request: conversations::CreateConversation = json_body(body)?;
     let view = conversations::create(&state.ctx, &caller, request, now_ms()).await?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
@@ -55,29 +51,26 @@ pub(super) struct ListQuery {
 
 pub(super) async fn list_conversations(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Query(query): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let caller = authenticate(&state, &headers).await?;
     let conversations = conversations::list(&state.ctx, &caller, query.limit).await?;
     Ok(Json(serde_json::json!({"conversations": conversations})).into_response())
 }
 
 pub(super) async fn get_conversation(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let caller = authenticate(&state, &headers).await?;
     Ok(Json(conversations::get(&state.ctx, &caller, &id).await?).into_response())
 }
 
 pub(super) async fn add_member(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path((id, user_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let caller = authenticate(&state, &headers).await?;
     let (user_id, added) = conversations::add_member(&state.ctx, &caller, &id, &user_id, now_ms()).await?;
     let status = if added { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(serde_json::json!({"user_id": user_id, "added": added}))).into_response())
@@ -85,10 +78,9 @@ pub(super) async fn add_member(
 
 pub(super) async fn remove_member(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path((id, user_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let caller = authenticate(&state, &headers).await?;
     if !conversations::remove_member(&state.ctx, &caller, &id, &user_id).await? {
         return Err(Error::new(Kind::NotFound, "not_a_member", format!("{user_id} is not a member")).into());
     }
@@ -97,11 +89,11 @@ pub(super) async fn remove_member(
 
 pub(super) async fn send_message(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = authenticate(&state, &headers).await?;
     let request: messages::SendRequest = json_body(body)?;
     let idempotency_key = match headers.get("idempotency-key") {
         None => None,
@@ -118,11 +110,10 @@ pub(super) async fn send_message(
 
 pub(super) async fn history(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
     query: Result<Query<history::HistoryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = authenticate(&state, &headers).await?;
     let Query(query) = query.map_err(|e| Error::invalid("invalid_request", e.body_text()))?;
     Ok(Json(history::page(&state.ctx, &caller, &id, query, now_ms()).await?).into_response())
 }
@@ -135,11 +126,11 @@ pub(super) struct BatchRequest {
 
 pub(super) async fn send_batch(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = authenticate(&state, &headers).await?;
     if headers.contains_key("idempotency-key") {
         return Err(Error::invalid(
             "idempotency_key_not_supported",
@@ -164,21 +155,19 @@ pub(super) async fn send_batch(
 
 pub(super) async fn post_receipt(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let caller = authenticate(&state, &headers).await?;
     let request: receipts::ReceiptRequest = json_body(body)?;
     Ok(Json(receipts::mark(&state.ctx, &caller, &id, request).await?).into_response())
 }
 
 pub(super) async fn get_receipts(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let caller = authenticate(&state, &headers).await?;
     Ok(Json(receipts::list(&state.ctx, &caller, &id).await?).into_response())
 }
 
@@ -191,13 +180,14 @@ pub(super) struct DevTokenRequest {
 /// Mints a dev user token (admin key; 404 unless `auth.dev_tokens.enabled`).
 pub(super) async fn dev_token(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Result<Caller, ApiError>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    // A disabled issuer is a 404 to anyone, authenticated or not.
     let Some(issuer) = state.ctx.auth.dev_issuer() else {
         return Err(Error::new(Kind::NotFound, "not_found", "the dev token issuer is disabled").into());
     };
-    let caller = authenticate(&state, &headers).await?;
+    let caller = caller?;
     caller.require_scope(Scope::Admin)?;
     let request: DevTokenRequest = json_body(body)?;
     let user_id = crate::ids::user_id(&request.user_id)?;

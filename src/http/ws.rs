@@ -1,12 +1,12 @@
-//! The WebSocket API (`GET /v1/ws`, README "WebSocket frames"): subscribe with catch-up then
-//! live delivery, send, receipts, typing, ping — JSON frames with an `op`.
+//! The WebSocket API (`GET /v1/ws`, README "WebSocket frames"): subscribe
+//! with catch-up then live delivery, send, receipts, typing, ping — JSON
+//! frames with an `op`. The edge only: frames are parsed in
+//! [`super::frames`], and what a subscription delivers, and in which order,
+//! is decided by [`crate::subscriptions`]; each subscription is one task of
+//! the connection, delivering into the connection's queue.
 //!
 //! Each connection has one bounded send queue, drained by the connection's
-//! own task between reads. A
-//! subscription is a task that subscribes to the live channel *first*, then
-//! replays from `since_seq` (tail, then segments), then forwards live events
-//! skipping what it already sent — no gap and no duplicate across the switch;
-//! a gap seen live (a missed publish) is filled from history.
+//! own task between reads.
 //!
 //! Back-pressure: catch-up frames wait for room in the queue (and use at most
 //! half of it), so a replay of any length is paced by the reader. Live
@@ -49,13 +49,11 @@ use super::AppState;
 use crate::auth::Caller;
 use crate::clock::now_ms;
 use crate::context::Context;
-use crate::conversations::require_access;
+use crate::envelope::Envelope;
 use crate::error::Error;
-use crate::history;
 use crate::keys::Scope;
-use crate::messages::{self, Envelope};
-use crate::receipts;
-use crate::store::{ConvKey, LiveEvent};
+use crate::subscriptions::{Delivery, Receiver, Subscription};
+use crate::{messages, receipts, typing};
 
 pub const CLOSE_IDLE: u16 = 4000;
 pub const CLOSE_CREDENTIALS: u16 = 4001;
@@ -68,8 +66,6 @@ const MAX_FRAME_BYTES: usize = 256 * 1024;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The goodbye (queued frames, close frame) gets at most this long.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Seqs replayed per history read during catch-up.
-const CATCH_UP_CHUNK: u64 = 500;
 
 #[derive(Deserialize)]
 pub(super) struct WsQuery {
@@ -265,6 +261,25 @@ impl Outbox {
     }
 }
 
+/// A subscription delivers into the connection's queue: catch-up messages
+/// wait for the replay budget, live ones never wait.
+impl Receiver for Outbox {
+    async fn replayed(&self, message: Envelope) -> bool {
+        self.send_replayed("message", json!({"op": "message", "message": message})).await
+    }
+
+    fn live(&self, delivery: Delivery) -> bool {
+        match delivery {
+            Delivery::Message(message) => self.send("message", json!({"op": "message", "message": message})),
+            Delivery::Event { op, frame } => self.send(op, frame),
+        }
+    }
+
+    fn ended(&self, err: &Error, details: Value) {
+        self.error(err, details);
+    }
+}
+
 /// Counts a connection or subscription in a gauge for as long as it lives.
 struct Gauged(prometheus::IntGauge);
 
@@ -432,15 +447,18 @@ async fn handle_frame(
                 if subscriptions.len() >= ctx.config.ws.max_subscriptions && !subscriptions.contains_key(&conversation_id) {
                     return Err(Error::invalid("too_many_subscriptions", "unsubscribe from something first"));
                 }
-                let (id, _) = require_access(ctx, caller, &conversation_id).await?;
-                let conv = ConvKey::new(&caller.app_id, &id);
-                let live = ctx.stores.tail.subscribe(&conv).await?;
-                let last_seq = messages::last_seq(ctx, &conv).await?;
+                let subscription = Subscription::open(ctx, caller, &conversation_id).await?;
+                let id = subscription.conversation_id().to_string();
                 if let Some(previous) = subscriptions.remove(&id) {
                     previous.abort();
                 }
+                let last_seq = subscription.last_seq;
                 outbox.send("subscribed", json!({"op": "subscribed", "conversation_id": id, "last_seq": last_seq}));
-                let task = tokio::spawn(forward(ctx.clone(), caller.clone(), outbox.clone(), conv, live, since_seq, last_seq));
+                let (ctx, outbox) = (ctx.clone(), outbox.clone());
+                let task = tokio::spawn(async move {
+                    let _subscription = Gauged::new(&ctx.metrics.ws_subscriptions);
+                    subscription.run(ctx, since_seq, outbox).await
+                });
                 subscriptions.insert(id, task);
                 Ok(())
             }
@@ -464,162 +482,11 @@ async fn handle_frame(
                 receipts::mark(ctx, caller, &conversation_id, request).await?;
                 Ok(())
             }
-            ClientFrame::Typing { conversation_id } => typing(ctx, caller, &conversation_id).await,
+            ClientFrame::Typing { conversation_id } => typing::typing(ctx, caller, &conversation_id).await,
         }
     }
     .await;
     if let Err(e) = result {
         outbox.error(&e, echo.fields());
     }
-}
-
-/// Typing indicators: ephemeral, never stored, at most one per user and
-/// conversation every 2 s (extra ones are dropped silently).
-async fn typing(ctx: &Context, caller: &Caller, conversation_id: &str) -> Result<(), Error> {
-    caller.require_participant()?;
-    let user = caller.user_id.as_ref().ok_or_else(|| Error::invalid("user_required", "typing belongs to a user"))?;
-    let (id, _) = require_access(ctx, caller, conversation_id).await?;
-    let bucket = format!("t:{}:{id}:{user}", caller.app_id);
-    if !ctx.stores.tail.rate_limit(&bucket, 0.5, 1).await?.allowed {
-        return Ok(());
-    }
-    let event = json!({"op": "typing", "conversation_id": id, "user_id": user});
-    ctx.stores.tail.publish(&ConvKey::new(&caller.app_id, &id), event.to_string().as_bytes()).await?;
-    Ok(())
-}
-
-/// One subscription: catch up from `since_seq`, then forward live events.
-async fn forward(
-    ctx: Arc<Context>,
-    caller: Caller,
-    outbox: Outbox,
-    conv: ConvKey,
-    mut live: crate::store::LiveSubscription,
-    since_seq: Option<u64>,
-    last_seq: u64,
-) {
-    let _subscription = Gauged::new(&ctx.metrics.ws_subscriptions);
-    let mut delivered = match since_seq {
-        None => last_seq,
-        Some(since) => {
-            if since > last_seq {
-                outbox.error(
-                    &Error::invalid("invalid_since_seq", format!("since_seq is past the last seq {last_seq}")),
-                    json!({"conversation_id": conv.conversation_id}),
-                );
-                return;
-            }
-            match Box::pin(replay(&ctx, &outbox, &conv, since, last_seq)).await {
-                Ok(Some(delivered)) => delivered,
-                Ok(None) => return,
-                Err(e) => {
-                    outbox.error(&e, json!({"conversation_id": conv.conversation_id}));
-                    return;
-                }
-            }
-        }
-    };
-    loop {
-        let event = match live.recv().await {
-            Ok(event) => event,
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                // Fell behind the local channel: refill from history up to now.
-                let Ok(last) = messages::last_seq(&ctx, &conv).await else { continue };
-                match Box::pin(replay(&ctx, &outbox, &conv, delivered, last)).await {
-                    Ok(Some(through)) => delivered = through,
-                    Ok(None) => return,
-                    Err(e) => {
-                        outbox.error(&e, json!({"conversation_id": conv.conversation_id}));
-                        return;
-                    }
-                }
-                continue;
-            }
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-        };
-        // Membership is re-checked per event (cached, invalidated on change), so a
-        // removed member stops receiving at once.
-        if let Some(user) = &caller.user_id {
-            match Box::pin(ctx.membership.role(&caller.app_id, &conv.conversation_id, user)).await {
-                Ok(Some(_)) => {}
-                Ok(None) => {
-                    outbox.error(&Error::not_member(), json!({"conversation_id": conv.conversation_id}));
-                    return;
-                }
-                // The metadata store is unreachable: keep delivering on the answer
-                // given at subscribe time rather than silently dropping events.
-                Err(_) => {}
-            }
-        }
-        match event {
-            LiveEvent::Message(entry) => {
-                if entry.seq <= delivered {
-                    continue;
-                }
-                if entry.seq > delivered + 1 {
-                    match Box::pin(replay(&ctx, &outbox, &conv, delivered, entry.seq - 1)).await {
-                        Ok(Some(through)) => delivered = through,
-                        Ok(None) => return,
-                        Err(e) => {
-                            outbox.error(&e, json!({"conversation_id": conv.conversation_id}));
-                            return;
-                        }
-                    }
-                }
-                let Ok(envelope) = Envelope::from_entry(&entry) else { continue };
-                ctx.metrics.delivery_latency_seconds.observe((now_ms() - envelope.ts).max(0) as f64 / 1000.0);
-                if !outbox.send("message", json!({"op": "message", "message": envelope})) {
-                    return;
-                }
-                delivered = entry.seq;
-            }
-            LiveEvent::Event(bytes) => {
-                let Ok(frame) = serde_json::from_slice::<Value>(&bytes) else { continue };
-                let op = match frame["op"].as_str() {
-                    Some("receipt") => "receipt",
-                    Some("typing") => "typing",
-                    _ => continue,
-                };
-                if !outbox.send(op, frame) {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// Sends messages `after+1..=through` from history; returns the last seq
-/// sent, or `None` when the subscription must end (retention passed, or the
-/// connection is gone).
-async fn replay(
-    ctx: &Context,
-    outbox: &Outbox,
-    conv: &ConvKey,
-    after: u64,
-    through: u64,
-) -> Result<Option<u64>, Error> {
-    let cutoff = history::retention_cutoff(ctx, now_ms());
-    let mut delivered = after;
-    while delivered < through {
-        let end = (delivered + CATCH_UP_CHUNK).min(through);
-        let batch =
-            history::fetch(&ctx.stores, &ctx.block_cache, &ctx.metrics, conv, delivered + 1, end, cutoff).await?;
-        if batch.first().map(|e| e.seq) != Some(delivered + 1) {
-            outbox.error(
-                &Error::invalid("since_seq_expired", "messages after since_seq are past the retention window; resync from GET /v1/conversations/{id}/messages"),
-                json!({"conversation_id": conv.conversation_id, "since_seq": after}),
-            );
-            return Ok(None);
-        }
-        for envelope in batch {
-            if envelope.seq != delivered + 1 {
-                break;
-            }
-            delivered = envelope.seq;
-            if !outbox.send_replayed("message", json!({"op": "message", "message": envelope})).await {
-                return Ok(None);
-            }
-        }
-    }
-    Ok(Some(delivered))
 }

@@ -23,11 +23,12 @@ use std::time::{Duration, Instant};
 pub use metadata::{ApiKeyRow, AppRow, BlockRow, ConversationRow, FlushAdvance, MemberRow, Metadata, SegmentRow};
 pub use objects::Objects;
 pub use tail::{
-    gcra, AppendOutcome, AppendRequest, ConvKey, DirtyConversation, IdempotencyClaim, LiveEvent, LiveSubscription,
-    RateDecision, Tail, TailEntry, TAIL_SHARDS,
+    AppendOutcome, AppendRequest, ConvKey, DirtyConversation, IdempotencyClaim, LiveEvent, LiveSubscription, Tail,
+    TailEntry, TAIL_SHARDS,
 };
 
 use crate::config::{Backend, Config};
+use crate::error::{Error, Kind};
 use crate::telemetry::Metrics;
 
 /// Why a storage call failed, in the terms callers branch on.
@@ -44,6 +45,27 @@ pub enum StoreError {
     /// Stored data did not have the expected shape.
     #[error("corrupt data in {dependency}: {message}")]
     Corrupt { dependency: &'static str, message: String },
+}
+
+/// A storage failure as the domain answers it: a dependency outage is
+/// retryable, anything else an internal error whose details stay in the log.
+impl From<StoreError> for Error {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Unavailable { .. } => {
+                tracing::warn!(component = "store", error = %err, "dependency unavailable");
+                Error::new(
+                    Kind::Unavailable,
+                    "dependency_unavailable",
+                    "a storage dependency is unavailable; retry later",
+                )
+            }
+            StoreError::Conflict(_) | StoreError::Corrupt { .. } => {
+                tracing::error!(component = "store", error = %err, "storage failure");
+                Error::new(Kind::Internal, "internal", "internal error")
+            }
+        }
+    }
 }
 
 impl StoreError {

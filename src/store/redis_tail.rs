@@ -13,11 +13,11 @@ use redis::{AsyncCommands, PushKind, Script, Value};
 
 use super::live::{LiveHub, Upstream};
 use super::tail::{
-    AppendOutcome, AppendRequest, ConvKey, DirtyConversation, LiveEvent, LiveSubscription, RateDecision, Tail,
-    TailEntry,
+    AppendOutcome, AppendRequest, ConvKey, DirtyConversation, LiveEvent, LiveSubscription, Tail, TailEntry,
 };
 use super::StoreError;
 use crate::config::RedisConfig;
+use crate::ratelimit::RateDecision;
 use crate::telemetry::Metrics;
 
 const DEPENDENCY: &str = "redis";

@@ -13,10 +13,10 @@ use sqlx::{Row, SqlitePool};
 use super::live::LiveHub;
 use super::sql::{Db, Pool};
 use super::tail::{
-    gcra, AppendOutcome, AppendRequest, ConvKey, DirtyConversation, LiveEvent, LiveSubscription, RateDecision, Tail,
-    TailEntry,
+    AppendOutcome, AppendRequest, ConvKey, DirtyConversation, LiveEvent, LiveSubscription, Tail, TailEntry,
 };
 use super::StoreError;
+use crate::ratelimit::{gcra, RateDecision};
 
 const DEPENDENCY: &str = "tail";
 

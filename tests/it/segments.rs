@@ -44,7 +44,7 @@ async fn assert_history(api: &Api, expected: &BTreeMap<String, u64>) {
             let mut ts = Vec::new();
             for (i, record) in records.iter().enumerate() {
                 let seq = block.seq_start as u64 + i as u64;
-                let envelope = msgd::messages::decode_record(segment.header.codec, seq, record).unwrap();
+                let envelope = msgd::envelope::decode_record(segment.header.codec, seq, record).unwrap();
                 assert_eq!((envelope.seq, envelope.conversation_id.as_str()), (seq, conversation.as_str()));
                 ts.push(envelope.ts);
             }

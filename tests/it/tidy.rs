@@ -95,3 +95,156 @@ fn the_openapi_document_lists_every_route() {
     }
     assert_eq!(routes, paths.len(), "openapi.json documents routes the router does not serve");
 }
+
+/// The layers of `src/`, lowest first (ARCHITECTURE.md, "Layers"). A module
+/// may use modules of its own layer or below, never above, and no two
+/// modules may use each other, directly or through others.
+const LAYERS: &[(&str, &[&str])] = &[
+    ("pure", &["clock", "config", "error", "ids", "ratelimit", "segment", "telemetry", "worker"]),
+    ("storage", &["store"]),
+    ("domain primitives", &["keys", "auth", "envelope", "timeline", "membership", "context"]),
+    (
+        "use cases",
+        &["conversations", "messages", "history", "receipts", "typing", "subscriptions", "flush", "inspect"],
+    ),
+    ("edges", &["readiness", "http", "server"]),
+    // The load generator drives msgd over HTTP like any client: it imports
+    // no library module at all (checked below), so it sits with the edges.
+    ("tools", &["load"]),
+];
+
+fn layer_of(module: &str) -> usize {
+    LAYERS
+        .iter()
+        .position(|(_, modules)| modules.contains(&module))
+        .unwrap_or_else(|| panic!("src/{module} is in no layer: add it to LAYERS in tests/it/tidy.rs"))
+}
+
+/// The top-level module a file of `root` belongs to (`src/store/live.rs` → `store`).
+fn module_of(root: &Path, path: &Path) -> Option<String> {
+    let relative = path.strip_prefix(root).ok()?;
+    let first = relative.components().next()?.as_os_str().to_str()?;
+    let name = first.strip_suffix(".rs").unwrap_or(first);
+    (name != "lib" && name != "main").then(|| name.to_string())
+}
+
+/// Every `prefix` path a source names, by its first segment: `use
+/// crate::a::B`, `crate::b::f()`, `use crate::{c, d::E}`. Comments are skipped.
+fn names_after(source: &str, prefix: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for line in source.lines().map(str::trim_start).filter(|l| !l.starts_with("//")) {
+        let mut rest = line;
+        while let Some(at) = rest.find(prefix) {
+            let after = &rest[at + prefix.len()..];
+            let preceded_by_word =
+                rest[..at].chars().last().is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':');
+            if !preceded_by_word {
+                if let Some(group) = after.strip_prefix('{') {
+                    let group = group.split('}').next().unwrap_or_default();
+                    found.extend(group.split(',').filter_map(|item| first_segment(item.trim())));
+                } else if let Some(name) = first_segment(after) {
+                    found.push(name);
+                }
+            }
+            rest = after;
+        }
+    }
+    found
+}
+
+fn first_segment(path: &str) -> Option<String> {
+    let name: String = path.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+    (!name.is_empty() && name != "self").then_some(name)
+}
+
+/// The graph of `src/` modules: module → the modules it uses.
+fn module_graph() -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let root = Path::new("src");
+    let mut graph: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = Default::default();
+    for path in rust_files(root) {
+        let Some(module) = module_of(root, &path) else { continue };
+        let source = std::fs::read_to_string(&path).unwrap();
+        let uses = graph.entry(module.clone()).or_default();
+        uses.extend(names_after(&source, "crate::").into_iter().filter(|used| *used != module));
+    }
+    graph
+}
+
+/// A cycle through `start`, if the graph has one, as the path around it.
+fn cycle_from(
+    graph: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+    start: &str,
+) -> Option<Vec<String>> {
+    let mut stack = vec![(start.to_string(), vec![start.to_string()])];
+    let mut seen = std::collections::BTreeSet::new();
+    while let Some((node, path)) = stack.pop() {
+        for next in graph.get(&node).into_iter().flatten() {
+            if next == start {
+                return Some([path.clone(), vec![start.to_string()]].concat());
+            }
+            if seen.insert(next.clone()) {
+                stack.push((next.clone(), [path.clone(), vec![next.clone()]].concat()));
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn modules_form_no_import_cycle() {
+    let graph = module_graph();
+    for module in graph.keys() {
+        if let Some(cycle) = cycle_from(&graph, module) {
+            panic!("import cycle between src/ modules: {}", cycle.join(" → "));
+        }
+    }
+}
+
+#[test]
+fn every_import_points_down_the_layers() {
+    for (module, uses) in module_graph() {
+        for used in uses {
+            assert!(
+                layer_of(&used) <= layer_of(&module),
+                "src/{module} ({}) uses src/{used} ({}), a layer above it",
+                LAYERS[layer_of(&module)].0,
+                LAYERS[layer_of(&used)].0,
+            );
+        }
+    }
+    assert!(module_graph()["load"].is_empty(), "src/load.rs drives msgd over HTTP; it imports no library module");
+}
+
+#[test]
+fn sibling_files_of_a_module_form_no_cycle() {
+    for dir in std::fs::read_dir("src").unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()) {
+        let mut graph: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = Default::default();
+        for path in rust_files(&dir) {
+            let Some(file) = module_of(&dir, &path).filter(|f| f != "mod") else { continue };
+            let source = std::fs::read_to_string(&path).unwrap();
+            let module = dir.file_name().unwrap().to_str().unwrap();
+            let siblings = names_after(&source, "super::")
+                .into_iter()
+                .chain(names_after(&source, &format!("crate::{module}::")))
+                .filter(|name| *name != file && dir.join(format!("{name}.rs")).exists())
+                .collect::<Vec<_>>();
+            graph.entry(file).or_default().extend(siblings);
+        }
+        for file in graph.keys() {
+            if let Some(cycle) = cycle_from(&graph, file) {
+                panic!("import cycle inside {}: {}", dir.display(), cycle.join(" → "));
+            }
+        }
+    }
+}
+
+#[test]
+fn the_import_scanner_sees_every_form_of_use() {
+    let source = "use crate::a::B;\nuse crate::{b, c::D};\n// crate::commented\nlet x = crate::e::f();\nmsgd::crate::g";
+    assert_eq!(names_after(source, "crate::"), ["a", "b", "c", "e"]);
+    let graph = [("x", &["y"][..]), ("y", &["z"]), ("z", &["x"])]
+        .into_iter()
+        .map(|(from, to)| (from.to_string(), to.iter().map(|s| s.to_string()).collect()))
+        .collect();
+    assert_eq!(cycle_from(&graph, "x").unwrap(), ["x", "y", "z", "x"]);
+}

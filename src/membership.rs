@@ -1,0 +1,195 @@
+//! Membership and the access rules every read and write consults: who may
+//! see a conversation, who manages its members, and the per-instance
+//! membership cache. A shared domain primitive under every use case.
+//!
+//! Who may do what: a user sees and writes only conversations they are a
+//! member of; owners and admin keys manage members; a member may remove
+//! themselves. A non-member gets the same `not_member` answer whether the
+//! conversation exists or not. Membership answers are cached per instance and
+//! invalidated on change through the tail's live channel `_msgd/membership`
+//! (Redis Pub/Sub in services mode), so a removed member is refused
+//! everywhere within a second; the cache TTL bounds staleness if an
+//! invalidation is ever missed.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::auth::Caller;
+use crate::error::{Error, Kind};
+use crate::store::{ConvKey, LiveEvent, Stores};
+
+const MEMBERSHIP_TTL: Duration = Duration::from_secs(10);
+const MEMBERSHIP_CACHE_MAX: usize = 100_000;
+
+/// A member's role in a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Manages members (the creator, when a user created it).
+    Owner,
+    Member,
+}
+
+impl Role {
+    /// The role as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Member => "member",
+        }
+    }
+
+    /// A stored role; anything unknown grants no more than a member's rights.
+    pub fn parse(text: &str) -> Role {
+        match text {
+            "owner" => Role::Owner,
+            _ => Role::Member,
+        }
+    }
+}
+
+/// A conversation the caller may access.
+#[derive(Debug, Clone)]
+pub struct Access {
+    /// The canonical conversation id.
+    pub conversation_id: String,
+    /// The caller's role; `None` for an admin key acting as the app.
+    pub role: Option<Role>,
+}
+
+impl Access {
+    /// Owners and admin keys acting as the app manage members; anyone may
+    /// remove themselves. When a user token is present the user's role
+    /// decides, whatever the key's scope: an admin key lends no powers to a
+    /// user.
+    pub fn require_manager(&self, caller: &Caller, removing: Option<&str>) -> Result<(), Error> {
+        let is_self = removing.is_some() && removing == caller.user_id.as_deref();
+        if caller.is_app() || self.role == Some(Role::Owner) || is_self {
+            return Ok(());
+        }
+        Err(Error::new(Kind::Forbidden, "not_owner", "only the conversation's owners and admin keys manage members"))
+    }
+}
+
+fn not_found() -> Error {
+    Error::new(Kind::NotFound, "not_found", "no such conversation")
+}
+
+/// (app, conversation, user).
+type MemberKey = (String, String, String);
+
+/// The per-instance membership cache.
+pub struct Membership {
+    stores: Stores,
+    /// (app, conversation, user) → role (`None`: not a member), and when it was read.
+    cache: Mutex<HashMap<MemberKey, (Option<Role>, Instant)>>,
+    /// Bumped by every invalidation: an answer read from the database while an
+    /// invalidation happened is not cached (it may predate the change).
+    generation: std::sync::atomic::AtomicU64,
+}
+
+/// The pseudo-conversation whose live channel carries membership changes.
+fn invalidation_channel() -> ConvKey {
+    ConvKey::new("_msgd", "membership")
+}
+
+impl Membership {
+    pub fn new(stores: Stores) -> Membership {
+        Membership { stores, cache: Mutex::default(), generation: Default::default() }
+    }
+
+    /// Resolves a conversation the caller may access: its canonical id and
+    /// the caller's role.
+    pub async fn require_access(&self, caller: &Caller, id: &str) -> Result<Access, Error> {
+        let Some(id) = crate::ids::conversation_id(id) else {
+            return Err(if caller.is_app() { not_found() } else { Error::not_member() });
+        };
+        let role = match &caller.user_id {
+            None => match self.stores.metadata.get_conversation(&caller.app_id, &id).await? {
+                Some(_) => None,
+                None => return Err(not_found()),
+            },
+            Some(user) => match self.role(&caller.app_id, &id, user).await? {
+                Some(role) => Some(role),
+                None => return Err(Error::not_member()),
+            },
+        };
+        Ok(Access { conversation_id: id, role })
+    }
+
+    /// The user's role in the conversation, `None` when not a member.
+    pub async fn role(&self, app_id: &str, conversation_id: &str, user_id: &str) -> Result<Option<Role>, Error> {
+        let key = (app_id.to_string(), conversation_id.to_string(), user_id.to_string());
+        if let Some((role, at)) = self.cache.lock().expect("membership lock").get(&key) {
+            if at.elapsed() < MEMBERSHIP_TTL {
+                return Ok(*role);
+            }
+        }
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
+        let role =
+            self.stores.metadata.get_member(app_id, conversation_id, user_id).await?.map(|m| Role::parse(&m.role));
+        let mut cache = self.cache.lock().expect("membership lock");
+        if self.generation.load(std::sync::atomic::Ordering::SeqCst) != generation {
+            return Ok(role);
+        }
+        if cache.len() >= MEMBERSHIP_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(key, (role, Instant::now()));
+        Ok(role)
+    }
+
+    fn forget(&self, app_id: &str, conversation_id: &str) {
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.cache
+            .lock()
+            .expect("membership lock")
+            .retain(|(app, conv, _), _| !(app == app_id && conv == conversation_id));
+    }
+
+    /// Forgets the conversation here and tells every other instance to.
+    pub async fn changed(&self, app_id: &str, conversation_id: &str) {
+        self.forget(app_id, conversation_id);
+        let event = format!("{app_id}/{conversation_id}");
+        if let Err(e) = self.stores.tail.publish(&invalidation_channel(), event.as_bytes()).await {
+            tracing::warn!(component = "conversations", error = %e, "membership invalidation not published; other instances rely on the cache TTL");
+        }
+    }
+
+    /// Applies other instances' invalidations until `stop`; resubscribes after
+    /// failures and clears the whole cache whenever events may have been missed.
+    pub async fn listen(&self, mut stop: watch::Receiver<bool>) {
+        loop {
+            let mut subscription = match self.stores.tail.subscribe(&invalidation_channel()).await {
+                Ok(subscription) => subscription,
+                Err(e) => {
+                    tracing::warn!(component = "conversations", worker = "membership-invalidation", error = %e, "cannot subscribe; retrying");
+                    tokio::select! {
+                        _ = stop.wait_for(|s| *s) => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            loop {
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    event = subscription.recv() => match event {
+                        Ok(LiveEvent::Event(bytes)) => {
+                            if let Some((app, conv)) = std::str::from_utf8(&bytes).ok().and_then(|t| t.split_once('/')) {
+                                self.forget(app, conv);
+                            }
+                        }
+                        Ok(LiveEvent::Message(_)) => {}
+                        Err(_) => {
+                            self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            self.cache.lock().expect("membership lock").clear();
+                            break;
+                        }
+                    },
+                }
+            }
+        }
+    }
+}
