@@ -168,7 +168,10 @@ pub fn redact_url(text: &str) -> String {
                 let name = pair.split('=').next().unwrap_or_default();
                 let decoded: String =
                     url::form_urlencoded::parse(name.as_bytes()).map(|(k, _)| k.into_owned()).collect();
-                if is_secret_param(&decoded) || pair.contains('@') {
+                if name.contains('@') {
+                    // Mistyped userinfo may reach into the name itself.
+                    REDACTED.to_string()
+                } else if is_secret_param(&decoded) || pair.contains('@') {
                     format!("{name}={REDACTED}")
                 } else {
                     pair.to_string()
@@ -1139,6 +1142,7 @@ mod tests {
             ("mailto:user:pw@example.com", "mailto:<redacted>"),
             ("pos2gres://is://m2s:pw@h:6379", "pos2gres://is/<redacted>"),
             ("redis://h/db?x=/u:pw@h&db=1", "redis://h/db?x=<redacted>&db=1"),
+            ("redis://h?/u:pw@h/k=v", "redis://h?<redacted>"),
         ] {
             assert_eq!(redact_url(text), shown, "{text}");
         }
