@@ -5,6 +5,11 @@
 //! into [`Config`]. Errors name the key, the offending value (secrets redacted)
 //! and the reason. This module never reads the process environment itself: the
 //! CLI passes the variables in, so tests can drive it with any set.
+//!
+//! Each section is declared once: serde reads the file straight into the same
+//! structs the rest of msgd uses, an absent key taking its section's `Default`,
+//! and a value that needs parsing (a duration, an address, a URL) is parsed as
+//! it is read. What types cannot say is checked afterwards, in one pass.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -89,6 +94,12 @@ impl fmt::Debug for Secret {
 impl Serialize for Secret {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(REDACTED)
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
     }
 }
 
@@ -249,43 +260,73 @@ pub struct Config {
     pub ws: WsConfig,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct HistoryConfig {
     /// Memory for decoded segment blocks, shared by history reads and catch-up.
+    #[serde(deserialize_with = "lenient")]
     pub block_cache_bytes: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig { block_cache_bytes: 64 * 1024 * 1024 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct WsConfig {
     /// The server pings each connection this often.
-    #[serde(serialize_with = "ser_duration")]
+    #[serde(with = "duration")]
     pub heartbeat_interval: Duration,
     /// A connection that sends nothing (not even a pong) for this long is closed.
-    #[serde(serialize_with = "ser_duration")]
+    #[serde(with = "duration")]
     pub idle_timeout: Duration,
     /// Frames queued for one connection before it counts as a slow consumer.
+    #[serde(deserialize_with = "lenient")]
     pub send_queue: usize,
+    #[serde(deserialize_with = "lenient")]
     pub max_subscriptions: usize,
     /// Open WebSockets per user (app + user id) at most.
+    #[serde(deserialize_with = "lenient")]
     pub max_per_user: usize,
     /// Open WebSockets per client IP address at most; 0 turns the limit off
     /// (behind a reverse proxy every client shares the proxy's address).
+    #[serde(deserialize_with = "lenient")]
     pub max_per_ip: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+impl Default for WsConfig {
+    fn default() -> Self {
+        WsConfig {
+            heartbeat_interval: Duration::from_secs(25),
+            idle_timeout: Duration::from_secs(60),
+            send_queue: 256,
+            max_subscriptions: 100,
+            max_per_user: 32,
+            max_per_ip: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct FlushConfig {
     /// How often `serve` runs a flush tick.
-    #[serde(serialize_with = "ser_duration")]
+    #[serde(with = "duration")]
     pub interval: Duration,
     /// A conversation is flushed once this many unflushed bytes accumulate ...
+    #[serde(deserialize_with = "lenient")]
     pub max_bytes: u64,
     /// ... or once its oldest unflushed message is this old.
-    #[serde(serialize_with = "ser_duration")]
+    #[serde(with = "duration")]
     pub max_age: Duration,
     /// Messages kept in the tail after they are in a segment (recent reads
     /// and reconnect catch-up stay in the tail).
+    #[serde(deserialize_with = "lenient")]
     pub hot_window: u64,
+    #[serde(deserialize_with = "codec")]
     pub codec: crate::segment::Codec,
     /// Testing only: `after-put` stops a flush between the object PUT and the
     /// index commit, to prove crash recovery.
@@ -293,78 +334,155 @@ pub struct FlushConfig {
     pub failpoint: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+impl Default for FlushConfig {
+    fn default() -> Self {
+        FlushConfig {
+            interval: Duration::from_secs(10),
+            max_bytes: 1024 * 1024,
+            max_age: Duration::from_secs(15 * 60),
+            hot_window: 20,
+            codec: crate::segment::Codec::Json,
+            failpoint: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Validated API keys are cached this long per instance, so revocation
     /// takes effect everywhere within it.
-    #[serde(serialize_with = "ser_duration")]
+    #[serde(serialize_with = "duration::serialize", deserialize_with = "key_cache_ttl")]
     pub key_cache_ttl: Duration,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keycloak: Option<KeycloakConfig>,
     pub dev_tokens: DevTokensConfig,
 }
 
-#[derive(Debug, Clone, Serialize)]
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig { key_cache_ttl: Duration::from_secs(5), keycloak: None, dev_tokens: DevTokensConfig::default() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct KeycloakConfig {
     /// `https://keycloak.example.com/realms/REALM`; the JWKS is discovered from it.
-    #[serde(serialize_with = "ser_url")]
+    #[serde(serialize_with = "ser_url", deserialize_with = "issuer")]
     pub issuer: String,
     /// Accepted `aud` values (any one must be present); empty = not checked.
+    #[serde(default, deserialize_with = "string_list")]
     pub audiences: Vec<String>,
     /// Accepted `azp` (client) values; empty = not checked. At least one of
     /// audiences and allowed_clients must be set.
+    #[serde(default, deserialize_with = "string_list")]
     pub allowed_clients: Vec<String>,
     /// The claim holding the user id.
+    #[serde(default = "default_user_claim")]
     pub user_claim: String,
+    #[serde(default = "default_algorithms", deserialize_with = "string_list")]
     pub algorithms: Vec<String>,
-    #[serde(serialize_with = "ser_duration")]
+    #[serde(default = "seconds::<30>", with = "duration")]
     pub leeway: Duration,
     /// How often the JWKS is refreshed in the background.
-    #[serde(serialize_with = "ser_duration")]
+    #[serde(default = "seconds::<600>", with = "duration")]
     pub jwks_refresh_interval: Duration,
 }
 
-#[derive(Debug, Clone, Serialize)]
+fn default_user_claim() -> String {
+    "sub".into()
+}
+
+fn default_algorithms() -> Vec<String> {
+    vec!["RS256".into()]
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct DevTokensConfig {
+    #[serde(deserialize_with = "lenient")]
     pub enabled: bool,
-    #[serde(serialize_with = "ser_duration")]
+    #[serde(with = "duration")]
     pub ttl: Duration,
     /// HMAC key for dev tokens; generated into the data dir when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signing_key: Option<Secret>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+impl Default for DevTokensConfig {
+    fn default() -> Self {
+        DevTokensConfig { enabled: false, ttl: Duration::from_secs(3600), signing_key: None }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
+    #[serde(deserialize_with = "lenient")]
     pub max_payload_bytes: usize,
+    #[serde(deserialize_with = "lenient")]
     pub max_batch: usize,
-    #[serde(serialize_with = "ser_duration")]
+    #[serde(with = "duration")]
     pub idempotency_ttl: Duration,
     /// Sustained messages per second per user, and the burst above it.
+    #[serde(deserialize_with = "lenient")]
     pub user_rate: f64,
+    #[serde(deserialize_with = "lenient")]
     pub user_burst: u32,
     /// Sustained messages per second per API key, and the burst above it.
+    #[serde(deserialize_with = "lenient")]
     pub key_rate: f64,
+    #[serde(deserialize_with = "lenient")]
     pub key_burst: u32,
 }
 
-#[derive(Debug, Clone, Serialize)]
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_payload_bytes: 32 * 1024,
+            max_batch: 100,
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+            user_rate: 10.0,
+            user_burst: 20,
+            key_rate: 1000.0,
+            key_burst: 2000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
+    #[serde(deserialize_with = "socket_addr")]
     pub listen: SocketAddr,
     /// How long `serve` waits for in-flight work after SIGTERM before exiting.
-    #[serde(serialize_with = "ser_duration")]
+    #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
     /// A connection must deliver a complete request head within this long of
     /// opening, and of its previous response (so it is also the keep-alive
     /// idle timeout): slow-header trickles and silent sockets are closed.
-    #[serde(serialize_with = "ser_duration")]
+    #[serde(with = "duration")]
     pub header_read_timeout: Duration,
     /// A request (body included) must be answered within this long, else 408.
-    #[serde(serialize_with = "ser_duration")]
+    #[serde(with = "duration")]
     pub request_timeout: Duration,
     /// Open connections (HTTP and WebSocket) at most; beyond it new ones get a 503.
     /// Lowered at start to fit the process's file limit.
+    #[serde(deserialize_with = "lenient")]
     pub max_connections: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            shutdown_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -390,49 +508,97 @@ pub struct ServicesConfig {
     pub s3: S3Config,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PostgresConfig {
+    #[serde(deserialize_with = "postgres_url")]
     pub url: SecretUrl,
+    #[serde(default = "default_pool_size", deserialize_with = "lenient")]
     pub max_connections: u32,
-    #[serde(serialize_with = "ser_duration")]
+    #[serde(default = "seconds::<5>", with = "duration")]
     pub connect_timeout: Duration,
 }
 
-#[derive(Debug, Clone, Serialize)]
+fn default_pool_size() -> u32 {
+    10
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RedisConfig {
+    #[serde(deserialize_with = "redis_url")]
     pub url: SecretUrl,
     /// Prefix of every key msgd writes, so several deployments (or tests) can
     /// share one Redis.
+    #[serde(default = "default_key_prefix")]
     pub key_prefix: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+fn default_key_prefix() -> String {
+    "msgd".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct S3Config {
     /// Custom endpoint (MinIO, R2); `None` means AWS for the region.
-    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "ser_optional_url")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ser_optional_url",
+        deserialize_with = "endpoint"
+    )]
     pub endpoint: Option<String>,
     pub bucket: String,
+    #[serde(default = "default_region")]
     pub region: String,
     pub access_key_id: String,
     pub secret_access_key: Secret,
     /// Path-style addressing (`endpoint/bucket/key`), needed by MinIO.
+    #[serde(default = "default_path_style", deserialize_with = "lenient")]
     pub path_style: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+fn default_path_style() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct RetentionConfig {
+    #[serde(deserialize_with = "lenient")]
     pub days: u32,
 }
 
-#[derive(Debug, Clone, Serialize)]
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig { days: 30 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// A tracing filter directive, e.g. `info` or `msgd=debug`.
     pub level: String,
+    #[serde(deserialize_with = "log_format")]
     pub format: LogFormat,
     /// One log line per HTTP request (method, route template, status, duration, app id).
+    #[serde(deserialize_with = "lenient")]
     pub access: bool,
     /// The share of requests the access log shows (0 < rate ≤ 1); 5xx answers are always shown.
+    #[serde(deserialize_with = "lenient")]
     pub access_sample_rate: f64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into(), format: LogFormat::Json, access: false, access_sample_rate: 1.0 }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -459,8 +625,82 @@ impl Config {
     }
 }
 
-fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&humantime::format_duration(*d).to_string())
+/// The file's own layout, which differs from [`Config`] in one place: the
+/// services sections stand at the top level, where `Config` holds them as
+/// its [`Backend`].
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct ConfigFile {
+    #[serde(default = "default_data_dir", deserialize_with = "path")]
+    data_dir: PathBuf,
+    http: HttpConfig,
+    postgres: Option<PostgresConfig>,
+    redis: Option<RedisConfig>,
+    s3: Option<S3Config>,
+    retention: RetentionConfig,
+    log: LogConfig,
+    auth: AuthConfig,
+    limits: LimitsConfig,
+    flush: FlushConfig,
+    history: HistoryConfig,
+    ws: WsConfig,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./msgd-data")
+}
+
+impl From<ConfigFile> for Config {
+    fn from(file: ConfigFile) -> Config {
+        let backend = match (file.postgres, file.redis, file.s3) {
+            (None, None, None) => Backend::Embedded,
+            (Some(postgres), Some(redis), Some(s3)) => Backend::Services(ServicesConfig { postgres, redis, s3 }),
+            _ => unreachable!("a partial services set is refused by check_services_set"),
+        };
+        Config {
+            data_dir: file.data_dir,
+            http: file.http,
+            backend,
+            retention: file.retention,
+            log: file.log,
+            auth: file.auth,
+            limits: file.limits,
+            flush: file.flush,
+            history: file.history,
+            ws: file.ws,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Reading values: each field's text (environment overrides are always text)
+// becomes its type here, and a refusal's message is the reason shown.
+
+/// Durations as people write them (`10s`, `5m`, `1h 30m`), read and shown.
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserializer, Serializer};
+
+    /// How a refused duration's reason starts.
+    pub const NOT_A_DURATION: &str = "not a duration like `10s` or `5m`";
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        super::parse_text(d, parse)
+    }
+
+    pub fn parse(text: &str) -> Result<Duration, String> {
+        humantime::parse_duration(text.trim()).map_err(|e| format!("{NOT_A_DURATION}: {e}"))
+    }
+}
+
+/// `seconds::<N>` as a serde default: N seconds.
+fn seconds<const N: u64>() -> Duration {
+    Duration::from_secs(N)
 }
 
 /// A URL-valued key in the config view, through [`redact_url`].
@@ -475,196 +715,19 @@ fn ser_optional_url<S: Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, 
     }
 }
 
-// ---------------------------------------------------------------------------
-// The raw, file-shaped configuration.
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-struct RawConfig {
-    data_dir: Option<String>,
-    http: RawHttp,
-    postgres: Option<RawPostgres>,
-    redis: Option<RawRedis>,
-    s3: Option<RawS3>,
-    retention: RawRetention,
-    log: RawLog,
-    auth: RawAuth,
-    limits: RawLimits,
-    flush: RawFlush,
-    history: RawHistory,
-    ws: RawWs,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-struct RawHistory {
-    #[serde(deserialize_with = "lenient")]
-    block_cache_bytes: Option<u64>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-struct RawWs {
-    heartbeat_interval: Option<String>,
-    idle_timeout: Option<String>,
-    #[serde(deserialize_with = "lenient")]
-    send_queue: Option<usize>,
-    #[serde(deserialize_with = "lenient")]
-    max_subscriptions: Option<usize>,
-    #[serde(deserialize_with = "lenient")]
-    max_per_user: Option<usize>,
-    #[serde(deserialize_with = "lenient")]
-    max_per_ip: Option<usize>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-struct RawFlush {
-    interval: Option<String>,
-    #[serde(deserialize_with = "lenient")]
-    max_bytes: Option<u64>,
-    max_age: Option<String>,
-    #[serde(deserialize_with = "lenient")]
-    hot_window: Option<u64>,
-    codec: Option<String>,
-    failpoint: Option<String>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-struct RawAuth {
-    key_cache_ttl: Option<String>,
-    keycloak: Option<RawKeycloak>,
-    dev_tokens: RawDevTokens,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawKeycloak {
-    issuer: String,
-    #[serde(default, deserialize_with = "string_list")]
-    audiences: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "string_list")]
-    allowed_clients: Option<Vec<String>>,
-    #[serde(default)]
-    user_claim: Option<String>,
-    #[serde(default, deserialize_with = "string_list")]
-    algorithms: Option<Vec<String>>,
-    #[serde(default)]
-    leeway: Option<String>,
-    #[serde(default)]
-    jwks_refresh_interval: Option<String>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-struct RawDevTokens {
-    #[serde(deserialize_with = "lenient")]
-    enabled: Option<bool>,
-    ttl: Option<String>,
-    signing_key: Option<String>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-struct RawLimits {
-    #[serde(deserialize_with = "lenient")]
-    max_payload_bytes: Option<usize>,
-    #[serde(deserialize_with = "lenient")]
-    max_batch: Option<usize>,
-    idempotency_ttl: Option<String>,
-    #[serde(deserialize_with = "lenient")]
-    user_rate: Option<f64>,
-    #[serde(deserialize_with = "lenient")]
-    user_burst: Option<u32>,
-    #[serde(deserialize_with = "lenient")]
-    key_rate: Option<f64>,
-    #[serde(deserialize_with = "lenient")]
-    key_burst: Option<u32>,
-}
-
-/// A list of strings, as a TOML array or (from the environment) a
-/// comma-separated string.
-fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Either {
-        List(Vec<String>),
-        Text(String),
-    }
-    Ok(match Option::<Either>::deserialize(d).map_err(|_| serde::de::Error::custom("expected a list of strings"))? {
-        None => None,
-        Some(Either::List(items)) => Some(items),
-        Some(Either::Text(text)) => {
-            Some(text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
-        }
-    })
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-struct RawHttp {
-    listen: Option<String>,
-    shutdown_timeout: Option<String>,
-    header_read_timeout: Option<String>,
-    request_timeout: Option<String>,
-    #[serde(deserialize_with = "lenient")]
-    max_connections: Option<usize>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPostgres {
-    url: String,
-    #[serde(default, deserialize_with = "lenient")]
-    max_connections: Option<u32>,
-    #[serde(default)]
-    connect_timeout: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRedis {
-    url: String,
-    #[serde(default)]
-    key_prefix: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawS3 {
-    #[serde(default)]
-    endpoint: Option<String>,
-    bucket: String,
-    #[serde(default)]
-    region: Option<String>,
-    access_key_id: String,
-    secret_access_key: String,
-    #[serde(default, deserialize_with = "lenient")]
-    path_style: Option<bool>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-struct RawRetention {
-    #[serde(deserialize_with = "lenient")]
-    days: Option<u32>,
-}
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-struct RawLog {
-    level: Option<String>,
-    format: Option<String>,
-    #[serde(deserialize_with = "lenient")]
-    access: Option<bool>,
-    #[serde(deserialize_with = "lenient")]
-    access_sample_rate: Option<f64>,
+/// A string value turned into its field's type by `parse`, whose error is the
+/// reason the value is refused.
+fn parse_text<'de, D, T>(d: D, parse: impl FnOnce(&str) -> Result<T, String>) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    let text = String::deserialize(d)?;
+    parse(&text).map_err(serde::de::Error::custom)
 }
 
 /// Accepts a typed TOML value or a string (environment overrides are always
 /// strings), parsing the latter with `FromStr`.
-fn lenient<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+fn lenient<'de, D, T>(d: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
     T: FromStr + Deserialize<'de>,
@@ -676,17 +739,97 @@ where
         Typed(T),
         Text(String),
     }
-    match Option::<Either<T>>::deserialize(d) {
-        Ok(None) => Ok(None),
-        Ok(Some(Either::Typed(v))) => Ok(Some(v)),
-        Ok(Some(Either::Text(s))) => {
-            s.trim().parse().map(Some).map_err(|e| serde::de::Error::custom(format!("cannot parse {s:?}: {e}")))
+    match Either::<T>::deserialize(d) {
+        Ok(Either::Typed(v)) => Ok(v),
+        Ok(Either::Text(s)) => {
+            s.trim().parse().map_err(|e| serde::de::Error::custom(format!("cannot parse {s:?}: {e}")))
         }
         Err(_) => Err(serde::de::Error::custom(format!(
             "expected a {}",
             std::any::type_name::<T>().rsplit("::").next().unwrap_or("value")
         ))),
     }
+}
+
+/// A list of strings, as a TOML array or (from the environment) a
+/// comma-separated string.
+fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match Either::deserialize(d).map_err(|_| serde::de::Error::custom("expected a list of strings"))? {
+        Either::List(items) => items,
+        Either::Text(text) => text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
+    })
+}
+
+fn path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+    parse_text(d, |text| Ok(PathBuf::from(text)))
+}
+
+fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    parse_text(d, |text| text.parse().map_err(|e| format!("not a socket address (host:port): {e}")))
+}
+
+fn log_format<'de, D: Deserializer<'de>>(d: D) -> Result<LogFormat, D::Error> {
+    parse_text(d, |text| match text {
+        "json" => Ok(LogFormat::Json),
+        "text" => Ok(LogFormat::Text),
+        _ => Err("must be `json` or `text`".into()),
+    })
+}
+
+fn codec<'de, D: Deserializer<'de>>(d: D) -> Result<crate::segment::Codec, D::Error> {
+    parse_text(d, str::parse)
+}
+
+/// `auth.key_cache_ttl` is how long a revoked key keeps working, so it is
+/// bounded where it is read: the refusal then shows the value as written.
+fn key_cache_ttl<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    parse_text(d, |text| match duration::parse(text)? {
+        ttl if ttl > Duration::from_secs(60) => Err("at most 60s: it is how long a revoked key keeps working".into()),
+        ttl => Ok(ttl),
+    })
+}
+
+fn issuer<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    parse_text(d, |text| http_url(text, "must be an http(s) URL"))
+}
+
+fn endpoint<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    parse_text(d, |text| http_url(text, "must be an http:// or https:// URL with a host").map(Some))
+}
+
+/// An http(s) URL with a host, kept without its trailing `/`; `refusal` is
+/// the reason for any other URL.
+fn http_url(text: &str, refusal: &str) -> Result<String, String> {
+    let url = url::Url::parse(text).map_err(|e| format!("not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(refusal.into());
+    }
+    Ok(text.trim_end_matches('/').to_string())
+}
+
+fn postgres_url<'de, D: Deserializer<'de>>(d: D) -> Result<SecretUrl, D::Error> {
+    parse_text(d, |text| service_url(text, &["postgres", "postgresql"]))
+}
+
+fn redis_url<'de, D: Deserializer<'de>>(d: D) -> Result<SecretUrl, D::Error> {
+    parse_text(d, |text| service_url(text, &["redis", "rediss"]))
+}
+
+fn service_url(text: &str, schemes: &[&str]) -> Result<SecretUrl, String> {
+    let url = url::Url::parse(text).map_err(|e| format!("not a URL: {e}"))?;
+    if !schemes.contains(&url.scheme()) {
+        return Err(format!("unsupported scheme `{}`; expected {}", url.scheme(), schemes.join(" or ")));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("the URL has no host".into());
+    }
+    Ok(SecretUrl(url))
 }
 
 // ---------------------------------------------------------------------------
@@ -722,37 +865,48 @@ pub fn from_toml(text: &str, env: impl IntoIterator<Item = (String, String)>) ->
     }
     check_services_set(&table)?;
     let merged = toml::Value::Table(table);
-    let raw: RawConfig = serde_path_to_error::deserialize(merged.clone()).map_err(|e| {
-        let mut key = e.path().to_string();
-        let full = e.inner().to_string();
-        // The TOML deserializer appends "in `key`"; the key is named already.
-        let message = full.split("\nin `").next().unwrap_or(&full).trim().to_string();
-        // serde reports a missing field at its parent; name the field itself.
-        let missing = message.strip_prefix("missing field `").and_then(|rest| rest.split('`').next());
-        if let Some(field) = missing {
-            key = if key == "." { field.to_string() } else { format!("{key}.{field}") };
-        }
-        // An unknown key's value is never shown: nothing says whether it is a
-        // secret (a `[backup]` section of a newer release may hold credentials).
-        // Nor is a whole section's: only a scalar or a list of them.
-        let unknown = message.starts_with("unknown field");
-        let value = match lookup(&merged, &key) {
-            _ if missing.is_some() || unknown => None,
-            Some(toml::Value::String(text)) => Some(text.clone()),
-            Some(toml::Value::Table(_)) | None => None,
-            Some(toml::Value::Array(items)) if items.iter().any(|item| item.is_table()) => None,
-            Some(other) => Some(other.to_string()),
-        };
-        let reason = if missing.is_some() {
-            "required but missing".to_string()
-        } else if is_secret(&key) && !unknown {
-            "invalid value".to_string()
-        } else {
-            message
-        };
-        ConfigError { env_var: from_env.get(&key).cloned(), ..ConfigError::new(&key, value, reason) }
-    })?;
-    validate(raw).map_err(|err| ConfigError { env_var: from_env.get(&err.key).cloned(), ..err })
+    serde_path_to_error::deserialize(merged.clone())
+        .map_err(|e| refusal(&e, &merged))
+        .map(|file: ConfigFile| Config::from(file))
+        .and_then(|mut config| config.validate().map(|()| config))
+        .map_err(|err| ConfigError { env_var: from_env.get(&err.key).cloned(), ..err })
+}
+
+/// The error for a value serde refused, named by its dotted key.
+fn refusal(e: &serde_path_to_error::Error<toml::de::Error>, merged: &toml::Value) -> ConfigError {
+    let mut key = e.path().to_string();
+    let full = e.inner().to_string();
+    // The TOML deserializer appends "in `key`"; the key is named already.
+    let message = full.split("\nin `").next().unwrap_or(&full).trim().to_string();
+    // serde reports a missing field at its parent; name the field itself.
+    let missing = message.strip_prefix("missing field `").and_then(|rest| rest.split('`').next());
+    if let Some(field) = missing {
+        key = if key == "." { field.to_string() } else { format!("{key}.{field}") };
+    }
+    // An unknown key's value is never shown: nothing says whether it is a
+    // secret (a `[backup]` section of a newer release may hold credentials).
+    // Nor is a whole section's: only a scalar or a list of them.
+    let unknown = message.starts_with("unknown field");
+    let value = match lookup(merged, &key) {
+        _ if missing.is_some() || unknown => None,
+        Some(toml::Value::String(text)) => Some(text.clone()),
+        // Read as a string by a field that wants one: shown as written.
+        Some(toml::Value::Datetime(at)) => Some(at.to_string()),
+        Some(toml::Value::Table(_)) | None => None,
+        Some(toml::Value::Array(items)) if items.iter().any(|item| item.is_table()) => None,
+        Some(other) => Some(other.to_string()),
+    };
+    // serde's own messages may quote the value (`invalid type: string "…"`),
+    // so under a key named like a secret they give way to a plain reason. A
+    // duration's reason is msgd's own: `auth.dev_tokens.ttl` keeps it.
+    let reason = if missing.is_some() {
+        "required but missing".to_string()
+    } else if is_secret(&key) && !unknown && !message.starts_with(duration::NOT_A_DURATION) {
+        "invalid value".to_string()
+    } else {
+        message
+    };
+    ConfigError::new(&key, value, reason)
 }
 
 /// Services mode needs postgres, redis and s3 together: a partial set is
@@ -810,292 +964,69 @@ fn shown_value(key: &str, text: &str) -> String {
     }
 }
 
-fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
-    let data_dir = PathBuf::from(raw.data_dir.unwrap_or_else(|| "./msgd-data".into()));
-    if data_dir.as_os_str().is_empty() {
-        return Err(ConfigError::new("data_dir", Some(String::new()), "must not be empty"));
-    }
+// ---------------------------------------------------------------------------
+// Validation: what the field types do not say. Each check refuses the first
+// value it finds wrong; the few counts that have a floor are raised to it.
 
-    let listen_text = raw.http.listen.unwrap_or_else(|| "127.0.0.1:8080".into());
-    let listen = listen_text.parse().map_err(|e| {
-        ConfigError::new("http.listen", Some(listen_text.clone()), format!("not a socket address (host:port): {e}"))
-    })?;
-    let shutdown_timeout = duration("http.shutdown_timeout", raw.http.shutdown_timeout, Duration::from_secs(10))?;
-    let positive = |key: &str, text: Option<String>, default: Duration| {
-        let value = duration(key, text, default)?;
-        if value.is_zero() {
-            return Err(ConfigError::new(key, Some("0s".into()), "must be more than zero"));
+impl Config {
+    fn validate(&mut self) -> Result<(), ConfigError> {
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::new("data_dir", Some(String::new()), "must not be empty"));
         }
-        Ok(value)
-    };
-    let http = HttpConfig {
-        listen,
-        shutdown_timeout,
-        header_read_timeout: positive(
-            "http.header_read_timeout",
-            raw.http.header_read_timeout,
-            Duration::from_secs(10),
-        )?,
-        request_timeout: positive("http.request_timeout", raw.http.request_timeout, Duration::from_secs(30))?,
-        max_connections: match raw.http.max_connections.unwrap_or(10_000) {
-            0 => return Err(ConfigError::new("http.max_connections", Some("0".into()), "must be at least 1")),
-            n => n,
-        },
-    };
-
-    let backend = match (raw.postgres, raw.redis, raw.s3) {
-        (None, None, None) => Backend::Embedded,
-        (Some(pg), Some(redis), Some(s3)) => Backend::Services(ServicesConfig {
-            postgres: PostgresConfig {
-                url: service_url("postgres.url", &pg.url, &["postgres", "postgresql"])?,
-                max_connections: match pg.max_connections.unwrap_or(10) {
-                    0 => {
-                        return Err(ConfigError::new(
-                            "postgres.max_connections",
-                            Some("0".into()),
-                            "must be at least 1",
-                        ))
-                    }
-                    n => n,
-                },
-                connect_timeout: duration("postgres.connect_timeout", pg.connect_timeout, Duration::from_secs(5))?,
-            },
-            redis: RedisConfig {
-                url: service_url("redis.url", &redis.url, &["redis", "rediss"])?,
-                key_prefix: match redis.key_prefix.unwrap_or_else(|| "msgd".into()) {
-                    prefix if prefix.is_empty() || prefix.contains(['{', '}']) => {
-                        return Err(ConfigError::new(
-                            "redis.key_prefix",
-                            Some(prefix),
-                            "must be non-empty and free of `{` and `}` (msgd adds its own hash tags)",
-                        ))
-                    }
-                    prefix => prefix,
-                },
-            },
-            s3: validate_s3(s3)?,
-        }),
-        _ => unreachable!("a partial services set is refused by check_services_set"),
-    };
-
-    let days = raw.retention.days.unwrap_or(30);
-    if days == 0 {
-        return Err(ConfigError::new("retention.days", Some("0".into()), "must be at least 1"));
+        self.http.validate()?;
+        if let Backend::Services(services) = &self.backend {
+            services.validate()?;
+        }
+        at_least_one("retention.days", self.retention.days)?;
+        self.log.validate()?;
+        self.auth.validate()?;
+        self.limits.validate()?;
+        self.flush.validate()?;
+        self.ws.raise_to_floors();
+        Ok(())
     }
-
-    let level = raw.log.level.unwrap_or_else(|| "info".into());
-    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&level) {
-        return Err(ConfigError::new("log.level", Some(level), format!("not a log filter: {e}")));
-    }
-    let format = match raw.log.format.as_deref().unwrap_or("json") {
-        "json" => LogFormat::Json,
-        "text" => LogFormat::Text,
-        other => return Err(ConfigError::new("log.format", Some(other.into()), "must be `json` or `text`")),
-    };
-
-    let auth = validate_auth(raw.auth)?;
-    let limits = validate_limits(raw.limits)?;
-    let flush = validate_flush(raw.flush)?;
-    let history = HistoryConfig { block_cache_bytes: raw.history.block_cache_bytes.unwrap_or(64 * 1024 * 1024) };
-    let ws = WsConfig {
-        heartbeat_interval: duration("ws.heartbeat_interval", raw.ws.heartbeat_interval, Duration::from_secs(25))?,
-        idle_timeout: duration("ws.idle_timeout", raw.ws.idle_timeout, Duration::from_secs(60))?,
-        send_queue: raw.ws.send_queue.unwrap_or(256).max(2),
-        max_subscriptions: raw.ws.max_subscriptions.unwrap_or(100).max(1),
-        max_per_user: raw.ws.max_per_user.unwrap_or(32).max(1),
-        max_per_ip: raw.ws.max_per_ip.unwrap_or(1024),
-    };
-    let access_sample_rate = raw.log.access_sample_rate.unwrap_or(1.0);
-    if !(access_sample_rate > 0.0 && access_sample_rate <= 1.0) {
-        return Err(ConfigError::new(
-            "log.access_sample_rate",
-            Some(access_sample_rate.to_string()),
-            "must be more than 0 and at most 1",
-        ));
-    }
-
-    Ok(Config {
-        data_dir,
-        http,
-        backend,
-        retention: RetentionConfig { days },
-        log: LogConfig { level, format, access: raw.log.access.unwrap_or(false), access_sample_rate },
-        auth,
-        limits,
-        flush,
-        history,
-        ws,
-    })
 }
 
-fn validate_auth(raw: RawAuth) -> Result<AuthConfig, ConfigError> {
-    let keycloak = match raw.keycloak {
-        None => None,
-        Some(kc) => {
-            let url = url::Url::parse(&kc.issuer).map_err(|e| {
-                ConfigError::new("auth.keycloak.issuer", Some(kc.issuer.clone()), format!("not a URL: {e}"))
-            })?;
-            if !matches!(url.scheme(), "http" | "https") {
-                return Err(ConfigError::new("auth.keycloak.issuer", Some(kc.issuer), "must be an http(s) URL"));
-            }
-            let audiences = kc.audiences.unwrap_or_default();
-            let allowed_clients = kc.allowed_clients.unwrap_or_default();
-            if audiences.is_empty() && allowed_clients.is_empty() {
-                return Err(ConfigError::new(
-                    "auth.keycloak.audiences",
-                    None,
-                    "set audiences and/or allowed_clients: a token for another client must not be accepted",
-                ));
-            }
-            let algorithms = kc.algorithms.unwrap_or_else(|| vec!["RS256".into()]);
-            for alg in &algorithms {
-                if !matches!(
-                    alg.as_str(),
-                    "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512" | "ES256" | "ES384" | "EdDSA"
-                ) {
-                    return Err(ConfigError::new(
-                        "auth.keycloak.algorithms",
-                        Some(alg.clone()),
-                        "only asymmetric algorithms are allowed (RS*, PS*, ES256, ES384, EdDSA)",
-                    ));
-                }
-            }
-            Some(KeycloakConfig {
-                issuer: kc.issuer.trim_end_matches('/').to_string(),
-                audiences,
-                allowed_clients,
-                user_claim: kc.user_claim.unwrap_or_else(|| "sub".into()),
-                algorithms,
-                leeway: duration("auth.keycloak.leeway", kc.leeway, Duration::from_secs(30))?,
-                jwks_refresh_interval: duration(
-                    "auth.keycloak.jwks_refresh_interval",
-                    kc.jwks_refresh_interval,
-                    Duration::from_secs(600),
-                )?,
-            })
-        }
-    };
-    let signing_key = match raw.dev_tokens.signing_key {
-        Some(key) if key.len() < 32 => {
-            return Err(ConfigError::new(
-                "auth.dev_tokens.signing_key",
-                Some(REDACTED.into()),
-                "must be at least 32 characters",
-            ))
-        }
-        other => other.map(Secret::new),
-    };
-    let key_cache_ttl = duration("auth.key_cache_ttl", raw.key_cache_ttl.clone(), Duration::from_secs(5))?;
-    if key_cache_ttl > Duration::from_secs(60) {
-        return Err(ConfigError::new(
-            "auth.key_cache_ttl",
-            raw.key_cache_ttl,
-            "at most 60s: it is how long a revoked key keeps working",
-        ));
+impl HttpConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        more_than_zero("http.header_read_timeout", self.header_read_timeout, "must be more than zero")?;
+        more_than_zero("http.request_timeout", self.request_timeout, "must be more than zero")?;
+        at_least_one("http.max_connections", self.max_connections)
     }
-    Ok(AuthConfig {
-        key_cache_ttl,
-        keycloak,
-        dev_tokens: DevTokensConfig {
-            enabled: raw.dev_tokens.enabled.unwrap_or(false),
-            ttl: duration("auth.dev_tokens.ttl", raw.dev_tokens.ttl, Duration::from_secs(3600))?,
-            signing_key,
-        },
-    })
 }
 
-fn validate_flush(raw: RawFlush) -> Result<FlushConfig, ConfigError> {
-    let codec = match raw.codec {
-        None => crate::segment::Codec::Json,
-        Some(text) => text.parse().map_err(|e: String| ConfigError::new("flush.codec", Some(text.clone()), e))?,
-    };
-    if let Some(failpoint) = &raw.failpoint {
-        if failpoint != "after-put" {
+impl ServicesConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        at_least_one("postgres.max_connections", self.postgres.max_connections)?;
+        let prefix = &self.redis.key_prefix;
+        if prefix.is_empty() || prefix.contains(['{', '}']) {
             return Err(ConfigError::new(
-                "flush.failpoint",
-                Some(failpoint.clone()),
-                "the only failpoint is `after-put`",
+                "redis.key_prefix",
+                Some(prefix.clone()),
+                "must be non-empty and free of `{` and `}` (msgd adds its own hash tags)",
             ));
         }
+        self.s3.validate()
     }
-    let interval = duration("flush.interval", raw.interval, Duration::from_secs(10))?;
-    if interval.is_zero() {
-        return Err(ConfigError::new("flush.interval", Some("0s".into()), "must be longer than zero"));
-    }
-    Ok(FlushConfig {
-        interval,
-        max_bytes: raw.max_bytes.unwrap_or(1024 * 1024).max(1),
-        max_age: duration("flush.max_age", raw.max_age, Duration::from_secs(15 * 60))?,
-        hot_window: raw.hot_window.unwrap_or(20),
-        codec,
-        failpoint: raw.failpoint,
-    })
 }
 
-fn validate_limits(raw: RawLimits) -> Result<LimitsConfig, ConfigError> {
-    let positive = |key: &str, value: f64| {
-        if value > 0.0 && value.is_finite() {
-            Ok(value)
-        } else {
-            Err(ConfigError::new(key, Some(value.to_string()), "must be a positive number"))
+impl S3Config {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !valid_bucket_name(&self.bucket) {
+            return Err(ConfigError::new(
+                "s3.bucket",
+                Some(self.bucket.clone()),
+                "not a valid bucket name (3-63 characters: lowercase letters, digits, `-`, `.`)",
+            ));
         }
-    };
-    let at_least_one = |key: &str, value: u64| {
-        if value >= 1 {
-            Ok(value)
-        } else {
-            Err(ConfigError::new(key, Some(value.to_string()), "must be at least 1"))
+        if self.access_key_id.is_empty() {
+            return Err(ConfigError::new("s3.access_key_id", Some(String::new()), "must not be empty"));
         }
-    };
-    Ok(LimitsConfig {
-        max_payload_bytes: at_least_one("limits.max_payload_bytes", raw.max_payload_bytes.unwrap_or(32 * 1024) as u64)?
-            as usize,
-        max_batch: at_least_one("limits.max_batch", raw.max_batch.unwrap_or(100) as u64)? as usize,
-        idempotency_ttl: duration("limits.idempotency_ttl", raw.idempotency_ttl, Duration::from_secs(24 * 3600))?,
-        user_rate: positive("limits.user_rate", raw.user_rate.unwrap_or(10.0))?,
-        user_burst: at_least_one("limits.user_burst", u64::from(raw.user_burst.unwrap_or(20)))? as u32,
-        key_rate: positive("limits.key_rate", raw.key_rate.unwrap_or(1000.0))?,
-        key_burst: at_least_one("limits.key_burst", u64::from(raw.key_burst.unwrap_or(2000)))? as u32,
-    })
-}
-
-fn validate_s3(s3: RawS3) -> Result<S3Config, ConfigError> {
-    let endpoint = match s3.endpoint {
-        None => None,
-        Some(text) => {
-            let url = url::Url::parse(&text)
-                .map_err(|e| ConfigError::new("s3.endpoint", Some(text.clone()), format!("not a URL: {e}")))?;
-            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-                return Err(ConfigError::new(
-                    "s3.endpoint",
-                    Some(text),
-                    "must be an http:// or https:// URL with a host",
-                ));
-            }
-            Some(text.trim_end_matches('/').to_string())
+        if self.secret_access_key.expose().is_empty() {
+            return Err(ConfigError::new("s3.secret_access_key", Some(String::new()), "must not be empty"));
         }
-    };
-    if !valid_bucket_name(&s3.bucket) {
-        return Err(ConfigError::new(
-            "s3.bucket",
-            Some(s3.bucket),
-            "not a valid bucket name (3-63 characters: lowercase letters, digits, `-`, `.`)",
-        ));
+        Ok(())
     }
-    if s3.access_key_id.is_empty() {
-        return Err(ConfigError::new("s3.access_key_id", Some(String::new()), "must not be empty"));
-    }
-    if s3.secret_access_key.is_empty() {
-        return Err(ConfigError::new("s3.secret_access_key", Some(String::new()), "must not be empty"));
-    }
-    Ok(S3Config {
-        endpoint,
-        bucket: s3.bucket,
-        region: s3.region.unwrap_or_else(|| "us-east-1".into()),
-        access_key_id: s3.access_key_id,
-        secret_access_key: Secret::new(s3.secret_access_key),
-        path_style: s3.path_style.unwrap_or(true),
-    })
 }
 
 fn valid_bucket_name(name: &str) -> bool {
@@ -1105,28 +1036,121 @@ fn valid_bucket_name(name: &str) -> bool {
         && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric()
 }
 
-fn service_url(key: &str, text: &str, schemes: &[&str]) -> Result<SecretUrl, ConfigError> {
-    let shown = || Some(text.to_string());
-    let url = url::Url::parse(text).map_err(|e| ConfigError::new(key, shown(), format!("not a URL: {e}")))?;
-    if !schemes.contains(&url.scheme()) {
-        return Err(ConfigError::new(
-            key,
-            shown(),
-            format!("unsupported scheme `{}`; expected {}", url.scheme(), schemes.join(" or ")),
-        ));
+impl LogConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.level) {
+            return Err(ConfigError::new("log.level", Some(self.level.clone()), format!("not a log filter: {e}")));
+        }
+        let rate = self.access_sample_rate;
+        if !(rate > 0.0 && rate <= 1.0) {
+            return Err(ConfigError::new(
+                "log.access_sample_rate",
+                Some(rate.to_string()),
+                "must be more than 0 and at most 1",
+            ));
+        }
+        Ok(())
     }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(ConfigError::new(key, shown(), "the URL has no host"));
-    }
-    Ok(SecretUrl(url))
 }
 
-fn duration(key: &str, text: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
-    match text {
-        None => Ok(default),
-        Some(text) => humantime::parse_duration(text.trim())
-            .map_err(|e| ConfigError::new(key, Some(text.clone()), format!("not a duration like `10s` or `5m`: {e}"))),
+impl AuthConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(keycloak) = &self.keycloak {
+            keycloak.validate()?;
+        }
+        if self.dev_tokens.signing_key.as_ref().is_some_and(|key| key.expose().len() < 32) {
+            return Err(ConfigError::new(
+                "auth.dev_tokens.signing_key",
+                Some(REDACTED.into()),
+                "must be at least 32 characters",
+            ));
+        }
+        Ok(())
     }
+}
+
+impl KeycloakConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.audiences.is_empty() && self.allowed_clients.is_empty() {
+            return Err(ConfigError::new(
+                "auth.keycloak.audiences",
+                None,
+                "set audiences and/or allowed_clients: a token for another client must not be accepted",
+            ));
+        }
+        let symmetric = |alg: &&String| {
+            !matches!(
+                alg.as_str(),
+                "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512" | "ES256" | "ES384" | "EdDSA"
+            )
+        };
+        match self.algorithms.iter().find(symmetric) {
+            Some(alg) => Err(ConfigError::new(
+                "auth.keycloak.algorithms",
+                Some(alg.clone()),
+                "only asymmetric algorithms are allowed (RS*, PS*, ES256, ES384, EdDSA)",
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+impl LimitsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        at_least_one("limits.max_payload_bytes", self.max_payload_bytes)?;
+        at_least_one("limits.max_batch", self.max_batch)?;
+        positive("limits.user_rate", self.user_rate)?;
+        at_least_one("limits.user_burst", self.user_burst)?;
+        positive("limits.key_rate", self.key_rate)?;
+        at_least_one("limits.key_burst", self.key_burst)
+    }
+}
+
+impl FlushConfig {
+    fn validate(&mut self) -> Result<(), ConfigError> {
+        if let Some(failpoint) = self.failpoint.as_ref().filter(|failpoint| *failpoint != "after-put") {
+            return Err(ConfigError::new(
+                "flush.failpoint",
+                Some(failpoint.clone()),
+                "the only failpoint is `after-put`",
+            ));
+        }
+        more_than_zero("flush.interval", self.interval, "must be longer than zero")?;
+        self.max_bytes = self.max_bytes.max(1);
+        Ok(())
+    }
+}
+
+impl WsConfig {
+    /// A queue of fewer than 2 frames, or room for no subscription or
+    /// connection, would stall every client: such values mean the least.
+    fn raise_to_floors(&mut self) {
+        self.send_queue = self.send_queue.max(2);
+        self.max_subscriptions = self.max_subscriptions.max(1);
+        self.max_per_user = self.max_per_user.max(1);
+    }
+}
+
+fn at_least_one<N: Copy + PartialEq + From<u8> + fmt::Display>(key: &str, value: N) -> Result<(), ConfigError> {
+    if value == N::from(0) {
+        return Err(ConfigError::new(key, Some(value.to_string()), "must be at least 1"));
+    }
+    Ok(())
+}
+
+fn positive(key: &str, value: f64) -> Result<(), ConfigError> {
+    if value > 0.0 && value.is_finite() {
+        return Ok(());
+    }
+    Err(ConfigError::new(key, Some(value.to_string()), "must be a positive number"))
+}
+
+/// A zero duration is shown as `0s` whichever way it was written.
+fn more_than_zero(key: &str, value: Duration, reason: &str) -> Result<(), ConfigError> {
+    if value.is_zero() {
+        return Err(ConfigError::new(key, Some("0s".into()), reason));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1246,5 +1270,69 @@ mod tests {
         let config = from_toml(&services.replace("ftp://", "http://"), env(&[])).unwrap();
         let view = config.effective_view().to_string();
         assert!(!view.contains("hunter2") && view.contains("minio"), "{view}");
+    }
+
+    #[test]
+    fn an_empty_file_means_the_documented_defaults() {
+        let documented = "data_dir = \"./msgd-data\"\n\
+            [http]\nlisten = \"127.0.0.1:8080\"\nshutdown_timeout = \"10s\"\nheader_read_timeout = \"10s\"\n\
+            request_timeout = \"30s\"\nmax_connections = 10000\n\
+            [retention]\ndays = 30\n\
+            [log]\nlevel = \"info\"\nformat = \"json\"\naccess = false\naccess_sample_rate = 1.0\n\
+            [limits]\nmax_payload_bytes = 32768\nmax_batch = 100\nidempotency_ttl = \"24h\"\nuser_rate = 10\n\
+            user_burst = 20\nkey_rate = 1000\nkey_burst = 2000\n\
+            [flush]\ninterval = \"10s\"\nmax_bytes = 1048576\nmax_age = \"15m\"\nhot_window = 20\ncodec = \"json\"\n\
+            [history]\nblock_cache_bytes = 67108864\n\
+            [ws]\nheartbeat_interval = \"25s\"\nidle_timeout = \"60s\"\nsend_queue = 256\nmax_subscriptions = 100\n\
+            max_per_user = 32\nmax_per_ip = 1024\n\
+            [auth]\nkey_cache_ttl = \"5s\"\n[auth.dev_tokens]\nenabled = false\nttl = \"1h\"\n";
+        let defaults = from_toml("", env(&[])).unwrap().effective_view();
+        assert_eq!(from_toml(documented, env(&[])).unwrap().effective_view(), defaults);
+        let keycloak = "[auth.keycloak]\nissuer = \"https://sso/realms/a/\"\naudiences = \"account, api\"\n";
+        let keycloak = from_toml(keycloak, env(&[])).unwrap().auth.keycloak.unwrap();
+        assert_eq!(keycloak.issuer, "https://sso/realms/a");
+        assert_eq!(keycloak.audiences, ["account", "api"]);
+        assert_eq!((keycloak.user_claim.as_str(), keycloak.algorithms.as_slice()), ("sub", &["RS256".to_string()][..]));
+        assert_eq!(
+            (keycloak.leeway, keycloak.jwks_refresh_interval),
+            (Duration::from_secs(30), Duration::from_secs(600))
+        );
+    }
+
+    #[test]
+    fn parsed_values_are_refused_naming_key_value_and_reason() {
+        let err = from_toml("", env(&[("MSGD_WS__IDLE_TIMEOUT", "soon")])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config key `ws.idle_timeout` = \"soon\" (from MSGD_WS__IDLE_TIMEOUT): \
+             not a duration like `10s` or `5m`: expected number at 0"
+        );
+        // Named like a secret, so the value is hidden; the reason is msgd's own and stays.
+        let err = from_toml("", env(&[("MSGD_AUTH__DEV_TOKENS__TTL", "soon")])).unwrap_err();
+        assert_eq!(
+            (err.value.as_deref(), err.reason.as_str()),
+            (Some(REDACTED), "not a duration like `10s` or `5m`: expected number at 0")
+        );
+        // serde's reason may quote the value: under such a key it is replaced.
+        let err = from_toml("", env(&[("MSGD_AUTH__DEV_TOKENS__ENABLED", "maybe")])).unwrap_err();
+        assert_eq!((err.value.as_deref(), err.reason.as_str()), (Some(REDACTED), "invalid value"));
+        // A bounded value is shown as written, a zero duration as `0s`.
+        let err = from_toml("[auth]\nkey_cache_ttl = \"120s\"\n", env(&[])).unwrap_err();
+        assert_eq!(err.value.as_deref(), Some("120s"));
+        let err = from_toml("", env(&[("MSGD_HTTP__REQUEST_TIMEOUT", "0ms")])).unwrap_err();
+        assert_eq!((err.value.as_deref(), err.reason.as_str()), (Some("0s"), "must be more than zero"));
+        let err = from_toml("[http]\nlisten = 1979-05-27\n", env(&[])).unwrap_err();
+        assert_eq!((err.key.as_str(), err.value.as_deref()), ("http.listen", Some("1979-05-27")));
+    }
+
+    #[test]
+    fn counts_below_their_floor_are_raised_to_it() {
+        let config = from_toml(
+            "[ws]\nsend_queue = 0\nmax_subscriptions = 0\nmax_per_user = 0\n[flush]\nmax_bytes = 0\n",
+            env(&[]),
+        )
+        .unwrap();
+        assert_eq!((config.ws.send_queue, config.ws.max_subscriptions, config.ws.max_per_user), (2, 1, 1));
+        assert_eq!(config.flush.max_bytes, 1);
     }
 }
