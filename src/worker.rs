@@ -53,7 +53,8 @@ pub trait Worker: Send + 'static {
     }
 
     /// One step of work. Never cancelled: shutdown waits for the step to end,
-    /// so a step may leave shared state half-done only across an `Err`.
+    /// so no step is ever cut off halfway. An `Err` is logged and retried
+    /// after [`Worker::backoff`].
     async fn work(&mut self) -> anyhow::Result<WorkerState>;
 
     /// Waits until there is work again. Cancelled when shutdown begins, so

@@ -181,3 +181,20 @@ impl Flusher {
         Flusher { stores, metrics, config, holder: uuid::Uuid::new_v4().to_string() }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_their_stage_and_say_what_went_wrong() {
+        let hole = FlushError::Hole { conversation_id: "c1".into(), flushed: 7 };
+        assert_eq!(hole.stage(), "buffer-snapshot");
+        assert_eq!(
+            hole.to_string(),
+            "flush stage buffer-snapshot failed: conversation c1 has a hole after flushed seq 7"
+        );
+        let store = FlushError::Store { stage: "lease", source: StoreError::Conflict("held".into()) };
+        assert_eq!((store.stage(), store.detail()), ("lease", "conflict: held".to_string()));
+    }
+}

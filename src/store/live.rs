@@ -185,4 +185,36 @@ mod tests {
         drop(first);
         assert_eq!(hub.channel_count(), 0);
     }
+
+    /// Records upstream calls as `+channel` and `-channel`.
+    struct Recorder(Arc<Mutex<Vec<String>>>);
+
+    #[async_trait]
+    impl Upstream for Recorder {
+        async fn subscribe(&self, channel: &str) -> Result<(), StoreError> {
+            self.0.lock().unwrap().push(format!("+{channel}"));
+            Ok(())
+        }
+        async fn unsubscribe(&self, channel: &str) -> Result<(), StoreError> {
+            self.0.lock().unwrap().push(format!("-{channel}"));
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_release_task_unsubscribes_upstream_after_the_last_subscriber() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let hub = LiveHub::new(Some(Box::new(Recorder(calls.clone()))));
+        let first = hub.subscribe("c".into()).await.unwrap();
+        let second = hub.subscribe("c".into()).await.unwrap();
+        drop(first);
+        drop(second);
+        for _ in 0..1000 {
+            if calls.lock().unwrap().len() == 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        assert_eq!(*calls.lock().unwrap(), ["+c", "-c"]);
+    }
 }
