@@ -30,7 +30,7 @@ pub struct Args {
 pub async fn run(args: &Args, config: Config) -> Result<(), Failure> {
     let metrics = Metrics::new(config.backend.name());
     let stores = Stores::open(&config, &metrics).await?;
-    if let Some(down) = stores.check(msgd::http::CHECK_TIMEOUT).await.into_iter().find(|c| !c.ok) {
+    if let Some(down) = stores.check(msgd::readiness::CHECK_TIMEOUT).await.into_iter().find(|c| !c.ok) {
         return Err(Failure::Failed(anyhow::anyhow!(
             "{} is not available: {}",
             down.name,

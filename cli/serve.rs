@@ -1,5 +1,6 @@
-//! `msgd serve`: run the server until SIGTERM or SIGINT, then drain within
-//! `http.shutdown_timeout` (exit 0), or exit 1 when the deadline passes.
+//! `msgd serve`: bind `http.listen`, run the server on it until SIGTERM or
+//! SIGINT, then drain within `http.shutdown_timeout` (exit 0), or exit 1 when
+//! the deadline passes.
 //!
 //! Signals an operator may send by habit never kill it: SIGHUP (a reload
 //! elsewhere), SIGUSR1 and SIGUSR2 are logged and ignored until they are given
@@ -20,7 +21,11 @@ pub async fn run(_args: &Args, config: Config) -> Result<(), Failure> {
     // Installed before boot, so a signal sent while msgd starts is handled too.
     let signals = Signals::install()
         .map_err(|e| Failure::Failed(anyhow::Error::new(e).context("cannot install the signal handlers")))?;
-    match server::serve(config, signals.until_shutdown()).await {
+    let served = async {
+        let listener = server::bind(config.http.listen).await?;
+        server::serve(config, listener, signals.until_shutdown()).await
+    };
+    match served.await {
         Ok(Exit::Clean) => Ok(()),
         Ok(Exit::DeadlineExceeded) => {
             Err(Failure::Failed(anyhow::anyhow!("shutdown deadline passed with work in flight")))

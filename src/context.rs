@@ -18,7 +18,7 @@ pub struct Context {
     pub stores: Stores,
     pub metrics: Metrics,
     pub auth: Authenticator,
-    pub membership: Membership,
+    pub membership: Arc<Membership>,
     pub timeline: Timeline,
     /// The HMAC key of history cursors, shared by every instance through the
     /// metadata store so a cursor from one instance works on another; read on
@@ -29,7 +29,7 @@ pub struct Context {
 impl Context {
     pub fn new(config: Arc<Config>, stores: Stores, metrics: Metrics) -> anyhow::Result<Context> {
         let auth = Authenticator::new(&config, stores.metadata.clone())?;
-        let membership = Membership::new(stores.clone());
+        let membership = Arc::new(Membership::new(stores.clone()));
         let timeline = Timeline::new(
             stores.clone(),
             metrics.clone(),

@@ -12,14 +12,15 @@
 //! invalidation is ever missed.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::broadcast::error::RecvError;
 
 use crate::auth::Caller;
 use crate::error::{Error, Kind};
-use crate::store::{ConvKey, LiveEvent, Stores};
+use crate::store::{ConvKey, LiveEvent, LiveSubscription, Stores};
+use crate::worker::{Worker, WorkerState};
 
 const MEMBERSHIP_TTL: Duration = Duration::from_secs(10);
 const MEMBERSHIP_CACHE_MAX: usize = 100_000;
@@ -158,38 +159,67 @@ impl Membership {
         }
     }
 
-    /// Applies other instances' invalidations until `stop`; resubscribes after
-    /// failures and clears the whole cache whenever events may have been missed.
-    pub async fn listen(&self, mut stop: watch::Receiver<bool>) {
-        loop {
-            let mut subscription = match self.stores.tail.subscribe(&invalidation_channel()).await {
-                Ok(subscription) => subscription,
-                Err(e) => {
-                    tracing::warn!(component = "conversations", worker = "membership-invalidation", error = %e, "cannot subscribe; retrying");
-                    tokio::select! {
-                        _ = stop.wait_for(|s| *s) => return,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    }
-                }
-            };
-            loop {
-                tokio::select! {
-                    _ = stop.wait_for(|s| *s) => return,
-                    event = subscription.recv() => match event {
-                        Ok(LiveEvent::Event(bytes)) => {
-                            if let Some((app, conv)) = std::str::from_utf8(&bytes).ok().and_then(|t| t.split_once('/')) {
-                                self.forget(app, conv);
-                            }
-                        }
-                        Ok(LiveEvent::Message(_)) => {}
-                        Err(_) => {
-                            self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                            self.cache.lock().expect("membership lock").clear();
-                            break;
-                        }
-                    },
+    /// Clears the whole cache: invalidations may have been missed.
+    fn forget_all(&self) {
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.cache.lock().expect("membership lock").clear();
+    }
+}
+
+/// The worker that applies other instances' invalidations: it subscribes to
+/// the invalidation channel (resubscribing after a failure) and clears the
+/// whole cache whenever events may have been missed.
+pub struct MembershipListener {
+    membership: Arc<Membership>,
+    subscription: Option<LiveSubscription>,
+    /// The event [`Worker::wait_for_work`] received, for the next step.
+    received: Option<Result<LiveEvent, RecvError>>,
+}
+
+impl MembershipListener {
+    pub fn new(membership: Arc<Membership>) -> MembershipListener {
+        MembershipListener { membership, subscription: None, received: None }
+    }
+}
+
+#[async_trait::async_trait]
+impl Worker for MembershipListener {
+    fn name(&self) -> &'static str {
+        "membership-invalidation"
+    }
+
+    fn component(&self) -> &'static str {
+        "conversations"
+    }
+
+    /// Resubscribing is retried every second.
+    fn backoff(&self, _failures: u32) -> Duration {
+        Duration::from_secs(1)
+    }
+
+    async fn work(&mut self) -> anyhow::Result<WorkerState> {
+        let membership = &self.membership;
+        match self.received.take() {
+            Some(Ok(LiveEvent::Event(bytes))) => {
+                if let Some((app, conv)) = std::str::from_utf8(&bytes).ok().and_then(|t| t.split_once('/')) {
+                    membership.forget(app, conv);
                 }
             }
+            Some(Ok(LiveEvent::Message(_))) | None => {}
+            Some(Err(_)) => {
+                membership.forget_all();
+                self.subscription = None;
+            }
+        }
+        if self.subscription.is_none() {
+            self.subscription = Some(self.membership.stores.tail.subscribe(&invalidation_channel()).await?);
+        }
+        Ok(WorkerState::Idle)
+    }
+
+    async fn wait_for_work(&mut self) {
+        if let Some(subscription) = &mut self.subscription {
+            self.received = Some(subscription.recv().await);
         }
     }
 }

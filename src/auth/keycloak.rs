@@ -19,6 +19,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use super::{invalid_token, subject_user_id, VerifiedToken};
 use crate::config::{redact_text, redact_url, KeycloakConfig};
 use crate::error::{Error, Kind};
+use crate::worker::OwnedTask;
 
 /// An unknown `kid` triggers a JWKS refetch at most this often.
 pub const REFETCH_MIN_INTERVAL: Duration = Duration::from_secs(10);
@@ -26,6 +27,10 @@ pub const REFETCH_MIN_INTERVAL: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct KeycloakVerifier {
     inner: Arc<Inner>,
+    /// The background refresh, owned by the verifier and its clones: it ends
+    /// with the last of them. It holds the keys only weakly, so it cannot
+    /// keep them alive by itself.
+    _refresh: Option<Arc<OwnedTask>>,
 }
 
 struct Inner {
@@ -62,10 +67,10 @@ impl KeycloakVerifier {
             last_refetch: Mutex::default(),
             fetching: tokio::sync::Mutex::new(()),
         });
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(refresh_loop(Arc::downgrade(&inner), config.jwks_refresh_interval));
-        }
-        Ok(KeycloakVerifier { inner })
+        let refresh = tokio::runtime::Handle::try_current()
+            .is_ok()
+            .then(|| Arc::new(OwnedTask::spawn(refresh_loop(Arc::downgrade(&inner), config.jwks_refresh_interval))));
+        Ok(KeycloakVerifier { inner, _refresh: refresh })
     }
 
     /// Validates a token; the user id comes from the configured claim.
@@ -190,6 +195,7 @@ impl Inner {
     }
 }
 
+/// Fetches the keys now and every `interval` after, until the verifier goes.
 async fn refresh_loop(inner: Weak<Inner>, interval: Duration) {
     loop {
         let Some(strong) = inner.upgrade() else { return };

@@ -1,16 +1,12 @@
 //! Liveness, readiness and the metrics endpoint.
 
-use std::time::Duration;
-
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 
 use super::AppState;
-
-/// How long one dependency may take to answer a readiness check.
-pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+use crate::readiness::CHECK_TIMEOUT;
 
 /// Alive: the process serves HTTP. Says nothing about dependencies.
 pub(super) async fn healthz() -> impl IntoResponse {

@@ -25,14 +25,13 @@ use axum::Router;
 
 pub use error::{error_body, status_of, ApiError};
 pub use frames::ClientFrame;
-pub use health::CHECK_TIMEOUT;
 pub use ws::Admission;
 
 use crate::auth::{Caller, Credentials};
 use crate::clock::now_ms;
 use crate::context::Context;
 use crate::error::{Error, Kind};
-use crate::server::Readiness;
+use crate::readiness::Readiness;
 
 /// What every handler can reach.
 #[derive(Clone)]

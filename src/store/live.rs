@@ -4,15 +4,21 @@
 //! An instance holds at most one upstream subscription per conversation (a
 //! Redis channel in services mode; nothing upstream when embedded) and
 //! releases it when its last local subscriber leaves.
+//!
+//! Releasing upstream is async but a subscription ends in `Drop`, so the
+//! guard hands the channel to the hub's release task, which the hub owns:
+//! the task ends with the hub, whose upstream connection goes with it, so
+//! nothing is left to unsubscribe from.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use async_trait::async_trait;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
 use super::tail::{LiveEvent, LiveSubscription};
 use super::StoreError;
+use crate::worker::OwnedTask;
 
 /// How many events one local channel buffers for its slowest subscriber
 /// before that subscriber is told it lagged.
@@ -36,6 +42,10 @@ struct HubInner {
     /// Serializes upstream (un)subscribe calls so a release racing a new
     /// subscription cannot leave the channel unsubscribed upstream.
     upstream_ops: tokio::sync::Mutex<()>,
+    /// Channels whose last local subscriber left, for the release task (only
+    /// with an upstream).
+    released: Option<mpsc::UnboundedSender<String>>,
+    _release_task: Option<OwnedTask>,
 }
 
 struct Channel {
@@ -50,14 +60,25 @@ pub(crate) struct SubscriptionGuard {
 }
 
 impl LiveHub {
+    /// A hub; with an upstream, it starts its release task (so it must be
+    /// built inside the runtime).
     pub(super) fn new(upstream: Option<Box<dyn Upstream>>) -> Self {
-        LiveHub {
-            inner: Arc::new(HubInner {
+        let inner = Arc::new_cyclic(|hub: &Weak<HubInner>| {
+            let (released, release_task) = if upstream.is_some() {
+                let (sender, receiver) = mpsc::unbounded_channel();
+                (Some(sender), Some(OwnedTask::spawn(release_upstream(hub.clone(), receiver))))
+            } else {
+                (None, None)
+            };
+            HubInner {
                 channels: Mutex::default(),
                 upstream,
                 upstream_ops: tokio::sync::Mutex::new(()),
-            }),
-        }
+                released,
+                _release_task: release_task,
+            }
+        });
+        LiveHub { inner }
     }
 
     pub(super) async fn subscribe(&self, channel: String) -> Result<LiveSubscription, StoreError> {
@@ -119,24 +140,29 @@ impl Drop for SubscriptionGuard {
                 None => false,
             }
         };
-        if !released || self.hub.upstream.is_none() {
-            return;
+        if let (true, Some(release)) = (released, &self.hub.released) {
+            // Fails only when the release task is gone, and with it the hub.
+            let _ = release.send(std::mem::take(&mut self.channel));
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        let hub = self.hub.clone();
-        let channel = std::mem::take(&mut self.channel);
-        runtime.spawn(async move {
-            let _ops = hub.upstream_ops.lock().await;
-            // A new local subscriber may have arrived meanwhile and re-subscribed.
-            if hub.channels.lock().expect("live hub lock").contains_key(&channel) {
-                return;
+    }
+}
+
+/// The release task: unsubscribes upstream from each channel whose last
+/// local subscriber left, unless a new one arrived meanwhile. Holds the hub
+/// weakly (the hub owns the task); ends when the hub goes.
+async fn release_upstream(hub: Weak<HubInner>, mut released: mpsc::UnboundedReceiver<String>) {
+    while let Some(channel) = released.recv().await {
+        let Some(hub) = hub.upgrade() else { return };
+        let _ops = hub.upstream_ops.lock().await;
+        // A new local subscriber may have arrived meanwhile and re-subscribed.
+        if hub.channels.lock().expect("live hub lock").contains_key(&channel) {
+            continue;
+        }
+        if let Some(upstream) = &hub.upstream {
+            if let Err(e) = upstream.unsubscribe(&channel).await {
+                tracing::warn!(component = "live", channel = %channel, error = %e, "live unsubscribe failed");
             }
-            if let Some(upstream) = &hub.upstream {
-                if let Err(e) = upstream.unsubscribe(&channel).await {
-                    tracing::warn!(component = "live", channel = %channel, error = %e, "live unsubscribe failed");
-                }
-            }
-        });
+        }
     }
 }
 
@@ -158,5 +184,37 @@ mod tests {
         assert_eq!(hub.channel_count(), 1);
         drop(first);
         assert_eq!(hub.channel_count(), 0);
+    }
+
+    /// Records upstream calls as `+channel` and `-channel`.
+    struct Recorder(Arc<Mutex<Vec<String>>>);
+
+    #[async_trait]
+    impl Upstream for Recorder {
+        async fn subscribe(&self, channel: &str) -> Result<(), StoreError> {
+            self.0.lock().unwrap().push(format!("+{channel}"));
+            Ok(())
+        }
+        async fn unsubscribe(&self, channel: &str) -> Result<(), StoreError> {
+            self.0.lock().unwrap().push(format!("-{channel}"));
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_release_task_unsubscribes_upstream_after_the_last_subscriber() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let hub = LiveHub::new(Some(Box::new(Recorder(calls.clone()))));
+        let first = hub.subscribe("c".into()).await.unwrap();
+        let second = hub.subscribe("c".into()).await.unwrap();
+        drop(first);
+        drop(second);
+        for _ in 0..1000 {
+            if calls.lock().unwrap().len() == 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        assert_eq!(*calls.lock().unwrap(), ["+c", "-c"]);
     }
 }

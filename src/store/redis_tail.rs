@@ -19,6 +19,7 @@ use super::StoreError;
 use crate::config::RedisConfig;
 use crate::ratelimit::RateDecision;
 use crate::telemetry::Metrics;
+use crate::worker::OwnedTask;
 
 const DEPENDENCY: &str = "redis";
 
@@ -126,6 +127,10 @@ pub(crate) struct RedisTail {
     commands: ConnectionManager,
     keys: KeySchema,
     hub: LiveHub,
+    /// Hands pushed live messages to the hub; owned by the tail, so it ends
+    /// with it (it keeps a handle on the hub, which keeps the pub/sub
+    /// connection, whose pushes it reads: it would never end by itself).
+    _dispatcher: OwnedTask,
     append_script: Script,
     seed_script: Script,
     clear_dirty_script: Script,
@@ -200,6 +205,25 @@ fn manager_config() -> ConnectionManagerConfig {
         .set_max_delay(Duration::from_secs(2))
 }
 
+/// The dispatch loop: each pushed pub/sub message, decoded, to the hub's
+/// local subscribers of its channel.
+async fn dispatch_pushes(hub: LiveHub, mut pushes: tokio::sync::mpsc::UnboundedReceiver<redis::PushInfo>) {
+    while let Some(push) = pushes.recv().await {
+        if push.kind != PushKind::Message {
+            continue;
+        }
+        let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
+            (push.data.first(), push.data.get(1))
+        else {
+            continue;
+        };
+        match LiveEvent::decode(payload) {
+            Some(event) => hub.deliver(&String::from_utf8_lossy(channel), event),
+            None => tracing::warn!(component = "live", "undecodable live payload dropped"),
+        }
+    }
+}
+
 struct RedisUpstream {
     connection: ConnectionManager,
 }
@@ -229,7 +253,7 @@ impl RedisTail {
         pubsub_url.query_pairs_mut().append_pair("protocol", "resp3");
         let pubsub_client = redis::Client::open(pubsub_url.as_str())
             .map_err(|e| anyhow::anyhow!("redis.url {shown} is not usable: {e}"))?;
-        let (push_sender, mut pushes) = tokio::sync::mpsc::unbounded_channel();
+        let (push_sender, pushes) = tokio::sync::mpsc::unbounded_channel();
         let pubsub = ConnectionManager::new_lazy_with_config(
             pubsub_client,
             manager_config().set_push_sender(push_sender).set_automatic_resubscription(),
@@ -237,28 +261,13 @@ impl RedisTail {
         .map_err(|e| anyhow::anyhow!("cannot set up the redis pub/sub connection to {shown}: {e}"))?;
 
         let hub = LiveHub::new(Some(Box::new(RedisUpstream { connection: pubsub })));
-        let dispatch = hub.clone();
-        tokio::spawn(async move {
-            while let Some(push) = pushes.recv().await {
-                if push.kind != PushKind::Message {
-                    continue;
-                }
-                let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
-                    (push.data.first(), push.data.get(1))
-                else {
-                    continue;
-                };
-                match LiveEvent::decode(payload) {
-                    Some(event) => dispatch.deliver(&String::from_utf8_lossy(channel), event),
-                    None => tracing::warn!(component = "live", "undecodable live payload dropped"),
-                }
-            }
-        });
+        let dispatcher = OwnedTask::spawn(dispatch_pushes(hub.clone(), pushes));
 
         Ok(RedisTail {
             commands,
             keys: KeySchema { prefix: config.key_prefix.clone() },
             hub,
+            _dispatcher: dispatcher,
             append_script: Script::new(APPEND_LUA),
             seed_script: Script::new(SEED_LUA),
             clear_dirty_script: Script::new(CLEAR_DIRTY_LUA),

@@ -1,0 +1,108 @@
+//! The flush worker `serve` runs: a tick every `flush.interval` (the worker
+//! runner backs off exponentially, up to a minute, while ticks fail), a
+//! recovery pass at start and every ten minutes, the embedded tail's expiry
+//! purge after each tick, and one more tick at shutdown so whatever is due
+//! goes out rather than waiting in the tail.
+
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use super::{FlushOptions, Flusher};
+use crate::worker::{Worker, WorkerState};
+
+/// How often recovery looks for orphan segments.
+const RECOVERY_EVERY: Duration = Duration::from_secs(600);
+
+pub struct FlushWorker {
+    flusher: Flusher,
+    /// When the last recovery pass succeeded; `None` before the first.
+    last_recovery: Option<Instant>,
+}
+
+impl FlushWorker {
+    pub fn new(flusher: Flusher) -> FlushWorker {
+        FlushWorker { flusher, last_recovery: None }
+    }
+
+    /// A recovery pass when one is due. A failure is logged and retried on
+    /// the next tick; it does not stop the flush.
+    async fn recover_if_due(&mut self) {
+        if self.last_recovery.is_some_and(|at| at.elapsed() < RECOVERY_EVERY) {
+            return;
+        }
+        match self.flusher.recover().await {
+            Ok(report) => {
+                self.last_recovery = Some(Instant::now());
+                tracing::info!(
+                    component = "recovery",
+                    worker = "segment-recovery",
+                    objects = report.objects,
+                    indexed = report.indexed,
+                    deleted = report.deleted,
+                    "segment recovery pass"
+                );
+            }
+            Err(e) => tracing::warn!(
+                component = "recovery",
+                worker = "segment-recovery",
+                stage = e.stage(),
+                error = %e.detail(),
+                "segment recovery failed; retrying next tick"
+            ),
+        }
+    }
+
+    /// Purges the embedded tail's expired state (idempotency claims, TTL'd state).
+    async fn purge_expired(&self) {
+        match self.flusher.stores.tail.purge_expired().await {
+            Ok(0) => {}
+            Ok(removed) => tracing::debug!(
+                component = "segment-flush",
+                worker = "tail-expiry",
+                removed,
+                "expired tail state purged"
+            ),
+            Err(e) => tracing::warn!(
+                component = "segment-flush",
+                worker = "tail-expiry",
+                error = %e,
+                "purging expired tail state failed"
+            ),
+        }
+    }
+}
+
+#[async_trait]
+impl Worker for FlushWorker {
+    fn name(&self) -> &'static str {
+        "segment-flush"
+    }
+
+    fn component(&self) -> &'static str {
+        "segment-flush"
+    }
+
+    fn interval(&self) -> Option<Duration> {
+        Some(self.flusher.config.interval)
+    }
+
+    async fn work(&mut self) -> anyhow::Result<WorkerState> {
+        self.recover_if_due().await;
+        let ticked = self.flusher.tick(FlushOptions::default(), crate::clock::now_ms()).await;
+        self.purge_expired().await;
+        ticked?;
+        Ok(WorkerState::Idle)
+    }
+
+    async fn finish(&mut self) {
+        if let Err(e) = self.flusher.tick(FlushOptions::default(), crate::clock::now_ms()).await {
+            tracing::warn!(
+                component = "segment-flush",
+                stage = e.stage(),
+                error = %e.detail(),
+                "final flush failed; messages stay in the tail"
+            );
+        }
+    }
+}
