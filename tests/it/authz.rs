@@ -4,7 +4,7 @@
 use reqwest::Method;
 use serde_json::json;
 
-use crate::api::{create_app, Api};
+use crate::support::api::{create_app, Api};
 use crate::support::backends;
 
 fn key_with_id(env: &crate::support::TestEnv, app_id: &str, scope: &str) -> (String, String) {

@@ -12,9 +12,9 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::api::Api;
+use crate::support::api::Api;
+use crate::support::wsclient::{Client, Next};
 use crate::support::{backends, eventually, Backend, TestEnv};
-use crate::wsclient::{Client, Next};
 
 async fn metrics(api: &Api) -> String {
     reqwest::get(api.msgd.url("/metrics")).await.unwrap().text().await.unwrap()

@@ -5,12 +5,12 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::api::Api;
+use crate::support::api::Api;
 use crate::support::backends;
 
 const TOTAL: u64 = 10_000;
 
-async fn history(api: &Api, token: &str, conversation: &str, query: &str) -> crate::api::Reply {
+async fn history(api: &Api, token: &str, conversation: &str, query: &str) -> crate::support::api::Reply {
     api.request(
         Method::GET,
         &format!("/v1/conversations/{conversation}/messages?{query}"),
@@ -200,7 +200,7 @@ async fn messages_past_retention_are_never_returned() {
         let page = history(&api, &alice, &conversation, "after_seq=0&before_seq=6").await;
         assert_eq!(page.body["messages"], json!([]));
 
-        let mut client = crate::wsclient::Client::connect(&api.msgd.addr, &api.read_key, &alice).await;
+        let mut client = crate::support::wsclient::Client::connect(&api.msgd.addr, &api.read_key, &alice).await;
         client.send(json!({"op": "subscribe", "conversation_id": conversation, "since_seq": 2})).await;
         let error = client.expect_op("error").await;
         assert_eq!(error["code"], "since_seq_expired", "{backend:?}: {error}");

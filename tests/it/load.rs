@@ -1,7 +1,7 @@
 //! `msgd load send` against a real server: it sends what it says and its
 //! report adds up.
 
-use crate::api::Api;
+use crate::support::api::Api;
 use crate::support::backends;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::api::Api;
+use crate::support::api::Api;
 use crate::support::{backends, Backend};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::api::Api;
-use crate::support::{backends, eventually, services_env, unique, Backend, PrivateS3, TestEnv};
+use crate::support::api::Api;
+use crate::support::servers::PrivateS3;
+use crate::support::{backends, eventually, services_env, unique, Backend, TestEnv};
 
 /// Checks the index and the objects of `api`'s deployment: for each
 /// conversation, blocks cover exactly 1..=last seq; every block decodes to

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use crate::support::{backends, eventually, services_env, Backend, PrivatePostgres, PrivateRedis, TestEnv};
+use crate::support::servers::{PrivatePostgres, PrivateRedis};
+use crate::support::{backends, eventually, services_env, Backend, TestEnv};
 
 async fn get(url: &str) -> (u16, serde_json::Value) {
     let response = reqwest::get(url).await.expect("request");

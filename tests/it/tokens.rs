@@ -15,7 +15,7 @@ use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
-use crate::oidc::{rs256_header, unix_now, CountingServer, TestIssuer};
+use crate::support::oidc::{rs256_header, unix_now, CountingServer, TestIssuer};
 use crate::support::{eventually, Backend, Msgd, TestEnv};
 
 /// One msgd trusting one issuer, with a write key of app "acme".
@@ -278,8 +278,8 @@ async fn dev_tokens_are_accepted_by_every_instance_of_a_deployment() {
     for backend in crate::support::backends() {
         let mut env = TestEnv::new(backend).await;
         env.set("MSGD_AUTH__DEV_TOKENS__ENABLED", "true");
-        let (app_id, admin_key) = crate::api::create_app(&env, "acme");
-        let write_key = crate::api::create_key(&env, &app_id, "write");
+        let (app_id, admin_key) = crate::support::api::create_app(&env, "acme");
+        let write_key = crate::support::api::create_key(&env, &app_id, "write");
         let mut first = env.serve();
         let from_first = mint_dev_token(&first, &admin_key, "alice").await;
         if backend == Backend::Embedded {

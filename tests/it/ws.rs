@@ -10,9 +10,9 @@ use reqwest::Method;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::api::Api;
+use crate::support::api::Api;
+use crate::support::wsclient::{Client, Next};
 use crate::support::{backends, Backend};
-use crate::wsclient::{Client, Next};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnecting_clients_receive_every_message_once_in_order() {
