@@ -6,7 +6,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::support::api::Api;
-use crate::support::backends;
+use crate::support::{backend_test, Backend};
 
 const TOTAL: u64 = 10_000;
 
@@ -52,9 +52,9 @@ fn flush_all(api: &Api) {
     assert_eq!(out.code, 0, "{}", out.stderr);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn history_walks_across_the_tail_and_segments_exactly_once() {
-    for backend in backends() {
+backend_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn history_walks_across_the_tail_and_segments_exactly_once(backend: Backend) {
         let api = Api::start_with(backend, &[("MSGD_FLUSH__INTERVAL", "1h"), ("MSGD_FLUSH__HOT_WINDOW", "1000")]).await;
         let alice = api.token("alice").await;
         let conversation = api.conversation(&alice, &[]).await;
@@ -167,12 +167,12 @@ async fn walk_envelopes(api: &Api, token: &str, conversation: &str) -> Vec<Value
     }
 }
 
-/// Messages older than the retention window are never returned — not by
-/// history, not by WebSocket catch-up — even while they still exist physically.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn messages_past_retention_are_never_returned() {
-    use msgd::store::{AppendOutcome, AppendRequest};
-    for backend in backends() {
+backend_test! {
+    /// Messages older than the retention window are never returned — not by
+    /// history, not by WebSocket catch-up — even while they still exist physically.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn messages_past_retention_are_never_returned(backend: Backend) {
+        use msgd::store::{AppendOutcome, AppendRequest};
         let api = Api::start_with(backend, &[("MSGD_RETENTION__DAYS", "30")]).await;
         let alice = api.token("alice").await;
         let conversation = api.conversation(&alice, &[]).await;

@@ -28,19 +28,75 @@ pub enum Backend {
     Services,
 }
 
-/// The backends a test should run against here.
-pub fn backends() -> Vec<Backend> {
-    if services_env().is_some() {
-        vec![Backend::Embedded, Backend::Services]
-    } else {
+/// The shared services when this run includes services-mode tests, `None`
+/// (with a note) when it skips them. Their absence fails instead under
+/// `MSGDTEST_REQUIRE_SERVICES`, so a run that promises both backends never
+/// passes on one.
+pub fn services_or_skip() -> Option<ServicesEnv> {
+    let services = services_env();
+    if services.is_none() {
         assert!(
             std::env::var("MSGDTEST_REQUIRE_SERVICES").is_err(),
             "MSGDTEST_REQUIRE_SERVICES is set but the MSGDTEST_* service variables are missing"
         );
-        eprintln!("note: services-mode half skipped (run scripts/test.sh to start Postgres, Redis and S3)");
-        vec![Backend::Embedded]
+        eprintln!("note: services-mode test skipped (run scripts/test.sh to start Postgres, Redis and S3)");
     }
+    services
 }
+
+/// One test per backend from one body, so a failure names its backend:
+/// `name::embedded` and `name::services`, the latter skipped as
+/// [`services_or_skip`] decides. The body stays an ordinary `async fn name`
+/// taking the backend; the attributes written above it (the `#[tokio::test]`
+/// and any doc) go on each generated test.
+///
+/// ```ignore
+/// backend_test! {
+///     #[tokio::test]
+///     async fn sends_are_stored(backend: Backend) {
+///         let env = TestEnv::new(backend).await;
+///     }
+/// }
+/// ```
+macro_rules! backend_test {
+    ($(#[$attr:meta])* async fn $name:ident($backend:ident: $backend_type:ty) $body:block) => {
+        async fn $name($backend: $backend_type) $body
+
+        mod $name {
+            $(#[$attr])*
+            async fn embedded() {
+                super::$name($crate::support::Backend::Embedded).await;
+            }
+
+            $(#[$attr])*
+            async fn services() {
+                if $crate::support::services_or_skip().is_some() {
+                    super::$name($crate::support::Backend::Services).await;
+                }
+            }
+        }
+    };
+}
+pub(crate) use backend_test;
+
+/// A test of services mode alone (outages of a real server, several
+/// instances on one deployment): `name::services`, skipped like the services
+/// half of [`backend_test!`]. The body gets the shared services' coordinates.
+macro_rules! services_test {
+    ($(#[$attr:meta])* async fn $name:ident($services:tt: $services_type:ty) $body:block) => {
+        async fn $name($services: $services_type) $body
+
+        mod $name {
+            $(#[$attr])*
+            async fn services() {
+                if let Some(services) = $crate::support::services_or_skip() {
+                    super::$name(services).await;
+                }
+            }
+        }
+    };
+}
+pub(crate) use services_test;
 
 /// The shared services' coordinates.
 #[derive(Clone)]
