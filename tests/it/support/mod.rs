@@ -2,9 +2,10 @@
 //! processes, private servers for outage tests (`servers`), a local OIDC issuer
 //! (`oidc`), and clients for the HTTP and WebSocket APIs (`api`, `wsclient`).
 //!
-//! Services-mode tests read the shared servers started by
-//! `scripts/services.sh` from `MSGDTEST_*` variables. When they are absent the
-//! services half of a test is skipped with a note — unless
+//! A test written once runs once per backend (`backend_test!`), or on services
+//! alone (`services_test!`). Services-mode tests read the shared servers
+//! started by `scripts/services.sh` from `MSGDTEST_*` variables. When they are
+//! absent the services variant of a test is skipped with a note — unless
 //! `MSGDTEST_REQUIRE_SERVICES=1` (set by `scripts/test.sh`, the README's test
 //! command), where their absence fails the test.
 
