@@ -4,8 +4,8 @@
 use reqwest::Method;
 use serde_json::json;
 
-use crate::api::{create_app, Api};
-use crate::support::backends;
+use crate::support::api::{create_app, Api};
+use crate::support::{backend_test, Backend};
 
 fn key_with_id(env: &crate::support::TestEnv, app_id: &str, scope: &str) -> (String, String) {
     let out = env.run(&["keys", "create", "--app", app_id, "--scope", scope, "--json"], "");
@@ -14,9 +14,9 @@ fn key_with_id(env: &crate::support::TestEnv, app_id: &str, scope: &str) -> (Str
     (json["key"].as_str().unwrap().to_string(), json["id"].as_str().unwrap().to_string())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_authorization_matrix_holds() {
-    for backend in backends() {
+backend_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_authorization_matrix_holds(backend: Backend) {
         let api = Api::start(backend).await;
         let env = &api.env;
         let (alice, bob, carol) = (api.token("alice").await, api.token("bob").await, api.token("carol").await);
@@ -196,11 +196,11 @@ async fn dev_tokens_are_off_unless_enabled() {
     assert_eq!(reply.status().as_u16(), 404);
 }
 
-/// A key in use (so cached by every instance) stops working everywhere within
-/// the key cache period after it is revoked.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_revoked_key_is_refused_everywhere_within_the_cache_period() {
-    for backend in backends() {
+backend_test! {
+    /// A key in use (so cached by every instance) stops working everywhere within
+    /// the key cache period after it is revoked.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_revoked_key_is_refused_everywhere_within_the_cache_period(backend: Backend) {
         let api = Api::start(backend).await;
         let alice = api.token("alice").await;
         let (key, key_id) = key_with_id(&api.env, &api.app_id, "write");

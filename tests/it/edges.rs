@@ -12,9 +12,9 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::api::Api;
-use crate::support::{backends, eventually, Backend, TestEnv};
-use crate::wsclient::{Client, Next};
+use crate::support::api::Api;
+use crate::support::wsclient::{Client, Next};
+use crate::support::{backend_test, eventually, Backend, TestEnv};
 
 async fn metrics(api: &Api) -> String {
     reqwest::get(api.msgd.url("/metrics")).await.unwrap().text().await.unwrap()
@@ -144,9 +144,9 @@ async fn a_low_file_limit_never_leaves_msgd_unable_to_answer() {
     drop(flood);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unreadable_credentials_are_refused_never_ignored() {
-    for backend in backends() {
+backend_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unreadable_credentials_are_refused_never_ignored(backend: Backend) {
         let api = Api::start(backend).await;
         let alice = api.token("alice").await;
         let conversation = api.conversation(&alice, &[]).await;
@@ -207,9 +207,9 @@ async fn every_error_has_the_json_shape_and_a_code() {
     assert!(reply.headers.get("allow").is_some(), "a 405 keeps its Allow header");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn user_ids_have_one_spelling_everywhere() {
-    for backend in backends() {
+backend_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn user_ids_have_one_spelling_everywhere(backend: Backend) {
         let api = Api::start(backend).await;
         let alice = api.token("alice").await;
         let conversation = api.conversation(&alice, &["caf\u{e9}"]).await;
@@ -268,9 +268,9 @@ async fn dev_tokens_honour_nbf_and_the_user_id_rule() {
     assert_eq!(reply.status, 200, "{}", reply.body);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idempotency_keys_belong_to_their_sender() {
-    for backend in backends() {
+backend_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idempotency_keys_belong_to_their_sender(backend: Backend) {
         let api = Api::start(backend).await;
         let (alice, bob) = (api.token("alice").await, api.token("bob").await);
         let conversation = api.conversation(&alice, &["bob"]).await;
@@ -312,11 +312,11 @@ async fn idempotency_keys_belong_to_their_sender() {
     }
 }
 
-/// A descending page ending at a very old `to_ts` starts from the index,
-/// without reading every block down to it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_old_to_ts_does_not_walk_all_history() {
-    for backend in backends() {
+backend_test! {
+    /// A descending page ending at a very old `to_ts` starts from the index,
+    /// without reading every block down to it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_old_to_ts_does_not_walk_all_history(backend: Backend) {
         let api = Api::start(backend).await;
         let alice = api.token("alice").await;
         let conversation = api.conversation(&alice, &[]).await;
@@ -343,12 +343,12 @@ async fn an_old_to_ts_does_not_walk_all_history() {
     }
 }
 
-/// Catch-up of 10,000 messages from segments reaches a fast reader whole:
-/// the replay waits for room in the send queue instead of overflowing it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_long_catch_up_from_segments_arrives_whole() {
-    const TOTAL: u64 = 10_000;
-    for backend in backends() {
+backend_test! {
+    /// Catch-up of 10,000 messages from segments reaches a fast reader whole:
+    /// the replay waits for room in the send queue instead of overflowing it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_long_catch_up_from_segments_arrives_whole(backend: Backend) {
+        const TOTAL: u64 = 10_000;
         let api = Api::start(backend).await;
         let alice = api.token("alice").await;
         let conversation = api.conversation(&alice, &[]).await;
@@ -374,9 +374,9 @@ async fn a_long_catch_up_from_segments_arrives_whole() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unsubscribe_by_any_spelling_of_the_id_stops_delivery() {
-    for backend in backends() {
+backend_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unsubscribe_by_any_spelling_of_the_id_stops_delivery(backend: Backend) {
         let api = Api::start(backend).await;
         let alice = api.token("alice").await;
         let conversation = api.conversation(&alice, &[]).await;

@@ -5,12 +5,12 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::api::Api;
-use crate::support::backends;
+use crate::support::api::Api;
+use crate::support::{backend_test, Backend};
 
 const TOTAL: u64 = 10_000;
 
-async fn history(api: &Api, token: &str, conversation: &str, query: &str) -> crate::api::Reply {
+async fn history(api: &Api, token: &str, conversation: &str, query: &str) -> crate::support::api::Reply {
     api.request(
         Method::GET,
         &format!("/v1/conversations/{conversation}/messages?{query}"),
@@ -52,9 +52,9 @@ fn flush_all(api: &Api) {
     assert_eq!(out.code, 0, "{}", out.stderr);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn history_walks_across_the_tail_and_segments_exactly_once() {
-    for backend in backends() {
+backend_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn history_walks_across_the_tail_and_segments_exactly_once(backend: Backend) {
         let api = Api::start_with(backend, &[("MSGD_FLUSH__INTERVAL", "1h"), ("MSGD_FLUSH__HOT_WINDOW", "1000")]).await;
         let alice = api.token("alice").await;
         let conversation = api.conversation(&alice, &[]).await;
@@ -167,12 +167,12 @@ async fn walk_envelopes(api: &Api, token: &str, conversation: &str) -> Vec<Value
     }
 }
 
-/// Messages older than the retention window are never returned — not by
-/// history, not by WebSocket catch-up — even while they still exist physically.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn messages_past_retention_are_never_returned() {
-    use msgd::store::{AppendOutcome, AppendRequest};
-    for backend in backends() {
+backend_test! {
+    /// Messages older than the retention window are never returned — not by
+    /// history, not by WebSocket catch-up — even while they still exist physically.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn messages_past_retention_are_never_returned(backend: Backend) {
+        use msgd::store::{AppendOutcome, AppendRequest};
         let api = Api::start_with(backend, &[("MSGD_RETENTION__DAYS", "30")]).await;
         let alice = api.token("alice").await;
         let conversation = api.conversation(&alice, &[]).await;
@@ -200,7 +200,7 @@ async fn messages_past_retention_are_never_returned() {
         let page = history(&api, &alice, &conversation, "after_seq=0&before_seq=6").await;
         assert_eq!(page.body["messages"], json!([]));
 
-        let mut client = crate::wsclient::Client::connect(&api.msgd.addr, &api.read_key, &alice).await;
+        let mut client = crate::support::wsclient::Client::connect(&api.msgd.addr, &api.read_key, &alice).await;
         client.send(json!({"op": "subscribe", "conversation_id": conversation, "since_seq": 2})).await;
         let error = client.expect_op("error").await;
         assert_eq!(error["code"], "since_seq_expired", "{backend:?}: {error}");

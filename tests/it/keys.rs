@@ -6,7 +6,7 @@ use std::time::Duration;
 use msgd::keys::{self, KeyError, KeyRejection, Scope};
 use msgd::store::Stores;
 
-use crate::support::{backends, Output, TestEnv};
+use crate::support::{backend_test, Backend, Output, TestEnv};
 
 const T0: i64 = 1_790_000_000_000;
 const HOUR: i64 = 3_600_000;
@@ -18,9 +18,9 @@ fn rejected(result: Result<keys::AuthenticatedKey, KeyError>) -> KeyRejection {
     }
 }
 
-#[tokio::test]
-async fn lifecycle_through_the_domain_api() {
-    for backend in backends() {
+backend_test! {
+    #[tokio::test]
+    async fn lifecycle_through_the_domain_api(backend: Backend) {
         let env = TestEnv::new(backend).await;
         let meta = Stores::open_metadata(&env.config()).await.unwrap();
         let meta = meta.as_ref();
@@ -83,9 +83,9 @@ async fn lifecycle_through_the_domain_api() {
     }
 }
 
-#[tokio::test]
-async fn lifecycle_through_the_cli() {
-    for backend in backends() {
+backend_test! {
+    #[tokio::test]
+    async fn lifecycle_through_the_cli(backend: Backend) {
         let env = TestEnv::new(backend).await;
         let created = env.run(&["keys", "create-app", "acme", "--json"], "");
         assert_eq!(created.code, 0, "{backend:?}: {}", created.stderr);
@@ -141,9 +141,9 @@ fn ok(out: Output, what: &str) -> serde_json::Value {
     out.json()
 }
 
-#[tokio::test]
-async fn every_command_prints_and_accepts_one_key_id_form_and_one_issued_key_shape() {
-    for backend in backends() {
+backend_test! {
+    #[tokio::test]
+    async fn every_command_prints_and_accepts_one_key_id_form_and_one_issued_key_shape(backend: Backend) {
         let env = TestEnv::new(backend).await;
         let created = ok(env.run(&["keys", "create-app", "acme", "--json"], ""), "create-app");
         let app_id = created["app"]["id"].as_str().unwrap().to_string();

@@ -1,12 +1,12 @@
 //! `msgd load send` against a real server: it sends what it says and its
 //! report adds up.
 
-use crate::api::Api;
-use crate::support::backends;
+use crate::support::api::Api;
+use crate::support::{backend_test, Backend};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn load_send_reports_what_it_sent() {
-    for backend in backends() {
+backend_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn load_send_reports_what_it_sent(backend: Backend) {
         let api = Api::start(backend).await;
         let base_url = format!("http://{}", api.msgd.addr);
         for (batch, concurrency) in [("1", "4"), ("10", "2")] {
@@ -119,9 +119,9 @@ async fn load_history_and_ws_fanout_report_what_they_did() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn load_reports_why_requests_failed_the_conversation_and_server_rss() {
-    for backend in backends() {
+backend_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn load_reports_why_requests_failed_the_conversation_and_server_rss(backend: Backend) {
         // One message a second per user, a burst of 3: a load run meets the limiter at once.
         let api = Api::start_with(backend, &[("MSGD_LIMITS__USER_RATE", "1"), ("MSGD_LIMITS__USER_BURST", "3")]).await;
         let base_url = format!("http://{}", api.msgd.addr);

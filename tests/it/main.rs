@@ -2,7 +2,6 @@
 //! at its boundaries — the CLI, the HTTP server, the storage contracts — on
 //! both backends, against real servers.
 
-mod api;
 mod authz;
 mod cli_config;
 mod edges;
@@ -10,7 +9,6 @@ mod history;
 mod keys;
 mod load;
 mod messages;
-mod oidc;
 mod segments;
 mod serve;
 mod storage;
@@ -18,4 +16,3 @@ mod support;
 mod tidy;
 mod tokens;
 mod ws;
-mod wsclient;

@@ -9,14 +9,14 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::api::Api;
-use crate::support::{backends, Backend};
+use crate::support::api::Api;
+use crate::support::{backend_test, services_test, Backend, ServicesEnv};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_senders_get_gap_free_seqs_in_their_send_order() {
-    const SENDERS: usize = 16;
-    const EACH: usize = 500;
-    for backend in backends() {
+backend_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_senders_get_gap_free_seqs_in_their_send_order(backend: Backend) {
+        const SENDERS: usize = 16;
+        const EACH: usize = 500;
         // No flush may trim the tail before it is read back below.
         let api = Arc::new(Api::start_with(backend, &[("MSGD_FLUSH__MAX_BYTES", "1073741824")]).await);
         let users: Vec<String> = (0..SENDERS).map(|i| format!("user-{i}")).collect();
@@ -67,10 +67,10 @@ async fn concurrent_senders_get_gap_free_seqs_in_their_send_order() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_retry_storm_writes_each_message_once() {
-    const MESSAGES: usize = 1000;
-    for backend in backends() {
+backend_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retry_storm_writes_each_message_once(backend: Backend) {
+        const MESSAGES: usize = 1000;
         let api = Arc::new(Api::start(backend).await);
         let token = api.token("alice").await;
         let conversation = api.conversation(&token, &[]).await;
@@ -130,31 +130,30 @@ async fn a_retry_storm_writes_each_message_once() {
     }
 }
 
-#[tokio::test]
-async fn losing_the_redis_seq_counter_continues_after_the_last_seq() {
-    if !backends().contains(&Backend::Services) {
-        return;
+services_test! {
+    #[tokio::test]
+    async fn losing_the_redis_seq_counter_continues_after_the_last_seq(_: ServicesEnv) {
+        let api = Api::start(Backend::Services).await;
+        let token = api.token("alice").await;
+        let conversation = api.conversation(&token, &[]).await;
+        for n in 1..=5 {
+            assert_eq!(api.send(&token, &conversation, &json!({"payload": n})).await.body["seq"], n);
+        }
+        let conv = api.conv_key(&conversation);
+        let prefix = api.env.var("MSGD_REDIS__KEY_PREFIX").unwrap();
+        let key = format!("{prefix}:{{s{}}}:seq:{}:{}", conv.shard(), conv.app_id, conv.conversation_id);
+        let client = redis::Client::open(api.env.var("MSGD_REDIS__URL").unwrap()).unwrap();
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        let deleted: i64 = redis::cmd("DEL").arg(&key).query_async(&mut connection).await.unwrap();
+        assert_eq!(deleted, 1);
+        let reply = api.send(&token, &conversation, &json!({"payload": 6})).await;
+        assert_eq!((reply.status, reply.body["seq"].as_u64()), (201, Some(6)), "{}", reply.body);
     }
-    let api = Api::start(Backend::Services).await;
-    let token = api.token("alice").await;
-    let conversation = api.conversation(&token, &[]).await;
-    for n in 1..=5 {
-        assert_eq!(api.send(&token, &conversation, &json!({"payload": n})).await.body["seq"], n);
-    }
-    let conv = api.conv_key(&conversation);
-    let prefix = api.env.var("MSGD_REDIS__KEY_PREFIX").unwrap();
-    let key = format!("{prefix}:{{s{}}}:seq:{}:{}", conv.shard(), conv.app_id, conv.conversation_id);
-    let client = redis::Client::open(api.env.var("MSGD_REDIS__URL").unwrap()).unwrap();
-    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-    let deleted: i64 = redis::cmd("DEL").arg(&key).query_async(&mut connection).await.unwrap();
-    assert_eq!(deleted, 1);
-    let reply = api.send(&token, &conversation, &json!({"payload": 6})).await;
-    assert_eq!((reply.status, reply.body["seq"].as_u64()), (201, Some(6)), "{}", reply.body);
 }
 
-#[tokio::test]
-async fn bad_bodies_are_refused_with_codes_and_nothing_is_written() {
-    for backend in backends() {
+backend_test! {
+    #[tokio::test]
+    async fn bad_bodies_are_refused_with_codes_and_nothing_is_written(backend: Backend) {
         let api = Api::start_with(backend, &[("MSGD_LIMITS__MAX_PAYLOAD_BYTES", "1024")]).await;
         let token = api.token("alice").await;
         let conversation = api.conversation(&token, &[]).await;
@@ -233,9 +232,9 @@ fn base64_of(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-#[tokio::test]
-async fn rate_limits_answer_429_with_retry_after_and_ratelimit_fields() {
-    for backend in backends() {
+backend_test! {
+    #[tokio::test]
+    async fn rate_limits_answer_429_with_retry_after_and_ratelimit_fields(backend: Backend) {
         // One message per 10 s after a burst of 5: no refill can happen while the test runs.
         let api =
             Api::start_with(backend, &[("MSGD_LIMITS__USER_RATE", "0.1"), ("MSGD_LIMITS__USER_BURST", "5")]).await;
@@ -271,9 +270,9 @@ async fn rate_limits_answer_429_with_retry_after_and_ratelimit_fields() {
     }
 }
 
-#[tokio::test]
-async fn receipts_only_move_forward_and_count_unread() {
-    for backend in backends() {
+backend_test! {
+    #[tokio::test]
+    async fn receipts_only_move_forward_and_count_unread(backend: Backend) {
         let api = Api::start(backend).await;
         let (alice, bob) = (api.token("alice").await, api.token("bob").await);
         let conversation = api.conversation(&alice, &["bob"]).await;
@@ -315,50 +314,49 @@ async fn receipts_only_move_forward_and_count_unread() {
     }
 }
 
-#[tokio::test]
-async fn messages_and_receipts_are_published_on_the_live_channel() {
-    if !backends().contains(&Backend::Services) {
-        return;
-    }
-    let api = Api::start(Backend::Services).await;
-    let alice = api.token("alice").await;
-    let conversation = api.conversation(&alice, &[]).await;
-    // Subscribe independently, straight on Redis.
-    let prefix = api.env.var("MSGD_REDIS__KEY_PREFIX").unwrap();
-    let channel = format!("{prefix}:live:{}:{conversation}", api.app_id);
-    let client = redis::Client::open(api.env.var("MSGD_REDIS__URL").unwrap()).unwrap();
-    let (mut sink, mut stream) = client.get_async_pubsub().await.unwrap().split();
-    sink.subscribe(&channel).await.unwrap();
-    let sent = api.send(&alice, &conversation, &json!({"payload": {"text": "hello"}})).await;
-    let path = format!("/v1/conversations/{conversation}/receipts");
-    api.request(Method::POST, &path, Some(&api.write_key), Some(&alice), Some(&json!({"seq": 1, "kind": "read"})), &[])
-        .await;
-    use futures::StreamExt;
-    let mut payloads = Vec::new();
-    for _ in 0..2 {
-        let message = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap().unwrap();
-        payloads.push(message.get_payload::<Vec<u8>>().unwrap());
-    }
-    match msgd::store::LiveEvent::decode(&payloads[0]).unwrap() {
-        msgd::store::LiveEvent::Message(entry) => {
-            assert_eq!(entry.seq, 1);
-            let envelope: Value = serde_json::from_slice(&entry.body).unwrap();
-            assert_eq!(envelope["id"], sent.body["id"]);
+services_test! {
+    #[tokio::test]
+    async fn messages_and_receipts_are_published_on_the_live_channel(_: ServicesEnv) {
+        let api = Api::start(Backend::Services).await;
+        let alice = api.token("alice").await;
+        let conversation = api.conversation(&alice, &[]).await;
+        // Subscribe independently, straight on Redis.
+        let prefix = api.env.var("MSGD_REDIS__KEY_PREFIX").unwrap();
+        let channel = format!("{prefix}:live:{}:{conversation}", api.app_id);
+        let client = redis::Client::open(api.env.var("MSGD_REDIS__URL").unwrap()).unwrap();
+        let (mut sink, mut stream) = client.get_async_pubsub().await.unwrap().split();
+        sink.subscribe(&channel).await.unwrap();
+        let sent = api.send(&alice, &conversation, &json!({"payload": {"text": "hello"}})).await;
+        let path = format!("/v1/conversations/{conversation}/receipts");
+        let receipt = json!({"seq": 1, "kind": "read"});
+        api.request(Method::POST, &path, Some(&api.write_key), Some(&alice), Some(&receipt), &[]).await;
+        use futures::StreamExt;
+        let mut payloads = Vec::new();
+        for _ in 0..2 {
+            let message = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap().unwrap();
+            payloads.push(message.get_payload::<Vec<u8>>().unwrap());
         }
-        other => panic!("expected a message, got {other:?}"),
-    }
-    match msgd::store::LiveEvent::decode(&payloads[1]).unwrap() {
-        msgd::store::LiveEvent::Event(bytes) => {
-            let event: Value = serde_json::from_slice(&bytes).unwrap();
-            assert_eq!((event["op"].as_str(), event["read_seq"].as_u64()), (Some("receipt"), Some(1)));
+        match msgd::store::LiveEvent::decode(&payloads[0]).unwrap() {
+            msgd::store::LiveEvent::Message(entry) => {
+                assert_eq!(entry.seq, 1);
+                let envelope: Value = serde_json::from_slice(&entry.body).unwrap();
+                assert_eq!(envelope["id"], sent.body["id"]);
+            }
+            other => panic!("expected a message, got {other:?}"),
         }
-        other => panic!("expected a receipt event, got {other:?}"),
+        match msgd::store::LiveEvent::decode(&payloads[1]).unwrap() {
+            msgd::store::LiveEvent::Event(bytes) => {
+                let event: Value = serde_json::from_slice(&bytes).unwrap();
+                assert_eq!((event["op"].as_str(), event["read_seq"].as_u64()), (Some("receipt"), Some(1)));
+            }
+            other => panic!("expected a receipt event, got {other:?}"),
+        }
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_removed_member_is_refused_within_a_second_on_every_instance() {
-    for backend in backends() {
+backend_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_removed_member_is_refused_within_a_second_on_every_instance(backend: Backend) {
         let api = Api::start(backend).await;
         let (alice, bob) = (api.token("alice").await, api.token("bob").await);
         let conversation = api.conversation(&alice, &["bob"]).await;

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::api::Api;
-use crate::support::{backends, eventually, services_env, unique, Backend, PrivateS3, TestEnv};
+use crate::support::api::Api;
+use crate::support::servers::PrivateS3;
+use crate::support::{backend_test, eventually, services_test, unique, Backend, ServicesEnv, TestEnv};
 
 /// Checks the index and the objects of `api`'s deployment: for each
 /// conversation, blocks cover exactly 1..=last seq; every block decodes to
@@ -91,9 +92,9 @@ async fn drop_index(api: &Api) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flushing_indexes_every_seq_once_and_reindex_restores_the_index() {
-    for backend in backends() {
+backend_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn flushing_indexes_every_seq_once_and_reindex_restores_the_index(backend: Backend) {
         // The ticker stays out of the way (1 h); `msgd flush` does the work.
         let api = Api::start_with(backend, &[("MSGD_FLUSH__INTERVAL", "1h"), ("MSGD_FLUSH__HOT_WINDOW", "10")]).await;
         let token = api.token("alice").await;
@@ -148,63 +149,67 @@ async fn flushing_indexes_every_seq_once_and_reindex_restores_the_index() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_object_store_outage_fails_the_flush_trims_nothing_and_recovers() {
-    let Some(services) = services_env().filter(|_| backends().contains(&Backend::Services)) else { return };
-    let bucket = "outage";
-    let mut s3 = PrivateS3::start(&services, bucket);
-    let endpoint = s3.endpoint();
-    let api = Api::start_with(
-        Backend::Services,
-        &[
-            ("MSGD_S3__ENDPOINT", &endpoint),
-            ("MSGD_S3__BUCKET", bucket),
-            ("MSGD_FLUSH__INTERVAL", "200ms"),
-            ("MSGD_FLUSH__MAX_AGE", "0s"),
-            ("MSGD_FLUSH__HOT_WINDOW", "0"),
-        ],
-    )
-    .await;
-    let token = api.token("alice").await;
-    let conversation = api.conversation(&token, &[]).await;
-    let mut sent = BTreeMap::new();
-    send_many(&api, &token, std::slice::from_ref(&conversation), 20, &mut sent).await;
-    let stores = api.stores().await;
-    let conv = api.conv_key(&conversation);
-    let flushed = eventually(Duration::from_secs(15), async || {
-        stores.metadata.flushed_seq(&api.app_id, &conversation).await.unwrap() == 20
-    })
-    .await;
-    assert!(flushed, "{}", api.msgd.log_text());
+services_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_object_store_outage_fails_the_flush_trims_nothing_and_recovers(services: ServicesEnv) {
+        let bucket = "outage";
+        let mut s3 = PrivateS3::start(&services, bucket);
+        let endpoint = s3.endpoint();
+        let api = Api::start_with(
+            Backend::Services,
+            &[
+                ("MSGD_S3__ENDPOINT", &endpoint),
+                ("MSGD_S3__BUCKET", bucket),
+                ("MSGD_FLUSH__INTERVAL", "200ms"),
+                ("MSGD_FLUSH__MAX_AGE", "0s"),
+                ("MSGD_FLUSH__HOT_WINDOW", "0"),
+            ],
+        )
+        .await;
+        let token = api.token("alice").await;
+        let conversation = api.conversation(&token, &[]).await;
+        let mut sent = BTreeMap::new();
+        send_many(&api, &token, std::slice::from_ref(&conversation), 20, &mut sent).await;
+        let stores = api.stores().await;
+        let conv = api.conv_key(&conversation);
+        let flushed = eventually(Duration::from_secs(15), async || {
+            stores.metadata.flushed_seq(&api.app_id, &conversation).await.unwrap() == 20
+        })
+        .await;
+        assert!(flushed, "{}", api.msgd.log_text());
 
-    s3.stop();
-    send_many(&api, &token, std::slice::from_ref(&conversation), 20, &mut sent).await;
-    let failed = eventually(Duration::from_secs(15), async || {
-        api.msgd.log_lines().iter().any(|l| l["message"] == "segment flush tick failed" && l["stage"] == "object-put")
-    })
-    .await;
-    assert!(failed, "a failed object-put is logged with its stage:\n{}", api.msgd.log_text());
-    assert_eq!(stores.tail.read(&conv, 20, 100).await.unwrap().len(), 20, "nothing unflushed was trimmed");
-    assert_eq!(stores.metadata.flushed_seq(&api.app_id, &conversation).await.unwrap(), 20);
+        s3.stop();
+        send_many(&api, &token, std::slice::from_ref(&conversation), 20, &mut sent).await;
+        let failed = eventually(Duration::from_secs(15), async || {
+            api.msgd
+                .log_lines()
+                .iter()
+                .any(|l| l["message"] == "segment flush tick failed" && l["stage"] == "object-put")
+        })
+        .await;
+        assert!(failed, "a failed object-put is logged with its stage:\n{}", api.msgd.log_text());
+        assert_eq!(stores.tail.read(&conv, 20, 100).await.unwrap().len(), 20, "nothing unflushed was trimmed");
+        assert_eq!(stores.metadata.flushed_seq(&api.app_id, &conversation).await.unwrap(), 20);
 
-    s3.resume();
-    let recovered = eventually(Duration::from_secs(30), async || {
-        stores.metadata.flushed_seq(&api.app_id, &conversation).await.unwrap() == 40
-    })
-    .await;
-    assert!(recovered, "the flush retries once the store is back:\n{}", api.msgd.log_text());
-    assert_history(&api, &sent).await;
-    let metrics = reqwest::get(api.msgd.url("/metrics")).await.unwrap().text().await.unwrap();
-    assert!(
-        metrics.contains(r#"msgd_flush_ticks_total{result="error"}"#)
-            && metrics.contains(r#"msgd_flush_ticks_total{result="ok"}"#)
-    );
-    assert!(metrics.contains(r#"msgd_object_store_requests_total{op="put",result="error"}"#), "{metrics}");
+        s3.resume();
+        let recovered = eventually(Duration::from_secs(30), async || {
+            stores.metadata.flushed_seq(&api.app_id, &conversation).await.unwrap() == 40
+        })
+        .await;
+        assert!(recovered, "the flush retries once the store is back:\n{}", api.msgd.log_text());
+        assert_history(&api, &sent).await;
+        let metrics = reqwest::get(api.msgd.url("/metrics")).await.unwrap().text().await.unwrap();
+        assert!(
+            metrics.contains(r#"msgd_flush_ticks_total{result="error"}"#)
+                && metrics.contains(r#"msgd_flush_ticks_total{result="ok"}"#)
+        );
+        assert!(metrics.contains(r#"msgd_object_store_requests_total{op="put",result="error"}"#), "{metrics}");
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crash_between_put_and_commit_loses_nothing() {
-    for backend in backends() {
+backend_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_crash_between_put_and_commit_loses_nothing(backend: Backend) {
         let mut api = Api::start_with(
             backend,
             &[("MSGD_FLUSH__INTERVAL", "200ms"), ("MSGD_FLUSH__MAX_AGE", "0s"), ("MSGD_FLUSH__FAILPOINT", "after-put")],
@@ -247,56 +252,55 @@ async fn a_crash_between_put_and_commit_loses_nothing() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_instances_flushing_at_once_index_every_seq_once() {
-    if !backends().contains(&Backend::Services) {
-        return;
-    }
-    let vars = [("MSGD_FLUSH__INTERVAL", "50ms"), ("MSGD_FLUSH__MAX_AGE", "0s"), ("MSGD_FLUSH__HOT_WINDOW", "0")];
-    let api = Api::start_with(Backend::Services, &vars).await;
-    let second = api.second_instance();
-    let token = api.token("alice").await;
-    let mut conversations = Vec::new();
-    for _ in 0..4 {
-        conversations.push(api.conversation(&token, &[]).await);
-    }
-    let path = |c: &str| format!("/v1/conversations/{c}/messages");
-    let mut sent = BTreeMap::new();
-    for n in 0..100 {
-        for conversation in &conversations {
-            let instance = if n % 2 == 0 { &api.msgd } else { &second };
-            let body = json!({"payload": {"n": n}});
-            let reply = api
-                .request_to(
-                    instance,
-                    reqwest::Method::POST,
-                    &path(conversation),
-                    Some(&api.write_key),
-                    Some(&token),
-                    Some(&body),
-                    &[],
-                )
-                .await;
-            assert_eq!(reply.status, 201, "{}", reply.body);
-            sent.insert(conversation.clone(), reply.body["seq"].as_u64().unwrap());
+services_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_instances_flushing_at_once_index_every_seq_once(_: ServicesEnv) {
+        let vars = [("MSGD_FLUSH__INTERVAL", "50ms"), ("MSGD_FLUSH__MAX_AGE", "0s"), ("MSGD_FLUSH__HOT_WINDOW", "0")];
+        let api = Api::start_with(Backend::Services, &vars).await;
+        let second = api.second_instance();
+        let token = api.token("alice").await;
+        let mut conversations = Vec::new();
+        for _ in 0..4 {
+            conversations.push(api.conversation(&token, &[]).await);
         }
-    }
-    let stores = api.stores().await;
-    let done = eventually(Duration::from_secs(20), async || {
-        let mut all = true;
-        for c in &conversations {
-            all &= stores.metadata.flushed_seq(&api.app_id, c).await.unwrap() == 100;
+        let path = |c: &str| format!("/v1/conversations/{c}/messages");
+        let mut sent = BTreeMap::new();
+        for n in 0..100 {
+            for conversation in &conversations {
+                let instance = if n % 2 == 0 { &api.msgd } else { &second };
+                let body = json!({"payload": {"n": n}});
+                let reply = api
+                    .request_to(
+                        instance,
+                        reqwest::Method::POST,
+                        &path(conversation),
+                        Some(&api.write_key),
+                        Some(&token),
+                        Some(&body),
+                        &[],
+                    )
+                    .await;
+                assert_eq!(reply.status, 201, "{}", reply.body);
+                sent.insert(conversation.clone(), reply.body["seq"].as_u64().unwrap());
+            }
         }
-        all
-    })
-    .await;
-    assert!(done, "{}", api.msgd.log_text());
-    assert_history(&api, &sent).await;
+        let stores = api.stores().await;
+        let done = eventually(Duration::from_secs(20), async || {
+            let mut all = true;
+            for c in &conversations {
+                all &= stores.metadata.flushed_seq(&api.app_id, c).await.unwrap() == 100;
+            }
+            all
+        })
+        .await;
+        assert!(done, "{}", api.msgd.log_text());
+        assert_history(&api, &sent).await;
+    }
 }
 
-#[tokio::test]
-async fn a_replay_after_the_tail_was_trimmed_answers_from_segments() {
-    for backend in backends() {
+backend_test! {
+    #[tokio::test]
+    async fn a_replay_after_the_tail_was_trimmed_answers_from_segments(backend: Backend) {
         let api = Api::start_with(backend, &[("MSGD_FLUSH__INTERVAL", "1h"), ("MSGD_FLUSH__HOT_WINDOW", "0")]).await;
         let token = api.token("alice").await;
         let conversation = api.conversation(&token, &[]).await;
@@ -331,10 +335,10 @@ fn inspect_capped(env: &TestEnv, args: &[&str]) -> crate::support::Output {
     crate::support::run_command(command, "")
 }
 
-#[tokio::test]
-async fn inspect_segment_reads_by_range_and_names_truncation() {
-    let golden = std::fs::read(GOLDEN).unwrap();
-    for backend in backends() {
+backend_test! {
+    #[tokio::test]
+    async fn inspect_segment_reads_by_range_and_names_truncation(backend: Backend) {
+        let golden = std::fs::read(GOLDEN).unwrap();
         let env = TestEnv::new(backend).await;
         let dir = tempfile::tempdir().unwrap();
         let local = |name: &str, bytes: &[u8], len: u64| {
@@ -386,9 +390,9 @@ async fn inspect_segment_reads_by_range_and_names_truncation() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn inspect_segment_verify_gives_a_verdict_and_never_skips_the_index_silently() {
-    for backend in backends() {
+backend_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn inspect_segment_verify_gives_a_verdict_and_never_skips_the_index_silently(backend: Backend) {
         let api = Api::start_with(backend, &[("MSGD_FLUSH__INTERVAL", "1h"), ("MSGD_FLUSH__HOT_WINDOW", "0")]).await;
         let token = api.token("alice").await;
         let conversation = api.conversation(&token, &[]).await;
@@ -426,9 +430,9 @@ async fn inspect_segment_verify_gives_a_verdict_and_never_skips_the_index_silent
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn flush_dry_run_shows_what_waits_and_what_would_be_trimmed() {
-    for backend in backends() {
+backend_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn flush_dry_run_shows_what_waits_and_what_would_be_trimmed(backend: Backend) {
         // Thresholds far away: nothing is due without --all.
         let api = Api::start_with(backend, &[("MSGD_FLUSH__INTERVAL", "1h"), ("MSGD_FLUSH__HOT_WINDOW", "10")]).await;
         let token = api.token("alice").await;
@@ -460,21 +464,23 @@ async fn flush_dry_run_shows_what_waits_and_what_would_be_trimmed() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_missing_bucket_is_created_and_flushed_into() {
-    let Some(services) = services_env().filter(|_| backends().contains(&Backend::Services)) else { return };
-    let bucket = unique("fresh-");
-    let api = Api::start_with(Backend::Services, &[("MSGD_S3__BUCKET", &bucket), ("MSGD_FLUSH__INTERVAL", "1h")]).await;
-    let ready = eventually(Duration::from_secs(15), async || {
-        reqwest::get(api.msgd.url("/readyz")).await.is_ok_and(|r| r.status() == 200)
-    })
-    .await;
-    let readyz = reqwest::get(api.msgd.url("/readyz")).await.unwrap().text().await.unwrap();
-    assert!(ready, "/readyz: {readyz}\n{}", api.msgd.log_text());
-    assert!(services.s3_root.join(&bucket).is_dir(), "the bucket exists on the server");
-    let token = api.token("alice").await;
-    let conversation = api.conversation(&token, &[]).await;
-    send_many(&api, &token, std::slice::from_ref(&conversation), 3, &mut BTreeMap::new()).await;
-    flush(&api, &["--all"]);
-    assert_eq!(api.stores().await.objects.list("segments/").await.unwrap().len(), 1);
+services_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_missing_bucket_is_created_and_flushed_into(services: ServicesEnv) {
+        let bucket = unique("fresh-");
+        let api =
+            Api::start_with(Backend::Services, &[("MSGD_S3__BUCKET", &bucket), ("MSGD_FLUSH__INTERVAL", "1h")]).await;
+        let ready = eventually(Duration::from_secs(15), async || {
+            reqwest::get(api.msgd.url("/readyz")).await.is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+        let readyz = reqwest::get(api.msgd.url("/readyz")).await.unwrap().text().await.unwrap();
+        assert!(ready, "/readyz: {readyz}\n{}", api.msgd.log_text());
+        assert!(services.s3_root.join(&bucket).is_dir(), "the bucket exists on the server");
+        let token = api.token("alice").await;
+        let conversation = api.conversation(&token, &[]).await;
+        send_many(&api, &token, std::slice::from_ref(&conversation), 3, &mut BTreeMap::new()).await;
+        flush(&api, &["--all"]);
+        assert_eq!(api.stores().await.objects.list("segments/").await.unwrap().len(), 1);
+    }
 }

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use crate::support::{backends, eventually, services_env, Backend, PrivatePostgres, PrivateRedis, TestEnv};
+use crate::support::servers::{PrivatePostgres, PrivateRedis};
+use crate::support::{backend_test, eventually, services_test, Backend, ServicesEnv, TestEnv};
 
 async fn get(url: &str) -> (u16, serde_json::Value) {
     let response = reqwest::get(url).await.expect("request");
@@ -11,9 +12,9 @@ async fn get(url: &str) -> (u16, serde_json::Value) {
     (status, response.json().await.unwrap_or(serde_json::Value::Null))
 }
 
-#[tokio::test]
-async fn serve_is_ready_and_exports_metrics_by_route_template() {
-    for backend in backends() {
+backend_test! {
+    #[tokio::test]
+    async fn serve_is_ready_and_exports_metrics_by_route_template(backend: Backend) {
         let env = TestEnv::new(backend).await;
         let msgd = env.serve();
         let (status, body) = get(&msgd.url("/readyz")).await;
@@ -47,9 +48,9 @@ async fn serve_is_ready_and_exports_metrics_by_route_template() {
     }
 }
 
-#[tokio::test]
-async fn sigterm_exits_0_within_the_deadline() {
-    for backend in backends() {
+backend_test! {
+    #[tokio::test]
+    async fn sigterm_exits_0_within_the_deadline(backend: Backend) {
         let mut env = TestEnv::new(backend).await;
         env.set("MSGD_HTTP__SHUTDOWN_TIMEOUT", "5s");
         let mut msgd = env.serve();
@@ -88,38 +89,49 @@ async fn outage(env: &TestEnv, dependency: &str, stop: impl FnOnce(), resume: im
     assert!(logged, "the watcher logs the recovery:\n{}", msgd.log_text());
 }
 
-#[tokio::test]
-async fn readiness_follows_a_real_redis_outage() {
-    let Some(services) = services_env().filter(|_| backends().contains(&Backend::Services)) else { return };
-    let mut env = TestEnv::new(Backend::Services).await;
-    let redis = std::sync::Mutex::new(PrivateRedis::start(&services.redis_server));
-    env.set("MSGD_REDIS__URL", &redis.lock().unwrap().url());
-    outage(&env, "redis", || redis.lock().unwrap().stop(), || redis.lock().unwrap().resume()).await;
+services_test! {
+    #[tokio::test]
+    async fn readiness_follows_a_real_redis_outage(services: ServicesEnv) {
+        let mut env = TestEnv::new(Backend::Services).await;
+        let redis = std::sync::Mutex::new(PrivateRedis::start(&services.redis_server));
+        env.set("MSGD_REDIS__URL", &redis.lock().unwrap().url());
+        outage(&env, "redis", || redis.lock().unwrap().stop(), || redis.lock().unwrap().resume()).await;
+    }
 }
 
-#[tokio::test]
-async fn readiness_follows_a_real_postgres_outage_and_migrates_when_it_returns() {
-    let Some(services) = services_env().filter(|_| backends().contains(&Backend::Services)) else { return };
-    let mut env = TestEnv::new(Backend::Services).await;
-    let postgres = PrivatePostgres::start(&services.pg_bin);
-    env.set("MSGD_POSTGRES__URL", &postgres.url());
-    outage(&env, "postgres", || postgres.stop(), || postgres.resume()).await;
+services_test! {
+    #[tokio::test]
+    async fn readiness_follows_a_real_postgres_outage_and_migrates_when_it_returns(services: ServicesEnv) {
+        let mut env = TestEnv::new(Backend::Services).await;
+        let postgres = PrivatePostgres::start(&services.pg_bin);
+        env.set("MSGD_POSTGRES__URL", &postgres.url());
+        outage(&env, "postgres", || postgres.stop(), || postgres.resume()).await;
 
-    // Started while Postgres is down: not ready, then ready with the schema applied.
-    postgres.stop();
-    let msgd = env.serve();
-    let (status, body) = get(&msgd.url("/readyz")).await;
-    assert_eq!(status, 503, "{body}");
-    postgres.resume();
-    let up = eventually(Duration::from_secs(20), async || get(&msgd.url("/readyz")).await.0 == 200).await;
-    assert!(up, "{}", msgd.log_text());
-    let out = env.run(&["keys", "create-app", "after-outage", "--json"], "");
-    assert_eq!(out.code, 0, "{}", out.stderr);
+        // Started while Postgres is down: not ready, then ready with the schema applied.
+        postgres.stop();
+        let msgd = env.serve();
+        let (status, body) = get(&msgd.url("/readyz")).await;
+        assert_eq!(status, 503, "{body}");
+        postgres.resume();
+        let up = eventually(Duration::from_secs(20), async || get(&msgd.url("/readyz")).await.0 == 200).await;
+        assert!(up, "{}", msgd.log_text());
+        let out = env.run(&["keys", "create-app", "after-outage", "--json"], "");
+        assert_eq!(out.code, 0, "{}", out.stderr);
+    }
 }
 
-#[tokio::test]
-async fn bad_dependencies_are_named_never_panicked() {
-    // An unwritable data dir stops embedded serve with the path in the message.
+backend_test! {
+    #[tokio::test]
+    async fn bad_dependencies_are_named_never_panicked(backend: Backend) {
+        match backend {
+            Backend::Embedded => an_unwritable_data_dir_is_named().await,
+            Backend::Services => bad_services_are_named().await,
+        }
+    }
+}
+
+/// An unwritable data dir stops embedded serve with the path in the message.
+async fn an_unwritable_data_dir_is_named() {
     let mut env = TestEnv::new(Backend::Embedded).await;
     let blocker = env.dir.path().join("file");
     std::fs::write(&blocker, b"not a directory").unwrap();
@@ -128,10 +140,10 @@ async fn bad_dependencies_are_named_never_panicked() {
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(out.stderr.contains("data dir") && out.stderr.contains(&blocker.display().to_string()), "{}", out.stderr);
     assert!(!out.stderr.contains("panicked"));
+}
 
-    if !backends().contains(&Backend::Services) {
-        return;
-    }
+/// Wrong S3 credentials and an unreachable Postgres are named, never panicked on.
+async fn bad_services_are_named() {
     // Wrong credentials: serve runs, /readyz names the problem. (A missing bucket
     // is created: segments::a_missing_bucket_is_created_and_flushed_into.)
     for (var, value, expected) in [("MSGD_S3__SECRET_ACCESS_KEY", "wrong-secret", "SignatureDoesNotMatch")] {
@@ -153,9 +165,9 @@ async fn bad_dependencies_are_named_never_panicked() {
     assert!(out.stderr.contains(&format!("127.0.0.1:{port}")) && !out.stderr.contains("topsecret"), "{}", out.stderr);
 }
 
-#[tokio::test]
-async fn habitual_signals_are_logged_and_ignored() {
-    for backend in backends() {
+backend_test! {
+    #[tokio::test]
+    async fn habitual_signals_are_logged_and_ignored(backend: Backend) {
         let env = TestEnv::new(backend).await;
         let mut msgd = env.serve();
         for signal in ["HUP", "USR1", "USR2"] {
@@ -178,9 +190,9 @@ async fn habitual_signals_are_logged_and_ignored() {
     }
 }
 
-#[tokio::test]
-async fn text_logs_to_a_file_carry_no_colour_codes() {
-    for backend in backends() {
+backend_test! {
+    #[tokio::test]
+    async fn text_logs_to_a_file_carry_no_colour_codes(backend: Backend) {
         let mut env = TestEnv::new(backend).await;
         env.set("MSGD_LOG__FORMAT", "text");
         let log = env.dir.path().join("serve-text.log");
@@ -203,29 +215,32 @@ async fn text_logs_to_a_file_carry_no_colour_codes() {
     }
 }
 
-#[tokio::test]
-async fn a_refused_postgres_is_named_at_once_with_its_address_never_its_password() {
-    if !backends().contains(&Backend::Services) {
-        return;
-    }
-    let mut env = TestEnv::new(Backend::Services).await;
-    let port = crate::support::free_port();
-    env.set("MSGD_POSTGRES__URL", &format!("postgres://msgd@127.0.0.1:{port}/msgd?password=topsecret"));
-    // Longer than /readyz's own 2 s bound and than the test waits: the cause
-    // must come from the refused connection, not from a timeout.
-    env.set("MSGD_POSTGRES__CONNECT_TIMEOUT", "30s");
-    let msgd = env.serve();
-    let (status, body) = get(&msgd.url("/readyz")).await;
-    assert_eq!(status, 503, "{body}");
-    let error = body["dependencies"]["postgres"]["error"].as_str().unwrap_or_default().to_string();
-    assert!(error.to_lowercase().contains("connection refused"), "{error}");
-    assert!(error.contains(&format!("127.0.0.1:{port}")) && !error.contains("topsecret"), "{error}");
-    let log = msgd.log_text();
-    assert!(log.to_lowercase().contains("connection refused") && !log.contains("topsecret"), "{log}");
+services_test! {
+    #[tokio::test]
+    async fn a_refused_postgres_is_named_at_once_with_its_address_never_its_password(_: ServicesEnv) {
+        let mut env = TestEnv::new(Backend::Services).await;
+        let port = crate::support::free_port();
+        env.set("MSGD_POSTGRES__URL", &format!("postgres://msgd@127.0.0.1:{port}/msgd?password=topsecret"));
+        // Longer than /readyz's own 2 s bound and than the test waits: the cause
+        // must come from the refused connection, not from a timeout.
+        env.set("MSGD_POSTGRES__CONNECT_TIMEOUT", "30s");
+        let msgd = env.serve();
+        let (status, body) = get(&msgd.url("/readyz")).await;
+        assert_eq!(status, 503, "{body}");
+        let error = body["dependencies"]["postgres"]["error"].as_str().unwrap_or_default().to_string();
+        assert!(error.to_lowercase().contains("connection refused"), "{error}");
+        assert!(error.contains(&format!("127.0.0.1:{port}")) && !error.contains("topsecret"), "{error}");
+        let log = msgd.log_text();
+        assert!(log.to_lowercase().contains("connection refused") && !log.contains("topsecret"), "{log}");
 
-    // One-shot commands say the same.
-    let out = env.run(&["keys", "list"], "");
-    assert_eq!(out.code, 1, "{}", out.stderr);
-    assert!(out.stderr.to_lowercase().contains("connection refused"), "{}", out.stderr);
-    assert!(out.stderr.contains(&format!("127.0.0.1:{port}")) && !out.stderr.contains("topsecret"), "{}", out.stderr);
+        // One-shot commands say the same.
+        let out = env.run(&["keys", "list"], "");
+        assert_eq!(out.code, 1, "{}", out.stderr);
+        assert!(out.stderr.to_lowercase().contains("connection refused"), "{}", out.stderr);
+        assert!(
+            out.stderr.contains(&format!("127.0.0.1:{port}")) && !out.stderr.contains("topsecret"),
+            "{}",
+            out.stderr
+        );
+    }
 }

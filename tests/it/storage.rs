@@ -8,13 +8,13 @@ use std::time::Duration;
 use msgd::store::{AppendOutcome, AppendRequest, ConvKey, IdempotencyClaim, LiveEvent, Stores, Tail};
 use msgd::telemetry::Metrics;
 
-use crate::support::{backends, Backend, TestEnv};
+use crate::support::{backend_test, services_test, Backend, ServicesEnv, TestEnv};
 
 const TABLES: &[&str] = &["apps", "api_keys", "conversations", "members", "segments", "segment_blocks", "flush_state"];
 
-#[tokio::test]
-async fn migrations_apply_to_a_fresh_database_and_again_idempotently() {
-    for backend in backends() {
+backend_test! {
+    #[tokio::test]
+    async fn migrations_apply_to_a_fresh_database_and_again_idempotently(backend: Backend) {
         let env = TestEnv::new(backend).await;
         let config = env.config();
         for _ in 0..2 {
@@ -79,9 +79,9 @@ fn message(conv: &ConvKey, n: u64) -> AppendRequest {
     }
 }
 
-#[tokio::test]
-async fn concurrent_appends_get_gap_free_seqs_in_order() {
-    for backend in backends() {
+backend_test! {
+    #[tokio::test]
+    async fn concurrent_appends_get_gap_free_seqs_in_order(backend: Backend) {
         let env = TestEnv::new(backend).await;
         let stores = open(&env).await;
         let conv = ConvKey::new("app_t", uuid::Uuid::now_v7().to_string());
@@ -125,9 +125,9 @@ async fn concurrent_appends_get_gap_free_seqs_in_order() {
     }
 }
 
-#[tokio::test]
-async fn idempotency_replays_and_detects_reuse() {
-    for backend in backends() {
+backend_test! {
+    #[tokio::test]
+    async fn idempotency_replays_and_detects_reuse(backend: Backend) {
         let env = TestEnv::new(backend).await;
         let stores = open(&env).await;
         let conv = ConvKey::new("app_t", uuid::Uuid::now_v7().to_string());
@@ -173,9 +173,9 @@ async fn idempotency_replays_and_detects_reuse() {
     }
 }
 
-#[tokio::test]
-async fn a_lost_counter_is_reseeded_and_never_regresses() {
-    for backend in backends() {
+backend_test! {
+    #[tokio::test]
+    async fn a_lost_counter_is_reseeded_and_never_regresses(backend: Backend) {
         let env = TestEnv::new(backend).await;
         let stores = open(&env).await;
         let conv = ConvKey::new("app_t", uuid::Uuid::now_v7().to_string());
@@ -197,31 +197,33 @@ async fn a_lost_counter_is_reseeded_and_never_regresses() {
     }
 }
 
-#[tokio::test]
-async fn services_tail_reseeds_past_the_log_when_redis_loses_the_counter() {
-    if !backends().contains(&Backend::Services) {
-        return;
+services_test! {
+    #[tokio::test]
+    async fn services_tail_reseeds_past_the_log_when_redis_loses_the_counter(_: ServicesEnv) {
+        let env = TestEnv::new(Backend::Services).await;
+        let stores = open(&env).await;
+        let conv = ConvKey::new("app_t", uuid::Uuid::now_v7().to_string());
+        for n in 0..3 {
+            append(stores.tail.as_ref(), &message(&conv, n)).await;
+        }
+        // An operator error or eviction deletes the counter but not the log.
+        let client = redis::Client::open(env.var("MSGD_REDIS__URL").unwrap()).unwrap();
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        let prefix = env.var("MSGD_REDIS__KEY_PREFIX").unwrap();
+        let key = format!("{prefix}:{{s{}}}:seq:{}:{}", conv.shard(), conv.app_id, conv.conversation_id);
+        let deleted: i64 = redis::cmd("DEL").arg(&key).query_async(&mut connection).await.unwrap();
+        assert_eq!(deleted, 1, "the counter key follows the documented schema");
+        // Seeding from stale metadata (0) still continues after the log's top.
+        assert!(matches!(
+            append(stores.tail.as_ref(), &message(&conv, 9)).await,
+            AppendOutcome::Appended(e) if e.seq == 4
+        ));
     }
-    let env = TestEnv::new(Backend::Services).await;
-    let stores = open(&env).await;
-    let conv = ConvKey::new("app_t", uuid::Uuid::now_v7().to_string());
-    for n in 0..3 {
-        append(stores.tail.as_ref(), &message(&conv, n)).await;
-    }
-    // An operator error or eviction deletes the counter but not the log.
-    let client = redis::Client::open(env.var("MSGD_REDIS__URL").unwrap()).unwrap();
-    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-    let prefix = env.var("MSGD_REDIS__KEY_PREFIX").unwrap();
-    let key = format!("{prefix}:{{s{}}}:seq:{}:{}", conv.shard(), conv.app_id, conv.conversation_id);
-    let deleted: i64 = redis::cmd("DEL").arg(&key).query_async(&mut connection).await.unwrap();
-    assert_eq!(deleted, 1, "the counter key follows the documented schema");
-    // Seeding from stale metadata (0) still continues after the log's top.
-    assert!(matches!(append(stores.tail.as_ref(), &message(&conv, 9)).await, AppendOutcome::Appended(e) if e.seq == 4));
 }
 
-#[tokio::test]
-async fn ephemeral_events_state_and_dirty_marks() {
-    for backend in backends() {
+backend_test! {
+    #[tokio::test]
+    async fn ephemeral_events_state_and_dirty_marks(backend: Backend) {
         let env = TestEnv::new(backend).await;
         let stores = open(&env).await;
         let conv = ConvKey::new("app_t", uuid::Uuid::now_v7().to_string());
@@ -264,9 +266,9 @@ async fn ephemeral_events_state_and_dirty_marks() {
     }
 }
 
-#[tokio::test]
-async fn objects_round_trip_with_ranges() {
-    for backend in backends() {
+backend_test! {
+    #[tokio::test]
+    async fn objects_round_trip_with_ranges(backend: Backend) {
         let env = TestEnv::new(backend).await;
         let stores = open(&env).await;
         let objects = &stores.objects;
@@ -289,9 +291,9 @@ async fn objects_round_trip_with_ranges() {
     }
 }
 
-#[tokio::test]
-async fn expired_idempotency_claims_are_forgotten_and_purged() {
-    for backend in backends() {
+backend_test! {
+    #[tokio::test]
+    async fn expired_idempotency_claims_are_forgotten_and_purged(backend: Backend) {
         let env = TestEnv::new(backend).await;
         let stores = open(&env).await;
         let conv = ConvKey::new("app_t", uuid::Uuid::now_v7().to_string());

@@ -15,8 +15,8 @@ use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
-use crate::oidc::{rs256_header, unix_now, CountingServer, TestIssuer};
-use crate::support::{eventually, Backend, Msgd, TestEnv};
+use crate::support::oidc::{rs256_header, unix_now, CountingServer, TestIssuer};
+use crate::support::{backend_test, eventually, Backend, Msgd, TestEnv};
 
 /// One msgd trusting one issuer, with a write key of app "acme".
 /// Field order is drop order: msgd is killed before its data dir goes.
@@ -269,17 +269,17 @@ async fn conversations_status(msgd: &Msgd, write_key: &str, token: &str) -> u16 
         .as_u16()
 }
 
-/// Without `auth.dev_tokens.signing_key`, the generated key belongs to the
-/// deployment (kept in the metadata store), not to one instance's data dir:
-/// services-mode instances on different hosts accept each other's dev tokens,
-/// and an embedded instance accepts its predecessor's after a restart.
-#[tokio::test]
-async fn dev_tokens_are_accepted_by_every_instance_of_a_deployment() {
-    for backend in crate::support::backends() {
+backend_test! {
+    /// Without `auth.dev_tokens.signing_key`, the generated key belongs to the
+    /// deployment (kept in the metadata store), not to one instance's data dir:
+    /// services-mode instances on different hosts accept each other's dev tokens,
+    /// and an embedded instance accepts its predecessor's after a restart.
+    #[tokio::test]
+    async fn dev_tokens_are_accepted_by_every_instance_of_a_deployment(backend: Backend) {
         let mut env = TestEnv::new(backend).await;
         env.set("MSGD_AUTH__DEV_TOKENS__ENABLED", "true");
-        let (app_id, admin_key) = crate::api::create_app(&env, "acme");
-        let write_key = crate::api::create_key(&env, &app_id, "write");
+        let (app_id, admin_key) = crate::support::api::create_app(&env, "acme");
+        let write_key = crate::support::api::create_key(&env, &app_id, "write");
         let mut first = env.serve();
         let from_first = mint_dev_token(&first, &admin_key, "alice").await;
         if backend == Backend::Embedded {

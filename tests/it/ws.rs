@@ -10,14 +10,14 @@ use reqwest::Method;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::api::Api;
-use crate::support::{backends, Backend};
-use crate::wsclient::{Client, Next};
+use crate::support::api::Api;
+use crate::support::wsclient::{Client, Next};
+use crate::support::{backend_test, services_test, Backend, ServicesEnv};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reconnecting_clients_receive_every_message_once_in_order() {
-    const MESSAGES: u64 = 1500;
-    for backend in backends() {
+backend_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reconnecting_clients_receive_every_message_once_in_order(backend: Backend) {
+        const MESSAGES: u64 = 1500;
         let api = Arc::new(
             Api::start_with(backend, &[("MSGD_FLUSH__INTERVAL", "1h"), ("MSGD_FLUSH__HOT_WINDOW", "5")]).await,
         );
@@ -82,9 +82,9 @@ async fn reconnecting_clients_receive_every_message_once_in_order() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_consumer_is_cut_off_while_a_fast_one_keeps_up() {
-    for backend in backends() {
+backend_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_consumer_is_cut_off_while_a_fast_one_keeps_up(backend: Backend) {
         let api =
             Api::start_with(backend, &[("MSGD_WS__SEND_QUEUE", "8"), ("MSGD_LIMITS__MAX_PAYLOAD_BYTES", "65536")])
                 .await;
@@ -129,47 +129,49 @@ async fn a_slow_consumer_is_cut_off_while_a_fast_one_keeps_up() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn messages_receipts_and_typing_cross_instances() {
-    if !backends().contains(&Backend::Services) {
-        return;
+services_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn messages_receipts_and_typing_cross_instances(_: ServicesEnv) {
+        let api = Api::start(Backend::Services).await;
+        let other = api.second_instance();
+        let (alice, bob) = (api.token("alice").await, api.token("bob").await);
+        let conversation = api.conversation(&alice, &["bob"]).await;
+        // Bob listens on the second instance; Alice acts on the first.
+        let mut listener = Client::connect(&other.addr, &api.read_key, &bob).await;
+        listener.send(json!({"op": "subscribe", "conversation_id": conversation})).await;
+        listener.expect_op("subscribed").await;
+        let mut actor = Client::connect(&api.msgd.addr, &api.write_key, &alice).await;
+
+        let sent = api.send(&alice, &conversation, &json!({"payload": {"text": "over HTTP"}})).await;
+        let frame = listener.expect_op("message").await;
+        assert_eq!(frame["message"]["id"], sent.body["id"]);
+        let send = json!({
+            "op": "send", "conversation_id": conversation, "payload": {"text": "over ws"}, "client_msg_id": "w-1"
+        });
+        actor.send(send).await;
+        let ack = actor.expect_op("ack").await;
+        assert_eq!((ack["seq"].as_u64(), ack["client_msg_id"].as_str()), (Some(2), Some("w-1")));
+        assert_eq!(listener.expect_op("message").await["message"]["seq"], 2);
+
+        actor.send(json!({"op": "receipt", "conversation_id": conversation, "seq": 2, "kind": "read"})).await;
+        let receipt = listener.expect_op("receipt").await;
+        assert_eq!((receipt["user_id"].as_str(), receipt["read_seq"].as_u64()), (Some("alice"), Some(2)));
+        actor.send(json!({"op": "typing", "conversation_id": conversation})).await;
+        let typing = listener.expect_op("typing").await;
+        assert_eq!(typing["user_id"], "alice");
+
+        // Removed from the conversation: the stream stops with an error.
+        let path = format!("/v1/conversations/{conversation}/members/bob");
+        assert_eq!(api.request(Method::DELETE, &path, Some(&api.write_key), Some(&alice), None, &[]).await.status, 204);
+        api.send(&alice, &conversation, &json!({"payload": 3})).await;
+        let error = listener.expect_op("error").await;
+        assert_eq!(error["code"], "not_member");
     }
-    let api = Api::start(Backend::Services).await;
-    let other = api.second_instance();
-    let (alice, bob) = (api.token("alice").await, api.token("bob").await);
-    let conversation = api.conversation(&alice, &["bob"]).await;
-    // Bob listens on the second instance; Alice acts on the first.
-    let mut listener = Client::connect(&other.addr, &api.read_key, &bob).await;
-    listener.send(json!({"op": "subscribe", "conversation_id": conversation})).await;
-    listener.expect_op("subscribed").await;
-    let mut actor = Client::connect(&api.msgd.addr, &api.write_key, &alice).await;
-
-    let sent = api.send(&alice, &conversation, &json!({"payload": {"text": "over HTTP"}})).await;
-    let frame = listener.expect_op("message").await;
-    assert_eq!(frame["message"]["id"], sent.body["id"]);
-    actor.send(json!({"op": "send", "conversation_id": conversation, "payload": {"text": "over ws"}, "client_msg_id": "w-1"})).await;
-    let ack = actor.expect_op("ack").await;
-    assert_eq!((ack["seq"].as_u64(), ack["client_msg_id"].as_str()), (Some(2), Some("w-1")));
-    assert_eq!(listener.expect_op("message").await["message"]["seq"], 2);
-
-    actor.send(json!({"op": "receipt", "conversation_id": conversation, "seq": 2, "kind": "read"})).await;
-    let receipt = listener.expect_op("receipt").await;
-    assert_eq!((receipt["user_id"].as_str(), receipt["read_seq"].as_u64()), (Some("alice"), Some(2)));
-    actor.send(json!({"op": "typing", "conversation_id": conversation})).await;
-    let typing = listener.expect_op("typing").await;
-    assert_eq!(typing["user_id"], "alice");
-
-    // Removed from the conversation: the stream stops with an error.
-    let path = format!("/v1/conversations/{conversation}/members/bob");
-    assert_eq!(api.request(Method::DELETE, &path, Some(&api.write_key), Some(&alice), None, &[]).await.status, 204);
-    api.send(&alice, &conversation, &json!({"payload": 3})).await;
-    let error = listener.expect_op("error").await;
-    assert_eq!(error["code"], "not_member");
 }
 
-#[tokio::test]
-async fn malformed_frames_get_error_frames_and_auth_happens_at_upgrade() {
-    for backend in backends() {
+backend_test! {
+    #[tokio::test]
+    async fn malformed_frames_get_error_frames_and_auth_happens_at_upgrade(backend: Backend) {
         let api = Api::start(backend).await;
         let alice = api.token("alice").await;
         let carol = api.token("carol").await;
@@ -211,9 +213,9 @@ async fn malformed_frames_get_error_frames_and_auth_happens_at_upgrade() {
     }
 }
 
-#[tokio::test]
-async fn a_revoked_key_closes_its_open_websockets() {
-    for backend in backends() {
+backend_test! {
+    #[tokio::test]
+    async fn a_revoked_key_closes_its_open_websockets(backend: Backend) {
         let api = Api::start_with(backend, &[("MSGD_AUTH__KEY_CACHE_TTL", "1s")]).await;
         let alice = api.token("alice").await;
         let conversation = api.conversation(&alice, &[]).await;

@@ -1,9 +1,11 @@
 //! Test support: isolated state per test on both backends, real `msgd`
-//! processes, and private Redis/Postgres servers for outage tests.
+//! processes, private servers for outage tests (`servers`), a local OIDC issuer
+//! (`oidc`), and clients for the HTTP and WebSocket APIs (`api`, `wsclient`).
 //!
-//! Services-mode tests read the shared servers started by
-//! `scripts/services.sh` from `MSGDTEST_*` variables. When they are absent the
-//! services half of a test is skipped with a note — unless
+//! A test written once runs once per backend (`backend_test!`), or on services
+//! alone (`services_test!`). Services-mode tests read the shared servers
+//! started by `scripts/services.sh` from `MSGDTEST_*` variables. When they are
+//! absent the services variant of a test is skipped with a note — unless
 //! `MSGDTEST_REQUIRE_SERVICES=1` (set by `scripts/test.sh`, the README's test
 //! command), where their absence fails the test.
 
@@ -14,6 +16,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod api;
+pub mod oidc;
+pub mod servers;
+pub mod wsclient;
+
 pub const MSGD: &str = env!("CARGO_BIN_EXE_msgd");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,19 +29,75 @@ pub enum Backend {
     Services,
 }
 
-/// The backends a test should run against here.
-pub fn backends() -> Vec<Backend> {
-    if services_env().is_some() {
-        vec![Backend::Embedded, Backend::Services]
-    } else {
+/// The shared services when this run includes services-mode tests, `None`
+/// (with a note) when it skips them. Their absence fails instead under
+/// `MSGDTEST_REQUIRE_SERVICES`, so a run that promises both backends never
+/// passes on one.
+pub fn services_or_skip() -> Option<ServicesEnv> {
+    let services = services_env();
+    if services.is_none() {
         assert!(
             std::env::var("MSGDTEST_REQUIRE_SERVICES").is_err(),
             "MSGDTEST_REQUIRE_SERVICES is set but the MSGDTEST_* service variables are missing"
         );
-        eprintln!("note: services-mode half skipped (run scripts/test.sh to start Postgres, Redis and S3)");
-        vec![Backend::Embedded]
+        eprintln!("note: services-mode test skipped (run scripts/test.sh to start Postgres, Redis and S3)");
     }
+    services
 }
+
+/// One test per backend from one body, so a failure names its backend:
+/// `name::embedded` and `name::services`, the latter skipped as
+/// [`services_or_skip`] decides. The body stays an ordinary `async fn name`
+/// taking the backend; the attributes written above it (the `#[tokio::test]`
+/// and any doc) go on each generated test.
+///
+/// ```ignore
+/// backend_test! {
+///     #[tokio::test]
+///     async fn sends_are_stored(backend: Backend) {
+///         let env = TestEnv::new(backend).await;
+///     }
+/// }
+/// ```
+macro_rules! backend_test {
+    ($(#[$attr:meta])* async fn $name:ident($backend:ident: $backend_type:ty) $body:block) => {
+        async fn $name($backend: $backend_type) $body
+
+        mod $name {
+            $(#[$attr])*
+            async fn embedded() {
+                super::$name($crate::support::Backend::Embedded).await;
+            }
+
+            $(#[$attr])*
+            async fn services() {
+                if $crate::support::services_or_skip().is_some() {
+                    super::$name($crate::support::Backend::Services).await;
+                }
+            }
+        }
+    };
+}
+pub(crate) use backend_test;
+
+/// A test of services mode alone (outages of a real server, several
+/// instances on one deployment): `name::services`, skipped like the services
+/// half of [`backend_test!`]. The body gets the shared services' coordinates.
+macro_rules! services_test {
+    ($(#[$attr:meta])* async fn $name:ident($services:tt: $services_type:ty) $body:block) => {
+        async fn $name($services: $services_type) $body
+
+        mod $name {
+            $(#[$attr])*
+            async fn services() {
+                if let Some(services) = $crate::support::services_or_skip() {
+                    super::$name(services).await;
+                }
+            }
+        }
+    };
+}
+pub(crate) use services_test;
 
 /// The shared services' coordinates.
 #[derive(Clone)]
@@ -271,184 +334,4 @@ pub async fn eventually(timeout: Duration, mut check: impl AsyncFnMut() -> bool)
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     false
-}
-
-/// A Redis server private to one test, so it can be stopped and started.
-pub struct PrivateRedis {
-    pub port: u16,
-    child: Option<Child>,
-    binary: PathBuf,
-}
-
-impl PrivateRedis {
-    pub fn start(binary: &Path) -> PrivateRedis {
-        let mut redis = PrivateRedis { port: free_port(), child: None, binary: binary.to_path_buf() };
-        redis.resume();
-        redis
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    pub fn stop(&mut self) {
-        stop_child(&mut self.child);
-    }
-
-    pub fn resume(&mut self) {
-        let child = Command::new(&self.binary)
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        self.child = Some(child);
-        wait_for_port(self.port);
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// A Postgres cluster private to one test (runs as the `postgres` user).
-pub struct PrivatePostgres {
-    pub port: u16,
-    root: tempfile::TempDir,
-    bin: PathBuf,
-}
-
-impl PrivatePostgres {
-    pub fn start(bin: &Path) -> PrivatePostgres {
-        let root = tempfile::tempdir().unwrap();
-        Command::new("chown").args(["postgres:postgres"]).arg(root.path()).status().unwrap();
-        let data = root.path().join("data");
-        let status = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(bin.join("initdb"))
-            .args(["-D"])
-            .arg(&data)
-            .args(["-U", "postgres", "--auth=trust"])
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "initdb failed");
-        let pg = PrivatePostgres { port: free_port(), root, bin: bin.to_path_buf() };
-        pg.resume();
-        pg
-    }
-
-    pub fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-
-    fn pg_ctl(&self, args: &[&str]) {
-        let status = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(self.bin.join("pg_ctl"))
-            .arg("-D")
-            .arg(self.root.path().join("data"))
-            .arg("-l")
-            .arg(self.root.path().join("log"))
-            .args(args)
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "pg_ctl {args:?} failed");
-    }
-
-    pub fn stop(&self) {
-        self.pg_ctl(&["-w", "-m", "immediate", "stop"]);
-    }
-
-    pub fn resume(&self) {
-        let options = format!("-c listen_addresses=127.0.0.1 -p {} -k {}", self.port, self.root.path().display());
-        self.pg_ctl(&["-w", "-o", &options, "start"]);
-    }
-}
-
-impl Drop for PrivatePostgres {
-    fn drop(&mut self) {
-        let _ = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(self.bin.join("pg_ctl"))
-            .arg("-D")
-            .arg(self.root.path().join("data"))
-            .args(["-m", "immediate", "stop"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-/// An S3 server (s3s-fs) private to one test, so it can be stopped and started.
-pub struct PrivateS3 {
-    pub port: u16,
-    pub root: tempfile::TempDir,
-    child: Option<Child>,
-    binary: PathBuf,
-    access_key: String,
-    secret_key: String,
-}
-
-impl PrivateS3 {
-    pub fn start(services: &ServicesEnv, bucket: &str) -> PrivateS3 {
-        let root = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(root.path().join(bucket)).unwrap();
-        let mut s3 = PrivateS3 {
-            port: free_port(),
-            root,
-            child: None,
-            binary: services.s3s_fs.clone(),
-            access_key: services.s3_access_key_id.clone(),
-            secret_key: services.s3_secret_access_key.clone(),
-        };
-        s3.resume();
-        s3
-    }
-
-    pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    pub fn stop(&mut self) {
-        stop_child(&mut self.child);
-    }
-
-    pub fn resume(&mut self) {
-        let child = Command::new(&self.binary)
-            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--access-key", &self.access_key, "--secret-key", &self.secret_key])
-            .arg(self.root.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start s3s-fs");
-        self.child = Some(child);
-        wait_for_port(self.port);
-    }
-}
-
-impl Drop for PrivateS3 {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// Kills and reaps a test-owned server process, if it runs.
-fn stop_child(child: &mut Option<Child>) {
-    if let Some(mut child) = child.take() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
-fn wait_for_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
