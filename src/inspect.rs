@@ -225,7 +225,7 @@ pub async fn records(
 
 /// Differences between the index rows of `object_key` and its footer; empty
 /// when they agree. An object with no index rows is reported as such.
-pub async fn compare_index(meta: &dyn Metadata, object_key: &str, opened: &Opened) -> Result<Vec<String>, String> {
+pub async fn compare_index(meta: &Metadata, object_key: &str, opened: &Opened) -> Result<Vec<String>, String> {
     let Some(row) = meta.segment_by_key(object_key).await.map_err(|e| e.to_string())? else {
         return Ok(vec![format!("{object_key} has no index rows (an orphan until recovery runs)")]);
     };

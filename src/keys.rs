@@ -235,7 +235,7 @@ pub fn new_app_id() -> String {
 }
 
 /// Creates an app and its first admin key.
-pub async fn create_app(meta: &dyn Metadata, name: &str, now: i64) -> Result<(AppRow, IssuedKey), KeyError> {
+pub async fn create_app(meta: &Metadata, name: &str, now: i64) -> Result<(AppRow, IssuedKey), KeyError> {
     let name = name.trim();
     if name.is_empty() || name.len() > 200 {
         return Err(KeyError::Invalid("an app name is 1 to 200 characters".into()));
@@ -248,7 +248,7 @@ pub async fn create_app(meta: &dyn Metadata, name: &str, now: i64) -> Result<(Ap
 
 /// Issues a key for an app.
 pub async fn create_key(
-    meta: &dyn Metadata,
+    meta: &Metadata,
     app_id: &str,
     scope: Scope,
     name: Option<&str>,
@@ -264,7 +264,7 @@ pub async fn create_key(
 }
 
 /// Lists keys, of one app or all; never their secrets.
-pub async fn list_keys(meta: &dyn Metadata, app_id: Option<&str>) -> Result<Vec<KeyInfo>, KeyError> {
+pub async fn list_keys(meta: &Metadata, app_id: Option<&str>) -> Result<Vec<KeyInfo>, KeyError> {
     if let Some(app_id) = app_id {
         if meta.get_app(app_id).await?.is_none() {
             return Err(KeyError::NoSuchApp(app_id.to_string()));
@@ -278,7 +278,7 @@ pub async fn list_keys(meta: &dyn Metadata, app_id: Option<&str>) -> Result<Vec<
 /// working until `now + grace` (or its own earlier expiry), which is returned
 /// beside the new key.
 pub async fn rotate_key(
-    meta: &dyn Metadata,
+    meta: &Metadata,
     key_id: &str,
     grace: Duration,
     now: i64,
@@ -301,7 +301,7 @@ pub async fn rotate_key(
 }
 
 /// Revokes a key at once.
-pub async fn revoke_key(meta: &dyn Metadata, key_id: &str, now: i64) -> Result<KeyInfo, KeyError> {
+pub async fn revoke_key(meta: &Metadata, key_id: &str, now: i64) -> Result<KeyInfo, KeyError> {
     let key_id = &parse_key_id(key_id)?;
     if !meta.revoke_api_key(key_id, now).await? {
         return Err(KeyError::NoSuchKey(key_id.to_string()));
@@ -311,7 +311,7 @@ pub async fn revoke_key(meta: &dyn Metadata, key_id: &str, now: i64) -> Result<K
 }
 
 /// Authenticates a presented key at `now`.
-pub async fn authenticate(meta: &dyn Metadata, presented: &str, now: i64) -> Result<AuthenticatedKey, KeyError> {
+pub async fn authenticate(meta: &Metadata, presented: &str, now: i64) -> Result<AuthenticatedKey, KeyError> {
     let parsed = parse_key(presented)?;
     let row = meta.get_api_key(parsed.id).await?.ok_or(KeyRejection::Unknown)?;
     if !constant_time_eq(&row.secret_hash, &hash_key(presented)) || row.prefix != parsed.prefix {

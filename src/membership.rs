@@ -154,7 +154,7 @@ impl Membership {
     pub async fn changed(&self, app_id: &str, conversation_id: &str) {
         self.forget(app_id, conversation_id);
         let event = format!("{app_id}/{conversation_id}");
-        if let Err(e) = self.stores.tail.publish(&invalidation_channel(), event.as_bytes()).await {
+        if let Err(e) = self.stores.live.publish(&invalidation_channel(), event.as_bytes()).await {
             tracing::warn!(component = "conversations", error = %e, "membership invalidation not published; other instances rely on the cache TTL");
         }
     }
@@ -212,7 +212,7 @@ impl Worker for MembershipListener {
             }
         }
         if self.subscription.is_none() {
-            self.subscription = Some(self.membership.stores.tail.subscribe(&invalidation_channel()).await?);
+            self.subscription = Some(self.membership.stores.live.subscribe(&invalidation_channel()).await?);
         }
         Ok(WorkerState::Idle)
     }

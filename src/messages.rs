@@ -242,7 +242,7 @@ async fn send_checked(
             AppendOutcome::NeedsSeed => {
                 // New conversation, or the tail lost its counter: continue after the
                 // highest seq known durably, never from 1 again.
-                let floor = ctx.stores.metadata.flushed_seq(&conv.app_id, &conv.conversation_id).await?;
+                let floor = ctx.stores.metadata.flushed_seq(&conv).await?;
                 tracing::info!(component = "ingest", "conversation-id" = %conv.conversation_id, floor, "seq counter seeded");
                 ctx.stores.tail.seed_seq(&conv, floor).await?;
             }
@@ -303,7 +303,7 @@ async fn rate_limit(ctx: &Context, caller: &Caller) -> Result<(), Error> {
     }
     buckets.push(("key", format!("k:{}", caller.key_id), limits.key_rate, limits.key_burst));
     for (scope, key, rate, burst) in buckets {
-        let decision = ctx.stores.tail.rate_limit(&key, rate, burst).await?;
+        let decision = ctx.stores.coordination.rate_limit(&key, rate, burst).await?;
         if !decision.allowed {
             ctx.metrics.rate_limited_total.with_label_values(&[scope]).inc();
             let mut error = Error::new(

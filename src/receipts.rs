@@ -73,9 +73,9 @@ pub async fn mark(
     }
     let ttl = state_ttl(ctx);
     let key = state_key(&conv);
-    let delivered = ctx.stores.tail.state_raise(&key, &format!("{user}:delivered"), request.seq, ttl).await?;
+    let delivered = ctx.stores.state.state_raise(&key, &format!("{user}:delivered"), request.seq, ttl).await?;
     let read = match request.kind {
-        ReceiptKind::Read => ctx.stores.tail.state_raise(&key, &format!("{user}:read"), request.seq, ttl).await?,
+        ReceiptKind::Read => ctx.stores.state.state_raise(&key, &format!("{user}:read"), request.seq, ttl).await?,
         ReceiptKind::Delivered => current(ctx, &key, &user).await?.read_seq,
     };
     let marks = Marks { user_id: user, delivered_seq: delivered, read_seq: read };
@@ -86,14 +86,14 @@ pub async fn mark(
         "delivered_seq": marks.delivered_seq,
         "read_seq": marks.read_seq,
     });
-    ctx.stores.tail.publish(&conv, event.to_string().as_bytes()).await?;
+    ctx.stores.live.publish(&conv, event.to_string().as_bytes()).await?;
     Ok(marks)
 }
 
 /// Remembers the last seq `user` sent, so their own messages never count as
 /// unread for them. Not published: the message itself says as much.
 pub async fn note_sent(ctx: &Context, conv: &ConvKey, user: &str, seq: u64) -> Result<(), Error> {
-    ctx.stores.tail.state_raise(&state_key(conv), &format!("{user}:{SENT}"), seq, state_ttl(ctx)).await?;
+    ctx.stores.state.state_raise(&state_key(conv), &format!("{user}:{SENT}"), seq, state_ttl(ctx)).await?;
     Ok(())
 }
 
@@ -116,7 +116,7 @@ async fn current(ctx: &Context, key: &str, user: &str) -> Result<Marks, Error> {
 async fn all_marks(ctx: &Context, key: &str) -> Result<(Vec<Marks>, Vec<(String, u64)>), Error> {
     let mut marks: Vec<Marks> = Vec::new();
     let mut sent = Vec::new();
-    for (field, value) in ctx.stores.tail.state_get(key).await? {
+    for (field, value) in ctx.stores.state.state_get(key).await? {
         let Some((user, kind)) = field.rsplit_once(':') else { continue };
         let seq = std::str::from_utf8(&value).ok().and_then(|t| t.parse::<u64>().ok()).unwrap_or(0);
         if kind == SENT {

@@ -60,7 +60,7 @@ pub async fn serve(
     tracing::info!(
         component = "boot",
         step = "stores",
-        backend = stores.backend,
+        backend = stores.deployment.as_str(),
         objects = stores.objects.location(),
         "stores opened"
     );

@@ -67,7 +67,7 @@ impl Subscription {
     pub async fn open(ctx: &Context, caller: &Caller, conversation_id: &str) -> Result<Subscription, Error> {
         let id = ctx.membership.require_access(caller, conversation_id).await?.conversation_id;
         let conv = ConvKey::new(&caller.app_id, &id);
-        let live = ctx.stores.tail.subscribe(&conv).await?;
+        let live = ctx.stores.live.subscribe(&conv).await?;
         let last_seq = ctx.timeline.last_seq(&conv).await?;
         Ok(Subscription { caller: caller.clone(), conv, live, last_seq })
     }

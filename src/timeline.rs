@@ -47,7 +47,7 @@ impl Timeline {
     pub async fn last_seq(&self, conv: &ConvKey) -> Result<u64, Error> {
         match self.stores.tail.last_seq(conv).await? {
             Some(seq) => Ok(seq),
-            None => Ok(self.stores.metadata.flushed_seq(&conv.app_id, &conv.conversation_id).await?),
+            None => Ok(self.stores.metadata.flushed_seq(conv).await?),
         }
     }
 
@@ -66,9 +66,7 @@ impl Timeline {
         if first_in_tail > lo {
             self.metrics.history_requests_total.with_label_values(&["segments"]).inc();
             let upper = first_in_tail - 1;
-            for (block, object_key) in
-                self.stores.metadata.blocks_in_range(&conv.app_id, &conv.conversation_id, lo, upper).await?
-            {
+            for (block, object_key) in self.stores.metadata.blocks_in_range(conv, lo, upper).await? {
                 if block.ts_end < cutoff_ms {
                     continue;
                 }
@@ -97,9 +95,9 @@ impl Timeline {
     /// block does, the first seq after the segments (the tail).
     pub async fn first_seq_at_or_after(&self, conv: &ConvKey, ts: i64, from: u64) -> Result<u64, Error> {
         let metadata = &self.stores.metadata;
-        let start = match metadata.first_block_since(&conv.app_id, &conv.conversation_id, ts).await? {
+        let start = match metadata.first_block_since(conv, ts).await? {
             Some(block) => block.seq_start as u64,
-            None => metadata.flushed_seq(&conv.app_id, &conv.conversation_id).await? + 1,
+            None => metadata.flushed_seq(conv).await? + 1,
         };
         Ok(start.max(from))
     }
@@ -108,7 +106,7 @@ impl Timeline {
     /// at or before `ts`, if any block was received after it.
     pub async fn seq_bound_before(&self, conv: &ConvKey, ts: i64) -> Result<Option<u64>, Error> {
         let metadata = &self.stores.metadata;
-        let block = metadata.first_block_since(&conv.app_id, &conv.conversation_id, ts.saturating_add(1)).await?;
+        let block = metadata.first_block_since(conv, ts.saturating_add(1)).await?;
         Ok(block.map(|block| block.seq_end as u64 + 1))
     }
 

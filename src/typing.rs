@@ -18,10 +18,10 @@ pub async fn typing(ctx: &Context, caller: &Caller, conversation_id: &str) -> Re
     let user = caller.user_id.as_ref().ok_or_else(|| Error::invalid("user_required", "typing belongs to a user"))?;
     let id = ctx.membership.require_access(caller, conversation_id).await?.conversation_id;
     let bucket = format!("t:{}:{id}:{user}", caller.app_id);
-    if !ctx.stores.tail.rate_limit(&bucket, RATE, 1).await?.allowed {
+    if !ctx.stores.coordination.rate_limit(&bucket, RATE, 1).await?.allowed {
         return Ok(());
     }
     let event = json!({"op": "typing", "conversation_id": id, "user_id": user});
-    ctx.stores.tail.publish(&ConvKey::new(&caller.app_id, &id), event.to_string().as_bytes()).await?;
+    ctx.stores.live.publish(&ConvKey::new(&caller.app_id, &id), event.to_string().as_bytes()).await?;
     Ok(())
 }

@@ -28,13 +28,13 @@ const SHARED_KEY_NAME: &str = "dev-token-signing";
 /// The dev issuer of a running msgd: its key is the configured one, or the
 /// deployment's shared key fetched on first use.
 pub struct DevTokens {
-    metadata: Arc<dyn Metadata>,
+    metadata: Arc<Metadata>,
     ttl: Duration,
     issuer: tokio::sync::OnceCell<DevIssuer>,
 }
 
 impl DevTokens {
-    pub fn open(config: &DevTokensConfig, metadata: Arc<dyn Metadata>) -> DevTokens {
+    pub fn open(config: &DevTokensConfig, metadata: Arc<Metadata>) -> DevTokens {
         let issuer = match &config.signing_key {
             Some(key) => tokio::sync::OnceCell::new_with(Some(DevIssuer::open(key.expose().as_bytes(), config.ttl))),
             None => tokio::sync::OnceCell::new(),

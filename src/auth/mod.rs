@@ -80,7 +80,7 @@ pub struct Credentials<'a> {
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
 pub struct Authenticator {
-    metadata: Arc<dyn Metadata>,
+    metadata: Arc<Metadata>,
     key_cache_ttl: Duration,
     /// SHA-256(presented key) → the validated key and when it was validated.
     key_cache: Mutex<HashMap<[u8; 32], (AuthenticatedKey, Instant)>>,
@@ -99,7 +99,7 @@ const TOKEN_CACHE_TTL: Duration = Duration::from_secs(30);
 const KEY_CACHE_MAX: usize = 10_000;
 
 impl Authenticator {
-    pub fn new(config: &Config, metadata: Arc<dyn Metadata>) -> anyhow::Result<Authenticator> {
+    pub fn new(config: &Config, metadata: Arc<Metadata>) -> anyhow::Result<Authenticator> {
         let dev = config.auth.dev_tokens.enabled.then(|| DevTokens::open(&config.auth.dev_tokens, metadata.clone()));
         Ok(Authenticator {
             metadata,

@@ -138,7 +138,7 @@ impl Flusher {
         }
         .await;
         for lease in leases.held {
-            if let Err(e) = self.stores.tail.release_lease(&lease, &self.holder).await {
+            if let Err(e) = self.stores.coordination.release_lease(&lease, &self.holder).await {
                 tracing::warn!(
                     component = "segment-flush",
                     lease = %lease,
@@ -164,7 +164,13 @@ impl Flusher {
         let (mut backlog, mut oldest) = (0u64, None::<i64>);
         for shard in 0..TAIL_SHARDS {
             let lease = format!("flush-s{shard}");
-            if !tail.acquire_lease(&lease, &self.holder, LEASE_TTL).await.map_err(store_error("lease"))? {
+            if !self
+                .stores
+                .coordination
+                .acquire_lease(&lease, &self.holder, LEASE_TTL)
+                .await
+                .map_err(store_error("lease"))?
+            {
                 report.skipped_shards += 1;
                 continue;
             }
@@ -226,7 +232,11 @@ impl Flusher {
             return Ok(());
         }
         for lease in &leases.held {
-            self.stores.tail.acquire_lease(lease, &self.holder, LEASE_TTL).await.map_err(store_error("lease"))?;
+            self.stores
+                .coordination
+                .acquire_lease(lease, &self.holder, LEASE_TTL)
+                .await
+                .map_err(store_error("lease"))?;
         }
         leases.renewed = Instant::now();
         Ok(())
@@ -241,7 +251,7 @@ impl Flusher {
         options: FlushOptions,
         now: i64,
     ) -> Result<(), FlushError> {
-        let (empty, snapshots) = self.snapshot(report, app_id, marks).await?;
+        let (empty, snapshots) = self.snapshot(report, marks).await?;
         self.trim_unchanged(report, &empty, options).await?;
         if snapshots.is_empty() {
             return Ok(());
@@ -295,19 +305,13 @@ impl Flusher {
     async fn snapshot(
         &self,
         report: &mut FlushReport,
-        app_id: &str,
         marks: Vec<DirtyConversation>,
     ) -> Result<(Vec<Snapshot>, Vec<Snapshot>), FlushError> {
         let stage = Instant::now();
         let mut snapshots = Vec::with_capacity(marks.len());
         for mark in marks {
             let conversation_id = &mark.conv.conversation_id;
-            let flushed = self
-                .stores
-                .metadata
-                .flushed_seq(app_id, conversation_id)
-                .await
-                .map_err(store_error("buffer-snapshot"))?;
+            let flushed = self.stores.metadata.flushed_seq(&mark.conv).await.map_err(store_error("buffer-snapshot"))?;
             match self.read_unflushed(&mark.conv, flushed).await {
                 Ok(entries) => snapshots.push(Snapshot { mark, flushed, entries }),
                 Err(e @ FlushError::Hole { .. }) => {

@@ -55,7 +55,12 @@ impl FlushWorker {
 
     /// Purges the embedded tail's expired state (idempotency claims, TTL'd state).
     async fn purge_expired(&self) {
-        match self.flusher.stores.tail.purge_expired().await {
+        let stores = &self.flusher.stores;
+        let purged = match stores.tail.purge_expired().await {
+            Ok(claims) => stores.state.purge_expired().await.map(|state| claims + state),
+            Err(e) => Err(e),
+        };
+        match purged {
             Ok(0) => {}
             Ok(removed) => tracing::debug!(
                 component = "segment-flush",

@@ -24,7 +24,7 @@ pub(super) async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = serde_json::json!({
         "status": if ready { "ready" } else { "not_ready" },
-        "backend": state.ctx.stores.backend,
+        "backend": state.ctx.stores.deployment.as_str(),
         "dependencies": dependencies,
     });
     (status, Json(body))

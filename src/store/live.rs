@@ -1,5 +1,7 @@
-//! The per-instance live hub: one local broadcast channel per conversation
-//! with subscribers, reference-counted, shared by both tails.
+//! Live publish/subscribe ([`Live`]: what travels on a conversation's
+//! channel, and a subscription to it), and the per-instance live hub both
+//! tails deliver through: one local broadcast channel per conversation with
+//! subscribers, reference-counted.
 //!
 //! An instance holds at most one upstream subscription per conversation (a
 //! Redis channel in services mode; nothing upstream when embedded) and
@@ -16,13 +18,85 @@ use std::sync::{Arc, Mutex, Weak};
 use async_trait::async_trait;
 use tokio::sync::{broadcast, mpsc};
 
-use super::tail::{LiveEvent, LiveSubscription};
+use super::tail::{ConvKey, TailEntry};
 use super::StoreError;
 use crate::worker::OwnedTask;
 
 /// How many events one local channel buffers for its slowest subscriber
 /// before that subscriber is told it lagged.
 const CHANNEL_CAPACITY: usize = 1024;
+
+/// Live publish/subscribe: what an instance's subscribers receive. A
+/// conversation's live channel carries its new messages (published by the
+/// append step) and ephemeral events (receipts, typing); nothing on it is
+/// stored.
+#[async_trait]
+pub trait Live: Send + Sync {
+    /// Publishes an ephemeral event on the conversation's live channel.
+    async fn publish(&self, conv: &ConvKey, event: &[u8]) -> Result<(), StoreError>;
+
+    /// Subscribes to the conversation's live channel.
+    async fn subscribe(&self, conv: &ConvKey) -> Result<LiveSubscription, StoreError>;
+}
+
+/// What travels on a conversation's live channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LiveEvent {
+    /// A message just appended.
+    Message(TailEntry),
+    /// An ephemeral event (receipt, typing), opaque to the store.
+    Event(Vec<u8>),
+}
+
+impl LiveEvent {
+    /// Wire form on the live channel: `m<seq>:<ts>:<body>` or `e<bytes>`. The
+    /// Redis append script builds the first form itself.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            LiveEvent::Message(entry) => {
+                let mut out = format!("m{}:{}:", entry.seq, entry.ts_ms).into_bytes();
+                out.extend_from_slice(&entry.body);
+                out
+            }
+            LiveEvent::Event(bytes) => {
+                let mut out = Vec::with_capacity(bytes.len() + 1);
+                out.push(b'e');
+                out.extend_from_slice(bytes);
+                out
+            }
+        }
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<LiveEvent> {
+        let (&kind, rest) = bytes.split_first()?;
+        match kind {
+            b'e' => Some(LiveEvent::Event(rest.to_vec())),
+            b'm' => {
+                let mut parts = rest.splitn(3, |&b| b == b':');
+                let seq = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+                let ts_ms = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+                let body = parts.next()?.to_vec();
+                Some(LiveEvent::Message(TailEntry { seq, ts_ms, body }))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A live subscription to one conversation. Dropping it releases the
+/// instance-wide channel subscription when it was the last one.
+pub struct LiveSubscription {
+    receiver: broadcast::Receiver<LiveEvent>,
+    _guard: SubscriptionGuard,
+}
+
+impl LiveSubscription {
+    /// The next event; `Err(Lagged(n))` when this subscriber fell `n` events
+    /// behind and must catch up from the tail.
+    pub async fn recv(&mut self) -> Result<LiveEvent, broadcast::error::RecvError> {
+        self.receiver.recv().await
+    }
+}
 
 /// Where a hub's events come from beyond this process.
 #[async_trait]
@@ -54,7 +128,7 @@ struct Channel {
 }
 
 /// Releases one local subscription when dropped.
-pub(crate) struct SubscriptionGuard {
+struct SubscriptionGuard {
     hub: Arc<HubInner>,
     channel: String,
 }
@@ -169,7 +243,18 @@ async fn release_upstream(hub: Weak<HubInner>, mut released: mpsc::UnboundedRece
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::TailEntry;
+
+    #[test]
+    fn live_events_round_trip() {
+        for event in [
+            LiveEvent::Message(TailEntry { seq: 42, ts_ms: 1_700_000_000_123, body: b"{\"a\":\"x:y\"}".to_vec() }),
+            LiveEvent::Event(b"{\"op\":\"typing\"}".to_vec()),
+        ] {
+            assert_eq!(LiveEvent::decode(&event.encode()), Some(event));
+        }
+        assert_eq!(LiveEvent::decode(b"mx:1:"), None);
+        assert_eq!(LiveEvent::decode(b""), None);
+    }
 
     #[tokio::test]
     async fn channels_are_released_with_their_last_subscriber() {

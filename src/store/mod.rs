@@ -1,18 +1,24 @@
 //! The storage layer: the only code that talks to Postgres, SQLite, Redis or an
 //! object store (ARCHITECTURE.md, "Bird's-eye view").
 //!
-//! Three interfaces — [`Metadata`], [`Tail`] and [`Objects`] — each with a
-//! services implementation (Postgres, Redis, S3) and an embedded one (SQLite,
-//! a SQLite-backed tail with in-process fanout, the local filesystem).
-//! [`Stores::open`] picks them from the config. Nothing here knows about HTTP,
+//! By concern: [`Metadata`] (one type over Postgres or SQLite: the same
+//! query text for both dialects), the tail's four interfaces — [`Tail`] (the
+//! log: seqs, appends, idempotency, dirty marks), [`Live`] (publish and
+//! subscribe), [`TtlState`] (ephemeral hashes) and [`Coordination`] (rate
+//! limits, leases) — and [`Objects`] (S3 or the local filesystem). Services
+//! mode backs the tail interfaces with Redis; embedded mode with SQLite,
+//! in-process fanout and [`coordination::InProcess`]. [`Stores::open`] picks
+//! them from the config. Nothing here knows about HTTP,
 //! keys' formats or messages' shapes: callers hand in bytes and plain rows.
 
+pub mod coordination;
 mod live;
 mod metadata;
 mod objects;
 mod redis_tail;
 mod sql;
 mod sqlite_tail;
+mod state;
 mod tail;
 
 use std::sync::Arc;
@@ -20,11 +26,14 @@ use std::sync::Arc;
 use anyhow::Context;
 use std::time::{Duration, Instant};
 
-pub use metadata::{ApiKeyRow, AppRow, BlockRow, ConversationRow, FlushAdvance, MemberRow, Metadata, SegmentRow};
+pub use coordination::Coordination;
+pub use live::{Live, LiveEvent, LiveSubscription};
+pub use metadata::{ApiKeyRow, AppRow, BlockRow, ConversationRow, FlushAdvance, MemberRow, SegmentRow};
 pub use objects::Objects;
+pub use sql::Metadata;
+pub use state::TtlState;
 pub use tail::{
-    AppendOutcome, AppendRequest, ConvKey, DirtyConversation, IdempotencyClaim, LiveEvent, LiveSubscription, Tail,
-    TailEntry, TAIL_SHARDS,
+    AppendOutcome, AppendRequest, ConvKey, DirtyConversation, IdempotencyClaim, Tail, TailEntry, TAIL_SHARDS,
 };
 
 use crate::config::{Backend, Config};
@@ -88,11 +97,32 @@ pub struct DependencyStatus {
 /// The opened stores of one deployment.
 #[derive(Clone)]
 pub struct Stores {
-    pub metadata: Arc<dyn Metadata>,
+    pub metadata: Arc<Metadata>,
     pub tail: Arc<dyn Tail>,
+    pub live: Arc<dyn Live>,
+    pub state: Arc<dyn TtlState>,
+    pub coordination: Arc<dyn Coordination>,
     pub objects: Objects,
-    /// Which backend these are, for logs and `/readyz`.
-    pub backend: &'static str,
+    pub deployment: Deployment,
+}
+
+/// Which deployment a set of stores is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deployment {
+    /// SQLite, the in-process tail, local files.
+    Embedded,
+    /// Postgres, Redis, S3.
+    Services,
+}
+
+impl Deployment {
+    /// The name logs and `/readyz` show.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Deployment::Embedded => "embedded",
+            Deployment::Services => "services",
+        }
+    }
 }
 
 impl Stores {
@@ -107,31 +137,43 @@ impl Stores {
     async fn open_unredacted(config: &Config, metrics: &Metrics) -> anyhow::Result<Stores> {
         match &config.backend {
             Backend::Embedded => {
-                let db = sql::Db::open_sqlite(&config.data_dir).await?;
+                let db = Metadata::open_sqlite(&config.data_dir).await?;
                 let objects = Objects::local(&config.data_dir.join("objects"), metrics)?;
+                let tail = Arc::new(sqlite_tail::SqliteTail::new(db.clone()));
                 Ok(Stores {
-                    metadata: Arc::new(db.clone()),
-                    tail: Arc::new(sqlite_tail::SqliteTail::new(db)),
+                    metadata: Arc::new(db),
+                    tail: tail.clone(),
+                    live: tail.clone(),
+                    state: tail,
+                    coordination: Arc::new(coordination::InProcess::default()),
                     objects,
-                    backend: "embedded",
+                    deployment: Deployment::Embedded,
                 })
             }
             Backend::Services(services) => {
-                let db = sql::Db::connect_postgres(&services.postgres)?;
-                let tail = redis_tail::RedisTail::open(&services.redis, metrics)?;
+                let db = Metadata::connect_postgres(&services.postgres)?;
+                let tail = Arc::new(redis_tail::RedisTail::open(&services.redis, metrics)?);
                 let objects = Objects::s3(&services.s3, metrics)?;
-                Ok(Stores { metadata: Arc::new(db), tail: Arc::new(tail), objects, backend: "services" })
+                Ok(Stores {
+                    metadata: Arc::new(db),
+                    tail: tail.clone(),
+                    live: tail.clone(),
+                    state: tail.clone(),
+                    coordination: tail,
+                    objects,
+                    deployment: Deployment::Services,
+                })
             }
         }
     }
 
     /// Opens only the metadata store, connected and migrated now: for one-shot
     /// commands (`msgd keys`) that should fail fast with a clear error.
-    pub async fn open_metadata(config: &Config) -> anyhow::Result<Arc<dyn Metadata>> {
+    pub async fn open_metadata(config: &Config) -> anyhow::Result<Arc<Metadata>> {
         match &config.backend {
-            Backend::Embedded => Ok(Arc::new(sql::Db::open_sqlite(&config.data_dir).await?)),
+            Backend::Embedded => Ok(Arc::new(Metadata::open_sqlite(&config.data_dir).await?)),
             Backend::Services(services) => {
-                let db = sql::Db::connect_postgres(&services.postgres).map_err(redacted)?;
+                let db = Metadata::connect_postgres(&services.postgres).map_err(redacted)?;
                 db.migrate()
                     .await
                     .with_context(|| format!("postgres at {} is not usable", services.postgres.url.redacted()))?;
@@ -142,9 +184,9 @@ impl Stores {
 
     /// Checks every dependency concurrently, each bounded by `timeout`.
     pub async fn check(&self, timeout: Duration) -> Vec<DependencyStatus> {
-        let (meta_name, tail_name, objects_name) = match self.backend {
-            "embedded" => ("sqlite", "tail", "filesystem"),
-            _ => ("postgres", "redis", "s3"),
+        let (meta_name, tail_name, objects_name) = match self.deployment {
+            Deployment::Embedded => ("sqlite", "tail", "filesystem"),
+            Deployment::Services => ("postgres", "redis", "s3"),
         };
         let (meta, tail, objects) = tokio::join!(
             timed(meta_name, timeout, self.metadata.ping()),

@@ -11,10 +11,10 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, PushKind, Script, Value};
 
-use super::live::{LiveHub, Upstream};
-use super::tail::{
-    AppendOutcome, AppendRequest, ConvKey, DirtyConversation, LiveEvent, LiveSubscription, Tail, TailEntry,
-};
+use super::coordination::Coordination;
+use super::live::{Live, LiveEvent, LiveHub, LiveSubscription, Upstream};
+use super::state::TtlState;
+use super::tail::{AppendOutcome, AppendRequest, ConvKey, DirtyConversation, Tail, TailEntry};
 use super::StoreError;
 use crate::config::RedisConfig;
 use crate::ratelimit::RateDecision;
@@ -437,6 +437,13 @@ impl Tail for RedisTail {
         Ok(cleared == 1)
     }
 
+    async fn purge_expired(&self) -> Result<u64, StoreError> {
+        Ok(0) // keys carry their own TTLs
+    }
+}
+
+#[async_trait]
+impl Live for RedisTail {
     async fn publish(&self, conv: &ConvKey, event: &[u8]) -> Result<(), StoreError> {
         let payload = LiveEvent::Event(event.to_vec()).encode();
         let mut connection = self.connection();
@@ -446,6 +453,13 @@ impl Tail for RedisTail {
 
     async fn subscribe(&self, conv: &ConvKey) -> Result<LiveSubscription, StoreError> {
         self.hub.subscribe(self.keys.channel(conv)).await
+    }
+}
+
+#[async_trait]
+impl TtlState for RedisTail {
+    async fn purge_expired(&self) -> Result<u64, StoreError> {
+        Ok(0) // keys carry their own TTLs
     }
 
     async fn state_set(&self, key: &str, field: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError> {
@@ -465,6 +479,16 @@ impl Tail for RedisTail {
         self.timed("state_raise", invocation).await
     }
 
+    async fn state_get(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut connection = self.connection();
+        let fields: std::collections::BTreeMap<String, Vec<u8>> =
+            self.timed("state_get", connection.hgetall(self.keys.state(key))).await?;
+        Ok(fields.into_iter().collect())
+    }
+}
+
+#[async_trait]
+impl Coordination for RedisTail {
     async fn rate_limit(&self, key: &str, rate_per_second: f64, burst: u32) -> Result<RateDecision, StoreError> {
         let mut connection = self.connection();
         let mut invocation = self.rate_script.prepare_invoke();
@@ -489,16 +513,5 @@ impl Tail for RedisTail {
         invocation.key(self.keys.lease(name)).arg(holder);
         let _: u8 = self.timed("lease", invocation.invoke_async(&mut connection)).await?;
         Ok(())
-    }
-
-    async fn purge_expired(&self) -> Result<u64, StoreError> {
-        Ok(0) // keys carry their own TTLs
-    }
-
-    async fn state_get(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let mut connection = self.connection();
-        let fields: std::collections::BTreeMap<String, Vec<u8>> =
-            self.timed("state_get", connection.hgetall(self.keys.state(key))).await?;
-        Ok(fields.into_iter().collect())
     }
 }

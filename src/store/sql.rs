@@ -11,12 +11,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
-use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Connection, PgConnection, PgPool, SqlitePool};
 
-use super::metadata::{ApiKeyRow, AppRow, BlockRow, ConversationRow, FlushAdvance, MemberRow, Metadata, SegmentRow};
+use super::metadata::{ApiKeyRow, AppRow, BlockRow, ConversationRow, FlushAdvance, MemberRow, SegmentRow};
+use super::tail::ConvKey;
 use super::StoreError;
 use crate::config::PostgresConfig;
 
@@ -34,11 +34,11 @@ pub(crate) enum Pool {
 
 /// A metadata database handle; cheap to clone.
 #[derive(Clone)]
-pub(crate) struct Db {
+pub struct Metadata {
     pub(crate) pool: Pool,
     /// Set once the migrations have been applied; `ping` reports not-ready until then.
     migrated: Arc<AtomicBool>,
-    /// Where a Postgres pool connects, for [`Db::probe`]; `None` for SQLite.
+    /// Where a Postgres pool connects, for [`Metadata::probe`]; `None` for SQLite.
     postgres: Option<Arc<PostgresTarget>>,
 }
 
@@ -75,11 +75,11 @@ fn db_error(dependency: &'static str, err: sqlx::Error) -> StoreError {
     }
 }
 
-impl Db {
+impl Metadata {
     /// A lazily connecting Postgres pool: nothing is dialled until first use,
-    /// so `serve` starts while Postgres is down. Call [`Db::migrate`] before
+    /// so `serve` starts while Postgres is down. Call [`Metadata::migrate`] before
     /// relying on the schema.
-    pub(crate) fn connect_postgres(config: &PostgresConfig) -> anyhow::Result<Db> {
+    pub(crate) fn connect_postgres(config: &PostgresConfig) -> anyhow::Result<Metadata> {
         let options: PgConnectOptions = config
             .url
             .expose()
@@ -92,7 +92,7 @@ impl Db {
             .acquire_timeout(config.connect_timeout)
             .connect_lazy_with(options.clone());
         let target = PostgresTarget { options, address, timeout: config.connect_timeout };
-        Ok(Db { pool: Pool::Postgres(pool), migrated: Arc::default(), postgres: Some(Arc::new(target)) })
+        Ok(Metadata { pool: Pool::Postgres(pool), migrated: Arc::default(), postgres: Some(Arc::new(target)) })
     }
 
     /// While the pool holds no connection, one direct connection attempt: the
@@ -122,7 +122,7 @@ impl Db {
 
     /// Opens (creating when missing) the SQLite file under `data_dir` and
     /// applies the migrations.
-    pub(crate) async fn open_sqlite(data_dir: &Path) -> anyhow::Result<Db> {
+    pub(crate) async fn open_sqlite(data_dir: &Path) -> anyhow::Result<Metadata> {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
         let probe = data_dir.join(".msgd-write-test");
@@ -144,7 +144,7 @@ impl Db {
             .connect_with(options)
             .await
             .with_context(|| format!("cannot open {}", path.display()))?;
-        let db = Db { pool: Pool::Sqlite(pool), migrated: Arc::default(), postgres: None };
+        let db = Metadata { pool: Pool::Sqlite(pool), migrated: Arc::default(), postgres: None };
         db.migrate().await.with_context(|| format!("cannot migrate {}", path.display()))?;
         Ok(db)
     }
@@ -170,155 +170,9 @@ impl Db {
     }
 }
 
-#[derive(sqlx::FromRow)]
-struct AppRecord {
-    id: String,
-    name: String,
-    created_at: i64,
-}
-
-impl From<AppRecord> for AppRow {
-    fn from(r: AppRecord) -> Self {
-        AppRow { id: r.id, name: r.name, created_at: r.created_at }
-    }
-}
-
-#[derive(sqlx::FromRow)]
-struct ApiKeyRecord {
-    id: String,
-    app_id: String,
-    name: Option<String>,
-    scope: String,
-    prefix: String,
-    secret_hash: Vec<u8>,
-    created_at: i64,
-    expires_at: Option<i64>,
-    revoked_at: Option<i64>,
-    last_used_at: Option<i64>,
-    rotated_to: Option<String>,
-}
-
-impl From<ApiKeyRecord> for ApiKeyRow {
-    fn from(r: ApiKeyRecord) -> Self {
-        ApiKeyRow {
-            id: r.id,
-            app_id: r.app_id,
-            name: r.name,
-            scope: r.scope,
-            prefix: r.prefix,
-            secret_hash: r.secret_hash,
-            created_at: r.created_at,
-            expires_at: r.expires_at,
-            revoked_at: r.revoked_at,
-            last_used_at: r.last_used_at,
-            rotated_to: r.rotated_to,
-        }
-    }
-}
-
-#[derive(sqlx::FromRow)]
-struct ConversationRecord {
-    app_id: String,
-    id: String,
-    title: Option<String>,
-    metadata: Option<String>,
-    created_by: Option<String>,
-    created_at: i64,
-}
-
-impl From<ConversationRecord> for ConversationRow {
-    fn from(r: ConversationRecord) -> Self {
-        ConversationRow {
-            app_id: r.app_id,
-            id: r.id,
-            title: r.title,
-            metadata: r.metadata,
-            created_by: r.created_by,
-            created_at: r.created_at,
-        }
-    }
-}
-
-#[derive(sqlx::FromRow)]
-struct MemberRecord {
-    user_id: String,
-    role: String,
-    joined_at: i64,
-}
-
-impl From<MemberRecord> for MemberRow {
-    fn from(r: MemberRecord) -> Self {
-        MemberRow { user_id: r.user_id, role: r.role, joined_at: r.joined_at }
-    }
-}
-
 const CONVERSATION_COLUMNS: &str = "c.app_id, c.id, c.title, c.metadata, c.created_by, c.created_at";
 const INSERT_MEMBER: &str = "INSERT INTO members (app_id, conversation_id, user_id, role, joined_at) \
                              VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
-
-#[derive(sqlx::FromRow)]
-struct SegmentRecord {
-    id: String,
-    app_id: String,
-    object_key: String,
-    format_version: i32,
-    byte_length: i64,
-    record_count: i64,
-    min_ts: i64,
-    max_ts: i64,
-    created_at: i64,
-}
-
-impl From<SegmentRecord> for SegmentRow {
-    fn from(r: SegmentRecord) -> Self {
-        SegmentRow {
-            id: r.id,
-            app_id: r.app_id,
-            object_key: r.object_key,
-            format_version: r.format_version,
-            byte_length: r.byte_length,
-            record_count: r.record_count,
-            min_ts: r.min_ts,
-            max_ts: r.max_ts,
-            created_at: r.created_at,
-        }
-    }
-}
-
-#[derive(sqlx::FromRow)]
-struct BlockRecord {
-    app_id: String,
-    conversation_id: String,
-    seq_start: i64,
-    seq_end: i64,
-    ts_start: i64,
-    ts_end: i64,
-    segment_id: String,
-    byte_offset: i64,
-    byte_length: i64,
-    raw_length: i64,
-    record_count: i64,
-    checksum: i64,
-}
-
-impl From<BlockRecord> for BlockRow {
-    fn from(r: BlockRecord) -> Self {
-        BlockRow {
-            app_id: r.app_id,
-            conversation_id: r.conversation_id,
-            seq_start: r.seq_start,
-            seq_end: r.seq_end,
-            ts_start: r.ts_start,
-            ts_end: r.ts_end,
-            segment_id: r.segment_id,
-            byte_offset: r.byte_offset,
-            byte_length: r.byte_length,
-            raw_length: r.raw_length,
-            record_count: r.record_count,
-            checksum: r.checksum,
-        }
-    }
-}
 
 const SEGMENT_COLUMNS: &str =
     "id, app_id, object_key, format_version, byte_length, record_count, min_ts, max_ts, created_at";
@@ -402,9 +256,10 @@ macro_rules! insert_key {
     };
 }
 
-#[async_trait]
-impl Metadata for Db {
-    async fn ping(&self) -> Result<(), StoreError> {
+impl Metadata {
+    /// Succeeds when the database answers a trivial query and the schema is
+    /// migrated.
+    pub async fn ping(&self) -> Result<(), StoreError> {
         self.probe().await?;
         on_db!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(|r| r.rows_affected()))?;
         if !self.migrated.load(Ordering::Acquire) {
@@ -415,7 +270,7 @@ impl Metadata for Db {
         Ok(())
     }
 
-    async fn insert_app(&self, app: &AppRow) -> Result<(), StoreError> {
+    pub async fn insert_app(&self, app: &AppRow) -> Result<(), StoreError> {
         on_db!(self, pool => sqlx::query("INSERT INTO apps (id, name, created_at) VALUES ($1, $2, $3)")
             .bind(&app.id)
             .bind(&app.name)
@@ -426,40 +281,49 @@ impl Metadata for Db {
         Ok(())
     }
 
-    async fn get_app(&self, id: &str) -> Result<Option<AppRow>, StoreError> {
-        let row = on_db!(self, pool => sqlx::query_as::<_, AppRecord>("SELECT id, name, created_at FROM apps WHERE id = $1")
+    pub async fn get_app(&self, id: &str) -> Result<Option<AppRow>, StoreError> {
+        let row = on_db!(self, pool => sqlx::query_as::<_, AppRow>("SELECT id, name, created_at FROM apps WHERE id = $1")
             .bind(id)
             .fetch_optional(pool)
             .await)?;
-        Ok(row.map(Into::into))
+        Ok(row)
     }
 
-    async fn list_apps(&self) -> Result<Vec<AppRow>, StoreError> {
-        let rows = on_db!(self, pool => sqlx::query_as::<_, AppRecord>("SELECT id, name, created_at FROM apps ORDER BY created_at, id")
+    pub async fn list_apps(&self) -> Result<Vec<AppRow>, StoreError> {
+        let rows = on_db!(self, pool => sqlx::query_as::<_, AppRow>("SELECT id, name, created_at FROM apps ORDER BY created_at, id")
             .fetch_all(pool)
             .await)?;
-        Ok(rows.into_iter().map(Into::into).collect())
+        Ok(rows)
     }
 
-    async fn insert_api_key(&self, key: &ApiKeyRow) -> Result<(), StoreError> {
+    /// Keys of one app, or of all apps, oldest first.
+    /// Inserts `new` and, in the same transaction, points `old_id` at it and
+    /// moves its expiry to `old_expires_at` (the end of the grace period).
+    /// Marks a key revoked; returns false when no such key exists.
+    /// Records use, at most once per `min_interval_ms` per key so the hot path
+    /// does not write on every request.
+    pub async fn insert_api_key(&self, key: &ApiKeyRow) -> Result<(), StoreError> {
         on_db!(self, pool => insert_key!(pool, key).await.map(|r| r.rows_affected()))?;
         Ok(())
     }
 
-    async fn get_api_key(&self, id: &str) -> Result<Option<ApiKeyRow>, StoreError> {
+    pub async fn get_api_key(&self, id: &str) -> Result<Option<ApiKeyRow>, StoreError> {
         let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1");
-        let row = on_db!(self, pool => sqlx::query_as::<_, ApiKeyRecord>(sqlx::AssertSqlSafe(sql.as_str())).bind(id).fetch_optional(pool).await)?;
-        Ok(row.map(Into::into))
+        let row = on_db!(self, pool => sqlx::query_as::<_, ApiKeyRow>(sqlx::AssertSqlSafe(sql.as_str())).bind(id).fetch_optional(pool).await)?;
+        Ok(row)
     }
 
-    async fn list_api_keys(&self, app_id: Option<&str>) -> Result<Vec<ApiKeyRow>, StoreError> {
+    /// Keys of one app, or of all apps, oldest first.
+    pub async fn list_api_keys(&self, app_id: Option<&str>) -> Result<Vec<ApiKeyRow>, StoreError> {
         let sql =
             format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE ($1 IS NULL OR app_id = $1) ORDER BY created_at, id");
-        let rows = on_db!(self, pool => sqlx::query_as::<_, ApiKeyRecord>(sqlx::AssertSqlSafe(sql.as_str())).bind(app_id).fetch_all(pool).await)?;
-        Ok(rows.into_iter().map(Into::into).collect())
+        let rows = on_db!(self, pool => sqlx::query_as::<_, ApiKeyRow>(sqlx::AssertSqlSafe(sql.as_str())).bind(app_id).fetch_all(pool).await)?;
+        Ok(rows)
     }
 
-    async fn rotate_api_key(&self, old_id: &str, old_expires_at: i64, new: &ApiKeyRow) -> Result<(), StoreError> {
+    /// Inserts `new` and, in the same transaction, points `old_id` at it and
+    /// moves its expiry to `old_expires_at` (the end of the grace period).
+    pub async fn rotate_api_key(&self, old_id: &str, old_expires_at: i64, new: &ApiKeyRow) -> Result<(), StoreError> {
         // The guard on `rotated_to` makes a concurrent second rotation of the same
         // key fail instead of leaving two live successors.
         let update = "UPDATE api_keys SET rotated_to = $2, \
@@ -480,7 +344,8 @@ impl Metadata for Db {
         Ok(())
     }
 
-    async fn revoke_api_key(&self, id: &str, at: i64) -> Result<bool, StoreError> {
+    /// Marks a key revoked; returns false when no such key exists.
+    pub async fn revoke_api_key(&self, id: &str, at: i64) -> Result<bool, StoreError> {
         let done = on_db!(self, pool => sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1")
             .bind(id)
             .bind(at)
@@ -490,7 +355,9 @@ impl Metadata for Db {
         Ok(done == 1)
     }
 
-    async fn touch_api_key(&self, id: &str, at: i64, min_interval_ms: i64) -> Result<(), StoreError> {
+    /// Records use, at most once per `min_interval_ms` per key so the hot path
+    /// does not write on every request.
+    pub async fn touch_api_key(&self, id: &str, at: i64, min_interval_ms: i64) -> Result<(), StoreError> {
         on_db!(self, pool => sqlx::query(
             "UPDATE api_keys SET last_used_at = $2 WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $3)",
         )
@@ -503,7 +370,11 @@ impl Metadata for Db {
         Ok(())
     }
 
-    async fn insert_conversation(
+    /// Inserts a conversation and its first members in one transaction.
+    /// Conversations of an app, newest first; only those `user_id` is a member of when given.
+    /// Adds a member; returns false when already a member (nothing changes).
+    /// Removes a member; returns false when not a member.
+    pub async fn insert_conversation(
         &self,
         conversation: &ConversationRow,
         members: &[MemberRow],
@@ -536,17 +407,18 @@ impl Metadata for Db {
         }.await)
     }
 
-    async fn get_conversation(&self, app_id: &str, id: &str) -> Result<Option<ConversationRow>, StoreError> {
+    pub async fn get_conversation(&self, app_id: &str, id: &str) -> Result<Option<ConversationRow>, StoreError> {
         let sql = format!("SELECT {CONVERSATION_COLUMNS} FROM conversations c WHERE c.app_id = $1 AND c.id = $2");
-        let row = on_db!(self, pool => sqlx::query_as::<_, ConversationRecord>(sqlx::AssertSqlSafe(sql.as_str()))
+        let row = on_db!(self, pool => sqlx::query_as::<_, ConversationRow>(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(app_id)
             .bind(id)
             .fetch_optional(pool)
             .await)?;
-        Ok(row.map(Into::into))
+        Ok(row)
     }
 
-    async fn list_conversations(
+    /// Conversations of an app, newest first; only those `user_id` is a member of when given.
+    pub async fn list_conversations(
         &self,
         app_id: &str,
         user_id: Option<&str>,
@@ -557,33 +429,33 @@ impl Metadata for Db {
              (SELECT 1 FROM members m WHERE m.app_id = c.app_id AND m.conversation_id = c.id AND m.user_id = $2)) \
              ORDER BY c.created_at DESC, c.id LIMIT $3"
         );
-        let rows = on_db!(self, pool => sqlx::query_as::<_, ConversationRecord>(sqlx::AssertSqlSafe(sql.as_str()))
+        let rows = on_db!(self, pool => sqlx::query_as::<_, ConversationRow>(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(app_id)
             .bind(user_id)
             .bind(i64::from(limit))
             .fetch_all(pool)
             .await)?;
-        Ok(rows.into_iter().map(Into::into).collect())
+        Ok(rows)
     }
 
-    async fn list_members(&self, app_id: &str, conversation_id: &str) -> Result<Vec<MemberRow>, StoreError> {
-        let rows = on_db!(self, pool => sqlx::query_as::<_, MemberRecord>(
+    pub async fn list_members(&self, app_id: &str, conversation_id: &str) -> Result<Vec<MemberRow>, StoreError> {
+        let rows = on_db!(self, pool => sqlx::query_as::<_, MemberRow>(
             "SELECT user_id, role, joined_at FROM members WHERE app_id = $1 AND conversation_id = $2 ORDER BY joined_at, user_id",
         )
         .bind(app_id)
         .bind(conversation_id)
         .fetch_all(pool)
         .await)?;
-        Ok(rows.into_iter().map(Into::into).collect())
+        Ok(rows)
     }
 
-    async fn get_member(
+    pub async fn get_member(
         &self,
         app_id: &str,
         conversation_id: &str,
         user_id: &str,
     ) -> Result<Option<MemberRow>, StoreError> {
-        let row = on_db!(self, pool => sqlx::query_as::<_, MemberRecord>(
+        let row = on_db!(self, pool => sqlx::query_as::<_, MemberRow>(
             "SELECT user_id, role, joined_at FROM members WHERE app_id = $1 AND conversation_id = $2 AND user_id = $3",
         )
         .bind(app_id)
@@ -591,10 +463,16 @@ impl Metadata for Db {
         .bind(user_id)
         .fetch_optional(pool)
         .await)?;
-        Ok(row.map(Into::into))
+        Ok(row)
     }
 
-    async fn add_member(&self, app_id: &str, conversation_id: &str, member: &MemberRow) -> Result<bool, StoreError> {
+    /// Adds a member; returns false when already a member (nothing changes).
+    pub async fn add_member(
+        &self,
+        app_id: &str,
+        conversation_id: &str,
+        member: &MemberRow,
+    ) -> Result<bool, StoreError> {
         let added = on_db!(self, pool => sqlx::query(INSERT_MEMBER)
             .bind(app_id)
             .bind(conversation_id)
@@ -607,7 +485,8 @@ impl Metadata for Db {
         Ok(added == 1)
     }
 
-    async fn remove_member(&self, app_id: &str, conversation_id: &str, user_id: &str) -> Result<bool, StoreError> {
+    /// Removes a member; returns false when not a member.
+    pub async fn remove_member(&self, app_id: &str, conversation_id: &str, user_id: &str) -> Result<bool, StoreError> {
         let removed = on_db!(self, pool => sqlx::query(
             "DELETE FROM members WHERE app_id = $1 AND conversation_id = $2 AND user_id = $3",
         )
@@ -620,18 +499,27 @@ impl Metadata for Db {
         Ok(removed == 1)
     }
 
-    async fn flushed_seq(&self, app_id: &str, conversation_id: &str) -> Result<u64, StoreError> {
+    /// The highest seq of a conversation durably in a segment (0 when none).
+    pub async fn flushed_seq(&self, conv: &ConvKey) -> Result<u64, StoreError> {
         let seq: Option<i64> = on_db!(self, pool => sqlx::query_scalar(
             "SELECT flushed_seq FROM flush_state WHERE app_id = $1 AND conversation_id = $2",
         )
-        .bind(app_id)
-        .bind(conversation_id)
+        .bind(&conv.app_id)
+        .bind(&conv.conversation_id)
         .fetch_optional(pool)
         .await)?;
         Ok(seq.unwrap_or(0) as u64)
     }
 
-    async fn commit_segment(
+    /// Indexes a segment: in one transaction inserts its row and its block
+    /// rows and advances each conversation's flushed seq. Fails with
+    /// [`StoreError::Conflict`] and changes nothing when any advance's guard
+    /// does not hold (a stale or concurrent flusher).
+    /// Re-indexes a segment from its footer (disaster recovery): inserts what
+    /// is missing and raises flushed seqs, never lowering one.
+    /// A conversation's blocks, by seq.
+    /// The blocks overlapping seqs `lo..=hi`, by seq, each with its object key.
+    pub async fn commit_segment(
         &self,
         segment: &SegmentRow,
         blocks: &[BlockRow],
@@ -688,7 +576,9 @@ impl Metadata for Db {
         Ok(())
     }
 
-    async fn reindex_segment(&self, segment: &SegmentRow, blocks: &[BlockRow]) -> Result<bool, StoreError> {
+    /// Re-indexes a segment from its footer (disaster recovery): inserts what
+    /// is missing and raises flushed seqs, never lowering one.
+    pub async fn reindex_segment(&self, segment: &SegmentRow, blocks: &[BlockRow]) -> Result<bool, StoreError> {
         let now = crate::clock::now_ms();
         let inserted = on_db!(self, pool => async {
             let mut tx = pool.begin().await?;
@@ -708,47 +598,52 @@ impl Metadata for Db {
         Ok(inserted == 1)
     }
 
-    async fn segment_by_key(&self, object_key: &str) -> Result<Option<SegmentRow>, StoreError> {
+    pub async fn segment_by_key(&self, object_key: &str) -> Result<Option<SegmentRow>, StoreError> {
         let sql = format!("SELECT {SEGMENT_COLUMNS} FROM segments WHERE object_key = $1");
-        let row = on_db!(self, pool => sqlx::query_as::<_, SegmentRecord>(sqlx::AssertSqlSafe(sql.as_str()))
+        let row = on_db!(self, pool => sqlx::query_as::<_, SegmentRow>(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(object_key)
             .fetch_optional(pool)
             .await)?;
-        Ok(row.map(Into::into))
+        Ok(row)
     }
 
-    async fn blocks_of_segment(&self, segment_id: &str) -> Result<Vec<BlockRow>, StoreError> {
+    pub async fn blocks_of_segment(&self, segment_id: &str) -> Result<Vec<BlockRow>, StoreError> {
         let sql = format!("SELECT {BLOCK_COLUMNS} FROM segment_blocks WHERE segment_id = $1 ORDER BY byte_offset");
-        let rows = on_db!(self, pool => sqlx::query_as::<_, BlockRecord>(sqlx::AssertSqlSafe(sql.as_str()))
+        let rows = on_db!(self, pool => sqlx::query_as::<_, BlockRow>(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(segment_id)
             .fetch_all(pool)
             .await)?;
-        Ok(rows.into_iter().map(Into::into).collect())
+        Ok(rows)
     }
 
-    async fn blocks_of_conversation(&self, app_id: &str, conversation_id: &str) -> Result<Vec<BlockRow>, StoreError> {
+    /// A conversation's blocks, by seq.
+    pub async fn blocks_of_conversation(
+        &self,
+        app_id: &str,
+        conversation_id: &str,
+    ) -> Result<Vec<BlockRow>, StoreError> {
         let sql = format!(
             "SELECT {BLOCK_COLUMNS} FROM segment_blocks WHERE app_id = $1 AND conversation_id = $2 ORDER BY seq_start"
         );
-        let rows = on_db!(self, pool => sqlx::query_as::<_, BlockRecord>(sqlx::AssertSqlSafe(sql.as_str()))
+        let rows = on_db!(self, pool => sqlx::query_as::<_, BlockRow>(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(app_id)
             .bind(conversation_id)
             .fetch_all(pool)
             .await)?;
-        Ok(rows.into_iter().map(Into::into).collect())
+        Ok(rows)
     }
 
-    async fn blocks_in_range(
+    /// The blocks overlapping seqs `lo..=hi`, by seq, each with its object key.
+    pub async fn blocks_in_range(
         &self,
-        app_id: &str,
-        conversation_id: &str,
+        conv: &ConvKey,
         lo: u64,
         hi: u64,
     ) -> Result<Vec<(BlockRow, String)>, StoreError> {
         #[derive(sqlx::FromRow)]
         struct Located {
             #[sqlx(flatten)]
-            block: BlockRecord,
+            block: BlockRow,
             object_key: String,
         }
         let columns: String =
@@ -758,35 +653,34 @@ impl Metadata for Db {
              WHERE b.app_id = $1 AND b.conversation_id = $2 AND b.seq_end >= $3 AND b.seq_start <= $4 ORDER BY b.seq_start"
         );
         let rows = on_db!(self, pool => sqlx::query_as::<_, Located>(sqlx::AssertSqlSafe(sql.as_str()))
-            .bind(app_id)
-            .bind(conversation_id)
+            .bind(&conv.app_id)
+            .bind(&conv.conversation_id)
             .bind(lo as i64)
             .bind(hi as i64)
             .fetch_all(pool)
             .await)?;
-        Ok(rows.into_iter().map(|r| (r.block.into(), r.object_key)).collect())
+        Ok(rows.into_iter().map(|r| (r.block, r.object_key)).collect())
     }
 
-    async fn first_block_since(
-        &self,
-        app_id: &str,
-        conversation_id: &str,
-        ts: i64,
-    ) -> Result<Option<BlockRow>, StoreError> {
+    /// The first block (by seq) of a conversation whose newest message is at
+    /// or after `ts`: where a read from `ts` on starts in the segments.
+    pub async fn first_block_since(&self, conv: &ConvKey, ts: i64) -> Result<Option<BlockRow>, StoreError> {
         let sql = format!(
             "SELECT {BLOCK_COLUMNS} FROM segment_blocks WHERE app_id = $1 AND conversation_id = $2 AND ts_end >= $3 \
              ORDER BY seq_start LIMIT 1"
         );
-        let row = on_db!(self, pool => sqlx::query_as::<_, BlockRecord>(sqlx::AssertSqlSafe(sql.as_str()))
-            .bind(app_id)
-            .bind(conversation_id)
+        let row = on_db!(self, pool => sqlx::query_as::<_, BlockRow>(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(&conv.app_id)
+            .bind(&conv.conversation_id)
             .bind(ts)
             .fetch_optional(pool)
             .await)?;
-        Ok(row.map(Into::into))
+        Ok(row)
     }
 
-    async fn shared_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {
+    /// The shared secret `name`, created from `candidate` when it does not exist
+    /// yet; every caller gets the same value.
+    pub async fn shared_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {
         let now = crate::clock::now_ms();
         on_db!(self, pool => sqlx::query("INSERT INTO server_secrets (name, value, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
             .bind(name)

@@ -10,13 +10,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::{Row, SqlitePool};
 
-use super::live::LiveHub;
-use super::sql::{Db, Pool};
-use super::tail::{
-    AppendOutcome, AppendRequest, ConvKey, DirtyConversation, LiveEvent, LiveSubscription, Tail, TailEntry,
-};
+use super::live::{Live, LiveEvent, LiveHub, LiveSubscription};
+use super::sql::{Metadata, Pool};
+use super::state::TtlState;
+use super::tail::{AppendOutcome, AppendRequest, ConvKey, DirtyConversation, Tail, TailEntry};
 use super::StoreError;
-use crate::ratelimit::{gcra, RateDecision};
 
 const DEPENDENCY: &str = "tail";
 
@@ -24,14 +22,7 @@ pub(crate) struct SqliteTail {
     pool: SqlitePool,
     hub: LiveHub,
     writer: tokio::sync::Mutex<()>,
-    /// Rate-limit buckets: one process, so in memory (a restart refills them).
-    buckets: std::sync::Mutex<std::collections::HashMap<String, f64>>,
-    /// Leases: one process holds them all, but the contract is the same.
-    leases: std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
 }
-
-/// Above this many buckets, full ones are dropped on the next check.
-const MAX_IDLE_BUCKETS: usize = 10_000;
 
 fn failed(err: sqlx::Error) -> StoreError {
     StoreError::unavailable(DEPENDENCY, err)
@@ -46,15 +37,19 @@ fn channel(conv: &ConvKey) -> String {
 }
 
 impl SqliteTail {
-    pub(crate) fn new(db: Db) -> SqliteTail {
+    pub(crate) fn new(db: Metadata) -> SqliteTail {
         let Pool::Sqlite(pool) = db.pool else { panic!("the embedded tail needs the SQLite pool") };
-        SqliteTail {
-            pool,
-            hub: LiveHub::new(None),
-            writer: tokio::sync::Mutex::new(()),
-            buckets: Default::default(),
-            leases: Default::default(),
-        }
+        SqliteTail { pool, hub: LiveHub::new(None), writer: tokio::sync::Mutex::new(()) }
+    }
+
+    /// Deletes the expired rows of `table` (SQLite has no TTLs of its own).
+    async fn purge(&self, table: &'static str) -> Result<u64, StoreError> {
+        let done = sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE expires_at <= $1")))
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await
+            .map_err(failed)?;
+        Ok(done.rows_affected())
     }
 }
 
@@ -244,6 +239,13 @@ impl Tail for SqliteTail {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn purge_expired(&self) -> Result<u64, StoreError> {
+        self.purge("tail_idempotency").await
+    }
+}
+
+#[async_trait]
+impl Live for SqliteTail {
     async fn publish(&self, conv: &ConvKey, event: &[u8]) -> Result<(), StoreError> {
         self.hub.deliver(&channel(conv), LiveEvent::Event(event.to_vec()));
         Ok(())
@@ -251,6 +253,13 @@ impl Tail for SqliteTail {
 
     async fn subscribe(&self, conv: &ConvKey) -> Result<LiveSubscription, StoreError> {
         self.hub.subscribe(channel(conv)).await
+    }
+}
+
+#[async_trait]
+impl TtlState for SqliteTail {
+    async fn purge_expired(&self) -> Result<u64, StoreError> {
+        self.purge("tail_state").await
     }
 
     async fn state_set(&self, key: &str, field: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError> {
@@ -280,51 +289,6 @@ impl Tail for SqliteTail {
         write_state(&mut tx, key, field, raised.to_string().as_bytes(), now + ttl.as_millis() as i64).await?;
         tx.commit().await.map_err(failed)?;
         Ok(raised)
-    }
-
-    async fn rate_limit(&self, key: &str, rate_per_second: f64, burst: u32) -> Result<RateDecision, StoreError> {
-        let now = now_ms() as f64;
-        let mut buckets = self.buckets.lock().expect("rate buckets lock");
-        if buckets.len() > MAX_IDLE_BUCKETS {
-            buckets.retain(|_, tat| *tat > now);
-        }
-        let (decision, tat) = gcra(buckets.get(key).copied(), now, 1000.0 / rate_per_second, burst);
-        buckets.insert(key.to_string(), tat);
-        Ok(decision)
-    }
-
-    async fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
-        let mut leases = self.leases.lock().expect("leases lock");
-        let now = std::time::Instant::now();
-        match leases.get(name) {
-            Some((other, until)) if other != holder && *until > now => Ok(false),
-            _ => {
-                leases.insert(name.to_string(), (holder.to_string(), now + ttl));
-                Ok(true)
-            }
-        }
-    }
-
-    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
-        let mut leases = self.leases.lock().expect("leases lock");
-        if leases.get(name).is_some_and(|(other, _)| other == holder) {
-            leases.remove(name);
-        }
-        Ok(())
-    }
-
-    async fn purge_expired(&self) -> Result<u64, StoreError> {
-        let now = now_ms();
-        let mut removed = 0;
-        for table in ["tail_idempotency", "tail_state"] {
-            removed += sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE expires_at <= $1")))
-                .bind(now)
-                .execute(&self.pool)
-                .await
-                .map_err(failed)?
-                .rows_affected();
-        }
-        Ok(removed)
     }
 
     async fn state_get(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {

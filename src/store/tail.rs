@@ -9,10 +9,8 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::broadcast;
 
 use super::StoreError;
-use crate::ratelimit::RateDecision;
 
 /// Number of flush shards. Part of the Redis key schema (keys are hash-tagged
 /// `{sN}` by shard), so it never changes for an existing deployment.
@@ -97,65 +95,6 @@ pub struct DirtyConversation {
     pub messages: u64,
 }
 
-/// What travels on a conversation's live channel.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LiveEvent {
-    /// A message just appended.
-    Message(TailEntry),
-    /// An ephemeral event (receipt, typing), opaque to the store.
-    Event(Vec<u8>),
-}
-
-impl LiveEvent {
-    /// Wire form on the live channel: `m<seq>:<ts>:<body>` or `e<bytes>`. The
-    /// Redis append script builds the first form itself.
-    pub fn encode(&self) -> Vec<u8> {
-        match self {
-            LiveEvent::Message(entry) => {
-                let mut out = format!("m{}:{}:", entry.seq, entry.ts_ms).into_bytes();
-                out.extend_from_slice(&entry.body);
-                out
-            }
-            LiveEvent::Event(bytes) => {
-                let mut out = Vec::with_capacity(bytes.len() + 1);
-                out.push(b'e');
-                out.extend_from_slice(bytes);
-                out
-            }
-        }
-    }
-
-    pub fn decode(bytes: &[u8]) -> Option<LiveEvent> {
-        let (&kind, rest) = bytes.split_first()?;
-        match kind {
-            b'e' => Some(LiveEvent::Event(rest.to_vec())),
-            b'm' => {
-                let mut parts = rest.splitn(3, |&b| b == b':');
-                let seq = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
-                let ts_ms = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
-                let body = parts.next()?.to_vec();
-                Some(LiveEvent::Message(TailEntry { seq, ts_ms, body }))
-            }
-            _ => None,
-        }
-    }
-}
-
-/// A live subscription to one conversation. Dropping it releases the
-/// instance-wide channel subscription when it was the last one.
-pub struct LiveSubscription {
-    pub(super) receiver: broadcast::Receiver<LiveEvent>,
-    pub(super) _guard: super::live::SubscriptionGuard,
-}
-
-impl LiveSubscription {
-    /// The next event; `Err(Lagged(n))` when this subscriber fell `n` events
-    /// behind and must catch up from the tail.
-    pub async fn recv(&mut self) -> Result<LiveEvent, broadcast::error::RecvError> {
-        self.receiver.recv().await
-    }
-}
-
 #[async_trait]
 pub trait Tail: Send + Sync {
     /// Succeeds when the tail answers.
@@ -189,55 +128,15 @@ pub trait Tail: Send + Sync {
     /// (otherwise the conversation stays dirty for the next flush).
     async fn clear_dirty(&self, seen: &DirtyConversation) -> Result<bool, StoreError>;
 
-    /// Publishes an ephemeral event on the conversation's live channel.
-    async fn publish(&self, conv: &ConvKey, event: &[u8]) -> Result<(), StoreError>;
-
-    /// Subscribes to the conversation's live channel.
-    async fn subscribe(&self, conv: &ConvKey) -> Result<LiveSubscription, StoreError>;
-
-    /// Sets one field of a TTL'd hash (e.g. one member's receipt marks); the
-    /// whole hash expires `ttl` after its last write.
-    async fn state_set(&self, key: &str, field: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError>;
-
-    /// Raises one numeric field of a TTL'd hash to `value` when it is lower
-    /// (never lowers it) and returns the field's value afterwards.
-    async fn state_raise(&self, key: &str, field: &str, value: u64, ttl: Duration) -> Result<u64, StoreError>;
-
-    /// Takes one request from the bucket `key` (rate per second, burst).
-    async fn rate_limit(&self, key: &str, rate_per_second: f64, burst: u32) -> Result<RateDecision, StoreError>;
-
-    /// Takes (or renews, when `holder` already has it) the lease `name` for
-    /// `ttl`; false when someone else holds it. Leases split background work
-    /// between instances; they are not a fence — guarded commits are.
-    async fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError>;
-
-    /// Gives a lease back if `holder` still has it.
-    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
-
-    /// Deletes expired idempotency claims and TTL'd state where the store does
-    /// not expire them by itself (Redis does; the embedded tail needs this);
-    /// returns how many were removed.
+    /// Deletes expired idempotency claims where the store does not expire
+    /// them by itself (Redis does; the embedded tail needs this); returns how
+    /// many were removed.
     async fn purge_expired(&self) -> Result<u64, StoreError>;
-
-    /// All live fields of a TTL'd hash, sorted by field.
-    async fn state_get(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn live_events_round_trip() {
-        for event in [
-            LiveEvent::Message(TailEntry { seq: 42, ts_ms: 1_700_000_000_123, body: b"{\"a\":\"x:y\"}".to_vec() }),
-            LiveEvent::Event(b"{\"op\":\"typing\"}".to_vec()),
-        ] {
-            assert_eq!(LiveEvent::decode(&event.encode()), Some(event));
-        }
-        assert_eq!(LiveEvent::decode(b"mx:1:"), None);
-        assert_eq!(LiveEvent::decode(b""), None);
-    }
 
     #[test]
     fn shards_are_stable_and_in_range() {

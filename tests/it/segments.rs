@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use msgd::store::ConvKey;
 use serde_json::json;
 
 use crate::support::api::Api;
@@ -53,7 +54,7 @@ async fn assert_history(api: &Api, expected: &BTreeMap<String, u64>) {
             assert_eq!(block.ts_end, *ts.iter().max().unwrap(), "ts_end of {conversation}@{}", block.seq_start);
         }
         assert_eq!(next - 1, *last, "{conversation}: blocks end at {} not {last}", next - 1);
-        assert_eq!(meta.flushed_seq(&api.app_id, conversation).await.unwrap(), *last);
+        assert_eq!(meta.flushed_seq(&ConvKey::new(&api.app_id, conversation.as_str())).await.unwrap(), *last);
     }
 }
 
@@ -173,7 +174,7 @@ services_test! {
         let stores = api.stores().await;
         let conv = api.conv_key(&conversation);
         let flushed = eventually(Duration::from_secs(15), async || {
-            stores.metadata.flushed_seq(&api.app_id, &conversation).await.unwrap() == 20
+            stores.metadata.flushed_seq(&ConvKey::new(&api.app_id, &conversation)).await.unwrap() == 20
         })
         .await;
         assert!(flushed, "{}", api.msgd.log_text());
@@ -189,11 +190,11 @@ services_test! {
         .await;
         assert!(failed, "a failed object-put is logged with its stage:\n{}", api.msgd.log_text());
         assert_eq!(stores.tail.read(&conv, 20, 100).await.unwrap().len(), 20, "nothing unflushed was trimmed");
-        assert_eq!(stores.metadata.flushed_seq(&api.app_id, &conversation).await.unwrap(), 20);
+        assert_eq!(stores.metadata.flushed_seq(&ConvKey::new(&api.app_id, &conversation)).await.unwrap(), 20);
 
         s3.resume();
         let recovered = eventually(Duration::from_secs(30), async || {
-            stores.metadata.flushed_seq(&api.app_id, &conversation).await.unwrap() == 40
+            stores.metadata.flushed_seq(&ConvKey::new(&api.app_id, &conversation)).await.unwrap() == 40
         })
         .await;
         assert!(recovered, "the flush retries once the store is back:\n{}", api.msgd.log_text());
@@ -244,7 +245,7 @@ backend_test! {
         send_many(&api, &token, &conversations, 10, &mut sent).await;
         // The crashed instance's shard leases lapse (15 s) before anyone flushes them again.
         let caught_up = eventually(Duration::from_secs(40), async || {
-            stores.metadata.flushed_seq(&api.app_id, &conversations[1]).await.unwrap() == 40
+            stores.metadata.flushed_seq(&ConvKey::new(&api.app_id, &conversations[1])).await.unwrap() == 40
         })
         .await;
         assert!(caught_up, "{}", api.msgd.log_text());
@@ -288,7 +289,7 @@ services_test! {
         let done = eventually(Duration::from_secs(20), async || {
             let mut all = true;
             for c in &conversations {
-                all &= stores.metadata.flushed_seq(&api.app_id, c).await.unwrap() == 100;
+                all &= stores.metadata.flushed_seq(&ConvKey::new(&api.app_id, c.as_str())).await.unwrap() == 100;
             }
             all
         })

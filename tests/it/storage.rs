@@ -85,7 +85,7 @@ backend_test! {
         let env = TestEnv::new(backend).await;
         let stores = open(&env).await;
         let conv = ConvKey::new("app_t", uuid::Uuid::now_v7().to_string());
-        let mut live = stores.tail.subscribe(&conv).await.unwrap();
+        let mut live = stores.live.subscribe(&conv).await.unwrap();
         let mut tasks = Vec::new();
         for worker in 0..4u64 {
             let tail = stores.tail.clone();
@@ -228,25 +228,25 @@ backend_test! {
         let stores = open(&env).await;
         let conv = ConvKey::new("app_t", uuid::Uuid::now_v7().to_string());
 
-        let mut first = stores.tail.subscribe(&conv).await.unwrap();
-        let mut second = stores.tail.subscribe(&conv).await.unwrap();
-        stores.tail.publish(&conv, b"{\"op\":\"typing\"}").await.unwrap();
+        let mut first = stores.live.subscribe(&conv).await.unwrap();
+        let mut second = stores.live.subscribe(&conv).await.unwrap();
+        stores.live.publish(&conv, b"{\"op\":\"typing\"}").await.unwrap();
         for live in [&mut first, &mut second] {
             let event = tokio::time::timeout(Duration::from_secs(5), live.recv()).await.unwrap().unwrap();
             assert_eq!(event, LiveEvent::Event(b"{\"op\":\"typing\"}".to_vec()), "{backend:?}");
         }
 
         let key = format!("receipts:{}", conv.conversation_id);
-        stores.tail.state_set(&key, "alice", b"{\"read\":3}", Duration::from_secs(60)).await.unwrap();
-        stores.tail.state_set(&key, "bob", b"{\"read\":1}", Duration::from_secs(60)).await.unwrap();
-        stores.tail.state_set(&key, "alice", b"{\"read\":4}", Duration::from_secs(60)).await.unwrap();
+        stores.state.state_set(&key, "alice", b"{\"read\":3}", Duration::from_secs(60)).await.unwrap();
+        stores.state.state_set(&key, "bob", b"{\"read\":1}", Duration::from_secs(60)).await.unwrap();
+        stores.state.state_set(&key, "alice", b"{\"read\":4}", Duration::from_secs(60)).await.unwrap();
         assert_eq!(
-            stores.tail.state_get(&key).await.unwrap(),
+            stores.state.state_get(&key).await.unwrap(),
             vec![("alice".to_string(), b"{\"read\":4}".to_vec()), ("bob".to_string(), b"{\"read\":1}".to_vec())]
         );
-        stores.tail.state_set("short", "x", b"1", Duration::from_millis(50)).await.unwrap();
+        stores.state.state_set("short", "x", b"1", Duration::from_millis(50)).await.unwrap();
         let expired = crate::support::eventually(Duration::from_secs(3), async || {
-            stores.tail.state_get("short").await.unwrap().is_empty()
+            stores.state.state_get("short").await.unwrap().is_empty()
         })
         .await;
         assert!(expired, "{backend:?}: TTL state expires");
@@ -305,10 +305,10 @@ backend_test! {
         })
         .await;
         assert!(forgotten, "{backend:?}: after its TTL the key is free again");
-        stores.tail.publish(&conv, b"x").await.unwrap();
-        stores.tail.state_set("gone", "f", b"1", Duration::from_millis(1)).await.unwrap();
+        stores.live.publish(&conv, b"x").await.unwrap();
+        stores.state.state_set("gone", "f", b"1", Duration::from_millis(1)).await.unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
-        let purged = stores.tail.purge_expired().await.unwrap();
+        let purged = stores.tail.purge_expired().await.unwrap() + stores.state.purge_expired().await.unwrap();
         match backend {
             Backend::Embedded => assert!(purged >= 1, "the embedded tail deletes expired rows"),
             Backend::Services => assert_eq!(purged, 0, "Redis expires keys by itself"),

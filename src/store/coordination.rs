@@ -1,0 +1,73 @@
+//! Coordination between instances: rate-limit buckets and leases. Services
+//! mode keeps both in Redis, shared by every instance; embedded mode is one
+//! process by definition, so [`InProcess`] keeps them in memory — honestly
+//! named, since a restart refills the buckets and drops the leases.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use super::StoreError;
+use crate::ratelimit::{gcra, RateDecision};
+
+#[async_trait]
+pub trait Coordination: Send + Sync {
+    /// Takes one request from the bucket `key` (rate per second, burst).
+    async fn rate_limit(&self, key: &str, rate_per_second: f64, burst: u32) -> Result<RateDecision, StoreError>;
+
+    /// Takes (or renews, when `holder` already has it) the lease `name` for
+    /// `ttl`; false when someone else holds it. Leases split background work
+    /// between instances; they are not a fence — guarded commits are.
+    async fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError>;
+
+    /// Gives a lease back if `holder` still has it.
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
+}
+
+/// Above this many buckets, full ones are dropped on the next check.
+const MAX_IDLE_BUCKETS: usize = 10_000;
+
+/// Buckets and leases of a single process (embedded mode).
+#[derive(Default)]
+pub(crate) struct InProcess {
+    /// Bucket → its GCRA theoretical arrival time (Unix ms).
+    buckets: Mutex<HashMap<String, f64>>,
+    /// Lease → (holder, until).
+    leases: Mutex<HashMap<String, (String, Instant)>>,
+}
+
+#[async_trait]
+impl Coordination for InProcess {
+    async fn rate_limit(&self, key: &str, rate_per_second: f64, burst: u32) -> Result<RateDecision, StoreError> {
+        let now = crate::clock::now_ms() as f64;
+        let mut buckets = self.buckets.lock().expect("rate buckets lock");
+        if buckets.len() > MAX_IDLE_BUCKETS {
+            buckets.retain(|_, tat| *tat > now);
+        }
+        let (decision, tat) = gcra(buckets.get(key).copied(), now, 1000.0 / rate_per_second, burst);
+        buckets.insert(key.to_string(), tat);
+        Ok(decision)
+    }
+
+    async fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let mut leases = self.leases.lock().expect("leases lock");
+        let now = Instant::now();
+        match leases.get(name) {
+            Some((other, until)) if other != holder && *until > now => Ok(false),
+            _ => {
+                leases.insert(name.to_string(), (holder.to_string(), now + ttl));
+                Ok(true)
+            }
+        }
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let mut leases = self.leases.lock().expect("leases lock");
+        if leases.get(name).is_some_and(|(other, _)| other == holder) {
+            leases.remove(name);
+        }
+        Ok(())
+    }
+}
