@@ -8,7 +8,7 @@ use crate::context::Context;
 use crate::error::{Error, Kind};
 use crate::keys::Scope;
 use crate::membership::Role;
-use crate::store::{ConversationRow, MemberRow};
+use crate::store::{ConvKey, ConversationRow, MemberRow};
 
 /// How long a cached membership answer may be used without an invalidation.
 const MAX_MEMBERS_AT_CREATION: usize = 1000;
@@ -131,9 +131,9 @@ pub async fn list(ctx: &Context, caller: &Caller, limit: Option<u32>) -> Result<
 
 pub async fn get(ctx: &Context, caller: &Caller, id: &str) -> Result<ConversationView, Error> {
     caller.require_scope(Scope::Read)?;
-    let id = ctx.membership.require_access(caller, id).await?.conversation_id;
-    let row = ctx.stores.metadata.get_conversation(&caller.app_id, &id).await?.ok_or_else(Error::not_member)?;
-    let members = ctx.stores.metadata.list_members(&caller.app_id, &id).await?;
+    let conv = ConvKey::new(&caller.app_id, ctx.membership.require_access(caller, id).await?.conversation_id);
+    let row = ctx.stores.metadata.get_conversation(&conv).await?.ok_or_else(Error::not_member)?;
+    let members = ctx.stores.metadata.list_members(&conv).await?;
     Ok(ConversationView::from_row(row, Some(members)))
 }
 
@@ -152,7 +152,7 @@ pub async fn add_member(
     access.require_manager(caller, None)?;
     let id = access.conversation_id;
     let member = MemberRow { user_id: user_id.clone(), role: Role::Member.as_str().into(), joined_at: now };
-    let added = ctx.stores.metadata.add_member(&caller.app_id, &id, &member).await?;
+    let added = ctx.stores.metadata.add_member(&ConvKey::new(&caller.app_id, &id), &member).await?;
     if added {
         ctx.membership.changed(&caller.app_id, &id).await;
     }
@@ -166,7 +166,7 @@ pub async fn remove_member(ctx: &Context, caller: &Caller, id: &str, user_id: &s
     let access = ctx.membership.require_access(caller, id).await?;
     access.require_manager(caller, Some(&user_id))?;
     let id = access.conversation_id;
-    let removed = ctx.stores.metadata.remove_member(&caller.app_id, &id, &user_id).await?;
+    let removed = ctx.stores.metadata.remove_member(&ConvKey::new(&caller.app_id, &id), &user_id).await?;
     if removed {
         ctx.membership.changed(&caller.app_id, &id).await;
     }

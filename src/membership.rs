@@ -108,7 +108,7 @@ impl Membership {
             return Err(if caller.is_app() { not_found() } else { Error::not_member() });
         };
         let role = match &caller.user_id {
-            None => match self.stores.metadata.get_conversation(&caller.app_id, &id).await? {
+            None => match self.stores.metadata.get_conversation(&ConvKey::new(&caller.app_id, &id)).await? {
                 Some(_) => None,
                 None => return Err(not_found()),
             },
@@ -129,8 +129,8 @@ impl Membership {
             }
         }
         let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
-        let role =
-            self.stores.metadata.get_member(app_id, conversation_id, user_id).await?.map(|m| Role::parse(&m.role));
+        let conv = ConvKey::new(app_id, conversation_id);
+        let role = self.stores.metadata.get_member(&conv, user_id).await?.map(|m| Role::parse(&m.role));
         let mut cache = self.cache.lock().expect("membership lock");
         if self.generation.load(std::sync::atomic::Ordering::SeqCst) != generation {
             return Ok(role);

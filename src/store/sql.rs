@@ -407,11 +407,11 @@ impl Metadata {
         }.await)
     }
 
-    pub async fn get_conversation(&self, app_id: &str, id: &str) -> Result<Option<ConversationRow>, StoreError> {
+    pub async fn get_conversation(&self, conv: &ConvKey) -> Result<Option<ConversationRow>, StoreError> {
         let sql = format!("SELECT {CONVERSATION_COLUMNS} FROM conversations c WHERE c.app_id = $1 AND c.id = $2");
         let row = on_db!(self, pool => sqlx::query_as::<_, ConversationRow>(sqlx::AssertSqlSafe(sql.as_str()))
-            .bind(app_id)
-            .bind(id)
+            .bind(&conv.app_id)
+            .bind(&conv.conversation_id)
             .fetch_optional(pool)
             .await)?;
         Ok(row)
@@ -438,28 +438,23 @@ impl Metadata {
         Ok(rows)
     }
 
-    pub async fn list_members(&self, app_id: &str, conversation_id: &str) -> Result<Vec<MemberRow>, StoreError> {
+    pub async fn list_members(&self, conv: &ConvKey) -> Result<Vec<MemberRow>, StoreError> {
         let rows = on_db!(self, pool => sqlx::query_as::<_, MemberRow>(
             "SELECT user_id, role, joined_at FROM members WHERE app_id = $1 AND conversation_id = $2 ORDER BY joined_at, user_id",
         )
-        .bind(app_id)
-        .bind(conversation_id)
+        .bind(&conv.app_id)
+        .bind(&conv.conversation_id)
         .fetch_all(pool)
         .await)?;
         Ok(rows)
     }
 
-    pub async fn get_member(
-        &self,
-        app_id: &str,
-        conversation_id: &str,
-        user_id: &str,
-    ) -> Result<Option<MemberRow>, StoreError> {
+    pub async fn get_member(&self, conv: &ConvKey, user_id: &str) -> Result<Option<MemberRow>, StoreError> {
         let row = on_db!(self, pool => sqlx::query_as::<_, MemberRow>(
             "SELECT user_id, role, joined_at FROM members WHERE app_id = $1 AND conversation_id = $2 AND user_id = $3",
         )
-        .bind(app_id)
-        .bind(conversation_id)
+        .bind(&conv.app_id)
+        .bind(&conv.conversation_id)
         .bind(user_id)
         .fetch_optional(pool)
         .await)?;
@@ -467,15 +462,10 @@ impl Metadata {
     }
 
     /// Adds a member; returns false when already a member (nothing changes).
-    pub async fn add_member(
-        &self,
-        app_id: &str,
-        conversation_id: &str,
-        member: &MemberRow,
-    ) -> Result<bool, StoreError> {
+    pub async fn add_member(&self, conv: &ConvKey, member: &MemberRow) -> Result<bool, StoreError> {
         let added = on_db!(self, pool => sqlx::query(INSERT_MEMBER)
-            .bind(app_id)
-            .bind(conversation_id)
+            .bind(&conv.app_id)
+            .bind(&conv.conversation_id)
             .bind(&member.user_id)
             .bind(&member.role)
             .bind(member.joined_at)
@@ -486,12 +476,12 @@ impl Metadata {
     }
 
     /// Removes a member; returns false when not a member.
-    pub async fn remove_member(&self, app_id: &str, conversation_id: &str, user_id: &str) -> Result<bool, StoreError> {
+    pub async fn remove_member(&self, conv: &ConvKey, user_id: &str) -> Result<bool, StoreError> {
         let removed = on_db!(self, pool => sqlx::query(
             "DELETE FROM members WHERE app_id = $1 AND conversation_id = $2 AND user_id = $3",
         )
-        .bind(app_id)
-        .bind(conversation_id)
+        .bind(&conv.app_id)
+        .bind(&conv.conversation_id)
         .bind(user_id)
         .execute(pool)
         .await
@@ -617,17 +607,13 @@ impl Metadata {
     }
 
     /// A conversation's blocks, by seq.
-    pub async fn blocks_of_conversation(
-        &self,
-        app_id: &str,
-        conversation_id: &str,
-    ) -> Result<Vec<BlockRow>, StoreError> {
+    pub async fn blocks_of_conversation(&self, conv: &ConvKey) -> Result<Vec<BlockRow>, StoreError> {
         let sql = format!(
             "SELECT {BLOCK_COLUMNS} FROM segment_blocks WHERE app_id = $1 AND conversation_id = $2 ORDER BY seq_start"
         );
         let rows = on_db!(self, pool => sqlx::query_as::<_, BlockRow>(sqlx::AssertSqlSafe(sql.as_str()))
-            .bind(app_id)
-            .bind(conversation_id)
+            .bind(&conv.app_id)
+            .bind(&conv.conversation_id)
             .fetch_all(pool)
             .await)?;
         Ok(rows)

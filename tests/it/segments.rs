@@ -28,7 +28,7 @@ async fn assert_history(api: &Api, expected: &BTreeMap<String, u64>) {
         objects.insert(row.id.clone(), (key.clone(), stores.objects.get(key).await.unwrap()));
     }
     for (conversation, last) in expected {
-        let blocks = meta.blocks_of_conversation(&api.app_id, conversation).await.unwrap();
+        let blocks = meta.blocks_of_conversation(&ConvKey::new(&api.app_id, conversation.as_str())).await.unwrap();
         let mut next = 1;
         for block in &blocks {
             assert_eq!(block.seq_start as u64, next, "blocks of {conversation} overlap or leave a hole: {blocks:?}");
@@ -124,7 +124,7 @@ backend_test! {
         let before: Vec<_> = {
             let mut all = Vec::new();
             for c in &conversations {
-                all.extend(stores.metadata.blocks_of_conversation(&api.app_id, c).await.unwrap());
+                all.extend(stores.metadata.blocks_of_conversation(&ConvKey::new(&api.app_id, c.as_str())).await.unwrap());
             }
             all
         };
@@ -132,12 +132,12 @@ backend_test! {
 
         // Metadata lost, objects kept: --reindex rebuilds the same index.
         drop_index(&api).await;
-        assert!(stores.metadata.blocks_of_conversation(&api.app_id, &conversations[0]).await.unwrap().is_empty());
+        assert!(stores.metadata.blocks_of_conversation(&ConvKey::new(&api.app_id, conversations[0].as_str())).await.unwrap().is_empty());
         let reindexed = flush(&api, &["--reindex"]);
         assert_eq!((reindexed["objects"].as_u64(), reindexed["indexed"].as_u64()), (Some(2), Some(2)), "{reindexed}");
         let mut after = Vec::new();
         for c in &conversations {
-            after.extend(stores.metadata.blocks_of_conversation(&api.app_id, c).await.unwrap());
+            after.extend(stores.metadata.blocks_of_conversation(&ConvKey::new(&api.app_id, c.as_str())).await.unwrap());
         }
         assert_eq!(after, before, "{backend:?}: reindexing restores identical block rows");
         assert_history(&api, &sent).await;
