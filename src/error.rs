@@ -108,10 +108,10 @@ codes! {
     MetadataTooLarge = "metadata_too_large", TooLarge;
     UnsupportedMediaType = "unsupported_media_type", UnsupportedMediaType;
     IdempotencyKeyReused = "idempotency_key_reused", Unprocessable;
-    HeadersTooLarge = "headers_too_large", HeadersTooLarge;
     RateLimited = "rate_limited", RateLimited;
     /// Over `ws.max_per_user` or `ws.max_per_ip`, at the upgrade.
     TooManyWebsockets = "too_many_websockets", RateLimited;
+    HeadersTooLarge = "headers_too_large", HeadersTooLarge;
     Internal = "internal", Internal;
     CorruptSegment = "corrupt_segment", Internal;
     DependencyUnavailable = "dependency_unavailable", Unavailable;
