@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::Caller;
 use crate::context::Context;
-use crate::error::{Error, Kind};
+use crate::error::{Code, Error};
 use crate::keys::Scope;
 use crate::membership::Role;
 use crate::store::{ConvKey, ConversationRow, MemberRow};
@@ -70,19 +70,18 @@ pub async fn create(
 ) -> Result<ConversationView, Error> {
     caller.require_scope(Scope::Write)?;
     if request.title.as_ref().is_some_and(|t| t.chars().count() > MAX_TITLE_CHARS) {
-        return Err(Error::invalid("invalid_title", format!("a title is at most {MAX_TITLE_CHARS} characters")));
+        return Err(Error::new(Code::InvalidTitle, format!("a title is at most {MAX_TITLE_CHARS} characters")));
     }
     let metadata = match &request.metadata {
         None => None,
         Some(value) if !value.is_object() => {
-            return Err(Error::invalid("invalid_metadata", "metadata must be a JSON object"));
+            return Err(Error::new(Code::InvalidMetadata, "metadata must be a JSON object"));
         }
         Some(value) => {
             let text = value.to_string();
             if text.len() > MAX_METADATA_BYTES {
                 return Err(Error::new(
-                    Kind::TooLarge,
-                    "metadata_too_large",
+                    Code::MetadataTooLarge,
                     format!("metadata is at most {MAX_METADATA_BYTES} bytes"),
                 ));
             }
@@ -90,10 +89,7 @@ pub async fn create(
         }
     };
     if request.members.len() > MAX_MEMBERS_AT_CREATION {
-        return Err(Error::invalid(
-            "too_many_members",
-            format!("at most {MAX_MEMBERS_AT_CREATION} members at creation"),
-        ));
+        return Err(Error::new(Code::TooManyMembers, format!("at most {MAX_MEMBERS_AT_CREATION} members at creation")));
     }
     let mut members: Vec<MemberRow> = Vec::new();
     if let Some(user) = &caller.user_id {
@@ -123,7 +119,7 @@ pub async fn list(ctx: &Context, caller: &Caller, limit: Option<u32>) -> Result<
     caller.require_scope(Scope::Read)?;
     let limit = limit.unwrap_or(DEFAULT_LIST);
     if limit == 0 || limit > MAX_LIST {
-        return Err(Error::invalid("invalid_request", format!("limit must be 1 to {MAX_LIST}")));
+        return Err(Error::new(Code::InvalidRequest, format!("limit must be 1 to {MAX_LIST}")));
     }
     let rows = ctx.stores.metadata.list_conversations(&caller.app_id, caller.user_id.as_deref(), limit).await?;
     Ok(rows.into_iter().map(|row| ConversationView::from_row(row, None)).collect())

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Kind};
+use crate::error::{Code, Error};
 use crate::segment::Codec;
 use crate::store::TailEntry;
 
@@ -68,7 +68,7 @@ impl Envelope {
     pub fn from_entry(entry: &TailEntry) -> Result<Envelope, Error> {
         let mut envelope: Envelope = serde_json::from_slice(&entry.body).map_err(|e| {
             tracing::error!(component = "messages", seq = entry.seq, error = %e, "undecodable tail entry");
-            Error::new(Kind::Internal, "internal", "internal error")
+            Error::new(Code::Internal, "internal error")
         })?;
         envelope.seq = entry.seq;
         Ok(envelope)
@@ -83,15 +83,14 @@ pub fn encode_record(codec: Codec, entry: &TailEntry) -> Result<Vec<u8>, Error> 
         Codec::Raw => Ok(entry.body.clone()),
         Codec::Json => Ok(serde_json::to_vec(&Envelope::from_entry(entry)?).expect("envelopes serialize")),
         Codec::Msgpack => rmp_serde::to_vec_named(&Envelope::from_entry(entry)?)
-            .map_err(|e| Error::new(Kind::Internal, "internal", format!("msgpack encoding failed: {e}"))),
+            .map_err(|e| Error::new(Code::Internal, format!("msgpack encoding failed: {e}"))),
     }
 }
 
 /// Decodes a segment record written by [`encode_record`]; `seq` is the
 /// record's position-derived seq.
 pub fn decode_record(codec: Codec, seq: u64, bytes: &[u8]) -> Result<Envelope, Error> {
-    let corrupt =
-        |e: String| Error::new(Kind::Internal, "corrupt_segment", format!("undecodable record at seq {seq}: {e}"));
+    let corrupt = |e: String| Error::new(Code::CorruptSegment, format!("undecodable record at seq {seq}: {e}"));
     let mut envelope: Envelope = match codec {
         Codec::Raw | Codec::Json => serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?,
         Codec::Msgpack => rmp_serde::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?,

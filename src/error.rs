@@ -13,14 +13,20 @@ pub enum Kind {
     /// Authenticated but not allowed, or not a member (403).
     Forbidden,
     NotFound,
+    /// The path is served, but not for this method (405).
+    MethodNotAllowed,
     /// A concurrent or replayed request conflicts (409).
     Conflict,
     /// The body or a part of it is larger than allowed (413).
     TooLarge,
+    /// The body comes in a media type the route does not read (415).
+    UnsupportedMediaType,
     /// Well-formed but unacceptable, e.g. an idempotency key reused (422).
     Unprocessable,
     /// Over a rate limit, or over a cap on connections (429).
     RateLimited,
+    /// The request's header fields are larger than allowed (431).
+    HeadersTooLarge,
     /// The request took longer than allowed to arrive or be answered (408).
     TimedOut,
     /// A dependency is down; retry later (503).
@@ -29,11 +35,116 @@ pub enum Kind {
     Internal,
 }
 
+/// Declares [`Code`] from one table of `Variant = "string", Kind;` rows, so
+/// that a code's string, its kind and its place in [`Code::ALL`] are written
+/// once and cannot drift apart.
+macro_rules! codes {
+    ($($(#[$doc:meta])* $variant:ident = $text:literal, $kind:ident;)+) => {
+        /// Every stable error code msgd answers with. The strings are public
+        /// API (README, "HTTP API"; `openapi.json`): a variant may be added,
+        /// never renamed. Each code has exactly one [`Kind`], hence one status.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Code {
+            $($(#[$doc])* $variant,)+
+        }
+
+        impl Code {
+            /// Every code, in the order of the README's list.
+            pub const ALL: &'static [Code] = &[$(Code::$variant,)+];
+
+            /// The snake_case string clients see in `error.code`.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Code::$variant => $text,)+
+                }
+            }
+
+            pub const fn kind(self) -> Kind {
+                match self {
+                    $(Code::$variant => Kind::$kind,)+
+                }
+            }
+        }
+    };
+}
+
+codes! {
+    MissingApiKey = "missing_api_key", Unauthenticated;
+    InvalidApiKey = "invalid_api_key", Unauthenticated;
+    KeyRevoked = "key_revoked", Unauthenticated;
+    KeyExpired = "key_expired", Unauthenticated;
+    MissingToken = "missing_token", Unauthenticated;
+    InvalidToken = "invalid_token", Unauthenticated;
+    TokenExpired = "token_expired", Unauthenticated;
+    WrongIssuer = "wrong_issuer", Unauthenticated;
+    WrongAudience = "wrong_audience", Unauthenticated;
+    InsufficientScope = "insufficient_scope", Forbidden;
+    /// Also for a conversation that does not exist: a non-member must not
+    /// learn which ones do.
+    NotMember = "not_member", Forbidden;
+    NotOwner = "not_owner", Forbidden;
+    NotFound = "not_found", NotFound;
+    /// Removing someone who is not a member.
+    NotAMember = "not_a_member", NotFound;
+    MethodNotAllowed = "method_not_allowed", MethodNotAllowed;
+    RequestTimeout = "request_timeout", TimedOut;
+    InvalidRequest = "invalid_request", Invalid;
+    InvalidPayload = "invalid_payload", Invalid;
+    InvalidContentType = "invalid_content_type", Invalid;
+    InvalidAttachments = "invalid_attachments", Invalid;
+    InvalidClientMsgId = "invalid_client_msg_id", Invalid;
+    InvalidBatch = "invalid_batch", Invalid;
+    InvalidUserId = "invalid_user_id", Invalid;
+    InvalidTitle = "invalid_title", Invalid;
+    InvalidMetadata = "invalid_metadata", Invalid;
+    TooManyMembers = "too_many_members", Invalid;
+    UserRequired = "user_required", Invalid;
+    SeqOutOfRange = "seq_out_of_range", Invalid;
+    InvalidCursor = "invalid_cursor", Invalid;
+    WebsocketRequired = "websocket_required", Invalid;
+    IdempotencyKeyNotSupported = "idempotency_key_not_supported", Invalid;
+    IdempotencyOriginalUnavailable = "idempotency_original_unavailable", Conflict;
+    PayloadTooLarge = "payload_too_large", TooLarge;
+    MetadataTooLarge = "metadata_too_large", TooLarge;
+    UnsupportedMediaType = "unsupported_media_type", UnsupportedMediaType;
+    IdempotencyKeyReused = "idempotency_key_reused", Unprocessable;
+    RateLimited = "rate_limited", RateLimited;
+    /// Over `ws.max_per_user` or `ws.max_per_ip`, at the upgrade.
+    TooManyWebsockets = "too_many_websockets", RateLimited;
+    HeadersTooLarge = "headers_too_large", HeadersTooLarge;
+    Internal = "internal", Internal;
+    CorruptSegment = "corrupt_segment", Internal;
+    DependencyUnavailable = "dependency_unavailable", Unavailable;
+    SeqUnavailable = "seq_unavailable", Unavailable;
+    /// Over `http.max_connections`: answered by the listener before any
+    /// request is read, so it is written out there rather than built here.
+    TooManyConnections = "too_many_connections", Unavailable;
+    // WebSocket `error` frames only.
+    InvalidFrame = "invalid_frame", Invalid;
+    UnknownOp = "unknown_op", Invalid;
+    TooManySubscriptions = "too_many_subscriptions", Invalid;
+    InvalidSinceSeq = "invalid_since_seq", Invalid;
+    /// The messages after `since_seq` are past retention: resync from history.
+    SinceSeqExpired = "since_seq_expired", Invalid;
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A code serializes as its string, so error bodies and frames can embed it as is.
+impl serde::Serialize for Code {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Error {
-    pub kind: Kind,
-    /// Stable snake_case code, part of the public API.
-    pub code: &'static str,
+    /// Stable code, part of the public API; it decides the [`Kind`].
+    pub code: Code,
     pub message: String,
     /// The limit that refused the request, for `Retry-After` and RateLimit fields.
     pub rate: Option<RateLimitInfo>,
@@ -48,17 +159,17 @@ pub struct RateLimitInfo {
 }
 
 impl Error {
-    pub fn new(kind: Kind, code: &'static str, message: impl Into<String>) -> Self {
-        Error { kind, code, message: message.into(), rate: None }
-    }
-
-    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
-        Error::new(Kind::Invalid, code, message)
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        Error { code, message: message.into(), rate: None }
     }
 
     /// The answer to anyone who may not see a conversation, whether it exists or not.
     pub fn not_member() -> Self {
-        Error::new(Kind::Forbidden, "not_member", "not a member of this conversation (or it does not exist)")
+        Error::new(Code::NotMember, "not a member of this conversation (or it does not exist)")
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.code.kind()
     }
 }
 
@@ -69,3 +180,18 @@ impl std::fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+#[cfg(test)]
+mod tests {
+    use super::Code;
+
+    #[test]
+    fn codes_are_distinct_snake_case_strings() {
+        let mut seen = std::collections::BTreeSet::new();
+        for code in Code::ALL {
+            let text = code.as_str();
+            assert!(seen.insert(text), "{text} is the string of two codes");
+            assert!(text.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{text} is not snake_case");
+        }
+    }
+}

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::auth::Caller;
 use crate::context::Context;
 use crate::envelope::Envelope;
-use crate::error::Error;
+use crate::error::{Code, Error};
 use crate::keys::Scope;
 use crate::store::ConvKey;
 
@@ -94,7 +94,7 @@ pub async fn page(
 }
 
 fn invalid_cursor() -> Error {
-    Error::invalid("invalid_cursor", "the cursor is not valid for this conversation and query")
+    Error::new(Code::InvalidCursor, "the cursor is not valid for this conversation and query")
 }
 
 fn new_state(conversation_id: &str, query: &HistoryQuery) -> Result<CursorState, Error> {
@@ -102,20 +102,20 @@ fn new_state(conversation_id: &str, query: &HistoryQuery) -> Result<CursorState,
         None | Some("asc") => false,
         Some("desc") => true,
         Some(other) => {
-            return Err(Error::invalid("invalid_request", format!("order must be asc or desc, not {other:?}")))
+            return Err(Error::new(Code::InvalidRequest, format!("order must be asc or desc, not {other:?}")))
         }
     };
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 || limit > MAX_LIMIT {
-        return Err(Error::invalid("invalid_request", format!("limit must be 1 to {MAX_LIMIT}")));
+        return Err(Error::new(Code::InvalidRequest, format!("limit must be 1 to {MAX_LIMIT}")));
     }
     // Seqs are stored as signed 64-bit integers; anything larger names nothing.
     if query.after_seq.into_iter().chain(query.before_seq).any(|seq| seq > i64::MAX as u64) {
-        return Err(Error::invalid("invalid_request", "after_seq and before_seq are at most 2^63 - 1"));
+        return Err(Error::new(Code::InvalidRequest, "after_seq and before_seq are at most 2^63 - 1"));
     }
     if let (Some(from), Some(to)) = (query.from_ts, query.to_ts) {
         if from > to {
-            return Err(Error::invalid("invalid_request", "from_ts is after to_ts"));
+            return Err(Error::new(Code::InvalidRequest, "from_ts is after to_ts"));
         }
     }
     Ok(CursorState {

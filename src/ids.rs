@@ -16,7 +16,7 @@
 
 use unicode_normalization::{is_nfc_quick, IsNormalized, UnicodeNormalization};
 
-use crate::error::Error;
+use crate::error::{Code, Error};
 
 /// The longest user id, in bytes of its NFC form.
 pub const MAX_USER_ID_BYTES: usize = 255;
@@ -29,8 +29,8 @@ pub fn user_id(raw: &str) -> Result<String, Error> {
     };
     let refuse = |why: &str| {
         let shown: String = raw.chars().take(64).collect();
-        Error::invalid(
-            "invalid_user_id",
+        Error::new(
+            Code::InvalidUserId,
             format!("user ids are 1 to {MAX_USER_ID_BYTES} bytes (after NFC) of visible text: {why}: {shown:?}"),
         )
     };
@@ -99,7 +99,7 @@ mod tests {
             "alice\u{e0041}",
         ] {
             let err = user_id(bad).unwrap_err();
-            assert_eq!(err.code, "invalid_user_id", "{bad:?}");
+            assert_eq!(err.code.as_str(), "invalid_user_id", "{bad:?}");
         }
         assert!(user_id(&"a".repeat(255)).is_ok());
         assert!(user_id(&"a".repeat(256)).is_err());

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use crate::error::Code;
 use crate::store::{ApiKeyRow, AppRow, Metadata, StoreError};
 
 const ID_LEN: usize = 12;
@@ -92,11 +93,11 @@ pub enum KeyRejection {
 }
 
 impl KeyRejection {
-    pub fn code(self) -> &'static str {
+    pub fn code(self) -> Code {
         match self {
-            KeyRejection::Malformed | KeyRejection::BadChecksum | KeyRejection::Unknown => "invalid_api_key",
-            KeyRejection::Revoked => "key_revoked",
-            KeyRejection::Expired => "key_expired",
+            KeyRejection::Malformed | KeyRejection::BadChecksum | KeyRejection::Unknown => Code::InvalidApiKey,
+            KeyRejection::Revoked => Code::KeyRevoked,
+            KeyRejection::Expired => Code::KeyExpired,
         }
     }
 }

@@ -77,6 +77,11 @@ const KNOWN_CODES: &[&str] = &[
     "headers_too_large",
     "too_many_connections",
     "too_many_websockets",
+    "invalid_frame",
+    "unknown_op",
+    "too_many_subscriptions",
+    "invalid_since_seq",
+    "since_seq_expired",
 ];
 
 /// Failed requests (and failed batch items) by `<status> <error code>`, or

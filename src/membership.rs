@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::auth::Caller;
-use crate::error::{Error, Kind};
+use crate::error::{Code, Error};
 use crate::store::{ConvKey, LiveEvent, LiveSubscription, Stores};
 use crate::worker::{Worker, WorkerState};
 
@@ -70,12 +70,12 @@ impl Access {
         if caller.is_app() || self.role == Some(Role::Owner) || is_self {
             return Ok(());
         }
-        Err(Error::new(Kind::Forbidden, "not_owner", "only the conversation's owners and admin keys manage members"))
+        Err(Error::new(Code::NotOwner, "only the conversation's owners and admin keys manage members"))
     }
 }
 
 fn not_found() -> Error {
-    Error::new(Kind::NotFound, "not_found", "no such conversation")
+    Error::new(Code::NotFound, "no such conversation")
 }
 
 /// (app, conversation, user).

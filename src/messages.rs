@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use crate::auth::Caller;
 use crate::context::Context;
 use crate::envelope::{Attachment, Envelope, Sender, ENVELOPE_VERSION};
-use crate::error::{Error, Kind, RateLimitInfo};
+use crate::error::{Code, Error, RateLimitInfo};
 use crate::store::{AppendOutcome, AppendRequest, ConvKey, IdempotencyClaim};
 
 const MAX_ATTACHMENTS: usize = 32;
@@ -51,35 +51,35 @@ pub fn validate(
     let max = ctx.config.limits.max_payload_bytes;
     match (&request.payload, &request.payload_base64) {
         (Some(_), Some(_)) => {
-            return Err(Error::invalid("invalid_payload", "send either payload or payload_base64, not both"))
+            return Err(Error::new(Code::InvalidPayload, "send either payload or payload_base64, not both"))
         }
         (None, None) => {
-            return Err(Error::invalid("invalid_payload", "a message needs a payload (JSON) or payload_base64"))
+            return Err(Error::new(Code::InvalidPayload, "a message needs a payload (JSON) or payload_base64"))
         }
         (Some(payload), None) => {
             if payload.is_null() {
-                return Err(Error::invalid("invalid_payload", "payload must not be null"));
+                return Err(Error::new(Code::InvalidPayload, "payload must not be null"));
             }
             let size = serde_json::to_vec(payload).map(|b| b.len()).unwrap_or(usize::MAX);
             if size > max {
                 return Err(too_large(size, max));
             }
             if request.content_type.is_some() {
-                return Err(Error::invalid("invalid_payload", "content_type goes with payload_base64"));
+                return Err(Error::new(Code::InvalidPayload, "content_type goes with payload_base64"));
             }
         }
         (None, Some(encoded)) => {
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(encoded)
-                .map_err(|e| Error::invalid("invalid_payload", format!("payload_base64 is not base64: {e}")))?;
+                .map_err(|e| Error::new(Code::InvalidPayload, format!("payload_base64 is not base64: {e}")))?;
             if bytes.len() > max {
                 return Err(too_large(bytes.len(), max));
             }
             match &request.content_type {
                 Some(ct) if ct.len() <= 255 && ct.contains('/') && !ct.chars().any(char::is_control) => {}
                 _ => {
-                    return Err(Error::invalid(
-                        "invalid_content_type",
+                    return Err(Error::new(
+                        Code::InvalidContentType,
                         "payload_base64 needs a content_type like `image/png`",
                     ))
                 }
@@ -87,10 +87,10 @@ pub fn validate(
         }
     }
     if request.attachments.len() > MAX_ATTACHMENTS {
-        return Err(Error::invalid("invalid_attachments", format!("at most {MAX_ATTACHMENTS} attachments")));
+        return Err(Error::new(Code::InvalidAttachments, format!("at most {MAX_ATTACHMENTS} attachments")));
     }
     for (i, a) in request.attachments.iter().enumerate() {
-        let bad = |why: &str| Error::invalid("invalid_attachments", format!("attachments[{i}]: {why}"));
+        let bad = |why: &str| Error::new(Code::InvalidAttachments, format!("attachments[{i}]: {why}"));
         if a.key.is_empty() || a.key.len() > 1024 {
             return Err(bad("key must be 1 to 1024 characters"));
         }
@@ -103,8 +103,8 @@ pub fn validate(
     }
     let check_key = |key: &str, name: &str| {
         if key.is_empty() || key.len() > MAX_CLIENT_MSG_ID || !key.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-            Err(Error::invalid(
-                "invalid_client_msg_id",
+            Err(Error::new(
+                Code::InvalidClientMsgId,
                 format!("{name} must be 1 to {MAX_CLIENT_MSG_ID} printable ASCII characters"),
             ))
         } else {
@@ -117,14 +117,14 @@ pub fn validate(
     if let Some(header) = idempotency_header {
         check_key(header, "Idempotency-Key")?;
         if request.client_msg_id.as_deref().is_some_and(|id| id != header) {
-            return Err(Error::invalid("invalid_client_msg_id", "Idempotency-Key and client_msg_id differ"));
+            return Err(Error::new(Code::InvalidClientMsgId, "Idempotency-Key and client_msg_id differ"));
         }
     }
     Ok(idempotency_header.map(str::to_string).or_else(|| request.client_msg_id.clone()))
 }
 
 fn too_large(size: usize, max: usize) -> Error {
-    Error::new(Kind::TooLarge, "payload_too_large", format!("the payload is {size} bytes; the limit is {max}"))
+    Error::new(Code::PayloadTooLarge, format!("the payload is {size} bytes; the limit is {max}"))
 }
 
 /// Sends one message to a conversation the caller may write to.
@@ -152,14 +152,14 @@ pub async fn send_batch(
     caller.require_participant()?;
     let max = ctx.config.limits.max_batch;
     if requests.is_empty() || requests.len() > max {
-        return Err(Error::invalid("invalid_batch", format!("a batch holds 1 to {max} messages")));
+        return Err(Error::new(Code::InvalidBatch, format!("a batch holds 1 to {max} messages")));
     }
     let conversation_id = ctx.membership.require_access(caller, conversation_id).await?.conversation_id;
     let mut results = Vec::with_capacity(requests.len());
     for item in requests {
         let result = match serde_json::from_value::<SendRequest>(item) {
             Ok(request) => send_checked(ctx, caller, &conversation_id, request, None, now).await,
-            Err(e) => Err(Error::invalid("invalid_request", format!("not a message: {e}"))),
+            Err(e) => Err(Error::new(Code::InvalidRequest, format!("not a message: {e}"))),
         };
         results.push(result);
     }
@@ -248,7 +248,7 @@ async fn send_checked(
             }
         }
     }
-    Err(Error::new(Kind::Unavailable, "seq_unavailable", "could not assign a seq; retry"))
+    Err(Error::new(Code::SeqUnavailable, "could not assign a seq; retry"))
 }
 
 /// Idempotency keys are scoped to their sender (app, conversation, sender and
@@ -259,11 +259,7 @@ fn claim_key(sender: &Sender, key: &str) -> String {
 }
 
 fn key_reused(seq: u64) -> Error {
-    Error::new(
-        Kind::Unprocessable,
-        "idempotency_key_reused",
-        format!("this idempotency key was used for a different message (seq {seq})"),
-    )
+    Error::new(Code::IdempotencyKeyReused, format!("this idempotency key was used for a different message (seq {seq})"))
 }
 
 /// The envelope originally stored at `seq`, for an idempotent replay: from
@@ -272,8 +268,7 @@ async fn original(ctx: &Context, conv: &ConvKey, seq: u64) -> Result<Envelope, E
     match ctx.timeline.message(conv, seq).await? {
         Some(envelope) => Ok(envelope),
         None => Err(Error::new(
-            Kind::Conflict,
-            "idempotency_original_unavailable",
+            Code::IdempotencyOriginalUnavailable,
             format!("this idempotency key was used for seq {seq}, which is no longer stored"),
         )),
     }
@@ -307,8 +302,7 @@ async fn rate_limit(ctx: &Context, caller: &Caller) -> Result<(), Error> {
         if !decision.allowed {
             ctx.metrics.rate_limited_total.with_label_values(&[scope]).inc();
             let mut error = Error::new(
-                Kind::RateLimited,
-                "rate_limited",
+                Code::RateLimited,
                 format!("too many messages for this {scope}: {rate}/s with a burst of {burst}"),
             );
             error.rate = Some(RateLimitInfo { limit: burst, window_seconds: f64::from(burst) / rate, decision });

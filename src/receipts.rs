@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::Caller;
 use crate::context::Context;
-use crate::error::Error;
+use crate::error::{Code, Error};
 use crate::keys::Scope;
 use crate::store::ConvKey;
 
@@ -62,12 +62,12 @@ pub async fn mark(
     let user = caller
         .user_id
         .clone()
-        .ok_or_else(|| Error::invalid("user_required", "receipts belong to a user; send a user token"))?;
+        .ok_or_else(|| Error::new(Code::UserRequired, "receipts belong to a user; send a user token"))?;
     let conv = ConvKey::new(&caller.app_id, &conversation_id);
     let last_seq = ctx.timeline.last_seq(&conv).await?;
     if request.seq == 0 || request.seq > last_seq {
-        return Err(Error::invalid(
-            "seq_out_of_range",
+        return Err(Error::new(
+            Code::SeqOutOfRange,
             format!("seq must be between 1 and the conversation's last seq ({last_seq})"),
         ));
     }

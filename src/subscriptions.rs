@@ -22,7 +22,7 @@ use crate::auth::Caller;
 use crate::clock::now_ms;
 use crate::context::Context;
 use crate::envelope::Envelope;
-use crate::error::Error;
+use crate::error::{Code, Error};
 use crate::store::{ConvKey, LiveEvent, LiveSubscription};
 
 /// Seqs replayed per timeline read during catch-up.
@@ -85,7 +85,7 @@ impl Subscription {
             None => self.last_seq,
             Some(since) if since > self.last_seq => {
                 let message = format!("since_seq is past the last seq {}", self.last_seq);
-                to.ended(&Error::invalid("invalid_since_seq", message), details);
+                to.ended(&Error::new(Code::InvalidSinceSeq, message), details);
                 return;
             }
             Some(since) => match Box::pin(replay(&ctx, &to, &self.conv, since, self.last_seq)).await {
@@ -177,8 +177,8 @@ async fn replay(ctx: &Context, to: &impl Receiver, conv: &ConvKey, after: u64, t
         };
         if batch.first().map(|e| e.seq) != Some(delivered + 1) {
             to.ended(
-                &Error::invalid(
-                    "since_seq_expired",
+                &Error::new(
+                    Code::SinceSeqExpired,
                     "messages after since_seq are past the retention window; \
                      resync from GET /v1/conversations/{id}/messages",
                 ),

@@ -16,7 +16,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use crate::envelope::{decode_record, Envelope};
-use crate::error::{Error, Kind};
+use crate::error::{Code, Error};
 use crate::segment::{self, Codec};
 use crate::store::{BlockRow, ConvKey, SegmentRow, Stores};
 use crate::telemetry::Metrics;
@@ -200,7 +200,7 @@ pub fn block_meta(row: &BlockRow) -> segment::BlockMeta {
 
 fn corrupt(err: segment::SegmentError) -> Error {
     tracing::error!(component = "history", error = %err, "unreadable segment block");
-    Error::new(Kind::Internal, "corrupt_segment", "a stored segment could not be read")
+    Error::new(Code::CorruptSegment, "a stored segment could not be read")
 }
 
 /// The decoded blocks most recently read, capped in bytes; shared by every

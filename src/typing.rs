@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::auth::Caller;
 use crate::context::Context;
-use crate::error::Error;
+use crate::error::{Code, Error};
 use crate::store::ConvKey;
 
 /// One indicator every `1 / RATE` seconds per user and conversation.
@@ -15,7 +15,7 @@ const RATE: f64 = 0.5;
 /// Tells the conversation's subscribers that the caller's user is typing.
 pub async fn typing(ctx: &Context, caller: &Caller, conversation_id: &str) -> Result<(), Error> {
     caller.require_participant()?;
-    let user = caller.user_id.as_ref().ok_or_else(|| Error::invalid("user_required", "typing belongs to a user"))?;
+    let user = caller.user_id.as_ref().ok_or_else(|| Error::new(Code::UserRequired, "typing belongs to a user"))?;
     let id = ctx.membership.require_access(caller, conversation_id).await?.conversation_id;
     let bucket = format!("t:{}:{id}:{user}", caller.app_id);
     if !ctx.stores.coordination.rate_limit(&bucket, RATE, 1).await?.allowed {

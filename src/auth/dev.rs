@@ -17,7 +17,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 
 use super::{invalid_token, subject_user_id, VerifiedToken};
 use crate::config::DevTokensConfig;
-use crate::error::{Error, Kind};
+use crate::error::{Code, Error};
 use crate::store::Metadata;
 
 const DEV_KID: &str = "msgd-dev";
@@ -90,7 +90,7 @@ impl DevIssuer {
         });
         let header = Header { kid: Some(DEV_KID.into()), ..Header::new(Algorithm::HS256) };
         let token = jsonwebtoken::encode(&header, &claims, &self.encoding)
-            .map_err(|e| Error::new(Kind::Internal, "internal", format!("cannot sign a dev token: {e}")))?;
+            .map_err(|e| Error::new(Code::Internal, format!("cannot sign a dev token: {e}")))?;
         Ok((token, self.ttl.as_secs()))
     }
 
@@ -109,11 +109,9 @@ impl DevIssuer {
         let data =
             jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &self.decoding, &validation)
                 .map_err(|e| match e.kind() {
-                    ErrorKind::ExpiredSignature => {
-                        Error::new(Kind::Unauthenticated, "token_expired", "the token expired")
-                    }
+                    ErrorKind::ExpiredSignature => Error::new(Code::TokenExpired, "the token expired"),
                     ErrorKind::InvalidAudience => {
-                        Error::new(Kind::Unauthenticated, "wrong_audience", "the dev token was minted for another app")
+                        Error::new(Code::WrongAudience, "the dev token was minted for another app")
                     }
                     ErrorKind::ImmatureSignature => invalid_token("the token is not valid yet (nbf)"),
                     _ => invalid_token(format!("the dev token failed validation: {e}")),

@@ -18,7 +18,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
 use super::{invalid_token, subject_user_id, VerifiedToken};
 use crate::config::{redact_text, redact_url, KeycloakConfig};
-use crate::error::{Error, Kind};
+use crate::error::{Code, Error};
 use crate::worker::OwnedTask;
 
 /// An unknown `kid` triggers a JWKS refetch at most this often.
@@ -106,12 +106,10 @@ impl KeycloakVerifier {
 
         let claims = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &key, &validation)
             .map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => Error::new(Kind::Unauthenticated, "token_expired", "the token expired"),
-                ErrorKind::InvalidIssuer => {
-                    Error::new(Kind::Unauthenticated, "wrong_issuer", "the token was issued by another issuer")
-                }
+                ErrorKind::ExpiredSignature => Error::new(Code::TokenExpired, "the token expired"),
+                ErrorKind::InvalidIssuer => Error::new(Code::WrongIssuer, "the token was issued by another issuer"),
                 ErrorKind::InvalidAudience => {
-                    Error::new(Kind::Unauthenticated, "wrong_audience", "the token is meant for another audience")
+                    Error::new(Code::WrongAudience, "the token is meant for another audience")
                 }
                 ErrorKind::ImmatureSignature => invalid_token("the token is not valid yet (nbf)"),
                 ErrorKind::MissingRequiredClaim(claim) => invalid_token(format!("the token has no `{claim}` claim")),
@@ -123,8 +121,7 @@ impl KeycloakVerifier {
             let azp = claims.get("azp").and_then(|v| v.as_str()).unwrap_or("");
             if !config.allowed_clients.iter().any(|client| client == azp) {
                 return Err(Error::new(
-                    Kind::Unauthenticated,
-                    "wrong_audience",
+                    Code::WrongAudience,
                     "the token was issued to a client that is not allowed (azp)",
                 ));
             }

@@ -19,7 +19,7 @@ pub use dev::{DevIssuer, DevTokens};
 pub use keycloak::KeycloakVerifier;
 
 use crate::config::Config;
-use crate::error::{Error, Kind};
+use crate::error::{Code, Error};
 use crate::keys::{self, AuthenticatedKey, KeyError, Scope};
 use crate::store::Metadata;
 
@@ -42,8 +42,7 @@ impl Caller {
             Ok(())
         } else {
             Err(Error::new(
-                Kind::Forbidden,
-                "insufficient_scope",
+                Code::InsufficientScope,
                 format!("this needs a key with the {} scope; this key has {}", needed.as_str(), self.scope.as_str()),
             ))
         }
@@ -118,16 +117,17 @@ impl Authenticator {
     /// Authenticates a request at `now` (Unix ms). Refusals are counted by the
     /// edge that answers them (`msgd_auth_failures_total`).
     pub async fn authenticate(&self, credentials: Credentials<'_>, now: i64) -> Result<Caller, Error> {
-        let presented = credentials.api_key.map(str::trim).filter(|k| !k.is_empty()).ok_or_else(|| {
-            Error::new(Kind::Unauthenticated, "missing_api_key", "send the app's API key in X-Api-Key")
-        })?;
+        let presented = credentials
+            .api_key
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| Error::new(Code::MissingApiKey, "send the app's API key in X-Api-Key"))?;
         let key = self.api_key(presented, now).await?;
         let token = match credentials.authorization {
             None => {
                 if key.scope != Scope::Admin {
                     return Err(Error::new(
-                        Kind::Unauthenticated,
-                        "missing_token",
+                        Code::MissingToken,
                         "only an admin key may act without a user; send Authorization: Bearer <user token>",
                     ));
                 }
@@ -171,7 +171,7 @@ impl Authenticator {
             }
             Err(KeyError::Rejected(rejection)) => Err(key_refusal(rejection)),
             Err(KeyError::Store(e)) => Err(e.into()),
-            Err(other) => Err(Error::new(Kind::Internal, "internal", other.to_string())),
+            Err(other) => Err(Error::new(Code::Internal, other.to_string())),
         }
     }
 
@@ -218,7 +218,7 @@ impl Authenticator {
 }
 
 fn key_refusal(rejection: keys::KeyRejection) -> Error {
-    Error::new(Kind::Unauthenticated, rejection.code(), rejection.to_string())
+    Error::new(rejection.code(), rejection.to_string())
 }
 
 /// A token that passed verification.
@@ -237,5 +237,5 @@ pub(crate) fn subject_user_id(subject: &str) -> Result<String, Error> {
 }
 
 pub(crate) fn invalid_token(message: impl Into<String>) -> Error {
-    Error::new(Kind::Unauthenticated, "invalid_token", message)
+    Error::new(Code::InvalidToken, message)
 }

@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use crate::error::{Error, Kind};
+use crate::error::{Code, Error, Kind};
 
 #[derive(Debug)]
 pub struct ApiError(pub Error);
@@ -24,10 +24,13 @@ pub fn status_of(kind: Kind) -> StatusCode {
         Kind::Unauthenticated => StatusCode::UNAUTHORIZED,
         Kind::Forbidden => StatusCode::FORBIDDEN,
         Kind::NotFound => StatusCode::NOT_FOUND,
+        Kind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         Kind::Conflict => StatusCode::CONFLICT,
         Kind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        Kind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         Kind::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
         Kind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        Kind::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         Kind::TimedOut => StatusCode::REQUEST_TIMEOUT,
         Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -66,16 +69,16 @@ pub struct ErrorCode(pub &'static str);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = status_of(self.0.kind);
+        let status = status_of(self.0.kind());
         let headers = rate_limit_headers(&self.0);
         let mut response = (status, headers, Json(serde_json::json!({"error": error_body(&self.0)}))).into_response();
-        response.extensions_mut().insert(ErrorCode(self.0.code));
+        response.extensions_mut().insert(ErrorCode(self.0.code.as_str()));
         response
     }
 }
 
 pub(super) async fn not_found(method: Method, uri: Uri) -> ApiError {
-    ApiError(Error::new(Kind::NotFound, "not_found", format!("no route for {method} {}", uri.path())))
+    ApiError(Error::new(Code::NotFound, format!("no route for {method} {}", uri.path())))
 }
 
 /// Rewrites an error answered without the API's shape (axum's extractor
@@ -84,14 +87,14 @@ pub(super) async fn not_found(method: Method, uri: Uri) -> ApiError {
 pub(super) async fn into_api_shape(response: Response) -> Response {
     let (mut parts, body) = response.into_parts();
     let code = match parts.status {
-        StatusCode::NOT_FOUND => "not_found",
-        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
-        StatusCode::REQUEST_TIMEOUT => "request_timeout",
-        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "headers_too_large",
-        status if status.is_server_error() => "internal",
-        _ => "invalid_request",
+        StatusCode::NOT_FOUND => Code::NotFound,
+        StatusCode::METHOD_NOT_ALLOWED => Code::MethodNotAllowed,
+        StatusCode::REQUEST_TIMEOUT => Code::RequestTimeout,
+        StatusCode::PAYLOAD_TOO_LARGE => Code::PayloadTooLarge,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => Code::UnsupportedMediaType,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => Code::HeadersTooLarge,
+        status if status.is_server_error() => Code::Internal,
+        _ => Code::InvalidRequest,
     };
     // Rejection texts are short; anything longer is cut, not echoed whole.
     let text =
@@ -108,7 +111,7 @@ pub(super) async fn into_api_shape(response: Response) -> Response {
     };
     parts.headers.remove(axum::http::header::CONTENT_LENGTH);
     parts.headers.insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    parts.extensions.insert(ErrorCode(code));
+    parts.extensions.insert(ErrorCode(code.as_str()));
     let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
     Response::from_parts(parts, axum::body::Body::from(body))
 }

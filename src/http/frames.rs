@@ -8,7 +8,7 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::error::Error;
+use crate::error::{Code, Error};
 use crate::messages::SendRequest;
 use crate::receipts::{ReceiptKind, ReceiptRequest};
 
@@ -98,10 +98,10 @@ impl ClientFrame {
     pub fn parse_with_echo(text: &str) -> (Result<ClientFrame, Error>, Echo) {
         let value: Value = match serde_json::from_str(text) {
             Ok(value) => value,
-            Err(e) => return (Err(Error::invalid("invalid_frame", format!("not a frame: {e}"))), Echo::default()),
+            Err(e) => return (Err(Error::new(Code::InvalidFrame, format!("not a frame: {e}"))), Echo::default()),
         };
         let Some(op) = value.get("op").and_then(Value::as_str).map(str::to_string) else {
-            return (Err(Error::invalid("invalid_frame", "a frame is a JSON object with an `op`")), Echo::default());
+            return (Err(Error::new(Code::InvalidFrame, "a frame is a JSON object with an `op`")), Echo::default());
         };
         let text_field = |name: &str| value.get(name).and_then(Value::as_str).map(str::to_string);
         let echo = Echo {
@@ -111,10 +111,10 @@ impl ClientFrame {
         };
         if !OPS.contains(&op.as_str()) {
             let shown: String = op.chars().take(32).collect();
-            return (Err(Error::invalid("unknown_op", format!("unknown op {shown:?}"))), echo);
+            return (Err(Error::new(Code::UnknownOp, format!("unknown op {shown:?}"))), echo);
         }
         let frame = serde_json::from_value::<WireFrame>(value)
-            .map_err(|e| Error::invalid("invalid_frame", format!("not a valid `{op}` frame: {e}")))
+            .map_err(|e| Error::new(Code::InvalidFrame, format!("not a valid `{op}` frame: {e}")))
             .and_then(ClientFrame::from_wire);
         (frame, echo)
     }
@@ -135,7 +135,7 @@ impl ClientFrame {
                 let attachments = match attachments {
                     None => Vec::new(),
                     Some(value) => serde_json::from_value(value)
-                        .map_err(|e| Error::invalid("invalid_attachments", e.to_string()))?,
+                        .map_err(|e| Error::new(Code::InvalidAttachments, e.to_string()))?,
                 };
                 let request = SendRequest { payload, payload_base64, content_type, attachments, client_msg_id };
                 ClientFrame::Send { conversation_id: canonical(&conversation_id), request }
@@ -187,7 +187,7 @@ mod tests {
             (r#"{"op":"send","conversation_id":"x","payload":1,"attachments":3}"#, "invalid_attachments"),
             (r#"{"op":"subscribe","conversation_id":"x","since_seq":-1}"#, "invalid_frame"),
         ] {
-            assert_eq!(ClientFrame::parse(text).unwrap_err().code, code, "{text}");
+            assert_eq!(ClientFrame::parse(text).unwrap_err().code.as_str(), code, "{text}");
         }
     }
 }

@@ -30,7 +30,7 @@ pub use ws::Admission;
 use crate::auth::{Caller, Credentials};
 use crate::clock::now_ms;
 use crate::context::Context;
-use crate::error::{Error, Kind};
+use crate::error::{Code, Error};
 use crate::readiness::Readiness;
 
 /// What every handler can reach.
@@ -112,8 +112,8 @@ fn credentials<'a>(
     query_authorization: Option<&'a str>,
 ) -> Result<Credentials<'a>, Error> {
     Ok(Credentials {
-        api_key: header_text(headers, "x-api-key", "invalid_api_key")?.or(query_key),
-        authorization: header_text(headers, "authorization", "invalid_token")?.or(query_authorization),
+        api_key: header_text(headers, "x-api-key", Code::InvalidApiKey)?.or(query_key),
+        authorization: header_text(headers, "authorization", Code::InvalidToken)?.or(query_authorization),
     })
 }
 
@@ -140,16 +140,13 @@ async fn authenticate(state: &AppState, credentials: Credentials<'_>) -> Result<
 /// refused with `code`, never taken as absent (an unreadable
 /// `Authorization` must not turn a user's request into the app's). Two copies
 /// of the header are refused too.
-fn header_text<'a>(headers: &'a HeaderMap, name: &str, code: &'static str) -> Result<Option<&'a str>, Error> {
+fn header_text<'a>(headers: &'a HeaderMap, name: &str, code: Code) -> Result<Option<&'a str>, Error> {
     let mut values = headers.get_all(name).iter();
     let Some(value) = values.next() else { return Ok(None) };
     if values.next().is_some() {
-        return Err(Error::new(Kind::Unauthenticated, code, format!("send one {name} header, not several")));
+        return Err(Error::new(code, format!("send one {name} header, not several")));
     }
-    value
-        .to_str()
-        .map(Some)
-        .map_err(|_| Error::new(Kind::Unauthenticated, code, format!("the {name} header is not visible ASCII")))
+    value.to_str().map(Some).map_err(|_| Error::new(code, format!("the {name} header is not visible ASCII")))
 }
 
 /// Counts and times each request under its route template (never the raw
@@ -166,8 +163,7 @@ async fn record_request(State(state): State<AppState>, request: Request, next: N
     let response = match tokio::time::timeout(timeout, REQUEST_APP.scope(app.clone(), next.run(request))).await {
         Ok(response) => response,
         Err(_) => ApiError(Error::new(
-            Kind::TimedOut,
-            "request_timeout",
+            Code::RequestTimeout,
             format!(
                 "the request was not complete within {} (http.request_timeout)",
                 humantime::format_duration(timeout)

@@ -16,7 +16,7 @@ use super::error::{error_body, status_of, ApiError};
 use super::AppState;
 use crate::auth::Caller;
 use crate::clock::now_ms;
-use crate::error::{Error, Kind};
+use crate::error::{Code, Error};
 use crate::keys::Scope;
 use crate::{conversations, history, messages, receipts};
 
@@ -25,13 +25,13 @@ use crate::{conversations, history, messages, receipts};
 fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
     let bytes = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            Error::new(Kind::TooLarge, "payload_too_large", "the request body is too large")
+            Error::new(Code::PayloadTooLarge, "the request body is too large")
         } else {
-            Error::invalid("invalid_request", rejection.body_text())
+            Error::new(Code::InvalidRequest, rejection.body_text())
         }
     })?;
     serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError(Error::invalid("invalid_request", format!("invalid JSON body: {e}"))))
+        .map_err(|e| ApiError(Error::new(Code::InvalidRequest, format!("invalid JSON body: {e}"))))
 }
 
 pub(super) async fn create_conversation(
@@ -82,7 +82,7 @@ pub(super) async fn remove_member(
     Path((id, user_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     if !conversations::remove_member(&state.ctx, &caller, &id, &user_id).await? {
-        return Err(Error::new(Kind::NotFound, "not_a_member", format!("{user_id} is not a member")).into());
+        return Err(Error::new(Code::NotAMember, format!("{user_id} is not a member")).into());
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -100,7 +100,7 @@ pub(super) async fn send_message(
         Some(value) => Some(
             value
                 .to_str()
-                .map_err(|_| Error::invalid("invalid_client_msg_id", "Idempotency-Key must be printable ASCII"))?,
+                .map_err(|_| Error::new(Code::InvalidClientMsgId, "Idempotency-Key must be printable ASCII"))?,
         ),
     };
     let sent = messages::send(&state.ctx, &caller, &id, request, idempotency_key, now_ms()).await?;
@@ -114,7 +114,7 @@ pub(super) async fn history(
     Path(id): Path<String>,
     query: Result<Query<history::HistoryQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query.map_err(|e| Error::invalid("invalid_request", e.body_text()))?;
+    let Query(query) = query.map_err(|e| Error::new(Code::InvalidRequest, e.body_text()))?;
     Ok(Json(history::page(&state.ctx, &caller, &id, query, now_ms()).await?).into_response())
 }
 
@@ -132,8 +132,8 @@ pub(super) async fn send_batch(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     if headers.contains_key("idempotency-key") {
-        return Err(Error::invalid(
-            "idempotency_key_not_supported",
+        return Err(Error::new(
+            Code::IdempotencyKeyNotSupported,
             "Idempotency-Key applies to single sends; give each batch item its own client_msg_id",
         )
         .into());
@@ -147,7 +147,7 @@ pub(super) async fn send_batch(
                 "status": if sent.replayed { 200 } else { 201 },
                 "message": sent.envelope,
             }),
-            Err(e) => serde_json::json!({"status": status_of(e.kind).as_u16(), "error": error_body(&e)}),
+            Err(e) => serde_json::json!({"status": status_of(e.kind()).as_u16(), "error": error_body(&e)}),
         })
         .collect();
     Ok(Json(serde_json::json!({"results": results})).into_response())
@@ -185,7 +185,7 @@ pub(super) async fn dev_token(
 ) -> Result<Response, ApiError> {
     // A disabled issuer is a 404 to anyone, authenticated or not.
     let Some(issuer) = state.ctx.auth.dev_issuer() else {
-        return Err(Error::new(Kind::NotFound, "not_found", "the dev token issuer is disabled").into());
+        return Err(Error::new(Code::NotFound, "the dev token issuer is disabled").into());
     };
     let caller = caller?;
     caller.require_scope(Scope::Admin)?;

@@ -50,7 +50,7 @@ use crate::auth::Caller;
 use crate::clock::now_ms;
 use crate::context::Context;
 use crate::envelope::Envelope;
-use crate::error::Error;
+use crate::error::{Code, Error};
 use crate::keys::Scope;
 use crate::subscriptions::{Delivery, Receiver, Subscription};
 use crate::{messages, receipts, typing};
@@ -131,7 +131,7 @@ impl Admission {
 }
 
 fn too_many(reason: &'static str, message: String) -> (&'static str, Error) {
-    (reason, Error::new(crate::error::Kind::RateLimited, "too_many_websockets", message))
+    (reason, Error::new(Code::TooManyWebsockets, message))
 }
 
 impl Drop for Admitted {
@@ -167,13 +167,13 @@ pub(super) async fn upgrade(
     query: Result<Query<WsQuery>, axum::extract::rejection::QueryRejection>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query.map_err(|e| Error::invalid("invalid_request", e.body_text()))?;
+    let Query(query) = query.map_err(|e| Error::new(Code::InvalidRequest, e.body_text()))?;
     let bearer = query.access_token.as_ref().map(|t| format!("Bearer {t}"));
     let credentials = super::credentials(&headers, query.api_key.as_deref(), bearer.as_deref())?;
     let presented_key = credentials.api_key;
     let caller = super::authenticate(&state, credentials).await?;
     caller.require_scope(Scope::Read)?;
-    let ws = ws.map_err(|e| Error::invalid("websocket_required", format!("{e}: connect with a WebSocket client")))?;
+    let ws = ws.map_err(|e| Error::new(Code::WebsocketRequired, format!("{e}: connect with a WebSocket client")))?;
     let admitted =
         state.admission.admit(&caller, peer.map(|Extension(ConnectInfo(addr))| addr.ip())).map_err(|(reason, e)| {
             state.ctx.metrics.connections_refused_total.with_label_values(&[reason]).inc();
@@ -363,9 +363,9 @@ async fn session(
                     next_check = now + recheck_every;
                     let now = now_ms();
                     let refused = match ctx.auth.recheck_key(&api_key, now).await {
-                        Err(e) if e.kind != crate::error::Kind::Unavailable => Some(e),
+                        Err(e) if e.kind() != crate::error::Kind::Unavailable => Some(e),
                         _ if caller.token_expires_at_ms.is_some_and(|exp| exp <= now) => {
-                            Some(Error::new(crate::error::Kind::Unauthenticated, "token_expired", "the token expired"))
+                            Some(Error::new(Code::TokenExpired, "the token expired"))
                         }
                         _ => None,
                     };
@@ -389,7 +389,7 @@ async fn session(
                         Box::pin(handle_frame(&ctx, &caller, &outbox, &mut subscriptions, text.as_str())).await;
                     }
                     Some(Ok(Message::Binary(_))) => {
-                        outbox.error(&Error::invalid("invalid_frame", "frames are JSON text"), Value::Null);
+                        outbox.error(&Error::new(Code::InvalidFrame, "frames are JSON text"), Value::Null);
                     }
                     Some(Ok(_)) => {} // ping/pong: counted as activity
                 }
@@ -445,7 +445,7 @@ async fn handle_frame(
             }
             ClientFrame::Subscribe { conversation_id, since_seq } => {
                 if subscriptions.len() >= ctx.config.ws.max_subscriptions && !subscriptions.contains_key(&conversation_id) {
-                    return Err(Error::invalid("too_many_subscriptions", "unsubscribe from something first"));
+                    return Err(Error::new(Code::TooManySubscriptions, "unsubscribe from something first"));
                 }
                 let subscription = Subscription::open(ctx, caller, &conversation_id).await?;
                 let id = subscription.conversation_id().to_string();

@@ -37,7 +37,7 @@ pub use tail::{
 };
 
 use crate::config::{Backend, Config};
-use crate::error::{Error, Kind};
+use crate::error::{Code, Error};
 use crate::telemetry::Metrics;
 
 /// Why a storage call failed, in the terms callers branch on.
@@ -63,15 +63,11 @@ impl From<StoreError> for Error {
         match err {
             StoreError::Unavailable { .. } => {
                 tracing::warn!(component = "store", error = %err, "dependency unavailable");
-                Error::new(
-                    Kind::Unavailable,
-                    "dependency_unavailable",
-                    "a storage dependency is unavailable; retry later",
-                )
+                Error::new(Code::DependencyUnavailable, "a storage dependency is unavailable; retry later")
             }
             StoreError::Conflict(_) | StoreError::Corrupt { .. } => {
                 tracing::error!(component = "store", error = %err, "storage failure");
-                Error::new(Kind::Internal, "internal", "internal error")
+                Error::new(Code::Internal, "internal error")
             }
         }
     }

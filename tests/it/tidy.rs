@@ -245,3 +245,37 @@ fn the_import_scanner_sees_every_form_of_use() {
         .collect();
     assert_eq!(cycle_from(&graph, "x").unwrap(), ["x", "y", "z", "x"]);
 }
+
+/// The part of `text` after `start`, up to `end`.
+fn section<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
+    let rest = text.split_once(start).unwrap_or_else(|| panic!("no {start:?}")).1;
+    rest.split_once(end).map_or(rest, |(inside, _)| inside)
+}
+
+/// Error codes are one vocabulary, `msgd::error::Code`: each is documented
+/// (the README's list, openapi.json), known to `msgd load` (which may not
+/// import the library, so it keeps its own copy), and errors are built from a
+/// `Code`, never from a string or a kind picked at the call site.
+#[test]
+fn every_error_code_is_documented_and_built_from_the_vocabulary() {
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    let readme_list = section(&readme, "Error codes:", "\n\n");
+    let openapi = std::fs::read_to_string("src/http/openapi.json").unwrap();
+    let load = std::fs::read_to_string("src/load.rs").unwrap();
+    let known_to_load = section(&load, "const KNOWN_CODES", "];");
+    for code in msgd::error::Code::ALL.iter().map(|code| code.as_str()) {
+        assert!(readme_list.contains(&format!("`{code}`")), "`{code}` is missing from README.md's error codes");
+        assert!(openapi.contains(&format!("`{code}`")), "`{code}` is documented nowhere in src/http/openapi.json");
+        assert!(known_to_load.contains(&format!("\"{code}\"")), "`{code}` is missing from KNOWN_CODES in src/load.rs");
+    }
+    for path in rust_files(Path::new("src")) {
+        let source: String = std::fs::read_to_string(&path).unwrap().split_whitespace().collect();
+        for stringly in ["Error::new(Kind::", "Error::new(crate::error::Kind::", "Error::new(\"", "Error::invalid("] {
+            // `Error::` itself, not the tail of another type's name (`ConfigError::new("…")`).
+            let own_error = source
+                .match_indices(stringly)
+                .any(|(at, _)| !source[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_'));
+            assert!(!own_error, "{} builds an error with `{stringly}`; pass a Code", path.display());
+        }
+    }
+}
