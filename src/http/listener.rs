@@ -29,6 +29,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
 
+use crate::error::{Code, Error};
 use crate::telemetry::Metrics;
 
 /// How long `accept` pauses after the process ran out of file descriptors.
@@ -126,10 +127,15 @@ fn is_exhaustion(e: &std::io::Error) -> bool {
 /// Answers a connection over the cap with a JSON 503 and closes it. What the
 /// client already sent is read (briefly) so the close is not a reset.
 async fn refuse(mut stream: TcpStream) {
-    const BODY: &str = r#"{"error":{"code":"too_many_connections","message":"the server is at its connection limit (http.max_connections); retry later"}}"#;
+    let error = Error::new(
+        Code::TooManyConnections,
+        "the server is at its connection limit (http.max_connections); retry later",
+    );
+    let body = serde_json::json!({"error": super::error::error_body(&error)}).to_string();
     let response = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{BODY}",
-        BODY.len()
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         retry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        body.len()
     );
     let _ = tokio::time::timeout(REFUSAL_TIMEOUT, async {
         let mut scratch = [0u8; 4096];
