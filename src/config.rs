@@ -489,7 +489,8 @@ impl Default for HttpConfig {
 #[serde(tag = "mode", rename_all = "snake_case")]
 pub enum Backend {
     Embedded,
-    Services(ServicesConfig),
+    /// Boxed: the services settings are large, the embedded variant empty.
+    Services(Box<ServicesConfig>),
 }
 
 impl Backend {
@@ -654,7 +655,7 @@ impl From<ConfigFile> for Config {
     fn from(file: ConfigFile) -> Config {
         let backend = match (file.postgres, file.redis, file.s3) {
             (None, None, None) => Backend::Embedded,
-            (Some(postgres), Some(redis), Some(s3)) => Backend::Services(ServicesConfig { postgres, redis, s3 }),
+            (Some(postgres), Some(redis), Some(s3)) => Backend::Services(Box::new(ServicesConfig { postgres, redis, s3 })),
             _ => unreachable!("a partial services set is refused by check_services_set"),
         };
         Config {

@@ -7,6 +7,9 @@ use serde_json::json;
 use crate::support::api::{create_app, Api};
 use crate::support::{backend_test, Backend};
 
+/// (name, key, user token, method, path, expected status, expected code)
+type Case<'a> = (&'a str, Option<&'a str>, Option<&'a str>, Method, &'a str, u16, &'a str);
+
 fn key_with_id(env: &crate::support::TestEnv, app_id: &str, scope: &str) -> (String, String) {
     let out = env.run(&["keys", "create", "--app", app_id, "--scope", scope, "--json"], "");
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -39,8 +42,7 @@ backend_test! {
         let add_dave = format!("/v1/conversations/{conversation}/members/dave");
         let receipts = format!("/v1/conversations/{conversation}/receipts");
 
-        // (name, key, user token, method, path, expected status, expected code)
-        let cases: Vec<(&str, Option<&str>, Option<&str>, Method, &str, u16, &str)> = vec![
+        let cases: Vec<Case> = vec![
             ("no key", None, Some(&alice), Method::POST, &send, 401, "missing_api_key"),
             ("garbage key", Some("msgd_sk_nope"), Some(&alice), Method::POST, &send, 401, "invalid_api_key"),
             ("admin acts as the app", Some(&api.admin_key), None, Method::POST, &send, 201, ""),

@@ -37,7 +37,9 @@ secret_access_key = "s3-hunter2"
 
 #[test]
 fn each_kind_of_bad_value_exits_2_naming_the_key() {
-    let cases: &[(&str, &[(&str, &str)], &str)] = &[
+    // (what, environment, config file)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
         ("unknown key in the file", &[], "[http]\nlistn = \"x\"\n"),
         ("unknown key from env", &[("MSGD_RETENTION__DAYZ", "3")], ""),
         ("not a number", &[("MSGD_RETENTION__DAYS", "thirty")], ""),
