@@ -52,9 +52,10 @@ fn shown(outcome: Result<Config, ConfigError>) -> String {
 fn check_secrets(text: &str, env: &[(String, String)]) {
     let Ok(mut table) = text.parse::<toml::Table>() else { return };
     let Ok(before) = toml::to_string(&table) else { return };
-    // An env name is shown lowercased: a marker in any case there is no secret.
-    let holds_marker = |name: &str, value: &str| name.to_ascii_lowercase().contains(MARKER) || value.contains(MARKER);
-    if before.contains(MARKER) || env.iter().any(|(name, value)| holds_marker(name, value)) {
+    // msgd shows env names lowercased, and URL hosts too (`HUNTER2.example` is
+    // shown `hunter2.example`): a marker in any case in the input is no secret.
+    let holds_marker = |text: &str| text.to_ascii_lowercase().contains(MARKER);
+    if holds_marker(&before) || env.iter().any(|(name, value)| holds_marker(name) || holds_marker(value)) {
         return;
     }
     let mut planted = plant_in_table(&mut table, "");
