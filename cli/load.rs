@@ -88,9 +88,14 @@ enum LoadCommand {
         #[arg(long, default_value_t = 1000)]
         connections: usize,
         /// How long to hold them, e.g. 30s
-        #[arg(long, default_value = "30s", value_parser = |s: &str| humantime::parse_duration(s).map_err(|e| e.to_string()))]
+        #[arg(long, default_value = "30s", value_parser = parse_hold)]
         hold: std::time::Duration,
     },
+}
+
+/// Parses `--hold` as a human duration (`30s`, `5m`).
+fn parse_hold(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text).map_err(|e| e.to_string())
 }
 
 pub async fn run(args: &Args) -> Result<(), Failure> {

@@ -655,7 +655,9 @@ impl From<ConfigFile> for Config {
     fn from(file: ConfigFile) -> Config {
         let backend = match (file.postgres, file.redis, file.s3) {
             (None, None, None) => Backend::Embedded,
-            (Some(postgres), Some(redis), Some(s3)) => Backend::Services(Box::new(ServicesConfig { postgres, redis, s3 })),
+            (Some(postgres), Some(redis), Some(s3)) => {
+                Backend::Services(Box::new(ServicesConfig { postgres, redis, s3 }))
+            }
             _ => unreachable!("a partial services set is refused by check_services_set"),
         };
         Config {

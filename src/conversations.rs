@@ -110,7 +110,12 @@ pub async fn create(
         created_at: now,
     };
     ctx.stores.metadata.insert_conversation(&row, &members).await?;
-    tracing::info!(component = "conversations", "conversation-id" = %row.id, members = members.len(), "conversation created");
+    tracing::info!(
+        component = "conversations",
+        "conversation-id" = %row.id,
+        members = members.len(),
+        "conversation created"
+    );
     Ok(ConversationView::from_row(row, Some(members)))
 }
 

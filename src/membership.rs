@@ -155,7 +155,11 @@ impl Membership {
         self.forget(app_id, conversation_id);
         let event = format!("{app_id}/{conversation_id}");
         if let Err(e) = self.stores.live.publish(&invalidation_channel(), event.as_bytes()).await {
-            tracing::warn!(component = "conversations", error = %e, "membership invalidation not published; other instances rely on the cache TTL");
+            tracing::warn!(
+                component = "conversations",
+                error = %e,
+                "membership invalidation not published; other instances rely on the cache TTL"
+            );
         }
     }
 

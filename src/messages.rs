@@ -225,7 +225,14 @@ async fn send_checked(
             AppendOutcome::Appended(entry) => {
                 ctx.metrics.messages_ingested_total.inc();
                 ctx.metrics.ingest_duration_seconds.observe(started.elapsed().as_secs_f64());
-                tracing::debug!(component = "ingest", "conversation-id" = %conv.conversation_id, seq = entry.seq, "payload-bytes" = append.body.len(), "duration-ms" = started.elapsed().as_millis() as u64, "message accepted");
+                tracing::debug!(
+                    component = "ingest",
+                    "conversation-id" = %conv.conversation_id,
+                    seq = entry.seq,
+                    "payload-bytes" = append.body.len(),
+                    "duration-ms" = started.elapsed().as_millis() as u64,
+                    "message accepted"
+                );
                 if let Some(user) = &caller.user_id {
                     // The message is durable already; a failure here only costs an unread count.
                     if let Err(e) = crate::receipts::note_sent(ctx, &conv, user, entry.seq).await {
@@ -243,7 +250,12 @@ async fn send_checked(
                 // New conversation, or the tail lost its counter: continue after the
                 // highest seq known durably, never from 1 again.
                 let floor = ctx.stores.metadata.flushed_seq(&conv).await?;
-                tracing::info!(component = "ingest", "conversation-id" = %conv.conversation_id, floor, "seq counter seeded");
+                tracing::info!(
+                    component = "ingest",
+                    "conversation-id" = %conv.conversation_id,
+                    floor,
+                    "seq counter seeded"
+                );
                 ctx.stores.tail.seed_seq(&conv, floor).await?;
             }
         }

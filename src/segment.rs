@@ -419,14 +419,11 @@ impl<'a> Segment<'a> {
 /// any drift of the format is caught.
 pub fn golden_input() -> Vec<BlockInput> {
     let record = |conversation: &str, seq: u64, ts: i64, text: &str| {
-        Record {
-        seq,
-        ts_ms: ts,
-        bytes: format!(
-            r#"{{"v":1,"id":"0190c0de-0000-7000-8000-{seq:012}","conversation_id":"{conversation}","seq":{seq},"ts":{ts},"sender":{{"kind":"user","id":"alice"}},"payload":{{"text":"{text}"}},"attachments":[]}}"#
-        )
-        .into_bytes(),
-    }
+        let id = format!("0190c0de-0000-7000-8000-{seq:012}");
+        let head = format!(r#"{{"v":1,"id":"{id}","conversation_id":"{conversation}","seq":{seq},"ts":{ts},"#);
+        let sender = r#"{"kind":"user","id":"alice"}"#;
+        let tail = format!(r#""sender":{sender},"payload":{{"text":"{text}"}},"attachments":[]}}"#);
+        Record { seq, ts_ms: ts, bytes: format!("{head}{tail}").into_bytes() }
     };
     let a = "0190c0de-0000-7000-8000-00000000000a";
     let b = "0190c0de-0000-7000-8000-00000000000b";
@@ -463,7 +460,12 @@ mod tests {
         #[test]
         fn arbitrary_blocks_round_trip(
             blocks in proptest::collection::vec(
-                ("[a-z0-9-]{1,40}", 1u64..1_000_000, -1_000i64..1_000, proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..300), 1..20)),
+                (
+                    "[a-z0-9-]{1,40}",
+                    1u64..1_000_000,
+                    -1_000i64..1_000,
+                    proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..300), 1..20),
+                ),
                 1..6,
             ),
             codec in proptest::sample::select(vec![Codec::Json, Codec::Msgpack, Codec::Raw]),
@@ -491,7 +493,9 @@ mod tests {
         }
 
         #[test]
-        fn arbitrary_bytes_are_an_error_not_a_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..2000)) {
+        fn arbitrary_bytes_are_an_error_not_a_panic(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..2000),
+        ) {
             if let Ok(segment) = Segment::parse(&bytes) {
                 for meta in &segment.footer.blocks {
                     let _ = segment.block(meta);
@@ -500,7 +504,10 @@ mod tests {
         }
 
         #[test]
-        fn corrupted_segments_are_an_error_not_a_panic(cut in 0usize..400, flips in proptest::collection::vec((0usize..400, 1u8..=255), 0..8)) {
+        fn corrupted_segments_are_an_error_not_a_panic(
+            cut in 0usize..400,
+            flips in proptest::collection::vec((0usize..400, 1u8..=255), 0..8),
+        ) {
             let (mut bytes, _) = encode("app", Codec::Json, 1, &golden_input()).unwrap();
             for (at, mask) in flips {
                 let at = at % bytes.len();

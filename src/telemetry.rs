@@ -76,7 +76,10 @@ impl Metrics {
             connections_refused_total: IntCounterVec::new(
                 Opts::new(
                     "msgd_connections_refused_total",
-                    "Connections and WebSockets refused by a cap (max_connections, fd_exhausted, ws_per_user, ws_per_ip)",
+                    concat!(
+                        "Connections and WebSockets refused by a cap ",
+                        "(max_connections, fd_exhausted, ws_per_user, ws_per_ip)",
+                    ),
                 ),
                 &["reason"],
             )

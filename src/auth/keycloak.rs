@@ -158,11 +158,23 @@ impl Inner {
     async fn fetch(&self) {
         match self.fetch_keys().await {
             Ok(keys) => {
-                tracing::info!(component = "auth", worker = "jwks", keys = keys.len(), issuer = %redact_url(&self.config.issuer), "jwks fetched");
+                tracing::info!(
+                    component = "auth",
+                    worker = "jwks",
+                    keys = keys.len(),
+                    issuer = %redact_url(&self.config.issuer),
+                    "jwks fetched"
+                );
                 *self.keys.write().expect("jwks lock") = keys;
             }
             Err(e) => {
-                tracing::warn!(component = "auth", worker = "jwks", issuer = %redact_url(&self.config.issuer), error = %redact_text(&format!("{e:#}")), "jwks fetch failed; keeping the cached keys");
+                tracing::warn!(
+                    component = "auth",
+                    worker = "jwks",
+                    issuer = %redact_url(&self.config.issuer),
+                    error = %redact_text(&format!("{e:#}")),
+                    "jwks fetch failed; keeping the cached keys"
+                );
             }
         }
     }

@@ -73,7 +73,11 @@ pub async fn serve(
                 metrics.connections_refused_total.with_label_values(&["fd_exhausted"]).inc();
                 if last_exhaustion_log.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
                     last_exhaustion_log = Some(std::time::Instant::now());
-                    tracing::warn!(component = "http", error = %e, "out of file descriptors; accept backs off (raise the file limit or lower http.max_connections)");
+                    tracing::warn!(
+                        component = "http",
+                        error = %e,
+                        "out of file descriptors; accept backs off (raise the file limit or lower http.max_connections)"
+                    );
                 }
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;

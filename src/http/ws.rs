@@ -444,7 +444,8 @@ async fn handle_frame(
                 Ok(())
             }
             ClientFrame::Subscribe { conversation_id, since_seq } => {
-                if subscriptions.len() >= ctx.config.ws.max_subscriptions && !subscriptions.contains_key(&conversation_id) {
+                let at_the_cap = subscriptions.len() >= ctx.config.ws.max_subscriptions;
+                if at_the_cap && !subscriptions.contains_key(&conversation_id) {
                     return Err(Error::new(Code::TooManySubscriptions, "unsubscribe from something first"));
                 }
                 let subscription = Subscription::open(ctx, caller, &conversation_id).await?;
@@ -474,7 +475,14 @@ async fn handle_frame(
                 let sent = messages::send(ctx, caller, &conversation_id, request, None, now_ms()).await?;
                 outbox.send(
                     "ack",
-                    json!({"op": "ack", "conversation_id": sent.envelope.conversation_id, "client_msg_id": client_msg_id, "seq": sent.envelope.seq, "id": sent.envelope.id, "replayed": sent.replayed}),
+                    json!({
+                        "op": "ack",
+                        "conversation_id": sent.envelope.conversation_id,
+                        "client_msg_id": client_msg_id,
+                        "seq": sent.envelope.seq,
+                        "id": sent.envelope.id,
+                        "replayed": sent.replayed,
+                    }),
                 );
                 Ok(())
             }

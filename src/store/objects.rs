@@ -102,7 +102,13 @@ impl Objects {
             (Err(StoreError::Unavailable { message, .. }), Some(s3)) if message.contains("NoSuchBucket") => {
                 match create_bucket(s3).await {
                     Ok(()) => {
-                        tracing::warn!(component = "store", dependency = "s3", "storage.bucket" = %s3.bucket, location = %self.location, "the bucket did not exist: created it");
+                        tracing::warn!(
+                            component = "store",
+                            dependency = "s3",
+                            "storage.bucket" = %s3.bucket,
+                            location = %self.location,
+                            "the bucket did not exist: created it"
+                        );
                         self.probe().await
                     }
                     Err(why) => Err(StoreError::Unavailable {
@@ -218,7 +224,10 @@ async fn create_bucket(config: &S3Config) -> Result<(), String> {
         String::new()
     } else {
         format!(
-            r#"<CreateBucketConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><LocationConstraint>{}</LocationConstraint></CreateBucketConfiguration>"#,
+            concat!(
+                r#"<CreateBucketConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/">"#,
+                "<LocationConstraint>{}</LocationConstraint></CreateBucketConfiguration>",
+            ),
             config.region
         )
     };

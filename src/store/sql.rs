@@ -178,8 +178,9 @@ const SEGMENT_COLUMNS: &str =
     "id, app_id, object_key, format_version, byte_length, record_count, min_ts, max_ts, created_at";
 const BLOCK_COLUMNS: &str = "app_id, conversation_id, seq_start, seq_end, ts_start, ts_end, segment_id, byte_offset, \
                              byte_length, raw_length, record_count, checksum";
-const INSERT_SEGMENT: &str = "INSERT INTO segments (id, app_id, object_key, format_version, byte_length, record_count, \
-                              min_ts, max_ts, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING";
+const INSERT_SEGMENT: &str =
+    "INSERT INTO segments (id, app_id, object_key, format_version, byte_length, record_count, \
+     min_ts, max_ts, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING";
 const INSERT_BLOCK: &str =
     "INSERT INTO segment_blocks (app_id, conversation_id, seq_start, seq_end, ts_start, ts_end, \
                             segment_id, byte_offset, byte_length, raw_length, record_count, checksum) \
@@ -231,10 +232,12 @@ const ADVANCE_FLUSH: &str = "UPDATE flush_state SET flushed_seq = $4, updated_at
                              WHERE app_id = $1 AND conversation_id = $2 AND flushed_seq = $3";
 const CREATE_FLUSH: &str = "INSERT INTO flush_state (app_id, conversation_id, flushed_seq, updated_at) \
                             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
-const RAISE_FLUSH: &str = "INSERT INTO flush_state (app_id, conversation_id, flushed_seq, updated_at) VALUES ($1, $2, $3, $4) \
+const RAISE_FLUSH: &str = "INSERT INTO flush_state (app_id, conversation_id, flushed_seq, updated_at) \
+                           VALUES ($1, $2, $3, $4) \
                            ON CONFLICT (app_id, conversation_id) DO UPDATE SET \
                            flushed_seq = CASE WHEN flush_state.flushed_seq < excluded.flushed_seq \
-                           THEN excluded.flushed_seq ELSE flush_state.flushed_seq END, updated_at = excluded.updated_at";
+                           THEN excluded.flushed_seq ELSE flush_state.flushed_seq END, \
+                           updated_at = excluded.updated_at";
 
 const KEY_COLUMNS: &str =
     "id, app_id, name, scope, prefix, secret_hash, created_at, expires_at, revoked_at, last_used_at, rotated_to";
@@ -282,7 +285,8 @@ impl Metadata {
     }
 
     pub async fn get_app(&self, id: &str) -> Result<Option<AppRow>, StoreError> {
-        let row = on_db!(self, pool => sqlx::query_as::<_, AppRow>("SELECT id, name, created_at FROM apps WHERE id = $1")
+        let sql = "SELECT id, name, created_at FROM apps WHERE id = $1";
+        let row = on_db!(self, pool => sqlx::query_as::<_, AppRow>(sql)
             .bind(id)
             .fetch_optional(pool)
             .await)?;
@@ -290,7 +294,8 @@ impl Metadata {
     }
 
     pub async fn list_apps(&self) -> Result<Vec<AppRow>, StoreError> {
-        let rows = on_db!(self, pool => sqlx::query_as::<_, AppRow>("SELECT id, name, created_at FROM apps ORDER BY created_at, id")
+        let sql = "SELECT id, name, created_at FROM apps ORDER BY created_at, id";
+        let rows = on_db!(self, pool => sqlx::query_as::<_, AppRow>(sql)
             .fetch_all(pool)
             .await)?;
         Ok(rows)
@@ -309,7 +314,10 @@ impl Metadata {
 
     pub async fn get_api_key(&self, id: &str) -> Result<Option<ApiKeyRow>, StoreError> {
         let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1");
-        let row = on_db!(self, pool => sqlx::query_as::<_, ApiKeyRow>(sqlx::AssertSqlSafe(sql.as_str())).bind(id).fetch_optional(pool).await)?;
+        let row = on_db!(self, pool => sqlx::query_as::<_, ApiKeyRow>(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(id)
+            .fetch_optional(pool)
+            .await)?;
         Ok(row)
     }
 
@@ -317,7 +325,10 @@ impl Metadata {
     pub async fn list_api_keys(&self, app_id: Option<&str>) -> Result<Vec<ApiKeyRow>, StoreError> {
         let sql =
             format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE ($1 IS NULL OR app_id = $1) ORDER BY created_at, id");
-        let rows = on_db!(self, pool => sqlx::query_as::<_, ApiKeyRow>(sqlx::AssertSqlSafe(sql.as_str())).bind(app_id).fetch_all(pool).await)?;
+        let rows = on_db!(self, pool => sqlx::query_as::<_, ApiKeyRow>(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(app_id)
+            .fetch_all(pool)
+            .await)?;
         Ok(rows)
     }
 
@@ -346,7 +357,8 @@ impl Metadata {
 
     /// Marks a key revoked; returns false when no such key exists.
     pub async fn revoke_api_key(&self, id: &str, at: i64) -> Result<bool, StoreError> {
-        let done = on_db!(self, pool => sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1")
+        let sql = "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1";
+        let done = on_db!(self, pool => sqlx::query(sql)
             .bind(id)
             .bind(at)
             .execute(pool)
@@ -383,7 +395,8 @@ impl Metadata {
         on_db!(self, pool => async {
             let mut tx = pool.begin().await?;
             sqlx::query(
-                "INSERT INTO conversations (app_id, id, title, metadata, created_by, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO conversations (app_id, id, title, metadata, created_by, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
             )
             .bind(&c.app_id)
             .bind(&c.id)
@@ -440,7 +453,8 @@ impl Metadata {
 
     pub async fn list_members(&self, conv: &ConvKey) -> Result<Vec<MemberRow>, StoreError> {
         let rows = on_db!(self, pool => sqlx::query_as::<_, MemberRow>(
-            "SELECT user_id, role, joined_at FROM members WHERE app_id = $1 AND conversation_id = $2 ORDER BY joined_at, user_id",
+            "SELECT user_id, role, joined_at FROM members WHERE app_id = $1 AND conversation_id = $2 \
+             ORDER BY joined_at, user_id",
         )
         .bind(&conv.app_id)
         .bind(&conv.conversation_id)
@@ -636,7 +650,8 @@ impl Metadata {
             BLOCK_COLUMNS.split(", ").map(|c| format!("b.{}", c.trim())).collect::<Vec<_>>().join(", ");
         let sql = format!(
             "SELECT {columns}, s.object_key FROM segment_blocks b JOIN segments s ON s.id = b.segment_id \
-             WHERE b.app_id = $1 AND b.conversation_id = $2 AND b.seq_end >= $3 AND b.seq_start <= $4 ORDER BY b.seq_start"
+             WHERE b.app_id = $1 AND b.conversation_id = $2 AND b.seq_end >= $3 AND b.seq_start <= $4 \
+             ORDER BY b.seq_start"
         );
         let rows = on_db!(self, pool => sqlx::query_as::<_, Located>(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(&conv.app_id)
@@ -668,7 +683,8 @@ impl Metadata {
     /// yet; every caller gets the same value.
     pub async fn shared_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {
         let now = crate::clock::now_ms();
-        on_db!(self, pool => sqlx::query("INSERT INTO server_secrets (name, value, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+        let insert = "INSERT INTO server_secrets (name, value, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
+        on_db!(self, pool => sqlx::query(insert)
             .bind(name)
             .bind(candidate)
             .bind(now)

@@ -112,7 +112,8 @@ impl Tail for SqliteTail {
         if let Some(claim) = &request.idempotency {
             sqlx::query(
                 "INSERT OR REPLACE INTO tail_idempotency \
-                 (app_id, conversation_id, idempotency_key, fingerprint, seq, expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                 (app_id, conversation_id, idempotency_key, fingerprint, seq, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
             )
             .bind(&conv.app_id)
             .bind(&conv.conversation_id)
@@ -125,8 +126,10 @@ impl Tail for SqliteTail {
             .map_err(failed)?;
         }
         sqlx::query(
-            "INSERT INTO tail_dirty (shard, app_id, conversation_id, first_ts, bytes, messages) VALUES ($1, $2, $3, $4, $5, 1) \
-             ON CONFLICT (shard, app_id, conversation_id) DO UPDATE SET bytes = bytes + excluded.bytes, messages = messages + 1",
+            "INSERT INTO tail_dirty (shard, app_id, conversation_id, first_ts, bytes, messages) \
+             VALUES ($1, $2, $3, $4, $5, 1) \
+             ON CONFLICT (shard, app_id, conversation_id) \
+             DO UPDATE SET bytes = bytes + excluded.bytes, messages = messages + 1",
         )
         .bind(conv.shard() as i64)
         .bind(&conv.app_id)
@@ -151,7 +154,8 @@ impl Tail for SqliteTail {
         let _writer = self.writer.lock().await;
         sqlx::query(
             "INSERT INTO tail_counters (app_id, conversation_id, last_seq) \
-             VALUES ($1, $2, max($3, COALESCE((SELECT max(seq) FROM tail_entries WHERE app_id = $1 AND conversation_id = $2), 0))) \
+             VALUES ($1, $2, max($3, COALESCE(\
+             (SELECT max(seq) FROM tail_entries WHERE app_id = $1 AND conversation_id = $2), 0))) \
              ON CONFLICT (app_id, conversation_id) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)",
         )
         .bind(&conv.app_id)
@@ -205,7 +209,8 @@ impl Tail for SqliteTail {
 
     async fn dirty(&self, shard: u32) -> Result<Vec<DirtyConversation>, StoreError> {
         let rows = sqlx::query(
-            "SELECT app_id, conversation_id, first_ts, bytes, messages FROM tail_dirty WHERE shard = $1 ORDER BY first_ts",
+            "SELECT app_id, conversation_id, first_ts, bytes, messages FROM tail_dirty WHERE shard = $1 \
+             ORDER BY first_ts",
         )
         .bind(shard as i64)
         .fetch_all(&self.pool)

@@ -279,3 +279,20 @@ fn every_error_code_is_documented_and_built_from_the_vocabulary() {
         }
     }
 }
+
+/// rustfmt keeps lines within 120 columns but cannot break inside macros
+/// (`tracing::info!`, `json!`) or long string literals; this catches those.
+#[test]
+fn no_line_is_wider_than_120_columns() {
+    let mut too_wide = Vec::new();
+    for path in rust_files(Path::new("src")).into_iter().chain(rust_files(Path::new("cli"))) {
+        let source = std::fs::read_to_string(&path).unwrap();
+        for (index, line) in source.lines().enumerate() {
+            let width = line.chars().count();
+            if width > 120 {
+                too_wide.push(format!("{}:{} is {width} columns", path.display(), index + 1));
+            }
+        }
+    }
+    assert!(too_wide.is_empty(), "lines over 120 columns:\n{}", too_wide.join("\n"));
+}
