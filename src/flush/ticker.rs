@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::{FlushOptions, Flusher};
+use crate::store::StoreError;
 use crate::worker::{Worker, WorkerState};
 
 /// How often recovery looks for orphan segments.
@@ -56,11 +57,9 @@ impl FlushWorker {
     /// Purges the embedded tail's expired state (idempotency claims, TTL'd state).
     async fn purge_expired(&self) {
         let stores = &self.flusher.stores;
-        let purged = match stores.tail.purge_expired().await {
-            Ok(claims) => stores.state.purge_expired().await.map(|state| claims + state),
-            Err(e) => Err(e),
-        };
-        match purged {
+        let purged =
+            async { Ok::<_, StoreError>(stores.tail.purge_expired().await? + stores.state.purge_expired().await?) };
+        match purged.await {
             Ok(0) => {}
             Ok(removed) => tracing::debug!(
                 component = "segment-flush",

@@ -17,7 +17,7 @@
 //! in-flight request and close, and the loop returns once every connection
 //! slot is back (WebSockets close themselves on the same signal).
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
@@ -130,21 +130,26 @@ fn is_exhaustion(e: &std::io::Error) -> bool {
 
 /// Answers a connection over the cap with a JSON 503 and closes it. What the
 /// client already sent is read (briefly) so the close is not a reset.
-async fn refuse(mut stream: TcpStream) {
+/// The whole answer to a connection over the cap, built once: refusals are
+/// the flood path and should cost a write, nothing more.
+static REFUSAL: LazyLock<String> = LazyLock::new(|| {
     let error = Error::new(
         Code::TooManyConnections,
         "the server is at its connection limit (http.max_connections); retry later",
     );
     let body = serde_json::json!({"error": super::error::error_body(&error)}).to_string();
-    let response = format!(
+    format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
          retry-after: 1\r\nconnection: close\r\n\r\n{body}",
         body.len()
-    );
+    )
+});
+
+async fn refuse(mut stream: TcpStream) {
     let _ = tokio::time::timeout(REFUSAL_TIMEOUT, async {
         let mut scratch = [0u8; 4096];
         let _ = tokio::time::timeout(Duration::from_millis(50), stream.read(&mut scratch)).await;
-        stream.write_all(response.as_bytes()).await?;
+        stream.write_all(REFUSAL.as_bytes()).await?;
         stream.shutdown().await?;
         while stream.read(&mut scratch).await? > 0 {}
         Ok::<_, std::io::Error>(())
