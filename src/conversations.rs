@@ -69,8 +69,8 @@ pub async fn create(
     now: i64,
 ) -> Result<ConversationView, Error> {
     caller.require_scope(Scope::Write)?;
-    if request.title.as_ref().is_some_and(|t| t.chars().count() > MAX_TITLE_CHARS) {
-        return Err(Error::new(Code::InvalidTitle, format!("a title is at most {MAX_TITLE_CHARS} characters")));
+    if let Some(why) = request.title.as_deref().and_then(|t| crate::ids::display_text_problem(t, MAX_TITLE_CHARS)) {
+        return Err(Error::new(Code::InvalidTitle, format!("a title {why}")));
     }
     let metadata = match &request.metadata {
         None => None,

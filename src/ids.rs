@@ -8,6 +8,9 @@
 //!   no bidirectional controls, no whitespace other than an inner U+0020 space.
 //!   `"alice"`, `"alice\u{200b}"` and an NFD spelling of `"é"` therefore either
 //!   are the same user or are refused; never two members.
+//! - **Display text** (a conversation title, an app or key name) is at most a
+//!   given number of characters with no control characters: it is one line,
+//!   and Postgres cannot store U+0000 in text, so both backends refuse it alike.
 //! - **Conversation ids** are UUIDs in any form the `uuid` crate reads
 //!   (hyphenated, simple, braced, `urn:uuid:`, any case), always used and
 //!   answered in the canonical lowercase hyphenated form.
@@ -47,6 +50,15 @@ pub fn user_id(raw: &str) -> Result<String, Error> {
         return Err(refuse(&format!("U+{:04X} is not allowed", c as u32)));
     }
     Ok(canonical)
+}
+
+/// Why `raw` is not display text of at most `max_chars` characters, if it is not.
+pub fn display_text_problem(raw: &str, max_chars: usize) -> Option<String> {
+    if raw.chars().count() > max_chars {
+        return Some(format!("must be at most {max_chars} characters"));
+    }
+    let control = raw.chars().find(|c| c.is_control())?;
+    Some(format!("must hold no control characters (U+{:04X} is one)", control as u32))
 }
 
 fn allowed_in_user_id(c: char) -> bool {
@@ -107,6 +119,16 @@ mod tests {
         assert!(user_id(&"\u{e9}".repeat(127)).is_ok());
         assert!(user_id(&"\u{e9}".repeat(128)).is_err());
         assert!(user_id(&"x".repeat(10_000)).unwrap_err().message.len() < 400, "the refusal does not echo it all");
+    }
+
+    #[test]
+    fn display_text_is_one_line_of_bounded_length() {
+        assert_eq!(display_text_problem("Team chat \u{1f4ac} caf\u{e9}", 200), None);
+        assert_eq!(display_text_problem(&"\u{e9}".repeat(200), 200), None);
+        assert!(display_text_problem(&"a".repeat(201), 200).unwrap().contains("200"));
+        for bad in ["a\u{0}b", "a\nb", "a\tb", "\u{1b}[31mred", "a\u{7f}", "a\u{85}b"] {
+            assert!(display_text_problem(bad, 200).unwrap().contains("control"), "{bad:?}");
+        }
     }
 
     #[test]

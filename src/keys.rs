@@ -27,6 +27,8 @@ const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnop
 
 /// How often `last_used_at` is written at most, per key.
 const TOUCH_INTERVAL_MS: i64 = 60_000;
+/// The longest app or key name, in characters.
+const MAX_NAME_CHARS: usize = 200;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -238,8 +240,11 @@ pub fn new_app_id() -> String {
 /// Creates an app and its first admin key.
 pub async fn create_app(meta: &Metadata, name: &str, now: i64) -> Result<(AppRow, IssuedKey), KeyError> {
     let name = name.trim();
-    if name.is_empty() || name.len() > 200 {
+    if name.is_empty() {
         return Err(KeyError::Invalid("an app name is 1 to 200 characters".into()));
+    }
+    if let Some(why) = crate::ids::display_text_problem(name, MAX_NAME_CHARS) {
+        return Err(KeyError::Invalid(format!("an app name {why}")));
     }
     let app = AppRow { id: new_app_id(), name: name.to_string(), created_at: now };
     meta.insert_app(&app).await?;
@@ -256,6 +261,9 @@ pub async fn create_key(
     expires_in: Option<Duration>,
     now: i64,
 ) -> Result<IssuedKey, KeyError> {
+    if let Some(why) = name.and_then(|n| crate::ids::display_text_problem(n, MAX_NAME_CHARS)) {
+        return Err(KeyError::Invalid(format!("a key name {why}")));
+    }
     if meta.get_app(app_id).await?.is_none() {
         return Err(KeyError::NoSuchApp(app_id.to_string()));
     }

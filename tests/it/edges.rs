@@ -235,6 +235,36 @@ backend_test! {
     }
 }
 
+backend_test! {
+    /// A title is one line: U+0000 (which Postgres text cannot hold) and every
+    /// other control character get `invalid_title` on both backends, not a 503.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_title_with_control_characters_is_refused_alike(backend: Backend) {
+        let api = Api::start(backend).await;
+        let alice = api.token("alice").await;
+        let create = |title: String| {
+            let api = &api;
+            let alice = &alice;
+            async move {
+                let body = json!({"members": [], "title": title, "metadata": {"k\u{0}": "v\u{0}"}});
+                api.request(Method::POST, "/v1/conversations", Some(&api.write_key), Some(alice), Some(&body), &[]).await
+            }
+        };
+        for bad in ["G\u{0}\u{8f}", "line\nbreak", "\u{1b}[2J", &"t".repeat(201)] {
+            let reply = create(bad.to_string()).await;
+            assert_eq!((reply.status, reply.code()), (400, "invalid_title"), "{backend:?} {bad:?}: {}", reply.body);
+        }
+        // NUL inside metadata is JSON text (escaped), stored and returned as sent.
+        let reply = create("caf\u{e9} \u{1f4ac}".to_string()).await;
+        assert_eq!(reply.status, 201, "{backend:?}: {}", reply.body);
+        assert_eq!(reply.body["metadata"]["k\u{0}"], "v\u{0}");
+        let id = reply.body["id"].as_str().unwrap();
+        let read = api.request(Method::GET, &format!("/v1/conversations/{id}"), Some(&api.read_key), Some(&alice), None, &[]).await;
+        assert_eq!((read.status, &read.body["title"]), (200, &json!("caf\u{e9} \u{1f4ac}")), "{backend:?}");
+        assert_eq!(read.body["metadata"]["k\u{0}"], "v\u{0}", "{backend:?}");
+    }
+}
+
 fn urlencode(text: &str) -> String {
     text.bytes()
         .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
