@@ -10,6 +10,7 @@ mod inspect_segment;
 mod keys;
 mod load;
 mod output;
+mod retention;
 mod serve;
 
 use std::path::PathBuf;
@@ -34,12 +35,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the server: HTTP and WebSocket API, the flush worker, /healthz, /readyz, /metrics
+    /// Run the server: HTTP and WebSocket API, the flush and retention workers, /healthz, /readyz, /metrics
     Serve(serve::Args),
     /// Issue, list, rotate, revoke and verify application API keys
     Keys(keys::Args),
     /// Flush the tail into segments now, or rebuild the segment index
     Flush(flush::Args),
+    /// Delete what is past retention.period now: segments, index rows, tail entries, expired state
+    Retention(retention::Args),
     /// Show a segment object's header, blocks and records; verify it
     InspectSegment(inspect_segment::Args),
     /// Print the effective configuration (secrets redacted) or check it
@@ -86,6 +89,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => runtime.block_on(serve::run(&args, config)),
         Command::Keys(args) => runtime.block_on(keys::run(&args, config)),
         Command::Flush(args) => runtime.block_on(flush::run(&args, config)),
+        Command::Retention(args) => runtime.block_on(retention::run(&args, config)),
         Command::InspectSegment(args) => runtime.block_on(inspect_segment::run(&args, config)),
         Command::Config(_) | Command::Load(_) => unreachable!("handled above"),
     };

@@ -27,6 +27,8 @@ pub const ENV_CONFIG_FILE: &str = "MSGD_CONFIG";
 
 /// Keys whose values are secrets in full.
 const SECRET_KEYS: &[&str] = &["s3.secret_access_key", "auth.dev_tokens.signing_key"];
+/// Keys a release replaced, and what replaced them (named in the refusal).
+const RENAMED: &[(&str, &str)] = &[("retention.days", "`retention.period`, a duration such as \"30d\"")];
 /// Keys holding URLs, shown through [`redact_url`] even when they fail to parse.
 const URL_KEYS: &[&str] = &["postgres.url", "redis.url", "s3.endpoint", "auth.keycloak.issuer"];
 
@@ -571,13 +573,37 @@ fn default_path_style() -> bool {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionConfig {
+    /// How long messages are kept: older ones are never returned, and the
+    /// retention worker deletes them physically (at least a minute).
+    #[serde(with = "duration")]
+    pub period: Duration,
+    /// How often `serve` runs retention.
+    #[serde(with = "duration")]
+    pub interval: Duration,
+    /// Segments deleted per step (objects, then their index rows).
     #[serde(deserialize_with = "lenient")]
-    pub days: u32,
+    pub batch: usize,
+    /// Testing only: `after-objects` stops a run between deleting a batch's
+    /// objects and deleting its index rows; `after-rows` right after the rows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failpoint: Option<String>,
 }
 
 impl Default for RetentionConfig {
     fn default() -> Self {
-        RetentionConfig { days: 30 }
+        RetentionConfig {
+            period: Duration::from_secs(30 * 86_400),
+            interval: Duration::from_secs(3600),
+            batch: 1000,
+            failpoint: None,
+        }
+    }
+}
+
+impl RetentionConfig {
+    /// The period in milliseconds.
+    pub fn period_ms(&self) -> i64 {
+        self.period.as_millis().min(i64::MAX as u128) as i64
     }
 }
 
@@ -890,6 +916,7 @@ fn refusal(e: &serde_path_to_error::Error<toml::de::Error>, merged: &toml::Value
     // secret (a `[backup]` section of a newer release may hold credentials).
     // Nor is a whole section's: only a scalar or a list of them.
     let unknown = message.starts_with("unknown field");
+    let renamed = RENAMED.iter().find(|(old, _)| unknown && key == *old).map(|(_, new)| format!("replaced by {new}"));
     let value = match lookup(merged, &key) {
         _ if missing.is_some() || unknown => None,
         Some(toml::Value::String(text)) => Some(text.clone()),
@@ -904,6 +931,8 @@ fn refusal(e: &serde_path_to_error::Error<toml::de::Error>, merged: &toml::Value
     // duration's reason is msgd's own: `auth.dev_tokens.ttl` keeps it.
     let reason = if missing.is_some() {
         "required but missing".to_string()
+    } else if let Some(renamed) = renamed {
+        renamed
     } else if is_secret(&key) && !unknown && !message.starts_with(duration::NOT_A_DURATION) {
         "invalid value".to_string()
     } else {
@@ -980,7 +1009,7 @@ impl Config {
         if let Backend::Services(services) = &self.backend {
             services.validate()?;
         }
-        at_least_one("retention.days", self.retention.days)?;
+        self.retention.validate()?;
         self.log.validate()?;
         self.auth.validate()?;
         self.limits.validate()?;
@@ -1124,6 +1153,36 @@ impl FlushConfig {
     }
 }
 
+/// The shortest retention period: a test deployment with a period of
+/// minutes behaves like production with days.
+const MIN_RETENTION_PERIOD: Duration = Duration::from_secs(60);
+/// The most segments one retention step deletes.
+const MAX_RETENTION_BATCH: usize = 10_000;
+/// The retention failpoints (testing only).
+const RETENTION_FAILPOINTS: [&str; 2] = ["after-objects", "after-rows"];
+
+impl RetentionConfig {
+    fn validate(&mut self) -> Result<(), ConfigError> {
+        if self.period < MIN_RETENTION_PERIOD {
+            let shown = humantime::format_duration(self.period).to_string();
+            return Err(ConfigError::new("retention.period", Some(shown), "must be at least 1m"));
+        }
+        more_than_zero("retention.interval", self.interval, "must be longer than zero")?;
+        if !(1..=MAX_RETENTION_BATCH).contains(&self.batch) {
+            let reason = format!("must be 1 to {MAX_RETENTION_BATCH}");
+            return Err(ConfigError::new("retention.batch", Some(self.batch.to_string()), reason));
+        }
+        if let Some(failpoint) = self.failpoint.as_ref().filter(|f| !RETENTION_FAILPOINTS.contains(&f.as_str())) {
+            return Err(ConfigError::new(
+                "retention.failpoint",
+                Some(failpoint.clone()),
+                "the failpoints are `after-objects` and `after-rows`",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl WsConfig {
     /// A queue of fewer than 2 frames, or room for no subscription or
     /// connection, would stall every client: such values mean the least.
@@ -1183,14 +1242,34 @@ mod tests {
     fn defaults_are_embedded() {
         let config = from_toml("", env(&[])).unwrap();
         assert_eq!(config.backend.name(), "embedded");
-        assert_eq!(config.retention.days, 30);
+        assert_eq!(config.retention.period, Duration::from_secs(30 * 86_400));
         assert_eq!(config.http.listen.to_string(), "127.0.0.1:8080");
     }
 
     #[test]
     fn env_overrides_file_and_parses_numbers() {
-        let config = from_toml("[retention]\ndays = 7\n", env(&[("MSGD_RETENTION__DAYS", "14")])).unwrap();
-        assert_eq!(config.retention.days, 14);
+        let config = from_toml("[retention]\nbatch = 7\n", env(&[("MSGD_RETENTION__BATCH", "14")])).unwrap();
+        assert_eq!(config.retention.batch, 14);
+    }
+
+    #[test]
+    fn retention_is_a_period_of_a_minute_or_more() {
+        let config = from_toml("[retention]\nperiod = \"75s\"\ninterval = \"5s\"\n", env(&[])).unwrap();
+        assert_eq!((config.retention.period_ms(), config.retention.interval), (75_000, Duration::from_secs(5)));
+        let config = from_toml("", env(&[("MSGD_RETENTION__PERIOD", "7d")])).unwrap();
+        assert_eq!(config.retention.period, Duration::from_secs(7 * 86_400));
+        let err = from_toml("[retention]\nperiod = \"59s\"\n", env(&[])).unwrap_err();
+        assert_eq!((err.key.as_str(), err.reason.as_str()), ("retention.period", "must be at least 1m"));
+        for (toml, key) in [("batch = 0", "retention.batch"), ("interval = \"0s\"", "retention.interval")] {
+            let err = from_toml(&format!("[retention]\n{toml}\n"), env(&[])).unwrap_err();
+            assert_eq!(err.key, key, "{toml}");
+        }
+        // The old key is refused with the name of the one that replaced it, from a file or the environment.
+        let err = from_toml("[retention]\ndays = 30\n", env(&[])).unwrap_err();
+        assert_eq!(err.key, "retention.days");
+        assert!(err.reason.contains("retention.period"), "{err}");
+        let err = from_toml("", env(&[("MSGD_RETENTION__DAYS", "30")])).unwrap_err();
+        assert!(err.reason.contains("retention.period") && err.env_var.is_some(), "{err}");
     }
 
     #[test]
@@ -1280,7 +1359,7 @@ mod tests {
         let documented = "data_dir = \"./msgd-data\"\n\
             [http]\nlisten = \"127.0.0.1:8080\"\nshutdown_timeout = \"10s\"\nheader_read_timeout = \"10s\"\n\
             request_timeout = \"30s\"\nmax_connections = 10000\n\
-            [retention]\ndays = 30\n\
+            [retention]\nperiod = \"30days\"\ninterval = \"1h\"\nbatch = 1000\n\
             [log]\nlevel = \"info\"\nformat = \"json\"\naccess = false\naccess_sample_rate = 1.0\n\
             [limits]\nmax_payload_bytes = 32768\nmax_batch = 100\nidempotency_ttl = \"24h\"\nuser_rate = 10\n\
             user_burst = 20\nkey_rate = 1000\nkey_burst = 2000\n\

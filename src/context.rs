@@ -34,7 +34,7 @@ impl Context {
             stores.clone(),
             metrics.clone(),
             config.history.block_cache_bytes as usize,
-            config.retention.days,
+            config.retention.period_ms(),
         );
         Ok(Context { config, stores, metrics, auth, membership, timeline, cursor_key: Default::default() })
     }

@@ -21,6 +21,7 @@ pub mod messages;
 pub mod ratelimit;
 pub mod readiness;
 pub mod receipts;
+pub mod retention;
 pub mod segment;
 pub mod server;
 pub mod store;

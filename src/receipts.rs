@@ -101,7 +101,7 @@ pub async fn note_sent(ctx: &Context, conv: &ConvKey, user: &str, seq: u64) -> R
 const SENT: &str = "sent";
 
 fn state_ttl(ctx: &Context) -> std::time::Duration {
-    std::time::Duration::from_secs(u64::from(ctx.config.retention.days) * 86_400)
+    ctx.config.retention.period
 }
 
 async fn current(ctx: &Context, key: &str, user: &str) -> Result<Marks, Error> {

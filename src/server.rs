@@ -20,6 +20,7 @@ use crate::flush::{FlushWorker, Flusher};
 use crate::http::{self, AppState};
 use crate::membership::MembershipListener;
 use crate::readiness::{DependencyWatcher, Readiness, CHECK_TIMEOUT};
+use crate::retention::{Retention, RetentionWorker};
 use crate::store::Stores;
 use crate::telemetry::Metrics;
 use crate::worker::Workers;
@@ -126,7 +127,10 @@ pub async fn serve(
 fn start_workers(ctx: &Arc<Context>, readiness: Arc<Readiness>, stop: watch::Receiver<bool>) -> Workers {
     let mut workers = Workers::new(stop);
     workers.spawn(DependencyWatcher::new(readiness));
-    workers.spawn(FlushWorker::new(Flusher::new(ctx.stores.clone(), ctx.metrics.clone(), ctx.config.flush.clone())));
+    let flusher = Flusher::new(ctx.stores.clone(), ctx.metrics.clone(), ctx.config.flush.clone());
+    workers.spawn(FlushWorker::new(flusher, ctx.config.retention.period_ms()));
+    let retention = Retention::new(ctx.stores.clone(), ctx.metrics.clone(), ctx.config.retention.clone());
+    workers.spawn(RetentionWorker::new(retention));
     workers.spawn(MembershipListener::new(ctx.membership.clone()));
     workers
 }

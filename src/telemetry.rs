@@ -52,7 +52,17 @@ pub struct Metrics {
     pub ws_frames_sent_total: IntCounterVec,
     pub ws_slow_consumer_disconnects_total: IntCounter,
     pub delivery_latency_seconds: Histogram,
+    /// What retention deleted, by kind (`RETENTION_KINDS`).
+    pub retention_deleted_total: IntCounterVec,
+    pub retention_deleted_bytes_total: IntCounter,
+    pub retention_last_success_timestamp_seconds: Gauge,
+    pub retention_run_duration_seconds: Histogram,
+    /// Retention runs by result: `ok`, `error`, `skipped` (another instance held the lease).
+    pub retention_runs_total: IntCounterVec,
 }
+
+/// The `kind` label values of `msgd_retention_deleted_total`.
+pub const RETENTION_KINDS: [&str; 5] = ["objects", "block_rows", "tail_entries", "idempotency_claims", "state_entries"];
 
 const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
@@ -218,8 +228,39 @@ impl Metrics {
                     .buckets(LATENCY_BUCKETS.to_vec()),
             )
             .expect("metric"),
+            retention_deleted_total: IntCounterVec::new(
+                Opts::new("msgd_retention_deleted_total", "What retention deleted, by kind"),
+                &["kind"],
+            )
+            .expect("metric"),
+            retention_deleted_bytes_total: IntCounter::new(
+                "msgd_retention_deleted_bytes_total",
+                "Bytes of segment objects retention deleted",
+            )
+            .expect("metric"),
+            retention_last_success_timestamp_seconds: Gauge::new(
+                "msgd_retention_last_success_timestamp_seconds",
+                "When this instance last finished a retention run (Unix seconds; 0 before the first)",
+            )
+            .expect("metric"),
+            retention_run_duration_seconds: Histogram::with_opts(
+                HistogramOpts::new("msgd_retention_run_duration_seconds", "Duration of retention runs")
+                    .buckets(prometheus::exponential_buckets(0.01, 4.0, 10).expect("buckets")),
+            )
+            .expect("metric"),
+            retention_runs_total: IntCounterVec::new(
+                Opts::new("msgd_retention_runs_total", "Retention runs by result (ok, error, skipped)"),
+                &["result"],
+            )
+            .expect("metric"),
             registry,
         };
+        for kind in RETENTION_KINDS {
+            metrics.retention_deleted_total.with_label_values(&[kind]);
+        }
+        for result in ["ok", "error", "skipped"] {
+            metrics.retention_runs_total.with_label_values(&[result]);
+        }
         let build_info = IntGaugeVec::new(
             Opts::new("msgd_build_info", "Constant 1, labelled with the version and backend"),
             &["version", "backend"],
@@ -259,6 +300,11 @@ impl Metrics {
             Box::new(metrics.ws_frames_sent_total.clone()),
             Box::new(metrics.ws_slow_consumer_disconnects_total.clone()),
             Box::new(metrics.delivery_latency_seconds.clone()),
+            Box::new(metrics.retention_deleted_total.clone()),
+            Box::new(metrics.retention_deleted_bytes_total.clone()),
+            Box::new(metrics.retention_last_success_timestamp_seconds.clone()),
+            Box::new(metrics.retention_run_duration_seconds.clone()),
+            Box::new(metrics.retention_runs_total.clone()),
             Box::new(build_info),
             Box::new(prometheus::process_collector::ProcessCollector::new(std::process::id() as i32, "msgd")),
         ] {

@@ -30,9 +30,9 @@ pub struct Timeline {
 }
 
 impl Timeline {
-    pub fn new(stores: Stores, metrics: Metrics, block_cache_bytes: usize, retention_days: u32) -> Timeline {
+    pub fn new(stores: Stores, metrics: Metrics, block_cache_bytes: usize, retention_ms: i64) -> Timeline {
         let cache = BlockCache::new(block_cache_bytes, metrics.clone());
-        Timeline { stores, cache, metrics, retention_ms: i64::from(retention_days) * 86_400_000 }
+        Timeline { stores, cache, metrics, retention_ms }
     }
 
     /// The earliest receive time still inside the retention window at `now`.

@@ -20,14 +20,16 @@ impl Flusher {
     /// Finds segment objects without index rows (a crash between PUT and
     /// commit) and indexes each from its footer when its ranges continue
     /// exactly where the index stops, or deletes it (the tail still holds
-    /// those messages: nothing was trimmed without a commit).
-    pub async fn recover(&self) -> Result<RepairReport, FlushError> {
+    /// those messages: nothing was trimmed without a commit). An orphan whose
+    /// newest message is older than `expired_before` (the retention cutoff)
+    /// is deleted, never indexed: retention would only delete it again.
+    pub async fn recover(&self, expired_before: i64) -> Result<RepairReport, FlushError> {
         let mut report = RepairReport::default();
         for key in self.stores.objects.list("segments/").await.map_err(store_error("recover-list"))? {
             report.objects += 1;
             if self.is_indexed(&key).await? {
                 report.already_indexed += 1;
-            } else if self.index_orphan(&key).await? {
+            } else if self.index_orphan(&key, expired_before).await? {
                 report.indexed += 1;
                 recovery_event!(info, "storage.key" = %key, "orphan segment indexed from its footer");
             } else if self.is_indexed(&key).await? {
@@ -50,9 +52,9 @@ impl Flusher {
         Ok(self.stores.metadata.segment_by_key(key).await.map_err(store_error("recover-index"))?.is_some())
     }
 
-    /// Indexes an orphan from its footer; false when it cannot be (unreadable,
-    /// or its ranges do not continue where the index stops).
-    async fn index_orphan(&self, key: &str) -> Result<bool, FlushError> {
+    /// Indexes an orphan from its footer; false when it must not be (unreadable,
+    /// past retention, or its ranges do not continue where the index stops).
+    async fn index_orphan(&self, key: &str, expired_before: i64) -> Result<bool, FlushError> {
         let (segment_row, block_rows) = match self.read_segment(key).await {
             Ok(rows) => rows,
             Err(e) => {
@@ -60,6 +62,10 @@ impl Flusher {
                 return Ok(false);
             }
         };
+        if segment_row.max_ts < expired_before {
+            recovery_event!(info, "storage.key" = %key, "orphan segment is past retention");
+            return Ok(false);
+        }
         let advances: Vec<FlushAdvance> = block_rows
             .iter()
             .map(|b| FlushAdvance {

@@ -1,15 +1,14 @@
 //! The flush worker `serve` runs: a tick every `flush.interval` (the worker
 //! runner backs off exponentially, up to a minute, while ticks fail), a
-//! recovery pass at start and every ten minutes, the embedded tail's expiry
-//! purge after each tick, and one more tick at shutdown so whatever is due
-//! goes out rather than waiting in the tail.
+//! recovery pass at start and every ten minutes, and one more tick at
+//! shutdown so whatever is due goes out rather than waiting in the tail.
+//! (Expired tail state is purged by the retention worker.)
 
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
 use super::{FlushOptions, Flusher};
-use crate::store::StoreError;
 use crate::worker::{Worker, WorkerState};
 
 /// How often recovery looks for orphan segments.
@@ -17,13 +16,15 @@ const RECOVERY_EVERY: Duration = Duration::from_secs(600);
 
 pub struct FlushWorker {
     flusher: Flusher,
+    /// The retention period: recovery deletes orphans older than it rather than index them.
+    retention_ms: i64,
     /// When the last recovery pass succeeded; `None` before the first.
     last_recovery: Option<Instant>,
 }
 
 impl FlushWorker {
-    pub fn new(flusher: Flusher) -> FlushWorker {
-        FlushWorker { flusher, last_recovery: None }
+    pub fn new(flusher: Flusher, retention_ms: i64) -> FlushWorker {
+        FlushWorker { flusher, retention_ms, last_recovery: None }
     }
 
     /// A recovery pass when one is due. A failure is logged and retried on
@@ -32,7 +33,8 @@ impl FlushWorker {
         if self.last_recovery.is_some_and(|at| at.elapsed() < RECOVERY_EVERY) {
             return;
         }
-        match self.flusher.recover().await {
+        let expired_before = crate::clock::now_ms().saturating_sub(self.retention_ms);
+        match self.flusher.recover(expired_before).await {
             Ok(report) => {
                 self.last_recovery = Some(Instant::now());
                 tracing::info!(
@@ -50,28 +52,6 @@ impl FlushWorker {
                 stage = e.stage(),
                 error = %e.detail(),
                 "segment recovery failed; retrying next tick"
-            ),
-        }
-    }
-
-    /// Purges the embedded tail's expired state (idempotency claims, TTL'd state).
-    async fn purge_expired(&self) {
-        let stores = &self.flusher.stores;
-        let purged =
-            async { Ok::<_, StoreError>(stores.tail.purge_expired().await? + stores.state.purge_expired().await?) };
-        match purged.await {
-            Ok(0) => {}
-            Ok(removed) => tracing::debug!(
-                component = "segment-flush",
-                worker = "tail-expiry",
-                removed,
-                "expired tail state purged"
-            ),
-            Err(e) => tracing::warn!(
-                component = "segment-flush",
-                worker = "tail-expiry",
-                error = %e,
-                "purging expired tail state failed"
             ),
         }
     }
@@ -93,9 +73,7 @@ impl Worker for FlushWorker {
 
     async fn work(&mut self) -> anyhow::Result<WorkerState> {
         self.recover_if_due().await;
-        let ticked = self.flusher.tick(FlushOptions::default(), crate::clock::now_ms()).await;
-        self.purge_expired().await;
-        ticked?;
+        self.flusher.tick(FlushOptions::default(), crate::clock::now_ms()).await?;
         Ok(WorkerState::Idle)
     }
 

@@ -30,7 +30,7 @@ pub use coordination::Coordination;
 pub use live::{Live, LiveEvent, LiveSubscription};
 pub use metadata::{ApiKeyRow, AppRow, BlockRow, ConversationRow, FlushAdvance, MemberRow, SegmentRow};
 pub use objects::Objects;
-pub use sql::Metadata;
+pub use sql::{ExpiredTotals, Metadata, SQLITE_FILE};
 pub use state::TtlState;
 pub use tail::{
     AppendOutcome, AppendRequest, ConvKey, DirtyConversation, IdempotencyClaim, Tail, TailEntry, TAIL_SHARDS,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Connection, PgConnection, PgPool, SqlitePool};
 
 use super::metadata::{ApiKeyRow, AppRow, BlockRow, ConversationRow, FlushAdvance, MemberRow, SegmentRow};
@@ -135,6 +135,7 @@ impl Metadata {
         let options = SqliteConnectOptions::new()
             .filename(&path)
             .create_if_missing(true)
+            .auto_vacuum(SqliteAutoVacuum::Incremental)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(std::time::Duration::from_secs(5))
@@ -146,6 +147,7 @@ impl Metadata {
             .with_context(|| format!("cannot open {}", path.display()))?;
         let db = Metadata { pool: Pool::Sqlite(pool), migrated: Arc::default(), postgres: None };
         db.migrate().await.with_context(|| format!("cannot migrate {}", path.display()))?;
+        db.enable_incremental_vacuum().await.with_context(|| format!("cannot vacuum {}", path.display()))?;
         Ok(db)
     }
 
@@ -159,6 +161,20 @@ impl Metadata {
         }
         .map_err(|e| StoreError::unavailable(self.dependency(), format!("migrations failed: {e}")))?;
         self.migrated.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// A file created before msgd asked for incremental vacuum keeps the mode
+    /// it was created with until a full `VACUUM` rewrites it: done once here,
+    /// so that retention can hand deleted pages back to the file system.
+    async fn enable_incremental_vacuum(&self) -> Result<(), sqlx::Error> {
+        let Pool::Sqlite(pool) = &self.pool else { return Ok(()) };
+        let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum").fetch_one(pool).await?;
+        if mode != 2 {
+            tracing::info!(component = "store", "converting the SQLite file to incremental vacuum (once)");
+            sqlx::query("PRAGMA auto_vacuum = INCREMENTAL").execute(pool).await?;
+            sqlx::query("VACUUM").execute(pool).await?;
+        }
         Ok(())
     }
 
@@ -519,10 +535,6 @@ impl Metadata {
     /// rows and advances each conversation's flushed seq. Fails with
     /// [`StoreError::Conflict`] and changes nothing when any advance's guard
     /// does not hold (a stale or concurrent flusher).
-    /// Re-indexes a segment from its footer (disaster recovery): inserts what
-    /// is missing and raises flushed seqs, never lowering one.
-    /// A conversation's blocks, by seq.
-    /// The blocks overlapping seqs `lo..=hi`, by seq, each with its object key.
     pub async fn commit_segment(
         &self,
         segment: &SegmentRow,
@@ -695,5 +707,128 @@ impl Metadata {
             .bind(name)
             .fetch_one(pool)
             .await)
+    }
+}
+
+/// What a retention run would delete from the index: segments older than a
+/// cutoff, their bytes and their block rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExpiredTotals {
+    pub segments: u64,
+    pub bytes: u64,
+    pub block_rows: u64,
+}
+
+/// `$N = '' OR app_id = $N`: an app filter bound as `""` for every app (app ids are never empty).
+fn app_filter(app_id: Option<&str>) -> &str {
+    app_id.unwrap_or("")
+}
+
+impl Metadata {
+    /// Up to `limit` segments whose newest message is older than `cutoff`, oldest first.
+    pub async fn expired_segments(
+        &self,
+        cutoff: i64,
+        app_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<SegmentRow>, StoreError> {
+        let sql = format!(
+            "SELECT {SEGMENT_COLUMNS} FROM segments WHERE max_ts < $1 AND ($2 = '' OR app_id = $2) \
+             ORDER BY max_ts, id LIMIT $3"
+        );
+        let rows = on_db!(self, pool => sqlx::query_as::<_, SegmentRow>(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(cutoff)
+            .bind(app_filter(app_id))
+            .bind(limit as i64)
+            .fetch_all(pool)
+            .await)?;
+        Ok(rows)
+    }
+
+    /// The totals of [`Metadata::expired_segments`] over every batch.
+    pub async fn expired_totals(&self, cutoff: i64, app_id: Option<&str>) -> Result<ExpiredTotals, StoreError> {
+        let segments = "SELECT COUNT(*), CAST(COALESCE(SUM(byte_length), 0) AS BIGINT) FROM segments \
+                        WHERE max_ts < $1 AND ($2 = '' OR app_id = $2)";
+        let (count, bytes): (i64, i64) = on_db!(self, pool => sqlx::query_as(segments)
+            .bind(cutoff)
+            .bind(app_filter(app_id))
+            .fetch_one(pool)
+            .await)?;
+        let blocks = "SELECT COUNT(*) FROM segment_blocks b JOIN segments s ON s.id = b.segment_id \
+                      WHERE s.max_ts < $1 AND ($2 = '' OR s.app_id = $2)";
+        let block_rows: i64 = on_db!(self, pool => sqlx::query_scalar(blocks)
+            .bind(cutoff)
+            .bind(app_filter(app_id))
+            .fetch_one(pool)
+            .await)?;
+        Ok(ExpiredTotals { segments: count as u64, bytes: bytes as u64, block_rows: block_rows as u64 })
+    }
+
+    /// Deletes the index rows of the segments `ids` (block rows, then segment
+    /// rows) in one transaction; returns (segment rows, block rows) deleted.
+    pub async fn delete_segments(&self, ids: &[String]) -> Result<(u64, u64), StoreError> {
+        if ids.is_empty() {
+            return Ok((0, 0));
+        }
+        let list: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
+        let list = list.join(", ");
+        let blocks = format!("DELETE FROM segment_blocks WHERE segment_id IN ({list})");
+        let segments = format!("DELETE FROM segments WHERE id IN ({list})");
+        on_db!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(blocks.as_str()));
+            for id in ids {
+                query = query.bind(id);
+            }
+            let block_rows = query.execute(&mut *tx).await?.rows_affected();
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(segments.as_str()));
+            for id in ids {
+                query = query.bind(id);
+            }
+            let segment_rows = query.execute(&mut *tx).await?.rows_affected();
+            tx.commit().await?;
+            Ok((segment_rows, block_rows))
+        }.await)
+    }
+
+    /// Up to `limit` conversations with something in segments, as (conversation,
+    /// flushed seq), in (app, conversation) order after `after`.
+    pub async fn flushed_conversations(
+        &self,
+        app_id: Option<&str>,
+        after: Option<&ConvKey>,
+        limit: usize,
+    ) -> Result<Vec<(ConvKey, u64)>, StoreError> {
+        let sql = "SELECT app_id, conversation_id, flushed_seq FROM flush_state \
+                   WHERE ($1 = '' OR app_id = $1) AND flushed_seq > 0 \
+                   AND (app_id > $2 OR (app_id = $2 AND conversation_id > $3)) \
+                   ORDER BY app_id, conversation_id LIMIT $4";
+        let (after_app, after_conversation) =
+            after.map_or(("", ""), |conv| (conv.app_id.as_str(), conv.conversation_id.as_str()));
+        let rows: Vec<(String, String, i64)> = on_db!(self, pool => sqlx::query_as(sql)
+            .bind(app_filter(app_id))
+            .bind(after_app)
+            .bind(after_conversation)
+            .bind(limit as i64)
+            .fetch_all(pool)
+            .await)?;
+        Ok(rows.into_iter().map(|(app, conversation, seq)| (ConvKey::new(app, conversation), seq as u64)).collect())
+    }
+
+    /// Hands the pages freed by deletions back to the file system (SQLite:
+    /// incremental vacuum, then a WAL checkpoint that truncates the log);
+    /// returns the bytes the file shrank by. Postgres reuses freed space by
+    /// itself (autovacuum): nothing to do there.
+    pub async fn reclaim_space(&self) -> Result<u64, StoreError> {
+        let Pool::Sqlite(pool) = &self.pool else { return Ok(0) };
+        let reclaim = async {
+            let size = "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()";
+            let before: i64 = sqlx::query_scalar(size).fetch_one(pool).await?;
+            sqlx::query("PRAGMA incremental_vacuum").execute(pool).await?;
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(pool).await?;
+            let after: i64 = sqlx::query_scalar(size).fetch_one(pool).await?;
+            Ok::<_, sqlx::Error>((before - after).max(0) as u64)
+        };
+        reclaim.await.map_err(|e| db_error("sqlite", e))
     }
 }

@@ -42,12 +42,12 @@ fn each_kind_of_bad_value_exits_2_naming_the_key() {
     let cases: &[Case] = &[
         ("unknown key in the file", &[], "[http]\nlistn = \"x\"\n"),
         ("unknown key from env", &[("MSGD_RETENTION__DAYZ", "3")], ""),
-        ("not a number", &[("MSGD_RETENTION__DAYS", "thirty")], ""),
-        ("zero", &[], "[retention]\ndays = 0\n"),
+        ("not a number", &[("MSGD_RETENTION__BATCH", "thirty")], ""),
+        ("zero", &[], "[retention]\nbatch = 0\n"),
         ("bad listen address", &[("MSGD_HTTP__LISTEN", "localhost")], ""),
         ("bad duration", &[("MSGD_HTTP__SHUTDOWN_TIMEOUT", "soon")], ""),
         ("bad log format", &[("MSGD_LOG__FORMAT", "xml")], ""),
-        ("wrong type", &[], "[retention]\ndays = \"x\"\n"),
+        ("wrong type", &[], "[retention]\nbatch = \"x\"\n"),
         ("malformed postgres url", &[("MSGD_POSTGRES__URL", "postgres//nohost")], SERVICES),
         ("wrong scheme", &[("MSGD_REDIS__URL", "http://cache:6379")], SERVICES),
         ("malformed s3 endpoint", &[("MSGD_S3__ENDPOINT", "minio:9000")], SERVICES),
@@ -57,12 +57,12 @@ fn each_kind_of_bad_value_exits_2_naming_the_key() {
     let expected_keys = [
         "http.listn",
         "retention.dayz",
-        "retention.days",
-        "retention.days",
+        "retention.batch",
+        "retention.batch",
         "http.listen",
         "http.shutdown_timeout",
         "log.format",
-        "retention.days",
+        "retention.batch",
         "postgres.url",
         "redis.url",
         "s3.endpoint",
@@ -94,16 +94,16 @@ fn the_json_check_names_key_value_and_reason() {
 
 #[test]
 fn env_overrides_the_file() {
-    let (_dir, path) = write_config("[retention]\ndays = 7\n[http]\nlisten = \"127.0.0.1:9000\"\n");
-    let out = msgd(&["--config", &path, "config", "--json"], &[("MSGD_RETENTION__DAYS", "14")]);
+    let (_dir, path) = write_config("[retention]\nperiod = \"7d\"\n[http]\nlisten = \"127.0.0.1:9000\"\n");
+    let out = msgd(&["--config", &path, "config", "--json"], &[("MSGD_RETENTION__PERIOD", "14d")]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let config = out.json();
-    assert_eq!(config["retention"]["days"], 14);
+    assert_eq!(config["retention"]["period"], "14days");
     assert_eq!(config["http"]["listen"], "127.0.0.1:9000");
     assert_eq!(config["mode"], "embedded");
     // MSGD_CONFIG names the file too.
     let out = msgd(&["config", "--json"], &[("MSGD_CONFIG", &path)]);
-    assert_eq!(out.json()["retention"]["days"], 7);
+    assert_eq!(out.json()["retention"]["period"], "7days");
 }
 
 #[test]

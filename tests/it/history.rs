@@ -173,7 +173,7 @@ backend_test! {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn messages_past_retention_are_never_returned(backend: Backend) {
         use msgd::store::{AppendOutcome, AppendRequest};
-        let api = Api::start_with(backend, &[("MSGD_RETENTION__DAYS", "30")]).await;
+        let api = Api::start_with(backend, &[("MSGD_RETENTION__PERIOD", "30d")]).await;
         let alice = api.token("alice").await;
         let conversation = api.conversation(&alice, &[]).await;
         // Five messages received 40 days ago, written straight into the tail.

@@ -9,6 +9,7 @@ mod history;
 mod keys;
 mod load;
 mod messages;
+mod retention;
 mod segments;
 mod serve;
 mod storage;

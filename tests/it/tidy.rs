@@ -103,7 +103,20 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("pure", &["clock", "config", "error", "ids", "ratelimit", "segment", "telemetry", "worker"]),
     ("storage", &["store"]),
     ("domain primitives", &["keys", "auth", "envelope", "timeline", "membership", "context"]),
-    ("use cases", &["conversations", "messages", "history", "receipts", "typing", "subscriptions", "flush", "inspect"]),
+    (
+        "use cases",
+        &[
+            "conversations",
+            "messages",
+            "history",
+            "receipts",
+            "typing",
+            "subscriptions",
+            "flush",
+            "retention",
+            "inspect",
+        ],
+    ),
     ("edges", &["readiness", "http", "server"]),
     // The load generator drives msgd over HTTP like any client: it imports
     // no library module at all (checked below), so it sits with the edges.

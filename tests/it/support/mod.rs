@@ -252,11 +252,17 @@ pub struct Msgd {
 }
 
 impl Msgd {
-    pub fn start(mut command: Command, dir: &Path) -> Msgd {
-        let log = dir.join(unique("serve-")).with_extension("log");
+    /// Starts `msgd` with its stderr (the log) in a file under `dir`, without waiting for anything.
+    pub fn spawn(mut command: Command, dir: &Path) -> Msgd {
+        let log = dir.join(unique("msgd-")).with_extension("log");
         let file = std::fs::File::create(&log).unwrap();
-        let child = command.stdout(Stdio::null()).stderr(file).spawn().expect("spawn msgd serve");
-        let mut msgd = Msgd { child, addr: String::new(), log };
+        let child = command.stdout(Stdio::null()).stderr(file).spawn().expect("spawn msgd");
+        Msgd { child, addr: String::new(), log }
+    }
+
+    /// Starts `msgd serve` and waits until it listens.
+    pub fn start(command: Command, dir: &Path) -> Msgd {
+        let mut msgd = Msgd::spawn(command, dir);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(addr) = msgd
