@@ -4,6 +4,7 @@
 //!
 //! Exit codes: 0 ok, 1 failure, 2 usage or configuration error.
 
+mod backup_r2;
 mod config;
 mod flush;
 mod inspect_segment;
@@ -41,6 +42,8 @@ enum Command {
     Keys(keys::Args),
     /// Flush the tail into segments now, or rebuild the segment index
     Flush(flush::Args),
+    /// Back up to R2 (any S3 endpoint), list, verify, restore and prune backups
+    BackupR2(backup_r2::Args),
     /// Delete what is past retention.period now: segments, index rows, tail entries, expired state
     Retention(retention::Args),
     /// Show a segment object's header, blocks and records; verify it
@@ -90,6 +93,7 @@ fn main() -> ExitCode {
         Command::Keys(args) => runtime.block_on(keys::run(&args, config)),
         Command::Flush(args) => runtime.block_on(flush::run(&args, config)),
         Command::Retention(args) => runtime.block_on(retention::run(&args, config)),
+        Command::BackupR2(args) => runtime.block_on(backup_r2::run(&args, config)),
         Command::InspectSegment(args) => runtime.block_on(inspect_segment::run(&args, config)),
         Command::Config(_) | Command::Load(_) => unreachable!("handled above"),
     };

@@ -26,11 +26,11 @@ pub const ENV_PREFIX: &str = "MSGD_";
 pub const ENV_CONFIG_FILE: &str = "MSGD_CONFIG";
 
 /// Keys whose values are secrets in full.
-const SECRET_KEYS: &[&str] = &["s3.secret_access_key", "auth.dev_tokens.signing_key"];
+const SECRET_KEYS: &[&str] = &["s3.secret_access_key", "backup.secret_access_key", "auth.dev_tokens.signing_key"];
 /// Keys a release replaced, and what replaced them (named in the refusal).
 const RENAMED: &[(&str, &str)] = &[("retention.days", "`retention.period`, a duration such as \"30d\"")];
 /// Keys holding URLs, shown through [`redact_url`] even when they fail to parse.
-const URL_KEYS: &[&str] = &["postgres.url", "redis.url", "s3.endpoint", "auth.keycloak.issuer"];
+const URL_KEYS: &[&str] = &["postgres.url", "redis.url", "s3.endpoint", "backup.endpoint", "auth.keycloak.issuer"];
 
 /// A configuration error: which key, which value, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -254,6 +254,9 @@ pub struct Config {
     /// Embedded or services, decided by which sections are present.
     pub backend: Backend,
     pub retention: RetentionConfig,
+    /// Where `msgd backup-r2` writes backups; `None` when `[backup]` is absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupConfig>,
     pub log: LogConfig,
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
@@ -570,6 +573,73 @@ fn default_path_style() -> bool {
     true
 }
 
+/// A backup target: any S3 endpoint (Cloudflare R2 by design), and what to keep there.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    #[serde(serialize_with = "ser_url", deserialize_with = "required_endpoint")]
+    pub endpoint: String,
+    pub bucket: String,
+    /// `auto`, as R2 wants.
+    #[serde(default = "default_backup_region")]
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    /// Every backup key starts with this.
+    #[serde(default = "default_backup_prefix")]
+    pub prefix: String,
+    /// Daily backups kept by `prune`.
+    #[serde(default = "default_backup_keep", deserialize_with = "lenient")]
+    pub keep: u32,
+    /// Objects above this size are uploaded in parts of exactly this size
+    /// (R2 wants equal parts but the last), 5 MiB to 5 GiB.
+    #[serde(default = "default_part_size", deserialize_with = "lenient")]
+    pub multipart_part_size: u64,
+    /// Path-style addressing (`endpoint/bucket/key`).
+    #[serde(default = "default_path_style", deserialize_with = "lenient")]
+    pub path_style: bool,
+    /// Testing only: `after-first-copy` stops a backup run after it copied one object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failpoint: Option<String>,
+}
+
+/// The keys a `[backup]` section cannot do without.
+const BACKUP_REQUIRED: [&str; 4] = ["endpoint", "bucket", "access_key_id", "secret_access_key"];
+
+fn default_backup_region() -> String {
+    "auto".into()
+}
+
+fn default_backup_prefix() -> String {
+    "msgd-backups/".into()
+}
+
+fn default_backup_keep() -> u32 {
+    7
+}
+
+fn default_part_size() -> u64 {
+    16 * 1024 * 1024
+}
+
+fn required_endpoint<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    parse_text(d, |text| http_url(text, "must be an http:// or https:// URL with a host"))
+}
+
+impl BackupConfig {
+    /// The target as an object store connection.
+    pub fn target(&self) -> S3Config {
+        S3Config {
+            endpoint: Some(self.endpoint.clone()),
+            bucket: self.bucket.clone(),
+            region: self.region.clone(),
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: self.secret_access_key.clone(),
+            path_style: self.path_style,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionConfig {
@@ -594,7 +664,7 @@ impl Default for RetentionConfig {
         RetentionConfig {
             period: Duration::from_secs(30 * 86_400),
             interval: Duration::from_secs(3600),
-            batch: 1000,
+            batch: 100,
             failpoint: None,
         }
     }
@@ -665,6 +735,7 @@ struct ConfigFile {
     redis: Option<RedisConfig>,
     s3: Option<S3Config>,
     retention: RetentionConfig,
+    backup: Option<BackupConfig>,
     log: LogConfig,
     auth: AuthConfig,
     limits: LimitsConfig,
@@ -691,6 +762,7 @@ impl From<ConfigFile> for Config {
             http: file.http,
             backend,
             retention: file.retention,
+            backup: file.backup,
             log: file.log,
             auth: file.auth,
             limits: file.limits,
@@ -893,6 +965,7 @@ pub fn from_toml(text: &str, env: impl IntoIterator<Item = (String, String)>) ->
         from_env.insert(key, name);
     }
     check_services_set(&table)?;
+    check_backup_set(&table)?;
     let merged = toml::Value::Table(table);
     serde_path_to_error::deserialize(merged.clone())
         .map_err(|e| refusal(&e, &merged))
@@ -961,6 +1034,21 @@ fn check_services_set(table: &toml::Table) -> Result<(), ConfigError> {
     ))
 }
 
+/// A `[backup]` section names its target whole: every missing key is named at once.
+fn check_backup_set(table: &toml::Table) -> Result<(), ConfigError> {
+    let Some(backup) = table.get("backup").and_then(toml::Value::as_table) else { return Ok(()) };
+    let missing: Vec<String> =
+        BACKUP_REQUIRED.iter().filter(|key| !backup.contains_key(**key)).map(|key| format!("backup.{key}")).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(ConfigError::new(
+        &missing[0],
+        None,
+        format!("a [backup] section needs {}; missing: {}", BACKUP_REQUIRED.join(", "), missing.join(", ")),
+    ))
+}
+
 fn set_path(table: &mut toml::Table, path: &[String], value: String) -> Result<(), String> {
     let (last, parents) = path.split_last().expect("path has at least one part");
     let mut current = table;
@@ -1010,6 +1098,9 @@ impl Config {
             services.validate()?;
         }
         self.retention.validate()?;
+        if let Some(backup) = &self.backup {
+            backup.validate()?;
+        }
         self.log.validate()?;
         self.auth.validate()?;
         self.limits.validate()?;
@@ -1044,18 +1135,54 @@ impl ServicesConfig {
 
 impl S3Config {
     fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_as("s3")
+    }
+
+    /// The checks of an S3 target, its keys named under `section`.
+    fn validate_as(&self, section: &str) -> Result<(), ConfigError> {
         if !valid_bucket_name(&self.bucket) {
             return Err(ConfigError::new(
-                "s3.bucket",
+                &format!("{section}.bucket"),
                 Some(self.bucket.clone()),
                 "not a valid bucket name (3-63 characters: lowercase letters, digits, `-`, `.`)",
             ));
         }
         if self.access_key_id.is_empty() {
-            return Err(ConfigError::new("s3.access_key_id", Some(String::new()), "must not be empty"));
+            return Err(ConfigError::new(
+                &format!("{section}.access_key_id"),
+                Some(String::new()),
+                "must not be empty",
+            ));
         }
         if self.secret_access_key.expose().is_empty() {
-            return Err(ConfigError::new("s3.secret_access_key", Some(String::new()), "must not be empty"));
+            let key = format!("{section}.secret_access_key");
+            return Err(ConfigError::new(&key, Some(String::new()), "must not be empty"));
+        }
+        Ok(())
+    }
+}
+
+/// The multipart part sizes S3 and R2 accept.
+const PART_SIZES: std::ops::RangeInclusive<u64> = 5 * 1024 * 1024..=5 * 1024 * 1024 * 1024;
+
+impl BackupConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.target().validate_as("backup")?;
+        if !PART_SIZES.contains(&self.multipart_part_size) {
+            let value = Some(self.multipart_part_size.to_string());
+            return Err(ConfigError::new("backup.multipart_part_size", value, "must be 5 MiB to 5 GiB (in bytes)"));
+        }
+        at_least_one("backup.keep", self.keep)?;
+        if !self.prefix.is_empty() && !self.prefix.ends_with('/') || self.prefix.starts_with('/') {
+            let reason = "must end with `/` and not start with one (or be empty)";
+            return Err(ConfigError::new("backup.prefix", Some(self.prefix.clone()), reason));
+        }
+        if let Some(failpoint) = self.failpoint.as_ref().filter(|f| *f != "after-first-copy") {
+            return Err(ConfigError::new(
+                "backup.failpoint",
+                Some(failpoint.clone()),
+                "the only failpoint is `after-first-copy`",
+            ));
         }
         Ok(())
     }
@@ -1253,6 +1380,32 @@ mod tests {
     }
 
     #[test]
+    fn a_backup_target_is_named_whole_and_its_secret_never_shown() {
+        let err = from_toml("[backup]\nbucket = \"msgd-backups\"\n", env(&[])).unwrap_err();
+        assert_eq!(err.key, "backup.endpoint");
+        assert!(err.reason.contains("backup.access_key_id, backup.secret_access_key"), "{err}");
+        let vars = env(&[
+            ("MSGD_BACKUP__ENDPOINT", "https://acct.r2.cloudflarestorage.com"),
+            ("MSGD_BACKUP__BUCKET", "msgd-backups"),
+            ("MSGD_BACKUP__ACCESS_KEY_ID", "AKIA"),
+            ("MSGD_BACKUP__SECRET_ACCESS_KEY", "r2-hunter2"),
+        ]);
+        let config = from_toml("", vars).unwrap();
+        let backup = config.backup.as_ref().unwrap();
+        assert_eq!((backup.region.as_str(), backup.prefix.as_str(), backup.keep), ("auto", "msgd-backups/", 7));
+        assert_eq!(backup.multipart_part_size, 16 * 1024 * 1024);
+        let view = config.effective_view().to_string();
+        assert!(!view.contains("r2-hunter2") && view.contains("r2.cloudflarestorage.com"), "{view}");
+        let err = from_toml(
+            "[backup]\nendpoint = \"https://r2\"\nbucket = \"b-1\"\naccess_key_id = \"a\"\n\
+                             secret_access_key = \"s\"\nmultipart_part_size = 1024\n",
+            env(&[]),
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "backup.multipart_part_size");
+    }
+
+    #[test]
     fn retention_is_a_period_of_a_minute_or_more() {
         let config = from_toml("[retention]\nperiod = \"75s\"\ninterval = \"5s\"\n", env(&[])).unwrap();
         assert_eq!((config.retention.period_ms(), config.retention.interval), (75_000, Duration::from_secs(5)));
@@ -1332,8 +1485,8 @@ mod tests {
     fn unknown_sections_and_url_keys_never_echo_secrets() {
         // A section this release does not know is named, its contents never shown.
         let err =
-            from_toml("[backup]\nurl = \"s3://AKIA:hunter2@b\"\npassphrase = \"hunter2\"\n", env(&[])).unwrap_err();
-        assert_eq!(err.key, "backup");
+            from_toml("[archive]\nurl = \"s3://AKIA:hunter2@b\"\npassphrase = \"hunter2\"\n", env(&[])).unwrap_err();
+        assert_eq!(err.key, "archive");
         assert!(err.value.is_none() && !err.to_string().contains("hunter2"), "{err}");
         let err = from_toml("[http]\nlisten_token = \"hunter2\"\n", env(&[])).unwrap_err();
         assert_eq!(err.key, "http.listen_token");
@@ -1349,6 +1502,11 @@ mod tests {
         let err = from_toml(services, env(&[])).unwrap_err();
         assert_eq!(err.key, "s3.endpoint");
         assert!(!err.to_string().contains("hunter2"), "{err}");
+        let backup = "[backup]\nbucket = \"b-1\"\naccess_key_id = \"a\"\nsecret_access_key = \"hunter2\"\n\
+                      endpoint = \"ftp://a:hunter2@r2\"\n";
+        let err = from_toml(backup, env(&[])).unwrap_err();
+        assert_eq!(err.key, "backup.endpoint");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
         let config = from_toml(&services.replace("ftp://", "http://"), env(&[])).unwrap();
         let view = config.effective_view().to_string();
         assert!(!view.contains("hunter2") && view.contains("minio"), "{view}");
@@ -1359,7 +1517,7 @@ mod tests {
         let documented = "data_dir = \"./msgd-data\"\n\
             [http]\nlisten = \"127.0.0.1:8080\"\nshutdown_timeout = \"10s\"\nheader_read_timeout = \"10s\"\n\
             request_timeout = \"30s\"\nmax_connections = 10000\n\
-            [retention]\nperiod = \"30days\"\ninterval = \"1h\"\nbatch = 1000\n\
+            [retention]\nperiod = \"30days\"\ninterval = \"1h\"\nbatch = 100\n\
             [log]\nlevel = \"info\"\nformat = \"json\"\naccess = false\naccess_sample_rate = 1.0\n\
             [limits]\nmax_payload_bytes = 32768\nmax_batch = 100\nidempotency_ttl = \"24h\"\nuser_rate = 10\n\
             user_burst = 20\nkey_rate = 1000\nkey_burst = 2000\n\

@@ -3,6 +3,7 @@
 //! rules between modules are in ARCHITECTURE.md.
 
 pub mod auth;
+pub mod backup;
 pub mod clock;
 pub mod config;
 pub mod context;

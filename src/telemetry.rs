@@ -59,6 +59,10 @@ pub struct Metrics {
     pub retention_run_duration_seconds: Histogram,
     /// Retention runs by result: `ok`, `error`, `skipped` (another instance held the lease).
     pub retention_runs_total: IntCounterVec,
+    pub backup_last_success_timestamp_seconds: Gauge,
+    /// Objects (and their bytes) copied to the backup target.
+    pub backup_objects_total: IntCounter,
+    pub backup_bytes_total: IntCounter,
 }
 
 /// The `kind` label values of `msgd_retention_deleted_total`.
@@ -253,6 +257,15 @@ impl Metrics {
                 &["result"],
             )
             .expect("metric"),
+            backup_last_success_timestamp_seconds: Gauge::new(
+                "msgd_backup_last_success_timestamp_seconds",
+                "When the last backup run finished (Unix seconds; 0 before the first)",
+            )
+            .expect("metric"),
+            backup_objects_total: IntCounter::new("msgd_backup_objects_total", "Objects copied to the backup target")
+                .expect("metric"),
+            backup_bytes_total: IntCounter::new("msgd_backup_bytes_total", "Bytes copied to the backup target")
+                .expect("metric"),
             registry,
         };
         for kind in RETENTION_KINDS {
@@ -305,12 +318,24 @@ impl Metrics {
             Box::new(metrics.retention_last_success_timestamp_seconds.clone()),
             Box::new(metrics.retention_run_duration_seconds.clone()),
             Box::new(metrics.retention_runs_total.clone()),
+            Box::new(metrics.backup_last_success_timestamp_seconds.clone()),
+            Box::new(metrics.backup_objects_total.clone()),
+            Box::new(metrics.backup_bytes_total.clone()),
             Box::new(build_info),
             Box::new(prometheus::process_collector::ProcessCollector::new(std::process::id() as i32, "msgd")),
         ] {
             r.register(collector).expect("metric names are unique");
         }
         metrics
+    }
+
+    /// The Prometheus text exposition of the metrics whose names start with
+    /// `prefix` (for a one-shot command's node_exporter textfile).
+    pub fn render_prefixed(&self, prefix: &str) -> String {
+        let families: Vec<_> = self.registry.gather().into_iter().filter(|f| f.name().starts_with(prefix)).collect();
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&families, &mut out).expect("text encoding cannot fail");
+        String::from_utf8(out).expect("prometheus text is UTF-8")
     }
 
     /// The Prometheus text exposition of every metric.

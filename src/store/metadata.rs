@@ -4,7 +4,7 @@
 //! modules.
 
 /// One application (tenant).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, sqlx::FromRow)]
 pub struct AppRow {
     pub id: String,
     pub name: String,
@@ -12,7 +12,7 @@ pub struct AppRow {
 }
 
 /// One API key as stored: never the key itself, only its SHA-256.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, sqlx::FromRow)]
 pub struct ApiKeyRow {
     /// The short public id embedded in the key, used for lookup and display.
     pub id: String,
@@ -31,7 +31,7 @@ pub struct ApiKeyRow {
 }
 
 /// One conversation.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, sqlx::FromRow)]
 pub struct ConversationRow {
     pub app_id: String,
     pub id: String,
@@ -90,4 +90,61 @@ pub struct FlushAdvance {
     pub conversation_id: String,
     pub from: u64,
     pub to: u64,
+}
+
+/// The metadata a backup carries, read in one consistent snapshot: every
+/// table but the segment index, which a restore rebuilds from the segment
+/// objects' footers (so a backup never copies millions of block rows).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MetadataSnapshot {
+    pub apps: Vec<AppRow>,
+    pub api_keys: Vec<ApiKeyRow>,
+    pub conversations: Vec<ConversationRow>,
+    pub members: Vec<SnapshotMember>,
+    pub flush_state: Vec<FlushStateRow>,
+    pub server_secrets: Vec<ServerSecretRow>,
+}
+
+impl MetadataSnapshot {
+    /// Rows per table, by table name.
+    pub fn row_counts(&self) -> std::collections::BTreeMap<String, u64> {
+        [
+            ("apps", self.apps.len()),
+            ("api_keys", self.api_keys.len()),
+            ("conversations", self.conversations.len()),
+            ("members", self.members.len()),
+            ("flush_state", self.flush_state.len()),
+            ("server_secrets", self.server_secrets.len()),
+        ]
+        .into_iter()
+        .map(|(table, rows)| (table.to_string(), rows as u64))
+        .collect()
+    }
+}
+
+/// A member row with its conversation.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, sqlx::FromRow)]
+pub struct SnapshotMember {
+    pub app_id: String,
+    pub conversation_id: String,
+    pub user_id: String,
+    pub role: String,
+    pub joined_at: i64,
+}
+
+/// How far a conversation is durably in segments.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, sqlx::FromRow)]
+pub struct FlushStateRow {
+    pub app_id: String,
+    pub conversation_id: String,
+    pub flushed_seq: i64,
+    pub updated_at: i64,
+}
+
+/// A key every instance shares (cursor HMAC, dev token signing).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, sqlx::FromRow)]
+pub struct ServerSecretRow {
+    pub name: String,
+    pub value: Vec<u8>,
+    pub created_at: i64,
 }

@@ -28,7 +28,10 @@ use std::time::{Duration, Instant};
 
 pub use coordination::Coordination;
 pub use live::{Live, LiveEvent, LiveSubscription};
-pub use metadata::{ApiKeyRow, AppRow, BlockRow, ConversationRow, FlushAdvance, MemberRow, SegmentRow};
+pub use metadata::{
+    ApiKeyRow, AppRow, BlockRow, ConversationRow, FlushAdvance, FlushStateRow, MemberRow, MetadataSnapshot, SegmentRow,
+    ServerSecretRow, SnapshotMember,
+};
 pub use objects::Objects;
 pub use sql::{ExpiredTotals, Metadata, SQLITE_FILE};
 pub use state::TtlState;

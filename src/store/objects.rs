@@ -44,7 +44,7 @@ pub struct Objects {
 }
 
 impl Objects {
-    pub(crate) fn s3(config: &S3Config, metrics: &Metrics) -> anyhow::Result<Objects> {
+    pub fn s3(config: &S3Config, metrics: &Metrics) -> anyhow::Result<Objects> {
         let mut builder = AmazonS3Builder::new()
             .with_bucket_name(&config.bucket)
             .with_region(&config.region)
@@ -143,15 +143,16 @@ impl Objects {
         self.timed("put", async { self.store.put(&path, PutPayload::from(bytes)).await.map(|_| ()) }).await
     }
 
-    /// Uploads an object, in parts when it is larger than `multipart_threshold`.
-    pub async fn put_object(&self, key: &str, bytes: Vec<u8>, multipart_threshold: usize) -> Result<(), StoreError> {
-        if bytes.len() <= multipart_threshold {
+    /// Uploads an object: in one request up to `part_size` bytes, above it in
+    /// parts of exactly `part_size` but the last (as R2 requires).
+    pub async fn put_object(&self, key: &str, bytes: Vec<u8>, part_size: usize) -> Result<(), StoreError> {
+        if bytes.len() <= part_size {
             return self.put(key, bytes).await;
         }
         let path = Path::from(key);
         self.timed("put_multipart", async {
             let upload = self.store.put_multipart(&path).await?;
-            let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, 8 * 1024 * 1024);
+            let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, part_size);
             writer.write(&bytes);
             writer.finish().await.map(|_| ())
         })
@@ -179,6 +180,22 @@ impl Objects {
             }
         })
         .await
+    }
+
+    /// Every object under `prefix` with its size and last-modified time (Unix ms), sorted by key.
+    pub async fn list_detailed(&self, prefix: &str) -> Result<Vec<(String, u64, i64)>, StoreError> {
+        let path = Path::from(prefix);
+        let mut objects = self
+            .timed("list", async {
+                let metas: Vec<_> = self.store.list(Some(&path)).collect().await;
+                metas
+                    .into_iter()
+                    .map(|m| m.map(|m| (m.location.to_string(), m.size, m.last_modified.timestamp_millis())))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await?;
+        objects.sort();
+        Ok(objects)
     }
 
     /// Every object key under `prefix`, sorted.

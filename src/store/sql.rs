@@ -15,7 +15,9 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Connection, PgConnection, PgPool, SqlitePool};
 
-use super::metadata::{ApiKeyRow, AppRow, BlockRow, ConversationRow, FlushAdvance, MemberRow, SegmentRow};
+use super::metadata::{
+    ApiKeyRow, AppRow, BlockRow, ConversationRow, FlushAdvance, MemberRow, MetadataSnapshot, SegmentRow,
+};
 use super::tail::ConvKey;
 use super::StoreError;
 use crate::config::PostgresConfig;
@@ -830,5 +832,140 @@ impl Metadata {
             Ok::<_, sqlx::Error>((before - after).max(0) as u64)
         };
         reclaim.await.map_err(|e| db_error("sqlite", e))
+    }
+}
+
+/// The snapshot's tables in insert order (parents first), with their columns.
+const SNAPSHOT_TABLES: [(&str, &str); 6] = [
+    ("apps", "id, name, created_at"),
+    ("api_keys", KEY_COLUMNS),
+    ("conversations", "app_id, id, title, metadata, created_by, created_at"),
+    ("members", "app_id, conversation_id, user_id, role, joined_at"),
+    ("flush_state", "app_id, conversation_id, flushed_seq, updated_at"),
+    ("server_secrets", "name, value, created_at"),
+];
+
+/// `SELECT <columns> FROM <table>` for the snapshot's `index`-th table, in a stable order.
+fn snapshot_select(index: usize) -> String {
+    let (table, columns) = SNAPSHOT_TABLES[index];
+    let order = columns.split(", ").take(if table == "members" { 3 } else { 2 }).collect::<Vec<_>>().join(", ");
+    format!("SELECT {columns} FROM {table} ORDER BY {order}")
+}
+
+/// `INSERT INTO <table> (<columns>) VALUES ($1, …) ON CONFLICT DO NOTHING` for the `index`-th table.
+fn snapshot_insert(index: usize) -> String {
+    let (table, columns) = SNAPSHOT_TABLES[index];
+    let params: Vec<String> = (1..=columns.split(", ").count()).map(|n| format!("${n}")).collect();
+    format!("INSERT INTO {table} ({columns}) VALUES ({}) ON CONFLICT DO NOTHING", params.join(", "))
+}
+
+/// Reads every snapshot table on `$tx` into a [`MetadataSnapshot`].
+macro_rules! read_snapshot {
+    ($tx:expr) => {
+        async {
+            macro_rules! rows {
+                ($index:expr) => {
+                    sqlx::query_as(sqlx::AssertSqlSafe(snapshot_select($index))).fetch_all(&mut *$tx).await?
+                };
+            }
+            Ok::<_, sqlx::Error>(MetadataSnapshot {
+                apps: rows!(0),
+                api_keys: rows!(1),
+                conversations: rows!(2),
+                members: rows!(3),
+                flush_state: rows!(4),
+                server_secrets: rows!(5),
+            })
+        }
+    };
+}
+
+impl Metadata {
+    /// The version of the newest schema migration this binary applies.
+    pub fn schema_version() -> i64 {
+        PG_MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
+    }
+
+    /// Every segment row whose newest message is at or after `since`, oldest first.
+    pub async fn segments_since(&self, since: i64) -> Result<Vec<SegmentRow>, StoreError> {
+        let sql = format!("SELECT {SEGMENT_COLUMNS} FROM segments WHERE max_ts >= $1 ORDER BY max_ts, id");
+        let rows = on_db!(self, pool => sqlx::query_as::<_, SegmentRow>(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(since)
+            .fetch_all(pool)
+            .await)?;
+        Ok(rows)
+    }
+
+    /// True when no app exists (a fresh deployment, which a restore may fill).
+    pub async fn has_no_apps(&self) -> Result<bool, StoreError> {
+        let apps: i64 = on_db!(self, pool => sqlx::query_scalar("SELECT COUNT(*) FROM apps").fetch_one(pool).await)?;
+        Ok(apps == 0)
+    }
+
+    /// Every snapshot table read in one transaction: REPEATABLE READ on
+    /// Postgres, a read transaction on SQLite (WAL: one consistent view).
+    pub async fn export_snapshot(&self) -> Result<MetadataSnapshot, StoreError> {
+        match &self.pool {
+            Pool::Postgres(pool) => async {
+                let mut tx = pool.begin().await?;
+                sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
+                let snapshot = read_snapshot!(tx).await?;
+                tx.commit().await?;
+                Ok(snapshot)
+            }
+            .await
+            .map_err(|e| db_error("postgres", e)),
+            Pool::Sqlite(pool) => async {
+                let mut tx = pool.begin().await?;
+                let snapshot = read_snapshot!(tx).await?;
+                tx.commit().await?;
+                Ok(snapshot)
+            }
+            .await
+            .map_err(|e| db_error("sqlite", e)),
+        }
+    }
+
+    /// Inserts a snapshot's rows in one transaction, parents first; rows that
+    /// exist already are kept as they are.
+    pub async fn import_snapshot(&self, snapshot: &MetadataSnapshot) -> Result<(), StoreError> {
+        on_db!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            for app in &snapshot.apps {
+                sqlx::query(sqlx::AssertSqlSafe(snapshot_insert(0)))
+                    .bind(&app.id).bind(&app.name).bind(app.created_at)
+                    .execute(&mut *tx).await?;
+            }
+            for key in &snapshot.api_keys {
+                sqlx::query(sqlx::AssertSqlSafe(snapshot_insert(1)))
+                    .bind(&key.id).bind(&key.app_id).bind(&key.name).bind(&key.scope).bind(&key.prefix)
+                    .bind(&key.secret_hash).bind(key.created_at).bind(key.expires_at).bind(key.revoked_at)
+                    .bind(key.last_used_at).bind(&key.rotated_to)
+                    .execute(&mut *tx).await?;
+            }
+            for c in &snapshot.conversations {
+                sqlx::query(sqlx::AssertSqlSafe(snapshot_insert(2)))
+                    .bind(&c.app_id).bind(&c.id).bind(&c.title).bind(&c.metadata).bind(&c.created_by)
+                    .bind(c.created_at)
+                    .execute(&mut *tx).await?;
+            }
+            for m in &snapshot.members {
+                sqlx::query(sqlx::AssertSqlSafe(snapshot_insert(3)))
+                    .bind(&m.app_id).bind(&m.conversation_id).bind(&m.user_id).bind(&m.role).bind(m.joined_at)
+                    .execute(&mut *tx).await?;
+            }
+            for f in &snapshot.flush_state {
+                sqlx::query(sqlx::AssertSqlSafe(snapshot_insert(4)))
+                    .bind(&f.app_id).bind(&f.conversation_id).bind(f.flushed_seq).bind(f.updated_at)
+                    .execute(&mut *tx).await?;
+            }
+            for secret in &snapshot.server_secrets {
+                sqlx::query(sqlx::AssertSqlSafe(snapshot_insert(5)))
+                    .bind(&secret.name).bind(&secret.value).bind(secret.created_at)
+                    .execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        }.await)
     }
 }

@@ -3,6 +3,7 @@
 //! both backends, against real servers.
 
 mod authz;
+mod backup;
 mod cli_config;
 mod edges;
 mod history;

@@ -114,6 +114,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "subscriptions",
             "flush",
             "retention",
+            "backup",
             "inspect",
         ],
     ),
