@@ -103,8 +103,14 @@ backend_test! {
         }
         // Not flushed by anyone but the backup run itself.
         api.send(&alice, &conversations[0], &json!({"payload": "unflushed"})).await;
-        let first = backup_ok(&api.env, &["run"]);
+        let metrics_file = api.env.dir.path().join("msgd_backup.prom");
+        let first = backup_ok(&api.env, &["run", "--metrics-file", metrics_file.to_str().unwrap()]);
         assert_eq!((first["objects"].as_u64(), first["objects_copied"].as_u64()), (Some(4), Some(4)), "{first}");
+        let metrics = std::fs::read_to_string(&metrics_file).unwrap();
+        assert!(metrics.contains("msgd_backup_objects_total 4"), "{metrics}");
+        let last = metrics.lines().find_map(|l| l.strip_prefix("msgd_backup_last_success_timestamp_seconds "));
+        assert!(last.and_then(|v| v.parse::<f64>().ok()).is_some_and(|v| v > 1.7e9), "{metrics}");
+        assert!(!metrics.contains("msgd_http"), "only the backup's metrics: {metrics}");
         assert_eq!(first["tables"]["conversations"], 3);
 
         send_and_flush(&api, &alice, &conversations[1], 2).await;
