@@ -38,6 +38,8 @@ const MANIFEST_FORMAT: u32 = 1;
 /// The zstd level of the metadata snapshot.
 const SNAPSHOT_LEVEL: i32 = 9;
 const DAY_MS: i64 = 86_400_000;
+/// An incomplete backup younger than this may still be running: prune spares it.
+const INCOMPLETE_GRACE_MS: i64 = DAY_MS;
 
 /// Logs a backup event with the `component` and `worker` fields every backup line carries.
 macro_rules! backup_event {
@@ -605,6 +607,8 @@ impl Backup {
     /// Keeps the newest complete backup of each of the last `backup.keep`
     /// days that have one; deletes the other backups, then every object no
     /// kept manifest references inside the retention window.
+    /// An incomplete backup is deleted once a newer one is complete and it
+    /// is a day old: a younger one may be a run still going on another host.
     pub async fn prune(&self, now: i64) -> Result<PruneReport, BackupError> {
         let mut report = PruneReport::default();
         let backups = self.list().await?;
@@ -624,7 +628,9 @@ impl Backup {
         let newest_kept = kept_backups().map(|b| b.created_at_ms).max();
         let newest_manifest = kept_backups().filter_map(|b| b.completed_at_ms).max();
         for backup in &backups {
-            let in_progress = !backup.complete && newest_kept.is_none_or(|newest| backup.created_at_ms >= newest);
+            let in_progress = !backup.complete
+                && (newest_kept.is_none_or(|newest| backup.created_at_ms >= newest)
+                    || backup.created_at_ms > now - INCOMPLETE_GRACE_MS);
             if kept.contains(&backup.backup_id) || in_progress {
                 continue;
             }

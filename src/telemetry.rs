@@ -259,7 +259,7 @@ impl Metrics {
             .expect("metric"),
             backup_last_success_timestamp_seconds: Gauge::new(
                 "msgd_backup_last_success_timestamp_seconds",
-                "When the last backup run finished (Unix seconds; 0 before the first)",
+                "When the last successful backup run started: its recovery point (Unix seconds; 0 before the first)",
             )
             .expect("metric"),
             backup_objects_total: IntCounter::new("msgd_backup_objects_total", "Objects copied to the backup target")

@@ -227,9 +227,11 @@ backend_test! {
 
         let resumed = backup_ok(&api.env, &["run"]);
         assert_eq!((resumed["objects"].as_u64(), resumed["objects_copied"].as_u64()), (Some(3), Some(2)), "{resumed}");
-        assert_eq!(resumed["pruned"]["backups_deleted"], 1, "the incomplete backup is pruned: {resumed}");
+        // The killed run's leftovers stay for a day (it could be a run still going elsewhere), never used.
+        assert_eq!(resumed["pruned"]["backups_deleted"], 0, "{resumed}");
         let listed = backup_ok(&api.env, &["list"]);
-        assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+        let complete: Vec<bool> = listed.as_array().unwrap().iter().map(|b| b["complete"] == true).collect();
+        assert_eq!(complete, vec![false, true], "{listed}");
         assert_eq!(backup_ok(&api.env, &["verify", "--latest", "--full"])["problems"], json!([]));
     }
 }
