@@ -7,7 +7,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use msgd::backup::Backup;
 use msgd::clock::{format_ms, now_ms};
 use msgd::config::Config;
-use msgd::store::Stores;
 use msgd::telemetry::Metrics;
 
 use crate::{output, Failure};
@@ -67,14 +66,7 @@ pub async fn run(args: &Args, config: Config) -> Result<(), Failure> {
         ));
     }
     let metrics = Metrics::new(config.backend.name());
-    let stores = Stores::open(&config, &metrics).await?;
-    if let Some(down) = stores.check(msgd::readiness::CHECK_TIMEOUT).await.into_iter().find(|c| !c.ok) {
-        return Err(Failure::Failed(anyhow::anyhow!(
-            "{} is not available: {}",
-            down.name,
-            down.error.unwrap_or_default()
-        )));
-    }
+    let stores = crate::open_available_stores(&config, &metrics).await?;
     let backup = Backup::new(stores, &config, metrics.clone())?;
     let stage = |e: msgd::backup::BackupError| Failure::Failed(e.into());
     let now = now_ms();

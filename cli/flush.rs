@@ -6,7 +6,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use msgd::clock::{format_ms, now_ms};
 use msgd::config::Config;
 use msgd::flush::{FlushOptions, Flusher};
-use msgd::store::Stores;
 use msgd::telemetry::Metrics;
 
 use crate::{output, Failure};
@@ -29,14 +28,7 @@ pub struct Args {
 
 pub async fn run(args: &Args, config: Config) -> Result<(), Failure> {
     let metrics = Metrics::new(config.backend.name());
-    let stores = Stores::open(&config, &metrics).await?;
-    if let Some(down) = stores.check(msgd::readiness::CHECK_TIMEOUT).await.into_iter().find(|c| !c.ok) {
-        return Err(Failure::Failed(anyhow::anyhow!(
-            "{} is not available: {}",
-            down.name,
-            down.error.unwrap_or_default()
-        )));
-    }
+    let stores = crate::open_available_stores(&config, &metrics).await?;
     let flusher = Flusher::new(stores, metrics, config.flush.clone());
     let spinner = if args.json { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
     spinner.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid template"));

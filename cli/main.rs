@@ -102,6 +102,21 @@ fn main() -> ExitCode {
     exit(result)
 }
 
+/// The stores of a one-shot command that works on the data (flush,
+/// retention, backups), refused at once when a dependency is down.
+pub async fn open_available_stores(
+    config: &msgd::config::Config,
+    metrics: &msgd::telemetry::Metrics,
+) -> Result<msgd::store::Stores, Failure> {
+    let stores = msgd::store::Stores::open(config, metrics).await?;
+    match stores.check(msgd::readiness::CHECK_TIMEOUT).await.into_iter().find(|c| !c.ok) {
+        Some(down) => {
+            Err(Failure::Failed(anyhow::anyhow!("{} is not available: {}", down.name, down.error.unwrap_or_default())))
+        }
+        None => Ok(stores),
+    }
+}
+
 fn exit(result: Result<(), Failure>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,

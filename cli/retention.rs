@@ -7,7 +7,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use msgd::clock::{format_ms, now_ms};
 use msgd::config::Config;
 use msgd::retention::{Retention, RetentionOptions, RetentionReport};
-use msgd::store::Stores;
 use msgd::telemetry::Metrics;
 
 use crate::{output, Failure};
@@ -29,14 +28,7 @@ pub async fn run(args: &Args, config: Config) -> Result<(), Failure> {
     // The run's log lines (stderr, `[log]`) are its record under cron or a timer.
     msgd::telemetry::init_logging(&config.log);
     let metrics = Metrics::new(config.backend.name());
-    let stores = Stores::open(&config, &metrics).await?;
-    if let Some(down) = stores.check(msgd::readiness::CHECK_TIMEOUT).await.into_iter().find(|c| !c.ok) {
-        return Err(Failure::Failed(anyhow::anyhow!(
-            "{} is not available: {}",
-            down.name,
-            down.error.unwrap_or_default()
-        )));
-    }
+    let stores = crate::open_available_stores(&config, &metrics).await?;
     if let Some(app_id) = &args.app {
         let found = stores.metadata.get_app(app_id).await.map_err(|e| Failure::Failed(e.into()))?;
         if found.is_none() {
