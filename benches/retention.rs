@@ -286,7 +286,7 @@ struct Measured {
 async fn measure(deployment: &Deployment, stores: &Stores, scenario: &'static str, period: &str, at: i64) -> Measured {
     let config = deployment.config(period);
     let metrics = Metrics::new(config.backend.name());
-    let retention = Retention::new(stores.clone(), metrics, config.retention.clone());
+    let retention = Retention::new(stores.clone(), metrics, &config);
     let peak_is_run_only = reset_peak_rss();
     let (_, rss_before_kb) = memory_kb();
     let started = Instant::now();

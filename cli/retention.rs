@@ -35,7 +35,7 @@ pub async fn run(args: &Args, config: Config) -> Result<(), Failure> {
             return Err(Failure::Usage(format!("--app: no app has the id {app_id:?} (msgd keys list-apps)")));
         }
     }
-    let retention = Retention::new(stores, metrics, config.retention.clone());
+    let retention = Retention::new(stores, metrics, &config);
     let bar = if args.json { ProgressBar::hidden() } else { ProgressBar::new(0) };
     let style = ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} segments {elapsed}").expect("valid template");
     bar.set_style(style);
@@ -66,6 +66,8 @@ fn print_summary(report: &RetentionReport, config: &Config) {
             vec!["segment objects".into(), report.objects.to_string()],
             vec!["segment bytes".into(), report.bytes.to_string()],
             vec!["index block rows".into(), report.block_rows.to_string()],
+            vec!["attachments".into(), report.attachments.to_string()],
+            vec!["attachment bytes".into(), report.attachment_bytes.to_string()],
             vec!["tail entries".into(), report.tail_entries.to_string()],
             vec!["expired idempotency claims".into(), counted(report.idempotency_claims)],
             vec!["expired state entries".into(), counted(report.state_entries)],

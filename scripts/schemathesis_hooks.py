@@ -4,7 +4,8 @@ The OpenAPI document states some of msgd's rules in words because JSON Schema
 cannot express them: lengths counted in UTF-8 bytes, a header that must equal
 a body field, an idempotency key that may not be reused for other content, a
 receipt seq that must not pass the conversation's last seq, a history cursor
-that only the server can mint, integers written without a fraction (JSON
+that only the server can mint, an attachment reference that must name a real
+upload, integers written without a fraction (JSON
 Schema counts 1.0 as an integer). Schemathesis generates "valid" requests from
 the schema alone, so without these hooks the positive-data check would report
 the server enforcing its documented rules. Each hook edits a request the
@@ -67,14 +68,10 @@ def _send_request(body):
         body["client_msg_id"] = _fresh_key(body["client_msg_id"])
     if isinstance(body.get("content_type"), str):
         body["content_type"] = _utf8_at_most(body["content_type"], 255)
-    for attachment in body.get("attachments") or []:
-        if isinstance(attachment, dict):
-            if isinstance(attachment.get("key"), str):
-                attachment["key"] = _utf8_at_most(attachment["key"], 1024)
-            if isinstance(attachment.get("content_type"), str):
-                attachment["content_type"] = _utf8_at_most(attachment["content_type"], 255)
-            if "size" in attachment:
-                attachment["size"] = _integer(attachment["size"])
+    if "attachments" in body:
+        # An attachment must name an upload of this conversation whose bytes
+        # are in place: generated references never do.
+        body["attachments"] = []
 
 
 @schemathesis.hook
@@ -104,6 +101,9 @@ def before_call(context, case, kwargs):
             headers[header] = _fresh_key(headers[header])
             if isinstance(body, dict) and "client_msg_id" in body:
                 body["client_msg_id"] = headers[header]
+    elif operation_id == "createUpload" and isinstance(body, dict):
+        if "size" in body:
+            body["size"] = _integer(body["size"])
     elif operation_id == "sendBatch" and isinstance(body, dict):
         for item in body.get("messages") or []:
             _send_request(item)

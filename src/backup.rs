@@ -54,14 +54,21 @@ type Progress<'a> = &'a (dyn Fn(u64, u64) + Sync);
 /// One object a backup holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectEntry {
-    /// The source key (`segments/…`); the copy is at `<prefix>objects/<key>`.
+    /// The source key (`segments/…`, `attachments/…`); the copy is at `<prefix>objects/<key>`.
     pub key: String,
     pub size: u64,
     /// Hex SHA-256 of the bytes.
     pub sha256: String,
-    /// Receive time of the newest message inside (Unix ms): past the
-    /// retention window, the copy is pruned and never restored.
+    /// Receive time of the newest message inside, or when a message last
+    /// referenced an attachment (Unix ms): past the retention window, the
+    /// copy is pruned and never restored.
     pub max_ts: i64,
+}
+
+impl ObjectEntry {
+    fn of(key: &str, bytes: &[u8], max_ts: i64) -> ObjectEntry {
+        ObjectEntry { key: key.to_string(), size: bytes.len() as u64, sha256: sha256_hex(bytes), max_ts }
+    }
 }
 
 /// The metadata snapshot file of a backup.
@@ -298,7 +305,7 @@ impl Backup {
         report.tables = snapshot.row_counts();
         let metadata = self.write_snapshot(&report.backup_id, &snapshot).await?;
         report.metadata_bytes = metadata.size;
-        let objects = self.copy_objects(report, now, progress).await?;
+        let objects = self.copy_objects(report, &snapshot, now, progress).await?;
         let manifest = Manifest {
             format: MANIFEST_FORMAT,
             backup_id: report.backup_id.clone(),
@@ -331,16 +338,28 @@ impl Backup {
         Ok(entry)
     }
 
-    /// `copy`: every indexed segment inside the window, copied unless the
-    /// target has it already (with the hash the last manifest recorded, or
-    /// read back after an interrupted run).
+    /// `copy`: every indexed segment and every checked attachment of the
+    /// snapshot inside the window, copied unless the target has it already
+    /// (with the hash the last manifest recorded, or read back after an
+    /// interrupted run).
     async fn copy_objects(
         &self,
         report: &mut RunReport,
+        snapshot: &MetadataSnapshot,
         now: i64,
         progress: Progress<'_>,
     ) -> Result<Vec<ObjectEntry>, BackupError> {
-        let segments = self.stores.metadata.segments_since(self.cutoff(now)).await.map_err(failed("copy"))?;
+        let cutoff = self.cutoff(now);
+        let segments = self.stores.metadata.segments_since(cutoff).await.map_err(failed("copy"))?;
+        // (source key, newest message time): what retention and prune go by.
+        let sources: Vec<(String, i64)> = segments
+            .into_iter()
+            .map(|segment| (segment.object_key, segment.max_ts))
+            .chain(snapshot.attachments.iter().filter(|a| a.verified_at.is_some()).filter_map(|a| {
+                let newest = a.referenced_at.unwrap_or(a.created_at);
+                (newest >= cutoff).then(|| (a.object_key.clone(), newest))
+            }))
+            .collect();
         let present: HashMap<String, u64> = self
             .target
             .list_detailed(&format!("{}objects/", self.config.prefix))
@@ -353,32 +372,21 @@ impl Backup {
             Some(manifest) => manifest.objects.into_iter().map(|o| (o.key.clone(), o)).collect(),
             None => HashMap::new(),
         };
-        let total = segments.len() as u64;
+        let total = sources.len() as u64;
         progress(0, total);
-        let mut entries = Vec::with_capacity(segments.len());
-        for segment in segments {
-            let copy_key = self.object_key(&segment.object_key);
-            let entry = match (present.get(&copy_key), known.get(&segment.object_key)) {
+        let mut entries = Vec::with_capacity(sources.len());
+        for (key, max_ts) in sources {
+            let copy_key = self.object_key(&key);
+            let entry = match (present.get(&copy_key), known.get(&key)) {
                 (Some(size), Some(entry)) if *size == entry.size => entry.clone(),
                 (Some(_), _) => {
                     // Copied by an interrupted run: hash what is there instead of copying again.
                     let bytes = self.target.get(&copy_key).await.map_err(failed("copy"))?;
-                    let sha256 = sha256_hex(&bytes);
-                    ObjectEntry {
-                        key: segment.object_key.clone(),
-                        size: bytes.len() as u64,
-                        sha256,
-                        max_ts: segment.max_ts,
-                    }
+                    ObjectEntry::of(&key, &bytes, max_ts)
                 }
                 (None, _) => {
-                    let bytes = self.stores.objects.get(&segment.object_key).await.map_err(failed("copy"))?;
-                    let entry = ObjectEntry {
-                        key: segment.object_key.clone(),
-                        size: bytes.len() as u64,
-                        sha256: sha256_hex(&bytes),
-                        max_ts: segment.max_ts,
-                    };
+                    let bytes = self.stores.objects.get(&key).await.map_err(failed("copy"))?;
+                    let entry = ObjectEntry::of(&key, &bytes, max_ts);
                     let part_size = self.config.multipart_part_size as usize;
                     self.target.put_object(&copy_key, bytes, part_size).await.map_err(failed("copy"))?;
                     report.objects_copied += 1;

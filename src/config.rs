@@ -263,6 +263,7 @@ pub struct Config {
     pub flush: FlushConfig,
     pub history: HistoryConfig,
     pub ws: WsConfig,
+    pub attachments: AttachmentsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -440,6 +441,9 @@ pub struct LimitsConfig {
     pub key_rate: f64,
     #[serde(deserialize_with = "lenient")]
     pub key_burst: u32,
+    /// The largest attachment, in bytes.
+    #[serde(deserialize_with = "lenient")]
+    pub max_attachment_bytes: u64,
 }
 
 impl Default for LimitsConfig {
@@ -452,6 +456,7 @@ impl Default for LimitsConfig {
             user_burst: 20,
             key_rate: 1000.0,
             key_burst: 2000,
+            max_attachment_bytes: 25 * 1024 * 1024,
         }
     }
 }
@@ -571,6 +576,73 @@ fn default_region() -> String {
 
 fn default_path_style() -> bool {
     true
+}
+
+/// Files sent in conversations.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AttachmentsConfig {
+    /// Content types an upload may declare: exact (`image/png`), a family
+    /// (`image/*`) or `*/*` for any.
+    #[serde(deserialize_with = "string_list")]
+    pub allowed_types: Vec<String>,
+    /// Content types refused even when allowed: by default, executables.
+    #[serde(deserialize_with = "string_list")]
+    pub denied_types: Vec<String>,
+    /// How long an upload target stays valid.
+    #[serde(with = "duration")]
+    pub upload_ttl: Duration,
+    /// An upload no message referenced within this is deleted by retention.
+    #[serde(with = "duration")]
+    pub orphan_ttl: Duration,
+    /// Upload targets per second per user, and the burst above it.
+    #[serde(deserialize_with = "lenient")]
+    pub upload_rate: f64,
+    #[serde(deserialize_with = "lenient")]
+    pub upload_burst: u32,
+}
+
+impl Default for AttachmentsConfig {
+    fn default() -> Self {
+        AttachmentsConfig {
+            allowed_types: vec!["*/*".into()],
+            denied_types: [
+                "application/x-msdownload",
+                "application/x-msdos-program",
+                "application/x-dosexec",
+                "application/vnd.microsoft.portable-executable",
+                "application/x-executable",
+                "application/x-elf",
+                "application/x-mach-binary",
+                "application/x-sh",
+                "application/x-csh",
+                "application/x-bat",
+                "application/x-msi",
+                "application/java-archive",
+                "application/vnd.android.package-archive",
+            ]
+            .map(String::from)
+            .to_vec(),
+            upload_ttl: Duration::from_secs(15 * 60),
+            orphan_ttl: Duration::from_secs(24 * 3600),
+            upload_rate: 1.0,
+            upload_burst: 20,
+        }
+    }
+}
+
+impl AttachmentsConfig {
+    /// Whether an upload may declare `content_type` (compared without parameters, case-insensitively).
+    pub fn allows(&self, content_type: &str) -> bool {
+        let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let matches = |pattern: &String| {
+            let pattern = pattern.to_ascii_lowercase();
+            pattern == "*/*"
+                || pattern == essence
+                || pattern.strip_suffix("/*").is_some_and(|family| essence.split('/').next() == Some(family))
+        };
+        self.allowed_types.iter().any(matches) && !self.denied_types.iter().any(matches)
+    }
 }
 
 /// A backup target: any S3 endpoint (Cloudflare R2 by design), and what to keep there.
@@ -742,6 +814,7 @@ struct ConfigFile {
     flush: FlushConfig,
     history: HistoryConfig,
     ws: WsConfig,
+    attachments: AttachmentsConfig,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -769,6 +842,7 @@ impl From<ConfigFile> for Config {
             flush: file.flush,
             history: file.history,
             ws: file.ws,
+            attachments: file.attachments,
         }
     }
 }
@@ -1105,6 +1179,7 @@ impl Config {
         self.auth.validate()?;
         self.limits.validate()?;
         self.flush.validate()?;
+        self.attachments.validate()?;
         self.ws.raise_to_floors();
         Ok(())
     }
@@ -1261,7 +1336,22 @@ impl LimitsConfig {
         positive("limits.user_rate", self.user_rate)?;
         at_least_one("limits.user_burst", self.user_burst)?;
         positive("limits.key_rate", self.key_rate)?;
-        at_least_one("limits.key_burst", self.key_burst)
+        at_least_one("limits.key_burst", self.key_burst)?;
+        at_least_one("limits.max_attachment_bytes", self.max_attachment_bytes)
+    }
+}
+
+impl AttachmentsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        more_than_zero("attachments.upload_ttl", self.upload_ttl, "must be longer than zero")?;
+        more_than_zero("attachments.orphan_ttl", self.orphan_ttl, "must be longer than zero")?;
+        positive("attachments.upload_rate", self.upload_rate)?;
+        at_least_one("attachments.upload_burst", self.upload_burst)?;
+        if let Some(bad) = self.allowed_types.iter().chain(&self.denied_types).find(|t| !t.contains('/')) {
+            let reason = "content types look like `image/png`, `image/*` or `*/*`";
+            return Err(ConfigError::new("attachments.allowed_types", Some(bad.clone()), reason));
+        }
+        Ok(())
     }
 }
 

@@ -79,6 +79,8 @@ codes! {
     WrongIssuer = "wrong_issuer", Unauthenticated;
     WrongAudience = "wrong_audience", Unauthenticated;
     InsufficientScope = "insufficient_scope", Forbidden;
+    /// An upload URL that is forged, or past its expiry.
+    InvalidUploadUrl = "invalid_upload_url", Forbidden;
     /// Also for a conversation that does not exist: a non-member must not
     /// learn which ones do.
     NotMember = "not_member", Forbidden;
@@ -86,6 +88,8 @@ codes! {
     NotFound = "not_found", NotFound;
     /// Removing someone who is not a member.
     NotAMember = "not_a_member", NotFound;
+    /// No attachment with this id in this conversation, or not uploaded yet.
+    AttachmentNotFound = "attachment_not_found", NotFound;
     MethodNotAllowed = "method_not_allowed", MethodNotAllowed;
     RequestTimeout = "request_timeout", TimedOut;
     InvalidRequest = "invalid_request", Invalid;
@@ -106,8 +110,14 @@ codes! {
     IdempotencyOriginalUnavailable = "idempotency_original_unavailable", Conflict;
     PayloadTooLarge = "payload_too_large", TooLarge;
     MetadataTooLarge = "metadata_too_large", TooLarge;
+    /// Over `limits.max_attachment_bytes`.
+    AttachmentTooLarge = "attachment_too_large", TooLarge;
+    /// A content type `attachments.allowed_types` does not allow (or denies).
+    ContentTypeNotAllowed = "content_type_not_allowed", UnsupportedMediaType;
     UnsupportedMediaType = "unsupported_media_type", UnsupportedMediaType;
     IdempotencyKeyReused = "idempotency_key_reused", Unprocessable;
+    /// Uploaded bytes that differ from the declared size, SHA-256 or content type.
+    AttachmentMismatch = "attachment_mismatch", Unprocessable;
     RateLimited = "rate_limited", RateLimited;
     /// Over `ws.max_per_user` or `ws.max_per_ip`, at the upgrade.
     TooManyWebsockets = "too_many_websockets", RateLimited;

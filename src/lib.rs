@@ -2,6 +2,7 @@
 //! every subcommand of the `msgd` binary (in `cli/`); the module map and the
 //! rules between modules are in ARCHITECTURE.md.
 
+pub mod attachments;
 pub mod auth;
 pub mod backup;
 pub mod clock;
@@ -17,6 +18,7 @@ pub mod ids;
 pub mod inspect;
 pub mod keys;
 pub mod load;
+pub mod mac;
 pub mod membership;
 pub mod messages;
 pub mod ratelimit;

@@ -33,6 +33,11 @@ pub struct SendPlan {
 /// key in a report names one of these, or `other`, so the breakdown stays a
 /// small fixed set whatever a server sends.
 const KNOWN_CODES: &[&str] = &[
+    "attachment_not_found",
+    "attachment_too_large",
+    "content_type_not_allowed",
+    "attachment_mismatch",
+    "invalid_upload_url",
     "missing_api_key",
     "invalid_api_key",
     "key_revoked",

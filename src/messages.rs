@@ -209,6 +209,9 @@ async fn send_checked(
         }
     }
     rate_limit(ctx, caller).await?;
+    if !envelope.attachments.is_empty() {
+        crate::attachments::check_references(ctx, &caller.app_id, conversation_id, &envelope.attachments, now).await?;
+    }
     let append = AppendRequest {
         conv: conv.clone(),
         ts_ms: now,

@@ -9,13 +9,16 @@
 //!    rows whose objects are gone; they are expired (no read looks at them)
 //!    and the next run deletes them again, idempotently. No object is ever
 //!    left without rows by retention, so nothing has to list the bucket.
-//! 2. `tail`: tail entries older than the cutoff that are already in a
+//! 2. `attachments`: uploads whose last referencing message is older than
+//!    the cutoff, and orphans no message referenced within
+//!    `attachments.orphan_ttl` — objects first, then rows, as for segments.
+//! 3. `tail`: tail entries older than the cutoff that are already in a
 //!    segment (the hot window of a quiet conversation). Unflushed entries
 //!    stay whatever their age: deleting them would leave a hole the flush
 //!    refuses; once flushed they expire with their segment.
-//! 3. `state`: expired idempotency claims and TTL'd state where the store
+//! 4. `state`: expired idempotency claims and TTL'd state where the store
 //!    does not expire them by itself (the embedded tail; Redis does).
-//! 4. `vacuum`: embedded mode hands the freed SQLite pages back to the file
+//! 5. `vacuum`: embedded mode hands the freed SQLite pages back to the file
 //!    system; deleted object files are removed with their empty directories.
 //!
 //! Conversations, members and flushed seqs stay. The workers share a lease so
@@ -31,8 +34,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::config::RetentionConfig;
-use crate::store::{ConvKey, SegmentRow, StoreError, Stores};
+use crate::config::{Config, RetentionConfig};
+use crate::store::{ConvKey, StoreError, Stores};
 use crate::telemetry::Metrics;
 use crate::worker::{Worker, WorkerState};
 
@@ -89,6 +92,12 @@ pub struct RetentionReport {
     pub block_rows: u64,
     /// Tail entries past the window (already in segments).
     pub tail_entries: u64,
+    /// Attachments (objects and rows) past the window, or never referenced
+    /// by a message within `attachments.orphan_ttl`; and their bytes.
+    pub attachments: u64,
+    pub attachment_bytes: u64,
+    /// Uploads created before this (Unix ms) that no message referenced are orphans.
+    pub orphans_before_ms: i64,
     /// Expired idempotency claims and TTL'd state entries (receipts) purged
     /// where the store keeps them until purged (embedded); a dry run does not count them.
     pub idempotency_claims: u64,
@@ -127,13 +136,21 @@ pub struct Retention {
     stores: Stores,
     metrics: Metrics,
     config: RetentionConfig,
+    /// `attachments.orphan_ttl` in milliseconds.
+    orphan_ttl_ms: i64,
     /// This instance's lease holder id.
     holder: String,
 }
 
 impl Retention {
-    pub fn new(stores: Stores, metrics: Metrics, config: RetentionConfig) -> Retention {
-        Retention { stores, metrics, config, holder: uuid::Uuid::new_v4().to_string() }
+    pub fn new(stores: Stores, metrics: Metrics, config: &Config) -> Retention {
+        Retention {
+            stores,
+            metrics,
+            config: config.retention.clone(),
+            orphan_ttl_ms: config.attachments.orphan_ttl.as_millis() as i64,
+            holder: uuid::Uuid::new_v4().to_string(),
+        }
     }
 
     /// The earliest receive time inside the window at `now`.
@@ -159,6 +176,7 @@ impl Retention {
             dry_run: options.dry_run,
             app_id: options.app_id.clone(),
             cutoff_ms: self.cutoff(now),
+            orphans_before_ms: now.saturating_sub(self.orphan_ttl_ms),
             ..Default::default()
         };
         retention_event!(
@@ -195,6 +213,7 @@ impl Retention {
         let mut lease = Lease { held, renewed: Instant::now() };
         let result = async {
             self.delete_segments(report, options, &mut lease, progress).await?;
+            self.delete_attachments(report, options, &mut lease).await?;
             self.trim_tails(report, options, &mut lease).await?;
             self.purge_state(report).await?;
             report.reclaimed_bytes = self.stores.metadata.reclaim_space().await.map_err(stage("vacuum"))?;
@@ -218,6 +237,8 @@ impl Retention {
             .await
             .map_err(stage("plan"))?;
         (report.objects, report.bytes, report.block_rows) = (totals.segments, totals.bytes, totals.block_rows);
+        let expired = self.expired_attachments(report, options).await?;
+        (report.attachments, report.attachment_bytes) = (expired.len() as u64, attachment_bytes(&expired));
         let mut lease = Lease { held: false, renewed: Instant::now() };
         self.trim_tails(report, options, &mut lease).await
     }
@@ -242,7 +263,7 @@ impl Retention {
             if batch.is_empty() {
                 break;
             }
-            self.delete_objects(&batch).await?;
+            self.delete_objects(batch.iter().map(|segment| segment.object_key.clone()).collect()).await?;
             self.failpoint("after-objects").await;
             let ids: Vec<String> = batch.iter().map(|segment| segment.id.clone()).collect();
             let (segments, block_rows) = metadata.delete_segments(&ids).await.map_err(stage("index-delete"))?;
@@ -265,11 +286,11 @@ impl Retention {
     }
 
     /// The objects of a batch, a few at a time; a missing one is already gone.
-    async fn delete_objects(&self, batch: &[SegmentRow]) -> Result<(), RetentionError> {
-        for chunk in batch.chunks(DELETE_CONCURRENCY) {
+    async fn delete_objects(&self, keys: Vec<String>) -> Result<(), RetentionError> {
+        for chunk in keys.chunks(DELETE_CONCURRENCY) {
             let mut deletions = tokio::task::JoinSet::new();
-            for segment in chunk {
-                let (objects, key) = (self.stores.objects.clone(), segment.object_key.clone());
+            for key in chunk.iter().cloned() {
+                let objects = self.stores.objects.clone();
                 deletions.spawn(async move { objects.delete(&key).await });
             }
             while let Some(done) = deletions.join_next().await {
@@ -277,6 +298,51 @@ impl Retention {
             }
         }
         Ok(())
+    }
+
+    /// `attachments`: uploads past the window (by their last reference) and
+    /// orphans (never referenced within `attachments.orphan_ttl`), objects
+    /// first, then their rows, a batch at a time.
+    async fn delete_attachments(
+        &self,
+        report: &mut RetentionReport,
+        options: &RetentionOptions,
+        lease: &mut Lease,
+    ) -> Result<(), RetentionError> {
+        let stage_started = Instant::now();
+        loop {
+            self.renew_if_due(lease).await?;
+            let batch = self.expired_attachments(report, options).await?;
+            if batch.is_empty() {
+                break;
+            }
+            self.delete_objects(batch.iter().map(|a| a.object_key.clone()).collect()).await?;
+            let ids: Vec<(String, String)> = batch.iter().map(|a| (a.app_id.clone(), a.id.clone())).collect();
+            let deleted = self.stores.metadata.delete_attachments(&ids).await.map_err(stage("index-delete"))?;
+            let bytes = if deleted == 0 { 0 } else { attachment_bytes(&batch) };
+            report.attachments += deleted;
+            report.attachment_bytes += bytes;
+            self.metrics.retention_deleted_total.with_label_values(&["attachments"]).inc_by(deleted);
+            self.metrics.retention_deleted_bytes_total.inc_by(bytes);
+            if deleted == 0 {
+                break;
+            }
+        }
+        self.stage_done("attachments", stage_started, &[("attachments", report.attachments)]);
+        Ok(())
+    }
+
+    async fn expired_attachments(
+        &self,
+        report: &RetentionReport,
+        options: &RetentionOptions,
+    ) -> Result<Vec<crate::store::AttachmentRow>, RetentionError> {
+        let (cutoff, orphans_before, app_id) = (report.cutoff_ms, report.orphans_before_ms, options.app_id.as_deref());
+        self.stores
+            .metadata
+            .expired_attachments(cutoff, orphans_before, app_id, self.config.batch)
+            .await
+            .map_err(stage("plan"))
     }
 
     /// `tail`: per conversation with something in segments, the entries past
@@ -418,6 +484,7 @@ impl Retention {
                     "payload-bytes" = report.bytes,
                     "block-rows" = report.block_rows,
                     "tail-entries" = report.tail_entries,
+                    attachments = report.attachments,
                     "idempotency-claims" = report.idempotency_claims,
                     "state-entries" = report.state_entries,
                     success = true,
@@ -438,6 +505,10 @@ impl Retention {
             ),
         }
     }
+}
+
+fn attachment_bytes(rows: &[crate::store::AttachmentRow]) -> u64 {
+    rows.iter().map(|a| a.size.max(0) as u64).sum()
 }
 
 /// The retention worker `serve` runs: the first run a little after start

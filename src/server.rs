@@ -129,7 +129,7 @@ fn start_workers(ctx: &Arc<Context>, readiness: Arc<Readiness>, stop: watch::Rec
     workers.spawn(DependencyWatcher::new(readiness));
     let flusher = Flusher::new(ctx.stores.clone(), ctx.metrics.clone(), ctx.config.flush.clone());
     workers.spawn(FlushWorker::new(flusher, ctx.config.retention.period_ms()));
-    let retention = Retention::new(ctx.stores.clone(), ctx.metrics.clone(), ctx.config.retention.clone());
+    let retention = Retention::new(ctx.stores.clone(), ctx.metrics.clone(), &ctx.config);
     workers.spawn(RetentionWorker::new(retention));
     workers.spawn(MembershipListener::new(ctx.membership.clone()));
     workers

@@ -63,10 +63,15 @@ pub struct Metrics {
     /// Objects (and their bytes) copied to the backup target.
     pub backup_objects_total: IntCounter,
     pub backup_bytes_total: IntCounter,
+    /// Attachment uploads by result: `created` (a target handed out), `stored`
+    /// (bytes checked and in place), `refused` (bytes that did not match).
+    pub attachment_uploads_total: IntCounterVec,
+    pub attachment_uploaded_bytes_total: IntCounter,
 }
 
 /// The `kind` label values of `msgd_retention_deleted_total`.
-pub const RETENTION_KINDS: [&str; 5] = ["objects", "block_rows", "tail_entries", "idempotency_claims", "state_entries"];
+pub const RETENTION_KINDS: [&str; 6] =
+    ["objects", "block_rows", "attachments", "tail_entries", "idempotency_claims", "state_entries"];
 
 const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
@@ -266,8 +271,21 @@ impl Metrics {
                 .expect("metric"),
             backup_bytes_total: IntCounter::new("msgd_backup_bytes_total", "Bytes copied to the backup target")
                 .expect("metric"),
+            attachment_uploads_total: IntCounterVec::new(
+                Opts::new("msgd_attachment_uploads_total", "Attachment uploads by result (created, stored, refused)"),
+                &["result"],
+            )
+            .expect("metric"),
+            attachment_uploaded_bytes_total: IntCounter::new(
+                "msgd_attachment_uploaded_bytes_total",
+                "Bytes of attachments stored and checked",
+            )
+            .expect("metric"),
             registry,
         };
+        for result in ["created", "stored", "refused"] {
+            metrics.attachment_uploads_total.with_label_values(&[result]);
+        }
         for kind in RETENTION_KINDS {
             metrics.retention_deleted_total.with_label_values(&[kind]);
         }
@@ -321,6 +339,8 @@ impl Metrics {
             Box::new(metrics.backup_last_success_timestamp_seconds.clone()),
             Box::new(metrics.backup_objects_total.clone()),
             Box::new(metrics.backup_bytes_total.clone()),
+            Box::new(metrics.attachment_uploads_total.clone()),
+            Box::new(metrics.attachment_uploaded_bytes_total.clone()),
             Box::new(build_info),
             Box::new(prometheus::process_collector::ProcessCollector::new(std::process::id() as i32, "msgd")),
         ] {

@@ -59,6 +59,7 @@ pub fn router(state: AppState) -> Router {
     // Room for a full batch of maximal payloads plus JSON overhead; anything
     // larger is refused before it is read.
     let body_limit = limits.max_batch * (limits.max_payload_bytes * 2 + 1024) + 64 * 1024;
+    let attachment_limit = usize::try_from(limits.max_attachment_bytes).unwrap_or(usize::MAX);
     Router::new()
         .route("/v1/conversations", post(v1::create_conversation).get(v1::list_conversations))
         .route("/v1/conversations/{id}", get(v1::get_conversation))
@@ -68,7 +69,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/conversations/{id}/messages/batch", post(v1::send_batch))
         .route("/v1/conversations/{id}/receipts", post(v1::post_receipt).get(v1::get_receipts))
         .route("/v1/dev/token", post(v1::dev_token))
+        .route("/v1/conversations/{id}/attachments", post(v1::create_upload))
+        .route("/v1/conversations/{id}/attachments/{attachment_id}", get(v1::download))
         .layer(DefaultBodyLimit::max(body_limit))
+        // Embedded uploads carry the file itself: up to the attachment limit.
+        .route("/v1/uploads/{token}", put(v1::receive_upload).layer(DefaultBodyLimit::max(attachment_limit)))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

@@ -18,7 +18,7 @@ use crate::auth::Caller;
 use crate::clock::now_ms;
 use crate::error::{Code, Error};
 use crate::keys::Scope;
-use crate::{conversations, history, messages, receipts};
+use crate::{attachments, conversations, history, messages, receipts};
 
 /// Parses a JSON body; a body over the size limit is a 413, anything else
 /// malformed a 400, both in the API's error shape.
@@ -194,4 +194,57 @@ pub(super) async fn dev_token(
     let (token, expires_in) = issuer.mint(&caller.app_id, &user_id, now_ms()).await?;
     Ok(Json(serde_json::json!({"access_token": token, "expires_in": expires_in, "token_type": "Bearer"}))
         .into_response())
+}
+
+pub(super) async fn create_upload(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request: attachments::CreateUpload = json_body(body)?;
+    let target = attachments::create_upload(&state.ctx, &caller, &id, request, now_ms()).await?;
+    Ok((StatusCode::CREATED, Json(target)).into_response())
+}
+
+/// Embedded mode's upload route; services mode hands out S3 URLs instead, so
+/// a token for it never exists there.
+pub(super) async fn receive_upload(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(token): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let bytes = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Error::new(Code::AttachmentTooLarge, "the upload is larger than limits.max_attachment_bytes")
+        } else {
+            Error::new(Code::InvalidRequest, rejection.body_text())
+        }
+    })?;
+    let content_type = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    attachments::receive_upload(&state.ctx, &token, content_type, bytes.to_vec(), now_ms()).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub(super) async fn download(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, attachment_id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    use axum::http::header;
+    match attachments::download(&state.ctx, &caller, &id, &attachment_id, now_ms()).await? {
+        attachments::Download::Redirect(url) => {
+            Ok((StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, url)]).into_response())
+        }
+        attachments::Download::Bytes { bytes, content_type, disposition } => Ok((
+            [
+                (header::CONTENT_TYPE, content_type),
+                (header::CONTENT_DISPOSITION, disposition),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_string()),
+            ],
+            bytes,
+        )
+            .into_response()),
+    }
 }

@@ -92,6 +92,28 @@ pub struct FlushAdvance {
     pub to: u64,
 }
 
+/// One attachment upload: where its object is and what it must hold.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, sqlx::FromRow)]
+pub struct AttachmentRow {
+    pub app_id: String,
+    pub conversation_id: String,
+    pub id: String,
+    pub object_key: String,
+    pub content_type: String,
+    pub size: i64,
+    /// Lowercase hex SHA-256 the uploader declared.
+    pub sha256: String,
+    pub filename: Option<String>,
+    /// The user who asked for the upload, or `None` for an app key.
+    pub uploaded_by: Option<String>,
+    pub created_at: i64,
+    pub upload_expires_at: i64,
+    /// When the stored bytes were found to match the declared size and SHA-256.
+    pub verified_at: Option<i64>,
+    /// When a message last referenced it.
+    pub referenced_at: Option<i64>,
+}
+
 /// The metadata a backup carries, read in one consistent snapshot: every
 /// table but the segment index, which a restore rebuilds from the segment
 /// objects' footers (so a backup never copies millions of block rows).
@@ -103,6 +125,9 @@ pub struct MetadataSnapshot {
     pub members: Vec<SnapshotMember>,
     pub flush_state: Vec<FlushStateRow>,
     pub server_secrets: Vec<ServerSecretRow>,
+    /// Absent in backups taken before attachments existed.
+    #[serde(default)]
+    pub attachments: Vec<AttachmentRow>,
 }
 
 impl MetadataSnapshot {
@@ -115,6 +140,7 @@ impl MetadataSnapshot {
             ("members", self.members.len()),
             ("flush_state", self.flush_state.len()),
             ("server_secrets", self.server_secrets.len()),
+            ("attachments", self.attachments.len()),
         ]
         .into_iter()
         .map(|(table, rows)| (table.to_string(), rows as u64))

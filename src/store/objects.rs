@@ -20,7 +20,9 @@ use object_store::aws::{AmazonS3Builder, AwsAuthorizer, AwsCredential};
 use object_store::client::{HttpRequest, HttpRequestBody};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
+use object_store::signer::{SignedUrlOptions, Signer};
 use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
+use reqwest::header::{HeaderValue, CONTENT_TYPE};
 
 use super::StoreError;
 use crate::config::S3Config;
@@ -41,6 +43,8 @@ pub struct Objects {
     dependency: &'static str,
     /// The S3 settings, to create the bucket when it is missing; `None` on the filesystem.
     s3: Option<Arc<S3Config>>,
+    /// The S3 client again, as the signer of presigned URLs; `None` on the filesystem.
+    signer: Option<Arc<object_store::aws::AmazonS3>>,
 }
 
 impl Objects {
@@ -62,9 +66,10 @@ impl Objects {
             }
             None => format!("s3 bucket `{}` in {}", config.bucket, config.region),
         };
-        let store = builder.build().with_context(|| format!("cannot configure {location}"))?;
+        let store = Arc::new(builder.build().with_context(|| format!("cannot configure {location}"))?);
         Ok(Objects {
-            store: Arc::new(store),
+            signer: Some(store.clone()),
+            store,
             location,
             bucket: config.bucket.clone(),
             metrics: metrics.clone(),
@@ -86,6 +91,7 @@ impl Objects {
             metrics: metrics.clone(),
             dependency: "filesystem",
             s3: None,
+            signer: None,
         })
     }
 
@@ -180,6 +186,41 @@ impl Objects {
             }
         })
         .await
+    }
+
+    /// A URL that lets its holder PUT `content_type` bytes at `key` until
+    /// `expires_in` has passed (S3 checks the signed content type; the size
+    /// and hash are the caller's to check afterwards: a signer may not bind
+    /// `content-length`); `None` on the filesystem, where msgd receives uploads itself.
+    pub async fn presigned_put(
+        &self,
+        key: &str,
+        content_type: &str,
+        expires_in: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        let Some(signer) = &self.signer else { return Ok(None) };
+        let value = HeaderValue::from_str(content_type).map_err(|e| StoreError::unavailable(self.dependency, e))?;
+        let options = SignedUrlOptions::new().with_signed_header(CONTENT_TYPE, value);
+        let path = Path::from(key);
+        let url =
+            self.timed("presign", signer.signed_url_opts(reqwest::Method::PUT, &path, expires_in, &options)).await?;
+        Ok(Some(url.to_string()))
+    }
+
+    /// A URL that lets its holder GET `key` until `expires_in` has passed,
+    /// answered with `content_disposition`; `None` on the filesystem.
+    pub async fn presigned_get(
+        &self,
+        key: &str,
+        content_disposition: &str,
+        expires_in: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        let Some(signer) = &self.signer else { return Ok(None) };
+        let options = SignedUrlOptions::new().with_query([("response-content-disposition", content_disposition)]);
+        let path = Path::from(key);
+        let url =
+            self.timed("presign", signer.signed_url_opts(reqwest::Method::GET, &path, expires_in, &options)).await?;
+        Ok(Some(url.to_string()))
     }
 
     /// Every object under `prefix` with its size and last-modified time (Unix ms), sorted by key.

@@ -16,7 +16,7 @@ use sqlx::sqlite::{SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, Sq
 use sqlx::{Connection, PgConnection, PgPool, SqlitePool};
 
 use super::metadata::{
-    ApiKeyRow, AppRow, BlockRow, ConversationRow, FlushAdvance, MemberRow, MetadataSnapshot, SegmentRow,
+    ApiKeyRow, AppRow, AttachmentRow, BlockRow, ConversationRow, FlushAdvance, MemberRow, MetadataSnapshot, SegmentRow,
 };
 use super::tail::ConvKey;
 use super::StoreError;
@@ -836,14 +836,18 @@ impl Metadata {
 }
 
 /// The snapshot's tables in insert order (parents first), with their columns.
-const SNAPSHOT_TABLES: [(&str, &str); 6] = [
+const SNAPSHOT_TABLES: [(&str, &str); 7] = [
     ("apps", "id, name, created_at"),
     ("api_keys", KEY_COLUMNS),
     ("conversations", "app_id, id, title, metadata, created_by, created_at"),
     ("members", "app_id, conversation_id, user_id, role, joined_at"),
     ("flush_state", "app_id, conversation_id, flushed_seq, updated_at"),
     ("server_secrets", "name, value, created_at"),
+    ("attachments", ATTACHMENT_COLUMNS),
 ];
+
+const ATTACHMENT_COLUMNS: &str = "app_id, conversation_id, id, object_key, content_type, size, sha256, filename, \
+                                  uploaded_by, created_at, upload_expires_at, verified_at, referenced_at";
 
 /// `SELECT <columns> FROM <table>` for the snapshot's `index`-th table, in a stable order.
 fn snapshot_select(index: usize) -> String {
@@ -875,6 +879,7 @@ macro_rules! read_snapshot {
                 members: rows!(3),
                 flush_state: rows!(4),
                 server_secrets: rows!(5),
+                attachments: rows!(6),
             })
         }
     };
@@ -964,8 +969,123 @@ impl Metadata {
                     .bind(&secret.name).bind(&secret.value).bind(secret.created_at)
                     .execute(&mut *tx).await?;
             }
+            for attachment in &snapshot.attachments {
+                bind_attachment(sqlx::query(sqlx::AssertSqlSafe(snapshot_insert(6))), attachment)
+                    .execute(&mut *tx).await?;
+            }
             tx.commit().await?;
             Ok(())
+        }.await)
+    }
+}
+
+/// Binds every column of an attachment row, in [`ATTACHMENT_COLUMNS`] order.
+fn bind_attachment<'q, DB: sqlx::Database>(
+    query: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>,
+    a: &'q AttachmentRow,
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>
+where
+    String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<i64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    query
+        .bind(a.app_id.clone())
+        .bind(a.conversation_id.clone())
+        .bind(a.id.clone())
+        .bind(a.object_key.clone())
+        .bind(a.content_type.clone())
+        .bind(a.size)
+        .bind(a.sha256.clone())
+        .bind(a.filename.clone())
+        .bind(a.uploaded_by.clone())
+        .bind(a.created_at)
+        .bind(a.upload_expires_at)
+        .bind(a.verified_at)
+        .bind(a.referenced_at)
+}
+
+impl Metadata {
+    pub async fn insert_attachment(&self, attachment: &AttachmentRow) -> Result<(), StoreError> {
+        let params: Vec<String> = (1..=ATTACHMENT_COLUMNS.split(", ").count()).map(|n| format!("${n}")).collect();
+        let sql = format!("INSERT INTO attachments ({ATTACHMENT_COLUMNS}) VALUES ({})", params.join(", "));
+        on_db!(self, pool => bind_attachment(sqlx::query(sqlx::AssertSqlSafe(sql.as_str())), attachment)
+            .execute(pool)
+            .await
+            .map(|_| ()))
+    }
+
+    /// The attachment `id` of an app.
+    pub async fn get_attachment(&self, app_id: &str, id: &str) -> Result<Option<AttachmentRow>, StoreError> {
+        let sql = format!("SELECT {ATTACHMENT_COLUMNS} FROM attachments WHERE app_id = $1 AND id = $2");
+        on_db!(self, pool => sqlx::query_as::<_, AttachmentRow>(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(app_id)
+            .bind(id)
+            .fetch_optional(pool)
+            .await)
+    }
+
+    /// The attachment stored at `object_key`, if any.
+    pub async fn attachment_by_key(&self, object_key: &str) -> Result<Option<AttachmentRow>, StoreError> {
+        let sql = format!("SELECT {ATTACHMENT_COLUMNS} FROM attachments WHERE object_key = $1");
+        on_db!(self, pool => sqlx::query_as::<_, AttachmentRow>(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(object_key)
+            .fetch_optional(pool)
+            .await)
+    }
+
+    /// Records that the stored bytes of an attachment matched what was declared.
+    pub async fn mark_attachment_verified(&self, app_id: &str, id: &str, at: i64) -> Result<(), StoreError> {
+        let sql = "UPDATE attachments SET verified_at = $3 WHERE app_id = $1 AND id = $2 AND verified_at IS NULL";
+        on_db!(self, pool => sqlx::query(sql).bind(app_id).bind(id).bind(at).execute(pool).await.map(|_| ()))
+    }
+
+    /// Records that a message referenced an attachment at `at`.
+    pub async fn mark_attachment_referenced(&self, app_id: &str, id: &str, at: i64) -> Result<(), StoreError> {
+        let sql = "UPDATE attachments SET referenced_at = $3 WHERE app_id = $1 AND id = $2";
+        on_db!(self, pool => sqlx::query(sql).bind(app_id).bind(id).bind(at).execute(pool).await.map(|_| ()))
+    }
+
+    /// Up to `limit` attachments to delete: those last referenced before
+    /// `cutoff` (past the retention window), and those never referenced and
+    /// created before `orphan_before`.
+    pub async fn expired_attachments(
+        &self,
+        cutoff: i64,
+        orphan_before: i64,
+        app_id: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AttachmentRow>, StoreError> {
+        let sql = format!(
+            "SELECT {ATTACHMENT_COLUMNS} FROM attachments WHERE ($3 = '' OR app_id = $3) AND \
+             ((referenced_at IS NOT NULL AND referenced_at < $1) OR (referenced_at IS NULL AND created_at < $2)) \
+             ORDER BY created_at, id LIMIT $4"
+        );
+        on_db!(self, pool => sqlx::query_as::<_, AttachmentRow>(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(cutoff)
+            .bind(orphan_before)
+            .bind(app_filter(app_id))
+            .bind(limit as i64)
+            .fetch_all(pool)
+            .await)
+    }
+
+    /// Deletes attachment rows by (app, id); returns how many went.
+    pub async fn delete_attachments(&self, ids: &[(String, String)]) -> Result<u64, StoreError> {
+        on_db!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            let mut deleted = 0;
+            for (app_id, id) in ids {
+                deleted += sqlx::query("DELETE FROM attachments WHERE app_id = $1 AND id = $2")
+                    .bind(app_id)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            }
+            tx.commit().await?;
+            Ok(deleted)
         }.await)
     }
 }

@@ -203,8 +203,11 @@ backend_test! {
             .await
             .unwrap();
         assert_eq!(raw.status().as_u16(), 400);
-        let good = json!({"payload": 1, "attachments": [{"key": "attachments/x", "content_type": "image/png", "size": 3, "sha256": "a".repeat(64)}]});
-        assert_eq!(api.send(&token, &conversation, &good).await.status, 201);
+        // Well formed, but no such upload in this conversation.
+        let unknown = json!({"payload": 1, "attachments": [{"key": "attachments/x", "content_type": "image/png", "size": 3, "sha256": "a".repeat(64)}]});
+        let reply = api.send(&token, &conversation, &unknown).await;
+        assert_eq!((reply.status, reply.code()), (400, "invalid_attachments"), "{backend:?}: {}", reply.body);
+        assert_eq!(api.send(&token, &conversation, &json!({"payload": 1})).await.status, 201);
         let stores = api.stores().await;
         assert_eq!(
             stores.tail.last_seq(&api.conv_key(&conversation)).await.unwrap(),

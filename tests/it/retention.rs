@@ -84,7 +84,7 @@ impl History {
     }
 
     fn retention(&self) -> Retention {
-        Retention::new(self.stores.clone(), Metrics::new("test"), self.config.retention.clone())
+        Retention::new(self.stores.clone(), Metrics::new("test"), &self.config)
     }
 
     /// Every segment row.
