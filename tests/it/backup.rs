@@ -63,6 +63,24 @@ async fn send_and_flush(api: &Api, token: &str, conversation: &str, count: usize
     assert_eq!(out.code, 0, "{}", out.stderr);
 }
 
+/// Uploads `bytes` into `conversation` and sends a message referencing it; returns the attachment id.
+async fn attach(api: &Api, token: &str, conversation: &str, bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let sha256: String = sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let declared = json!({"content_type": "text/plain", "size": bytes.len(), "sha256": sha256});
+    let path = format!("/v1/conversations/{conversation}/attachments");
+    let target = api.request(Method::POST, &path, Some(&api.write_key), Some(token), Some(&declared), &[]).await;
+    assert_eq!(target.status, 201, "{}", target.body);
+    let url = target.body["upload"]["url"].as_str().unwrap();
+    let url = if url.starts_with('/') { api.msgd.url(url) } else { url.to_string() };
+    let put = reqwest::Client::new().put(url).header("content-type", "text/plain").body(bytes.to_vec()).send().await;
+    assert!(put.unwrap().status().is_success());
+    let reference = json!({"key": target.body["key"], "content_type": "text/plain", "size": bytes.len(), "sha256": sha256});
+    let sent = api.send(token, conversation, &json!({"payload": "attached", "attachments": [reference]})).await;
+    assert_eq!(sent.status, 201, "{}", sent.body);
+    target.body["id"].as_str().unwrap().to_string()
+}
+
 /// Every message of `conversation` as (id, seq, payload), through `msgd` with `api`'s keys.
 async fn messages(api: &Api, msgd: &Msgd, token: &str, conversation: &str) -> Vec<(String, u64, Value)> {
     let path = format!("/v1/conversations/{conversation}/messages?limit=500");
@@ -101,13 +119,15 @@ backend_test! {
         for conversation in &conversations {
             send_and_flush(&api, &alice, conversation, 5).await;
         }
+        let attachment = attach(&api, &alice, &conversations[0], b"a file that must survive").await;
         // Not flushed by anyone but the backup run itself.
         api.send(&alice, &conversations[0], &json!({"payload": "unflushed"})).await;
         let metrics_file = api.env.dir.path().join("msgd_backup.prom");
         let first = backup_ok(&api.env, &["run", "--metrics-file", metrics_file.to_str().unwrap()]);
-        assert_eq!((first["objects"].as_u64(), first["objects_copied"].as_u64()), (Some(4), Some(4)), "{first}");
+        // Four segments and the attachment.
+        assert_eq!((first["objects"].as_u64(), first["objects_copied"].as_u64()), (Some(5), Some(5)), "{first}");
         let metrics = std::fs::read_to_string(&metrics_file).unwrap();
-        assert!(metrics.contains("msgd_backup_objects_total 4"), "{metrics}");
+        assert!(metrics.contains("msgd_backup_objects_total 5"), "{metrics}");
         let last = metrics.lines().find_map(|l| l.strip_prefix("msgd_backup_last_success_timestamp_seconds "));
         assert!(last.and_then(|v| v.parse::<f64>().ok()).is_some_and(|v| v > 1.7e9), "{metrics}");
         assert!(!metrics.contains("msgd_http"), "only the backup's metrics: {metrics}");
@@ -115,7 +135,7 @@ backend_test! {
 
         send_and_flush(&api, &alice, &conversations[1], 2).await;
         let second = backup_ok(&api.env, &["run"]);
-        assert_eq!((second["objects"].as_u64(), second["objects_copied"].as_u64()), (Some(5), Some(1)), "{second}");
+        assert_eq!((second["objects"].as_u64(), second["objects_copied"].as_u64()), (Some(6), Some(1)), "{second}");
         let listed = backup_ok(&api.env, &["list"]);
         assert!(listed.as_array().unwrap().iter().all(|b| b["complete"] == true), "{listed}");
 
@@ -123,19 +143,29 @@ backend_test! {
         for conversation in &conversations {
             before.push(messages(&api, &api.msgd, &alice, conversation).await);
         }
-        assert_eq!(before[0].len(), 6);
+        assert_eq!(before[0].len(), 7);
         // Destroyed: the old serve is gone; a fresh database, Redis prefix and bucket (or data dir) replace it.
         api.msgd.child.kill().unwrap();
         api.msgd.child.wait().unwrap();
         let fresh = fresh_like(&api, backend).await;
         let restored = backup_ok(&fresh, &["restore", "--latest"]);
-        assert_eq!((restored["objects_restored"].as_u64(), restored["segments_indexed"].as_u64()), (Some(5), Some(5)));
+        assert_eq!((restored["objects_restored"].as_u64(), restored["segments_indexed"].as_u64()), (Some(6), Some(5)));
         api.msgd = fresh.serve();
         for (conversation, expected) in conversations.iter().zip(&before) {
             assert_eq!(&messages(&api, &api.msgd, &alice, conversation).await, expected, "{backend:?}");
         }
         let next = api.send(&alice, &conversations[0], &json!({"payload": "after the restore"})).await;
-        assert_eq!((next.status, next.body["seq"].as_u64()), (201, Some(7)), "{backend:?}: {}", next.body);
+        assert_eq!((next.status, next.body["seq"].as_u64()), (201, Some(8)), "{backend:?}: {}", next.body);
+        let path = format!("/v1/conversations/{}/attachments/{attachment}", conversations[0]);
+        let got = reqwest::Client::new()
+            .get(api.msgd.url(&path))
+            .header("x-api-key", &api.read_key)
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(got.status(), 200, "{backend:?}: the attachment came back");
+        assert_eq!(&got.bytes().await.unwrap()[..], b"a file that must survive");
         let out = backup(&fresh, &["restore", "--latest"]);
         assert_eq!(out.code, 1, "a non-empty deployment is refused: {}", out.stderr);
         assert!(out.stderr.contains("not empty"), "{}", out.stderr);
