@@ -289,8 +289,8 @@ impl Retention {
     async fn delete_objects(&self, keys: Vec<String>) -> Result<(), RetentionError> {
         for chunk in keys.chunks(DELETE_CONCURRENCY) {
             let mut deletions = tokio::task::JoinSet::new();
-            for key in chunk.iter().cloned() {
-                let objects = self.stores.objects.clone();
+            for key in chunk {
+                let (objects, key) = (self.stores.objects.clone(), key.clone());
                 deletions.spawn(async move { objects.delete(&key).await });
             }
             while let Some(done) = deletions.join_next().await {
