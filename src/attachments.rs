@@ -25,7 +25,6 @@ use crate::auth::Caller;
 use crate::context::Context;
 use crate::envelope::Attachment;
 use crate::error::{Code, Error};
-use crate::keys::Scope;
 use crate::store::AttachmentRow;
 
 /// Where embedded mode receives uploads: `PUT /v1/uploads/{token}`.
@@ -88,7 +87,8 @@ pub async fn create_upload(
     request: CreateUpload,
     now: i64,
 ) -> Result<UploadTarget, Error> {
-    caller.require_scope(Scope::Write)?;
+    // As for sending: a browser's publishable key with its user's token may upload.
+    caller.require_participant()?;
     let conversation_id = ctx.membership.require_access(caller, conversation_id).await?.conversation_id;
     validate(ctx, &request)?;
     rate_limit(ctx, caller).await?;

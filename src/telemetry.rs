@@ -244,7 +244,7 @@ impl Metrics {
             .expect("metric"),
             retention_deleted_bytes_total: IntCounter::new(
                 "msgd_retention_deleted_bytes_total",
-                "Bytes of segment objects retention deleted",
+                "Bytes of segment objects and attachments retention deleted",
             )
             .expect("metric"),
             retention_last_success_timestamp_seconds: Gauge::new(

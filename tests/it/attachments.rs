@@ -90,6 +90,12 @@ backend_test! {
         let refused = download(carol.clone()).await;
         assert_eq!(refused.status(), 403);
         assert_eq!(refused.json::<Value>().await.unwrap()["error"]["code"], "not_member");
+        // A browser's publishable key with its user's token may upload, as it may send.
+        let path = format!("/v1/conversations/{conversation}/attachments");
+        let declared_by_bob = declare(b"from a browser", "b.txt");
+        let by_browser =
+            api.request(Method::POST, &path, Some(&api.read_key), Some(&bob), Some(&declared_by_bob), &[]).await;
+        assert_eq!(by_browser.status, 201, "{backend:?}: {}", by_browser.body);
         let not_member = create_upload(&api, &carol, &conversation, &declare(b"x", "x.txt")).await;
         assert_eq!((not_member.status, not_member.code()), (403, "not_member"), "{backend:?}");
         let missing = download(bob).await;

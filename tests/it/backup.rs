@@ -75,7 +75,8 @@ async fn attach(api: &Api, token: &str, conversation: &str, bytes: &[u8]) -> Str
     let url = if url.starts_with('/') { api.msgd.url(url) } else { url.to_string() };
     let put = reqwest::Client::new().put(url).header("content-type", "text/plain").body(bytes.to_vec()).send().await;
     assert!(put.unwrap().status().is_success());
-    let reference = json!({"key": target.body["key"], "content_type": "text/plain", "size": bytes.len(), "sha256": sha256});
+    let reference =
+        json!({"key": target.body["key"], "content_type": "text/plain", "size": bytes.len(), "sha256": sha256});
     let sent = api.send(token, conversation, &json!({"payload": "attached", "attachments": [reference]})).await;
     assert_eq!(sent.status, 201, "{}", sent.body);
     target.body["id"].as_str().unwrap().to_string()
