@@ -57,7 +57,7 @@ enum Command {
 }
 
 pub async fn run(args: &Args, config: Config) -> Result<(), Failure> {
-    msgd::telemetry::init_logging(&config.log);
+    msgd::logging::init(&config.observability.logging);
     if config.backup.is_none() {
         return Err(Failure::Usage(
             "no [backup] section in the config: set backup.endpoint, backup.bucket, backup.access_key_id and \

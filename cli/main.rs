@@ -89,7 +89,11 @@ fn main() -> ExitCode {
         Err(e) => return exit(Err(Failure::Usage(e.to_string()))),
     };
     let result = match cli.command {
-        Command::Serve(args) => runtime.block_on(serve::run(&args, config)),
+        Command::Serve(args) => {
+            let path = cli.config.clone();
+            let read_config = move || msgd::config::load(path.as_deref(), std::env::vars());
+            runtime.block_on(serve::run(&args, config, read_config))
+        }
         Command::Keys(args) => runtime.block_on(keys::run(&args, config)),
         Command::Flush(args) => runtime.block_on(flush::run(&args, config)),
         Command::Retention(args) => runtime.block_on(retention::run(&args, config)),

@@ -25,8 +25,8 @@ pub struct Args {
 }
 
 pub async fn run(args: &Args, config: Config) -> Result<(), Failure> {
-    // The run's log lines (stderr, `[log]`) are its record under cron or a timer.
-    msgd::telemetry::init_logging(&config.log);
+    // The run's log lines (stderr, `[observability.logging]`) are its record under cron or a timer.
+    msgd::logging::init(&config.observability.logging);
     let metrics = Metrics::new(config.backend.name());
     let stores = crate::open_available_stores(&config, &metrics).await?;
     if let Some(app_id) = &args.app {

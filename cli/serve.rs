@@ -2,28 +2,38 @@
 //! SIGINT, then drain within `http.shutdown_timeout` (exit 0), or exit 1 when
 //! the deadline passes.
 //!
-//! Signals an operator may send by habit never kill it: SIGHUP (a reload
-//! elsewhere), SIGUSR1 and SIGUSR2 are logged and ignored until they are given
-//! a meaning. SIGPIPE needs nothing: the Rust runtime ignores it, so a closed
-//! socket or log pipe is a write error, not a death.
+//! SIGHUP reads the configuration again (file and environment) and puts its
+//! `[observability.logging]` section in force; a configuration that does not
+//! check keeps the running settings. Signals an operator may send by habit
+//! never kill it: SIGUSR1 and SIGUSR2 are logged and ignored until they are
+//! given a meaning. SIGPIPE needs nothing: the Rust runtime ignores it, so a
+//! closed socket or log pipe is a write error, not a death.
 
-use msgd::config::Config;
+use msgd::config::{Config, ConfigError};
 use msgd::server::{self, Exit};
 use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::mpsc;
 
 use crate::Failure;
 
 #[derive(clap::Args)]
 pub struct Args {}
 
-pub async fn run(_args: &Args, config: Config) -> Result<(), Failure> {
-    msgd::telemetry::init_logging(&config.log);
+/// Serves `config`; `read_config` reads the configuration again on SIGHUP.
+pub async fn run(
+    _args: &Args,
+    config: Config,
+    read_config: impl Fn() -> Result<Config, ConfigError> + Send + 'static,
+) -> Result<(), Failure> {
+    msgd::logging::init(&config.observability.logging);
     // Installed before boot, so a signal sent while msgd starts is handled too.
     let signals = Signals::install()
         .map_err(|e| Failure::Failed(anyhow::Error::new(e).context("cannot install the signal handlers")))?;
+    // At most one read waits to be applied; a SIGHUP meanwhile is a no-op.
+    let (reloads_tx, reloads) = mpsc::channel(1);
     let served = async {
         let listener = server::bind(config.http.listen).await?;
-        server::serve(config, listener, signals.until_shutdown()).await
+        server::serve(config, listener, signals.until_shutdown(reloads_tx, read_config), reloads).await
     };
     match served.await {
         Ok(Exit::Clean) => Ok(()),
@@ -59,8 +69,13 @@ impl Signals {
         })
     }
 
-    /// Resolves on SIGTERM or SIGINT; logs and ignores the others meanwhile.
-    async fn until_shutdown(mut self) {
+    /// Resolves on SIGTERM or SIGINT; meanwhile a SIGHUP sends the
+    /// configuration read again to `reloads`, and the others are logged.
+    async fn until_shutdown(
+        mut self,
+        reloads: mpsc::Sender<Result<Config, ConfigError>>,
+        read_config: impl Fn() -> Result<Config, ConfigError>,
+    ) {
         loop {
             let ignored = tokio::select! {
                 _ = self.term.recv() => {
@@ -71,7 +86,11 @@ impl Signals {
                     tracing::info!(component = "shutdown", signal = "SIGINT", "signal received");
                     return;
                 }
-                _ = self.hup.recv() => "SIGHUP",
+                _ = self.hup.recv() => {
+                    tracing::info!(component = "config", signal = "SIGHUP", "signal received: reading the config");
+                    let _ = reloads.try_send(read_config());
+                    continue;
+                }
                 _ = self.usr1.recv() => "SIGUSR1",
                 _ = self.usr2.recv() => "SIGUSR2",
             };

@@ -93,7 +93,7 @@ start_msgd() {
   local backend="$1" id
   id="st$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')"
   WORK="$(mktemp -d)"
-  export MSGD_DATA_DIR="$WORK/data" MSGD_HTTP__LISTEN="127.0.0.1:0" MSGD_LOG__FORMAT=json
+  export MSGD_DATA_DIR="$WORK/data" MSGD_HTTP__LISTEN="127.0.0.1:0" MSGD_OBSERVABILITY__LOGGING__FORMAT=json
   export MSGD_AUTH__DEV_TOKENS__ENABLED=true MSGD_FLUSH__INTERVAL=1s
   # Rate limits are tested elsewhere (tests/it/messages.rs); here they would
   # only turn most sends into 429s.

@@ -269,6 +269,10 @@ impl Backup {
         match &result {
             Ok(()) => {
                 self.metrics.backup_last_success_timestamp_seconds.set(now as f64 / 1000.0);
+                // For the alert on every `serve` instance, which polls this.
+                if let Err(e) = self.stores.metadata.record_job_success("backup", now).await {
+                    backup_event!(warn, error = %e, "backup success not recorded in the metadata store");
+                }
                 backup_event!(
                     info,
                     "tick-id" = %report.backup_id,

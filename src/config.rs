@@ -28,7 +28,10 @@ pub const ENV_CONFIG_FILE: &str = "MSGD_CONFIG";
 /// Keys whose values are secrets in full.
 const SECRET_KEYS: &[&str] = &["s3.secret_access_key", "backup.secret_access_key", "auth.dev_tokens.signing_key"];
 /// Keys a release replaced, and what replaced them (named in the refusal).
-const RENAMED: &[(&str, &str)] = &[("retention.days", "`retention.period`, a duration such as \"30d\"")];
+const RENAMED: &[(&str, &str)] = &[
+    ("retention.days", "`retention.period`, a duration such as \"30d\""),
+    ("log", "the `[observability.logging]` section (`log.access_sample_rate` is `sampling.per_component.access`)"),
+];
 /// Keys holding URLs, shown through [`redact_url`] even when they fail to parse.
 const URL_KEYS: &[&str] = &["postgres.url", "redis.url", "s3.endpoint", "backup.endpoint", "auth.keycloak.issuer"];
 
@@ -257,7 +260,7 @@ pub struct Config {
     /// Where `msgd backup-r2` writes backups; `None` when `[backup]` is absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupConfig>,
-    pub log: LogConfig,
+    pub observability: ObservabilityConfig,
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     pub flush: FlushConfig,
@@ -749,24 +752,125 @@ impl RetentionConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `[observability]`: today its `logging` subsection (metrics need no settings).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct LogConfig {
-    /// A tracing filter directive, e.g. `info` or `msgd=debug`.
+pub struct ObservabilityConfig {
+    pub logging: LoggingConfig,
+}
+
+/// `[observability.logging]`: what msgd logs and how (README, "Logging"). The
+/// whole section is re-read on SIGHUP; everything else needs a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    /// A level (`info`, `debug`, ...) or tracing filter directives (`info,msgd::flush=debug`).
     pub level: String,
     #[serde(deserialize_with = "log_format")]
     pub format: LogFormat,
-    /// One log line per HTTP request (method, route template, status, duration, app id).
+    /// One log line per HTTP request (component `access`: method, route template, status, duration, app id).
     #[serde(deserialize_with = "lenient")]
     pub access: bool,
-    /// The share of requests the access log shows (0 < rate ≤ 1); 5xx answers are always shown.
+    /// When not empty, lines below `info` come only from these components (warnings always pass).
+    #[serde(deserialize_with = "string_list")]
+    pub components: Vec<String>,
+    /// When not empty, worker lines below `info` come only from these workers.
+    #[serde(deserialize_with = "string_list")]
+    pub workers: Vec<String>,
+    /// Adds `error.stack` (the error's whole cause chain) to error lines.
     #[serde(deserialize_with = "lenient")]
-    pub access_sample_rate: f64,
+    pub include_stacktraces: bool,
+    /// Field names whose values every line shows as `<redacted>` (case-insensitive).
+    #[serde(deserialize_with = "string_list")]
+    pub redact_fields: Vec<String>,
+    pub segment_flush: SegmentFlushLogging,
+    pub ticker: TickerLogging,
+    pub sampling: SamplingConfig,
 }
 
-impl Default for LogConfig {
+impl Default for LoggingConfig {
     fn default() -> Self {
-        LogConfig { level: "info".into(), format: LogFormat::Json, access: false, access_sample_rate: 1.0 }
+        LoggingConfig {
+            level: "info".into(),
+            format: LogFormat::Json,
+            access: false,
+            components: Vec::new(),
+            workers: Vec::new(),
+            include_stacktraces: false,
+            redact_fields: ["authorization", "cookie", "password", "secret", "token", "api_key"]
+                .map(String::from)
+                .to_vec(),
+            segment_flush: SegmentFlushLogging::default(),
+            ticker: TickerLogging::default(),
+            sampling: SamplingConfig::default(),
+        }
+    }
+}
+
+/// `[observability.logging.segment_flush]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SegmentFlushLogging {
+    /// The flush's info and debug lines (component `segment-flush`); warnings and errors always show.
+    #[serde(deserialize_with = "lenient")]
+    pub enabled: bool,
+    /// One line per flush stage (`stage`: buffer-snapshot, encode, object-put, index-write, trim).
+    #[serde(deserialize_with = "lenient")]
+    pub stage_logs: bool,
+}
+
+impl Default for SegmentFlushLogging {
+    fn default() -> Self {
+        SegmentFlushLogging { enabled: true, stage_logs: true }
+    }
+}
+
+/// `[observability.logging.ticker]`: the worker runner's own lines.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TickerLogging {
+    /// Per-tick lines (`tick start`, `tick complete`, at debug) and the periodic summary.
+    #[serde(deserialize_with = "lenient")]
+    pub enabled: bool,
+    /// How often each worker logs a `worker ticking` summary (ticks, failures, skipped, last and next tick).
+    #[serde(with = "duration")]
+    pub tick_log_interval: Duration,
+}
+
+impl Default for TickerLogging {
+    fn default() -> Self {
+        TickerLogging { enabled: true, tick_log_interval: Duration::from_secs(300) }
+    }
+}
+
+/// `[observability.logging.sampling]`: keeps a share of the lines below
+/// `warn`, per component; kept lines say `sampled` and `sample-rate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplingConfig {
+    #[serde(deserialize_with = "lenient")]
+    pub enabled: bool,
+    /// The share kept (0 < rate ≤ 1) of a component not in `per_component`.
+    #[serde(deserialize_with = "lenient")]
+    pub default_rate: f64,
+    /// Rates by component, e.g. `{ access = 0.01 }`.
+    #[serde(deserialize_with = "rate_map")]
+    pub per_component: BTreeMap<String, f64>,
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        SamplingConfig { enabled: false, default_rate: 1.0, per_component: BTreeMap::new() }
+    }
+}
+
+impl SamplingConfig {
+    /// The share of `component`'s lines below `warn` that are kept.
+    pub fn rate(&self, component: &str) -> f64 {
+        match self.enabled {
+            true => self.per_component.get(component).copied().unwrap_or(self.default_rate),
+            false => 1.0,
+        }
     }
 }
 
@@ -808,7 +912,7 @@ struct ConfigFile {
     s3: Option<S3Config>,
     retention: RetentionConfig,
     backup: Option<BackupConfig>,
-    log: LogConfig,
+    observability: ObservabilityConfig,
     auth: AuthConfig,
     limits: LimitsConfig,
     flush: FlushConfig,
@@ -836,7 +940,7 @@ impl From<ConfigFile> for Config {
             backend,
             retention: file.retention,
             backup: file.backup,
-            log: file.log,
+            observability: file.observability,
             auth: file.auth,
             limits: file.limits,
             flush: file.flush,
@@ -939,6 +1043,14 @@ fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
         Either::List(items) => items,
         Either::Text(text) => text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
     })
+}
+
+/// A map of names to numbers; from the environment each number is text.
+fn rate_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, f64>, D::Error> {
+    #[derive(Deserialize)]
+    struct Rate(#[serde(deserialize_with = "lenient")] f64);
+    let map = BTreeMap::<String, Rate>::deserialize(d)?;
+    Ok(map.into_iter().map(|(name, Rate(rate))| (name, rate)).collect())
 }
 
 fn path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
@@ -1175,7 +1287,7 @@ impl Config {
         if let Some(backup) = &self.backup {
             backup.validate()?;
         }
-        self.log.validate()?;
+        self.observability.logging.validate()?;
         self.auth.validate()?;
         self.limits.validate()?;
         self.flush.validate()?;
@@ -1270,18 +1382,32 @@ fn valid_bucket_name(name: &str) -> bool {
         && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric()
 }
 
-impl LogConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
+impl LoggingConfig {
+    /// Also what a SIGHUP reload checks before it applies anything.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        const KEY: &str = "observability.logging";
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.level) {
-            return Err(ConfigError::new("log.level", Some(self.level.clone()), format!("not a log filter: {e}")));
-        }
-        let rate = self.access_sample_rate;
-        if !(rate > 0.0 && rate <= 1.0) {
             return Err(ConfigError::new(
-                "log.access_sample_rate",
-                Some(rate.to_string()),
-                "must be more than 0 and at most 1",
+                &format!("{KEY}.level"),
+                Some(self.level.clone()),
+                format!("not a log filter: {e}"),
             ));
+        }
+        more_than_zero(
+            &format!("{KEY}.ticker.tick_log_interval"),
+            self.ticker.tick_log_interval,
+            "must be more than zero",
+        )?;
+        let rates = std::iter::once(("default_rate".to_string(), self.sampling.default_rate))
+            .chain(self.sampling.per_component.iter().map(|(name, rate)| (format!("per_component.{name}"), *rate)));
+        for (name, rate) in rates {
+            if !(rate > 0.0 && rate <= 1.0) {
+                return Err(ConfigError::new(
+                    &format!("{KEY}.sampling.{name}"),
+                    Some(rate.to_string()),
+                    "must be more than 0 and at most 1",
+                ));
+            }
         }
         Ok(())
     }
@@ -1608,7 +1734,12 @@ mod tests {
             [http]\nlisten = \"127.0.0.1:8080\"\nshutdown_timeout = \"10s\"\nheader_read_timeout = \"10s\"\n\
             request_timeout = \"30s\"\nmax_connections = 10000\n\
             [retention]\nperiod = \"30days\"\ninterval = \"1h\"\nbatch = 100\n\
-            [log]\nlevel = \"info\"\nformat = \"json\"\naccess = false\naccess_sample_rate = 1.0\n\
+            [observability.logging]\nlevel = \"info\"\nformat = \"json\"\naccess = false\ncomponents = []\n\
+            workers = []\ninclude_stacktraces = false\n\
+            redact_fields = [\"authorization\", \"cookie\", \"password\", \"secret\", \"token\", \"api_key\"]\n\
+            [observability.logging.segment_flush]\nenabled = true\nstage_logs = true\n\
+            [observability.logging.ticker]\nenabled = true\ntick_log_interval = \"5m\"\n\
+            [observability.logging.sampling]\nenabled = false\ndefault_rate = 1.0\nper_component = {}\n\
             [limits]\nmax_payload_bytes = 32768\nmax_batch = 100\nidempotency_ttl = \"24h\"\nuser_rate = 10\n\
             user_burst = 20\nkey_rate = 1000\nkey_burst = 2000\n\
             [flush]\ninterval = \"10s\"\nmax_bytes = 1048576\nmax_age = \"15m\"\nhot_window = 20\ncodec = \"json\"\n\

@@ -192,7 +192,7 @@ impl Retention {
         } else {
             self.leased(&mut report, options, progress).await
         };
-        self.run_done(&report, &result, started, now);
+        self.run_done(&report, &result, started, now).await;
         result.map(|()| report)
     }
 
@@ -453,7 +453,13 @@ impl Retention {
     }
 
     /// Records and logs how a run ended.
-    fn run_done(&self, report: &RetentionReport, result: &Result<(), RetentionError>, started: Instant, now: i64) {
+    async fn run_done(
+        &self,
+        report: &RetentionReport,
+        result: &Result<(), RetentionError>,
+        started: Instant,
+        now: i64,
+    ) {
         let (run_id, duration_ms) = (&report.run_id, started.elapsed().as_millis() as u64);
         let outcome = match result {
             Err(_) => "error",
@@ -473,6 +479,10 @@ impl Retention {
             Ok(()) => {
                 if !report.dry_run {
                     self.metrics.retention_last_success_timestamp_seconds.set(now as f64 / 1000.0);
+                    // For the alert, whichever instance or cron job ran it (`serve` polls this).
+                    if let Err(e) = self.stores.metadata.record_job_success("retention", now).await {
+                        retention_event!(warn, error = %e, "retention success not recorded in the metadata store");
+                    }
                 }
                 retention_event!(
                     info,

@@ -12,18 +12,19 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::context::Context;
 use crate::flush::{FlushWorker, Flusher};
 use crate::http::{self, AppState};
 use crate::membership::MembershipListener;
 use crate::readiness::{DependencyWatcher, Readiness, CHECK_TIMEOUT};
 use crate::retention::{Retention, RetentionWorker};
+use crate::stats::StatsWorker;
 use crate::store::Stores;
 use crate::telemetry::Metrics;
-use crate::worker::Workers;
+use crate::worker::{OwnedTask, Workers};
 
 /// How `serve` ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -41,11 +42,13 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 
 /// Runs the server on `listener` until `shutdown` resolves, then drains for
 /// at most `http.shutdown_timeout`: the HTTP server and every worker (the
-/// flush worker flushes what is due once more).
+/// flush worker flushes what is due once more). Each configuration read from
+/// `reloads` (SIGHUP) puts its logging settings in force ([`reload`]).
 pub async fn serve(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    mut reloads: mpsc::Receiver<Result<Config, ConfigError>>,
 ) -> anyhow::Result<Exit> {
     let boot = Instant::now();
     tracing::info!(
@@ -87,6 +90,12 @@ pub async fn serve(
     let state = AppState::new(ctx.clone(), readiness.clone(), stop_rx.clone());
     let workers = start_workers(&ctx, readiness, stop_rx.clone());
     let router = http::router(state);
+    let reloading = ctx.clone();
+    let _reloader = OwnedTask::spawn(async move {
+        while let Some(loaded) = reloads.recv().await {
+            reload(&reloading, loaded);
+        }
+    });
     let server = tokio::spawn(http::listener::serve(listener, router, bounds, ctx.metrics.clone(), stop_rx));
     tracing::info!(
         component = "boot",
@@ -122,11 +131,47 @@ pub async fn serve(
     }
 }
 
+/// Puts the logging section of a configuration read again in force, or
+/// keeps the running settings when it was refused. Every other section is
+/// read at start only: one that changed is named as needing a restart.
+pub fn reload(ctx: &Context, loaded: Result<Config, ConfigError>) {
+    let config = match loaded {
+        Ok(config) => config,
+        Err(e) => {
+            ctx.metrics.config_reloads_total.with_label_values(&["error"]).inc();
+            tracing::error!(component = "config", "error.kind" = "config.invalid", "error.message" = %e,
+                "config reload refused; the running settings stay");
+            return;
+        }
+    };
+    if let Err(e) = crate::logging::reload(&config.observability.logging) {
+        ctx.metrics.config_reloads_total.with_label_values(&["error"]).inc();
+        tracing::error!(component = "config", "error.message" = %e, "config reload failed; the running settings stay");
+        return;
+    }
+    ctx.metrics.config_reloads_total.with_label_values(&["ok"]).inc();
+    let (running, read) = (ctx.config.effective_view(), config.effective_view());
+    let sections = |view: &serde_json::Value| view.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>());
+    let changed: std::collections::BTreeSet<String> = sections(&read)
+        .unwrap_or_default()
+        .into_iter()
+        .chain(sections(&running).unwrap_or_default())
+        .filter(|name| name != "observability" && running.get(name) != read.get(name))
+        .collect();
+    if changed.is_empty() {
+        tracing::info!(component = "config", "logging settings reloaded");
+    } else {
+        tracing::warn!(component = "config", "restart-needed" = %changed.into_iter().collect::<Vec<_>>().join(","),
+            "logging settings reloaded; other sections changed and need a restart to apply");
+    }
+}
+
 /// Every background worker of a serving instance; all stop when `stop`
 /// becomes true, and `serve` joins them before it returns.
 fn start_workers(ctx: &Arc<Context>, readiness: Arc<Readiness>, stop: watch::Receiver<bool>) -> Workers {
-    let mut workers = Workers::new(stop);
+    let mut workers = Workers::new(stop, ctx.metrics.clone());
     workers.spawn(DependencyWatcher::new(readiness));
+    workers.spawn(StatsWorker::new(ctx.stores.clone(), ctx.metrics.clone()));
     let flusher = Flusher::new(ctx.stores.clone(), ctx.metrics.clone(), ctx.config.flush.clone());
     workers.spawn(FlushWorker::new(flusher, ctx.config.retention.period_ms()));
     let retention = Retention::new(ctx.stores.clone(), ctx.metrics.clone(), &ctx.config);

@@ -1,5 +1,5 @@
-//! Metrics and logs: the Prometheus registry every component records into,
-//! and the tracing subscriber set up from `[log]`.
+//! Metrics: the Prometheus registry every component records into (the
+//! catalogue of every family is `dashboards/METRICS.md`).
 //!
 //! Naming follows Prometheus conventions: `msgd_` prefix, base units,
 //! `_total` counters, and never a user or conversation id as a label.
@@ -10,8 +10,6 @@ use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
 };
-
-use crate::config::{LogConfig, LogFormat};
 
 /// Every metric msgd exports; cheap to clone (handles share the registry).
 #[derive(Clone)]
@@ -67,7 +65,56 @@ pub struct Metrics {
     /// (bytes checked and in place), `refused` (bytes that did not match).
     pub attachment_uploads_total: IntCounterVec,
     pub attachment_uploaded_bytes_total: IntCounter,
+    /// Steps of each background worker, by result (`ok`, `error`).
+    pub worker_steps_total: IntCounterVec,
+    pub worker_step_duration_seconds: HistogramVec,
+    pub worker_last_success_timestamp_seconds: GaugeVec,
+    /// Ticks that came due while a step still ran, so never started.
+    pub worker_ticks_skipped_total: IntCounterVec,
+    /// Work waiting for a worker (segment-flush: messages not yet in a segment).
+    pub worker_queue_depth: IntGaugeVec,
+    /// SIGHUP reloads of the logging settings, by result (`ok`, `error`).
+    pub config_reloads_total: IntCounterVec,
+    /// Redis `INFO memory`, polled (registered in services mode only).
+    pub redis_memory: RedisMemory,
 }
+
+/// Redis memory gauges, from `INFO memory`.
+#[derive(Clone)]
+pub struct RedisMemory {
+    pub used_bytes: IntGauge,
+    pub peak_bytes: IntGauge,
+    /// `maxmemory`; 0 when Redis has no limit.
+    pub max_bytes: IntGauge,
+    pub fragmentation_ratio: Gauge,
+}
+
+/// The `command` label values of the Redis metrics: every name the Redis tail times.
+pub const REDIS_COMMANDS: [&str; 15] = [
+    "append",
+    "clear_dirty",
+    "dirty",
+    "get",
+    "info",
+    "lease",
+    "ping",
+    "publish",
+    "rate_limit",
+    "seed",
+    "state_get",
+    "state_raise",
+    "state_set",
+    "xrange",
+    "xtrim",
+];
+
+/// The `op` label values of the object store metrics.
+pub const OBJECT_STORE_OPS: [&str; 8] =
+    ["list", "head", "put", "put_multipart", "get", "get_range", "delete", "presign"];
+
+/// The `worker` label values of the `msgd_worker_*` metrics: one per worker type.
+pub const WORKERS: [&str; 6] =
+    ["segment-flush", "recovery", "retention", "dependency-watcher", "membership-invalidation", "stats"];
 
 /// The `kind` label values of `msgd_retention_deleted_total`.
 pub const RETENTION_KINDS: [&str; 6] =
@@ -281,8 +328,92 @@ impl Metrics {
                 "Bytes of attachments stored and checked",
             )
             .expect("metric"),
+            worker_steps_total: IntCounterVec::new(
+                Opts::new("msgd_worker_steps_total", "Steps (ticks) of each background worker, by result"),
+                &["worker", "result"],
+            )
+            .expect("metric"),
+            worker_step_duration_seconds: HistogramVec::new(
+                HistogramOpts::new("msgd_worker_step_duration_seconds", "Duration of one step of a worker")
+                    .buckets(prometheus::exponential_buckets(0.001, 4.0, 10).expect("buckets")),
+                &["worker"],
+            )
+            .expect("metric"),
+            worker_last_success_timestamp_seconds: GaugeVec::new(
+                Opts::new(
+                    "msgd_worker_last_success_timestamp_seconds",
+                    "When the worker last finished a step without error (Unix seconds; 0 before the first)",
+                ),
+                &["worker"],
+            )
+            .expect("metric"),
+            worker_ticks_skipped_total: IntCounterVec::new(
+                Opts::new(
+                    "msgd_worker_ticks_skipped_total",
+                    "Ticks that came due while the worker's step still ran (backlogged), so never started",
+                ),
+                &["worker"],
+            )
+            .expect("metric"),
+            worker_queue_depth: IntGaugeVec::new(
+                Opts::new(
+                    "msgd_worker_queue_depth",
+                    "Work waiting for the worker (segment-flush: messages not yet in a segment)",
+                ),
+                &["worker"],
+            )
+            .expect("metric"),
+            config_reloads_total: IntCounterVec::new(
+                Opts::new("msgd_config_reloads_total", "Reloads of the logging settings (SIGHUP), by result"),
+                &["result"],
+            )
+            .expect("metric"),
+            redis_memory: RedisMemory {
+                used_bytes: IntGauge::new("msgd_redis_memory_used_bytes", "Redis used_memory (INFO memory)")
+                    .expect("metric"),
+                peak_bytes: IntGauge::new("msgd_redis_memory_peak_bytes", "Redis used_memory_peak (INFO memory)")
+                    .expect("metric"),
+                max_bytes: IntGauge::new("msgd_redis_memory_max_bytes", "Redis maxmemory (0: no limit set)")
+                    .expect("metric"),
+                fragmentation_ratio: Gauge::new(
+                    "msgd_redis_memory_fragmentation_ratio",
+                    "Redis mem_fragmentation_ratio (INFO memory)",
+                )
+                .expect("metric"),
+            },
             registry,
         };
+        for worker in WORKERS {
+            for result in ["ok", "error"] {
+                metrics.worker_steps_total.with_label_values(&[worker, result]);
+            }
+            metrics.worker_ticks_skipped_total.with_label_values(&[worker]);
+            metrics.worker_last_success_timestamp_seconds.with_label_values(&[worker]);
+            metrics.worker_queue_depth.with_label_values(&[worker]);
+        }
+        for result in ["ok", "error"] {
+            metrics.config_reloads_total.with_label_values(&[result]);
+            metrics.flush_ticks_total.with_label_values(&[result]);
+        }
+        for op in OBJECT_STORE_OPS {
+            for result in ["ok", "error"] {
+                metrics.object_store_requests_total.with_label_values(&[op, result]);
+            }
+        }
+        if backend == "services" {
+            for command in REDIS_COMMANDS {
+                metrics.redis_errors_total.with_label_values(&[command]);
+            }
+        }
+        for scope in ["user", "key", "upload"] {
+            metrics.rate_limited_total.with_label_values(&[scope]);
+        }
+        for reason in ["max_connections", "fd_exhausted", "ws_per_user", "ws_per_ip"] {
+            metrics.connections_refused_total.with_label_values(&[reason]);
+        }
+        for source in ["tail", "segments"] {
+            metrics.history_requests_total.with_label_values(&[source]);
+        }
         for result in ["created", "stored", "refused"] {
             metrics.attachment_uploads_total.with_label_values(&[result]);
         }
@@ -341,10 +472,24 @@ impl Metrics {
             Box::new(metrics.backup_bytes_total.clone()),
             Box::new(metrics.attachment_uploads_total.clone()),
             Box::new(metrics.attachment_uploaded_bytes_total.clone()),
+            Box::new(metrics.worker_steps_total.clone()),
+            Box::new(metrics.worker_step_duration_seconds.clone()),
+            Box::new(metrics.worker_last_success_timestamp_seconds.clone()),
+            Box::new(metrics.worker_ticks_skipped_total.clone()),
+            Box::new(metrics.worker_queue_depth.clone()),
+            Box::new(metrics.config_reloads_total.clone()),
+            Box::new(SampledOut::new()),
             Box::new(build_info),
             Box::new(prometheus::process_collector::ProcessCollector::new(std::process::id() as i32, "msgd")),
         ] {
             r.register(collector).expect("metric names are unique");
+        }
+        if backend == "services" {
+            let memory = &metrics.redis_memory;
+            for gauge in [&memory.used_bytes, &memory.peak_bytes, &memory.max_bytes] {
+                r.register(Box::new(gauge.clone())).expect("metric names are unique");
+            }
+            r.register(Box::new(memory.fragmentation_ratio.clone())).expect("metric names are unique");
         }
         metrics
     }
@@ -366,18 +511,56 @@ impl Metrics {
     }
 }
 
-/// Installs the global log subscriber (stderr). Idempotent: a second call
-/// (tests) keeps the first subscriber. Text logs are coloured only when stderr
-/// is a terminal: escape codes in a file or a log shipper are noise.
-pub fn init_logging(config: &LogConfig) {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::builder().parse_lossy(&config.level);
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    let _ = match config.format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
-        LogFormat::Text => builder.with_target(false).try_init(),
-    };
+/// `msgd_log_lines_sampled_out_total`: read from the process-wide log
+/// writer at each scrape (the writer is one per process, registries one per
+/// server).
+struct SampledOut {
+    desc: prometheus::core::Desc,
+}
+
+impl SampledOut {
+    fn new() -> SampledOut {
+        let help = "Log lines left out by log sampling ([observability.logging.sampling])";
+        let desc = prometheus::core::Desc::new(
+            "msgd_log_lines_sampled_out_total".into(),
+            help.into(),
+            vec![],
+            Default::default(),
+        )
+        .expect("metric");
+        SampledOut { desc }
+    }
+}
+
+impl prometheus::core::Collector for SampledOut {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let counter =
+            IntCounter::with_opts(Opts::new(self.desc.fq_name.clone(), self.desc.help.clone())).expect("metric");
+        counter.inc_by(crate::logging::sampled_out());
+        prometheus::core::Collector::collect(&counter)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names a source passes to its `timed(` helper.
+    fn timed_names(source: &str) -> Vec<&str> {
+        source.split("timed(\"").skip(1).filter_map(|rest| rest.split('"').next()).collect()
+    }
+
+    #[test]
+    fn the_label_sets_created_at_start_cover_every_name_in_use() {
+        for name in timed_names(include_str!("store/redis_tail.rs")) {
+            assert!(REDIS_COMMANDS.contains(&name), "add {name:?} to REDIS_COMMANDS");
+        }
+        for name in timed_names(include_str!("store/objects.rs")) {
+            assert!(OBJECT_STORE_OPS.contains(&name), "add {name:?} to OBJECT_STORE_OPS");
+        }
+    }
 }

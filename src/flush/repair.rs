@@ -12,7 +12,7 @@ use crate::timeline::index_rows;
 /// Logs a recovery event with its `component` and `worker` fields.
 macro_rules! recovery_event {
     ($level:ident, $($fields:tt)+) => {
-        tracing::$level!(component = "recovery", worker = "segment-recovery", $($fields)+)
+        tracing::$level!(component = "recovery", worker = "recovery", $($fields)+)
     };
 }
 

@@ -34,12 +34,15 @@ impl FlushWorker {
             return;
         }
         let expired_before = crate::clock::now_ms().saturating_sub(self.retention_ms);
-        match self.flusher.recover(expired_before).await {
+        let started = Instant::now();
+        let recovered = self.flusher.recover(expired_before).await;
+        crate::worker::record_step(&self.flusher.metrics, "recovery", recovered.is_ok(), started.elapsed());
+        match recovered {
             Ok(report) => {
                 self.last_recovery = Some(Instant::now());
                 tracing::info!(
                     component = "recovery",
-                    worker = "segment-recovery",
+                    worker = "recovery",
                     objects = report.objects,
                     indexed = report.indexed,
                     deleted = report.deleted,
@@ -48,7 +51,7 @@ impl FlushWorker {
             }
             Err(e) => tracing::warn!(
                 component = "recovery",
-                worker = "segment-recovery",
+                worker = "recovery",
                 stage = e.stage(),
                 error = %e.detail(),
                 "segment recovery failed; retrying next tick"
@@ -75,6 +78,10 @@ impl Worker for FlushWorker {
         self.recover_if_due().await;
         self.flusher.tick(FlushOptions::default(), crate::clock::now_ms()).await?;
         Ok(WorkerState::Idle)
+    }
+
+    fn queue_depth(&self) -> Option<i64> {
+        Some(self.flusher.metrics.flush_backlog_messages.get())
     }
 
     async fn finish(&mut self) {

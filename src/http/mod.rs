@@ -10,7 +10,6 @@ pub mod listener;
 mod v1;
 mod ws;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -42,14 +41,19 @@ pub struct AppState {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// Open WebSockets per user and per IP, against `ws.max_per_user`/`max_per_ip`.
     pub admission: Arc<Admission>,
-    /// Counts requests for the access log's sampling.
-    pub access_counter: Arc<AtomicU64>,
 }
 
 impl AppState {
     pub fn new(ctx: Arc<Context>, readiness: Arc<Readiness>, shutdown: tokio::sync::watch::Receiver<bool>) -> AppState {
         let admission = Arc::new(Admission::new(&ctx.config.ws));
-        AppState { ctx, readiness, shutdown, admission, access_counter: Arc::default() }
+        // Every refusal code exists at 0 from the start: an alert sees 0, not "no data".
+        let refusals = crate::error::Code::ALL
+            .iter()
+            .filter(|code| matches!(code.kind(), crate::error::Kind::Unauthenticated | crate::error::Kind::Forbidden));
+        for code in refusals {
+            ctx.metrics.auth_failures_total.with_label_values(&[code.as_str()]);
+        }
+        AppState { ctx, readiness, shutdown, admission }
     }
 }
 
@@ -190,23 +194,16 @@ async fn record_request(State(state): State<AppState>, request: Request, next: N
     let elapsed = started.elapsed();
     state.ctx.metrics.http_requests_total.with_label_values(&[method, &route, status.as_str()]).inc();
     state.ctx.metrics.http_request_duration_seconds.with_label_values(&[method, &route]).observe(elapsed.as_secs_f64());
-    let log = &state.ctx.config.log;
-    if log.access {
-        let n = state.access_counter.fetch_add(1, Ordering::Relaxed);
-        // Every 1/rate-th request (deterministic, so a low rate still shows a steady trickle).
-        let sampled = ((n + 1) as f64 * log.access_sample_rate).floor() > (n as f64 * log.access_sample_rate).floor();
-        if sampled || status.is_server_error() {
-            tracing::info!(
-                component = "http",
-                method,
-                route = %route,
-                status = status.as_u16(),
-                "duration-ms" = elapsed.as_secs_f64() * 1000.0,
-                "app-id" = app.get().map(String::as_str).unwrap_or(""),
-                sampled = log.access_sample_rate < 1.0,
-                "sample-rate" = log.access_sample_rate,
-                "request"
-            );
+    // Sampled by the log writer (`sampling.per_component.access`); 5xx answers are warnings, never sampled.
+    if crate::logging::settings().config.access {
+        let app_id = app.get().map(String::as_str).unwrap_or("");
+        let duration_ms = elapsed.as_secs_f64() * 1000.0;
+        let status_code = status.as_u16();
+        match status.is_server_error() {
+            true => tracing::warn!(component = "access", method, route = %route, status = status_code,
+                "duration-ms" = duration_ms, "app-id" = app_id, "request"),
+            false => tracing::info!(component = "access", method, route = %route, status = status_code,
+                "duration-ms" = duration_ms, "app-id" = app_id, "request"),
         }
     }
     response

@@ -36,7 +36,8 @@ pub use objects::Objects;
 pub use sql::{ExpiredTotals, Metadata, SQLITE_FILE};
 pub use state::TtlState;
 pub use tail::{
-    AppendOutcome, AppendRequest, ConvKey, DirtyConversation, IdempotencyClaim, Tail, TailEntry, TAIL_SHARDS,
+    AppendOutcome, AppendRequest, ConvKey, DirtyConversation, IdempotencyClaim, Tail, TailEntry, TailMemory,
+    TAIL_SHARDS,
 };
 
 use crate::config::{Backend, Config};

@@ -14,7 +14,7 @@ use redis::{AsyncCommands, PushKind, Script, Value};
 use super::coordination::Coordination;
 use super::live::{Live, LiveEvent, LiveHub, LiveSubscription, Upstream};
 use super::state::TtlState;
-use super::tail::{AppendOutcome, AppendRequest, ConvKey, DirtyConversation, Tail, TailEntry};
+use super::tail::{AppendOutcome, AppendRequest, ConvKey, DirtyConversation, Tail, TailEntry, TailMemory};
 use super::StoreError;
 use crate::config::RedisConfig;
 use crate::ratelimit::RateDecision;
@@ -309,6 +309,12 @@ impl Tail for RedisTail {
         let mut connection = self.connection();
         let _: String = self.timed("ping", redis::cmd("PING").query_async(&mut connection)).await?;
         Ok(())
+    }
+
+    async fn memory(&self) -> Result<Option<TailMemory>, StoreError> {
+        let mut connection = self.connection();
+        let info: String = self.timed("info", redis::cmd("INFO").arg("memory").query_async(&mut connection)).await?;
+        Ok(Some(TailMemory::from_info(&info)))
     }
 
     async fn append(&self, request: &AppendRequest) -> Result<AppendOutcome, StoreError> {

@@ -693,6 +693,22 @@ impl Metadata {
         Ok(row)
     }
 
+    /// Records that `job` succeeded at `at_ms` (a later time never goes back).
+    pub async fn record_job_success(&self, job: &str, at_ms: i64) -> Result<(), StoreError> {
+        let upsert = "INSERT INTO job_runs (job, last_success_ms) VALUES ($1, $2) ON CONFLICT (job) DO UPDATE \
+                      SET last_success_ms = CASE WHEN excluded.last_success_ms > job_runs.last_success_ms \
+                      THEN excluded.last_success_ms ELSE job_runs.last_success_ms END";
+        on_db!(self, pool => sqlx::query(upsert).bind(job).bind(at_ms).execute(pool).await.map(|_| ()))
+    }
+
+    /// When each job last succeeded (Unix ms), by job name. Polled in the
+    /// background, so it fails fast on a refused Postgres ([`Metadata::probe`])
+    /// rather than hold a pool connection attempt that `/readyz` would wait behind.
+    pub async fn job_successes(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        self.probe().await?;
+        on_db!(self, pool => sqlx::query_as("SELECT job, last_success_ms FROM job_runs").fetch_all(pool).await)
+    }
+
     /// The shared secret `name`, created from `candidate` when it does not exist
     /// yet; every caller gets the same value.
     pub async fn shared_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {

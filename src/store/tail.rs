@@ -132,11 +132,53 @@ pub trait Tail: Send + Sync {
     /// them by itself (Redis does; the embedded tail needs this); returns how
     /// many were removed.
     async fn purge_expired(&self) -> Result<u64, StoreError>;
+
+    /// The memory the tail's server uses, where it is a server of its own
+    /// (Redis); `None` for the embedded tail, whose memory is msgd's.
+    async fn memory(&self) -> Result<Option<TailMemory>, StoreError> {
+        Ok(None)
+    }
+}
+
+/// A tail server's memory, from Redis `INFO memory`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TailMemory {
+    pub used_bytes: i64,
+    pub peak_bytes: i64,
+    /// `maxmemory`; 0 when no limit is set.
+    pub max_bytes: i64,
+    pub fragmentation_ratio: f64,
+}
+
+impl TailMemory {
+    /// Reads the fields of an `INFO memory` reply (`name:value` lines).
+    pub fn from_info(info: &str) -> TailMemory {
+        let mut memory = TailMemory::default();
+        for (name, value) in info.lines().filter_map(|line| line.trim().split_once(':')) {
+            match name {
+                "used_memory" => memory.used_bytes = value.parse().unwrap_or(0),
+                "used_memory_peak" => memory.peak_bytes = value.parse().unwrap_or(0),
+                "maxmemory" => memory.max_bytes = value.parse().unwrap_or(0),
+                "mem_fragmentation_ratio" => memory.fragmentation_ratio = value.parse().unwrap_or(0.0),
+                _ => {}
+            }
+        }
+        memory
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn info_memory_is_read_by_field_name() {
+        let info = "# Memory\r\nused_memory:1048576\r\nused_memory_human:1.00M\r\nused_memory_peak:2097152\r\n\
+                    maxmemory:268435456\r\nmem_fragmentation_ratio:1.25\r\n";
+        let memory = TailMemory::from_info(info);
+        assert_eq!((memory.used_bytes, memory.peak_bytes, memory.max_bytes), (1 << 20, 2 << 20, 256 << 20));
+        assert_eq!(memory.fragmentation_ratio, 1.25);
+    }
 
     #[test]
     fn shards_are_stable_and_in_range() {

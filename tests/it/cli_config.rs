@@ -46,7 +46,7 @@ fn each_kind_of_bad_value_exits_2_naming_the_key() {
         ("zero", &[], "[retention]\nbatch = 0\n"),
         ("bad listen address", &[("MSGD_HTTP__LISTEN", "localhost")], ""),
         ("bad duration", &[("MSGD_HTTP__SHUTDOWN_TIMEOUT", "soon")], ""),
-        ("bad log format", &[("MSGD_LOG__FORMAT", "xml")], ""),
+        ("bad log format", &[("MSGD_OBSERVABILITY__LOGGING__FORMAT", "xml")], ""),
         ("wrong type", &[], "[retention]\nbatch = \"x\"\n"),
         ("malformed postgres url", &[("MSGD_POSTGRES__URL", "postgres//nohost")], SERVICES),
         ("wrong scheme", &[("MSGD_REDIS__URL", "http://cache:6379")], SERVICES),
@@ -61,7 +61,7 @@ fn each_kind_of_bad_value_exits_2_naming_the_key() {
         "retention.batch",
         "http.listen",
         "http.shutdown_timeout",
-        "log.format",
+        "observability.logging.format",
         "retention.batch",
         "postgres.url",
         "redis.url",
@@ -241,12 +241,13 @@ fn an_unknown_section_is_named_never_echoed() {
     }
     // So is an unknown key in a known section, from the file or the environment.
     let (_dir, path) = write_config("[http]\nlisten_secret_thing = \"file-hunter2\"\n");
-    let out = msgd(&["--config", &path, "config", "--check"], &[("MSGD_LOG__SINK", "https://u:env-hunter2@logs")]);
+    let out =
+        msgd(&["--config", &path, "config", "--check"], &[("MSGD_OBSERVABILITY__SINK", "https://u:env-hunter2@logs")]);
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("`http.listen_secret_thing`") && !out.stderr.contains("hunter2"), "{}", out.stderr);
-    let out = msgd(&["config", "--check"], &[("MSGD_LOG__SINK", "https://u:env-hunter2@logs")]);
+    let out = msgd(&["config", "--check"], &[("MSGD_OBSERVABILITY__SINK", "https://u:env-hunter2@logs")]);
     assert_eq!(out.code, 2);
-    assert!(out.stderr.contains("`log.sink`") && !out.stderr.contains("hunter2"), "{}", out.stderr);
+    assert!(out.stderr.contains("`observability.sink`") && !out.stderr.contains("hunter2"), "{}", out.stderr);
 }
 
 #[test]

@@ -500,9 +500,9 @@ async fn the_access_log_is_off_by_default_and_names_the_route_and_app() {
     let quiet = Api::start(Backend::Embedded).await;
     let alice = quiet.token("alice").await;
     quiet.request(Method::GET, "/v1/conversations", Some(&quiet.write_key), Some(&alice), None, &[]).await;
-    assert!(!quiet.msgd.log_lines().iter().any(|l| l["component"] == "http" && l["message"] == "request"));
+    assert!(!quiet.msgd.log_lines().iter().any(|l| l["component"] == "access" && l["message"] == "request"));
 
-    let api = Api::start_with(Backend::Embedded, &[("MSGD_LOG__ACCESS", "true")]).await;
+    let api = Api::start_with(Backend::Embedded, &[("MSGD_OBSERVABILITY__LOGGING__ACCESS", "true")]).await;
     let alice = api.token("alice").await;
     let conversation = api.conversation(&alice, &[]).await;
     let reply = api
@@ -518,7 +518,7 @@ async fn the_access_log_is_off_by_default_and_names_the_route_and_app() {
     assert_eq!(reply.status, 200);
     let logged = eventually(Duration::from_secs(5), async || {
         api.msgd.log_lines().iter().any(|l| {
-            l["component"] == "http"
+            l["component"] == "access"
                 && l["message"] == "request"
                 && l["route"] == "/v1/conversations/{id}"
                 && l["status"] == 200

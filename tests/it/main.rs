@@ -10,6 +10,7 @@ mod edges;
 mod history;
 mod keys;
 mod load;
+mod logging;
 mod messages;
 mod retention;
 mod segments;

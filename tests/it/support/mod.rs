@@ -146,7 +146,7 @@ impl TestEnv {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut vars = vec![
             ("MSGD_DATA_DIR".to_string(), dir.path().join("data").display().to_string()),
-            ("MSGD_LOG__FORMAT".into(), "json".into()),
+            ("MSGD_OBSERVABILITY__LOGGING__FORMAT".into(), "json".into()),
             ("MSGD_HTTP__LISTEN".into(), "127.0.0.1:0".into()),
         ];
         if backend == Backend::Services {
