@@ -172,7 +172,7 @@ impl Retention {
     ) -> Result<RetentionReport, RetentionError> {
         let started = Instant::now();
         let mut report = RetentionReport {
-            run_id: uuid::Uuid::new_v4().simple().to_string()[..8].to_string(),
+            run_id: crate::worker::current_tick_id(),
             dry_run: options.dry_run,
             app_id: options.app_id.clone(),
             cutoff_ms: self.cutoff(now),

@@ -96,8 +96,14 @@ impl Subscription {
         loop {
             let event = match self.live.recv().await {
                 Ok(event) => event,
-                Err(RecvError::Lagged(_)) => {
+                Err(RecvError::Lagged(missed)) => {
                     // Fell behind the local channel: refill from the timeline up to now.
+                    tracing::debug!(
+                        component = "fanout",
+                        "conversation-id" = %self.conv.conversation_id,
+                        "message-count" = missed,
+                        "subscriber lagged; catching up from the timeline"
+                    );
                     let Ok(last) = ctx.timeline.last_seq(&self.conv).await else { continue };
                     match Box::pin(replay(&ctx, &to, &self.conv, delivered, last)).await {
                         Some(through) => delivered = through,

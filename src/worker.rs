@@ -153,7 +153,7 @@ async fn run(mut worker: impl Worker, mut stop: watch::Receiver<bool>, metrics: 
         }
         let span = tracing::info_span!("tick", component, worker = name, "tick-id" = %tick_id);
         let started = Instant::now();
-        let stepped = worker.work().instrument(span).await;
+        let stepped = TICK_ID.scope(tick_id.clone(), worker.work().instrument(span)).await;
         let took = started.elapsed();
         record_step(&metrics, name, stepped.is_ok(), took);
         if let Some(depth) = worker.queue_depth() {
@@ -220,6 +220,18 @@ async fn run(mut worker: impl Worker, mut stop: watch::Receiver<bool>, metrics: 
     }
     worker.finish().await;
     tracing::debug!(component, worker = name, "worker stopped");
+}
+
+tokio::task_local! {
+    /// The id of the tick the runner is running on this task.
+    static TICK_ID: String;
+}
+
+/// The id of the tick this code runs in, so work that logs its own tick
+/// lines (flush, retention) uses the runner's id; a new one outside a worker
+/// (a CLI run).
+pub fn current_tick_id() -> String {
+    TICK_ID.try_with(Clone::clone).unwrap_or_else(|_| tick_id())
 }
 
 /// A short random id that ties a tick's lines together (`tick-id`).

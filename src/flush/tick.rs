@@ -66,7 +66,7 @@ impl Flusher {
         now: i64,
         progress: Progress<'_>,
     ) -> Result<FlushReport, FlushError> {
-        let tick_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+        let tick_id = crate::worker::current_tick_id();
         let started = Instant::now();
         flush_event!(
             debug,

@@ -340,6 +340,7 @@ async fn session(
             // watch never closes under it.
             _ = async { slow_rx.wait_for(|slow| *slow).await.map(|_| ()) } => {
                 ctx.metrics.ws_slow_consumer_disconnects_total.inc();
+                tracing::info!(component = "fanout", reason = "queue-full", "slow consumer disconnected");
                 break Some((CLOSE_SLOW_CONSUMER, "slow consumer: send queue full; reconnect with since_seq"));
             }
             next = outbound.recv() => {
@@ -349,6 +350,7 @@ async fn session(
                     Ok(Err(_)) => break None,
                     Err(_) => {
                         ctx.metrics.ws_slow_consumer_disconnects_total.inc();
+                        tracing::info!(component = "fanout", reason = "write-stalled", "slow consumer disconnected");
                         break Some((CLOSE_SLOW_CONSUMER, "slow consumer: writes stalled; reconnect with since_seq"));
                     }
                 }
