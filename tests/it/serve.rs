@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::support::servers::{PrivatePostgres, PrivateRedis};
-use crate::support::{backend_test, eventually, services_test, Backend, ServicesEnv, TestEnv};
+use crate::support::{backend_test, eventually, services_test, Backend, Msgd, ServicesEnv, TestEnv};
 
 async fn get(url: &str) -> (u16, serde_json::Value) {
     let response = reqwest::get(url).await.expect("request");
@@ -63,7 +63,7 @@ backend_test! {
 }
 
 /// Stops and restarts a real dependency under a running `msgd serve`.
-async fn outage(env: &TestEnv, dependency: &str, stop: impl FnOnce(), resume: impl FnOnce()) {
+async fn outage(env: &TestEnv, dependency: &str, stop: impl FnOnce(), resume: impl FnOnce()) -> Msgd {
     let mut msgd = env.serve();
     assert_eq!(get(&msgd.url("/readyz")).await.0, 200, "{}", msgd.log_text());
 
@@ -87,6 +87,13 @@ async fn outage(env: &TestEnv, dependency: &str, stop: impl FnOnce(), resume: im
     })
     .await;
     assert!(logged, "the watcher logs the recovery:\n{}", msgd.log_text());
+    msgd
+}
+
+/// The value of the series `series` (name and labels as printed) in a scrape.
+async fn scraped(msgd: &Msgd, series: &str) -> Option<f64> {
+    let text = reqwest::get(msgd.url("/metrics")).await.ok()?.text().await.ok()?;
+    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 services_test! {
@@ -95,7 +102,29 @@ services_test! {
         let mut env = TestEnv::new(Backend::Services).await;
         let redis = std::sync::Mutex::new(PrivateRedis::start(&services.redis_server));
         env.set("MSGD_REDIS__URL", &redis.lock().unwrap().url());
-        outage(&env, "redis", || redis.lock().unwrap().stop(), || redis.lock().unwrap().resume()).await;
+        // A flush tick every second, so the outage shows as failing ticks.
+        env.set("MSGD_FLUSH__INTERVAL", "1s");
+        let msgd = outage(&env, "redis", || redis.lock().unwrap().stop(), || redis.lock().unwrap().resume()).await;
+        // "Ticks but fails" is told apart from "never ticks": a warning per failed tick, and a counter.
+        redis.lock().unwrap().stop();
+        let failed_tick = || {
+            msgd.log_lines().into_iter().find(|l| {
+                l["message"] == "tick failed; backing off" && l["worker"] == "segment-flush" && l["success"] == false
+            })
+        };
+        let failed = eventually(Duration::from_secs(15), async || failed_tick().is_some()).await;
+        redis.lock().unwrap().resume();
+        assert!(failed, "no failed tick logged:\n{}", msgd.log_text());
+        let failed = failed_tick().unwrap();
+        assert!(failed["error.message"].is_string() && failed["tick-id"].is_string(), "{failed}");
+        let errors = scraped(&msgd, "msgd_worker_steps_total{result=\"error\",worker=\"segment-flush\"}").await;
+        assert!(errors >= Some(1.0), "{errors:?}");
+        // The stats worker reads Redis' memory once Redis is back.
+        let polled = eventually(Duration::from_secs(20), async || {
+            scraped(&msgd, "msgd_redis_memory_used_bytes").await > Some(0.0)
+        })
+        .await;
+        assert!(polled, "Redis memory never polled");
     }
 }
 
@@ -105,7 +134,7 @@ services_test! {
         let mut env = TestEnv::new(Backend::Services).await;
         let postgres = PrivatePostgres::start(&services.pg_bin);
         env.set("MSGD_POSTGRES__URL", &postgres.url());
-        outage(&env, "postgres", || postgres.stop(), || postgres.resume()).await;
+        let _ = outage(&env, "postgres", || postgres.stop(), || postgres.resume()).await;
 
         // Started while Postgres is down: not ready, then ready with the schema applied.
         postgres.stop();
