@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs (when missing), starts and stops the real servers msgd's tests and a
 # local services-mode deployment use: PostgreSQL 15, Redis 7 and an S3 server
-# (s3s-fs, a SigV4-checking S3 implementation over a directory).
+# (s3s-fs, a SigV4-checking S3 implementation over a directory). It also installs
+# Prometheus (`prometheus` and `promtool`, for the observability tests) but never
+# starts it: each test starts its own, as it does msgd.
 #
 #   scripts/services.sh up        install what is missing, start what is not running
 #   scripts/services.sh down      stop everything this script started (by PID)
@@ -48,14 +50,22 @@ s3s_bin() {
 }
 
 install_missing() {
-  local pkgs=()
+  local pkgs=() lean=()
   pg_bin >/dev/null || pkgs+=(postgresql)
   command -v redis-server >/dev/null || pkgs+=(redis-server)
-  if [ "${#pkgs[@]}" -gt 0 ]; then
-    log "installing ${pkgs[*]}"
+  # Debian's prometheus package brings both binaries. Installed without its
+  # recommends (no node_exporter); the tests start their own Prometheus.
+  { command -v prometheus && command -v promtool; } >/dev/null || lean+=(prometheus)
+  if [ "$((${#pkgs[@]} + ${#lean[@]}))" -gt 0 ]; then
+    log "installing ${pkgs[*]} ${lean[*]}"
     export DEBIAN_FRONTEND=noninteractive
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
+    if [ "${#pkgs[@]}" -gt 0 ]; then
+      $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
+    fi
+    if [ "${#lean[@]}" -gt 0 ]; then
+      $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${lean[@]}" >/dev/null
+    fi
   fi
   if ! s3s_bin >/dev/null; then
     # Pinned: newer releases need a newer rustc than Debian 12 machines here have.
@@ -120,6 +130,8 @@ export MSGDTEST_S3_ROOT=$DIR/s3/data
 export MSGDTEST_PG_BIN=$(pg_bin)
 export MSGDTEST_REDIS_SERVER=$(command -v redis-server)
 export MSGDTEST_S3S_FS=$(s3s_bin)
+export MSGDTEST_PROMETHEUS=$(command -v prometheus)
+export MSGDTEST_PROMTOOL=$(command -v promtool)
 ENV
 }
 

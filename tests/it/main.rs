@@ -12,6 +12,7 @@ mod keys;
 mod load;
 mod logging;
 mod messages;
+mod observability;
 mod retention;
 mod segments;
 mod serve;

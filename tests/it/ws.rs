@@ -85,8 +85,11 @@ backend_test! {
 backend_test! {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_slow_consumer_is_cut_off_while_a_fast_one_keeps_up(backend: Backend) {
+        // A queue of 64 frames absorbs a burst of pub/sub deliveries on a busy
+        // machine (8 did not, in CI); the 300 frames of 60 KB (18 MB) the slow
+        // one never reads overflow it plus the socket's buffers (~4 MB).
         let api =
-            Api::start_with(backend, &[("MSGD_WS__SEND_QUEUE", "8"), ("MSGD_LIMITS__MAX_PAYLOAD_BYTES", "65536")])
+            Api::start_with(backend, &[("MSGD_WS__SEND_QUEUE", "64"), ("MSGD_LIMITS__MAX_PAYLOAD_BYTES", "65536")])
                 .await;
         let alice = api.token("alice").await;
         let conversation = api.conversation(&alice, &[]).await;
