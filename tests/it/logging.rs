@@ -9,12 +9,11 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::api::Api;
-use crate::support::{backend_test, eventually, Backend, Msgd, TestEnv};
+use crate::support::{backend_test, eventually, sample, scrape, Backend, Msgd, TestEnv};
 
 /// The value of the metric series `series` (name and labels as printed) in a scrape.
 async fn metric(msgd: &Msgd, series: &str) -> Option<f64> {
-    let text = reqwest::get(msgd.url("/metrics")).await.expect("scrape").text().await.expect("scrape body");
-    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+    sample(&scrape(msgd).await, series)
 }
 
 fn lines_where(msgd: &Msgd, pick: impl Fn(&Value) -> bool) -> Vec<Value> {

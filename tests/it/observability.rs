@@ -23,7 +23,10 @@ use serde_json::{json, Value};
 
 use crate::support::api::{create_app, create_key, Api};
 use crate::support::wsclient::Client;
-use crate::support::{backend_test, eventually, free_port, services_test, unique, Backend, Msgd, ServicesEnv, TestEnv};
+use crate::support::{
+    backend_test, eventually, free_port, sample, scrape, services_test, skip_unless_required, unique, Backend,
+    ServicesEnv, TestEnv,
+};
 
 /// The repository root: the dashboards, alerts and runbooks live there.
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -68,11 +71,10 @@ fn tool(var: &str, name: &str) -> Option<PathBuf> {
             .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join(name)).find(|path| path.is_file())),
     };
     if found.is_none() {
-        assert!(
-            std::env::var("MSGDTEST_REQUIRE_SERVICES").is_err(),
-            "MSGDTEST_REQUIRE_SERVICES is set but {name} is missing (scripts/services.sh up installs it)"
+        skip_unless_required(
+            &format!("{name} is missing (scripts/services.sh up installs it)"),
+            &format!("{name} is missing; the checks that need it are skipped (scripts/services.sh up installs it)"),
         );
-        eprintln!("note: {name} is missing; the checks that need it are skipped (scripts/services.sh up installs it)");
     }
     found
 }
@@ -235,17 +237,6 @@ fn families(scrape: &str) -> BTreeMap<String, Scraped> {
     families
 }
 
-async fn scrape(msgd: &Msgd) -> String {
-    let response = reqwest::get(msgd.url("/metrics")).await.expect("scrape /metrics");
-    assert_eq!(response.status().as_u16(), 200, "GET /metrics");
-    response.text().await.expect("scrape body")
-}
-
-/// The value of `series` (name and labels as printed) in a scrape.
-fn value(scrape: &str, series: &str) -> Option<f64> {
-    scrape.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
 // ---------------------------------------------------------------------------
 // Traffic
 
@@ -272,7 +263,7 @@ async fn make_traffic(api: &Api) {
     assert_eq!(refused.status, 401, "a request without a key: {}", refused.body);
 
     let flushed = eventually(Duration::from_secs(30), async || {
-        value(&scrape(&api.msgd).await, "msgd_segment_records_count").is_some_and(|n| n >= 1.0)
+        sample(&scrape(&api.msgd).await, "msgd_segment_records_count").is_some_and(|n| n >= 1.0)
     })
     .await;
     assert!(flushed, "no segment written within 30 s:\n{}", api.msgd.log_text());

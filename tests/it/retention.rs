@@ -19,7 +19,7 @@ use msgd::timeline::Timeline;
 use serde_json::json;
 
 use crate::support::api::{create_app, Api};
-use crate::support::{backend_test, eventually, services_test, Backend, Msgd, ServicesEnv, TestEnv};
+use crate::support::{backend_test, eventually, sample, services_test, Backend, Msgd, ServicesEnv, TestEnv};
 
 const DAY: i64 = 86_400_000;
 
@@ -417,8 +417,8 @@ backend_test! {
 }
 
 /// The value of one sample line of a Prometheus text exposition (0 when absent).
-fn metric(text: &str, sample: &str) -> f64 {
-    text.lines().find_map(|line| line.strip_prefix(sample).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
+fn metric(text: &str, series: &str) -> f64 {
+    sample(text, series).unwrap_or(0.0)
 }
 
 services_test! {

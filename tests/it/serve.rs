@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::support::servers::{PrivatePostgres, PrivateRedis};
-use crate::support::{backend_test, eventually, services_test, Backend, Msgd, ServicesEnv, TestEnv};
+use crate::support::{backend_test, eventually, sample, services_test, Backend, Msgd, ServicesEnv, TestEnv};
 
 async fn get(url: &str) -> (u16, serde_json::Value) {
     let response = reqwest::get(url).await.expect("request");
@@ -93,7 +93,7 @@ async fn outage(env: &TestEnv, dependency: &str, stop: impl FnOnce(), resume: im
 /// The value of the series `series` (name and labels as printed) in a scrape.
 async fn scraped(msgd: &Msgd, series: &str) -> Option<f64> {
     let text = reqwest::get(msgd.url("/metrics")).await.ok()?.text().await.ok()?;
-    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+    sample(&text, series)
 }
 
 services_test! {

@@ -36,13 +36,33 @@ pub enum Backend {
 pub fn services_or_skip() -> Option<ServicesEnv> {
     let services = services_env();
     if services.is_none() {
-        assert!(
-            std::env::var("MSGDTEST_REQUIRE_SERVICES").is_err(),
-            "MSGDTEST_REQUIRE_SERVICES is set but the MSGDTEST_* service variables are missing"
+        skip_unless_required(
+            "the MSGDTEST_* service variables are missing",
+            "services-mode test skipped (run scripts/test.sh to start Postgres, Redis and S3)",
         );
-        eprintln!("note: services-mode test skipped (run scripts/test.sh to start Postgres, Redis and S3)");
     }
     services
+}
+
+/// Notes that a check is skipped because something it needs is `missing`;
+/// under `MSGDTEST_REQUIRE_SERVICES`, whose run promises every check, fails
+/// instead.
+pub fn skip_unless_required(missing: &str, skipped: &str) {
+    assert!(std::env::var("MSGDTEST_REQUIRE_SERVICES").is_err(), "MSGDTEST_REQUIRE_SERVICES is set but {missing}");
+    eprintln!("note: {skipped}");
+}
+
+/// The value of the series `series` (name and labels as printed) in a
+/// Prometheus text exposition.
+pub fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// `GET /metrics` of a running msgd.
+pub async fn scrape(msgd: &Msgd) -> String {
+    let response = reqwest::get(msgd.url("/metrics")).await.expect("scrape /metrics");
+    assert_eq!(response.status().as_u16(), 200, "GET /metrics");
+    response.text().await.expect("scrape body")
 }
 
 /// One test per backend from one body, so a failure names its backend:
