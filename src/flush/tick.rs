@@ -137,14 +137,21 @@ impl Flusher {
             self.flush_due(report, &mut leases, dirty, options, now, progress).await
         }
         .await;
-        for lease in leases.held {
+        // When the coordination store fails, the other leases are not tried
+        // one by one against it: each waits out a reconnect (~0.5 s with Redis
+        // down), so 64 of them would keep the tick, and so its failure, from
+        // ending for over 30 s. They all expire by themselves.
+        let mut held = leases.held.into_iter();
+        while let Some(lease) = held.next() {
             if let Err(e) = self.stores.coordination.release_lease(&lease, &self.holder).await {
                 tracing::warn!(
                     component = "segment-flush",
                     lease = %lease,
+                    unreleased = 1 + held.len(),
                     error = %e,
                     "lease not released; it expires by itself"
                 );
+                break;
             }
         }
         result
