@@ -25,6 +25,8 @@ cd "$(dirname "$0")/.."
 SEED="${SCHEMATHESIS_SEED:-1}"
 if [ "$SEED" = 0 ]; then SEED=$RANDOM; fi
 ROOT="$PWD"
+# shellcheck source=scripts/listening.sh
+. "$ROOT/scripts/listening.sh"
 MSGD="$ROOT/target/debug/msgd"
 DIR="${MSGDTEST_SERVICES_DIR:-/tmp/msgd-services}"
 VENV="$DIR/schemathesis-venv"
@@ -118,15 +120,7 @@ start_msgd() {
   "$MSGD" keys create-app schemathesis --json >"$WORK/app.json"
   "$MSGD" serve 2>"$WORK/msgd.log" &
   MSGD_PID=$!
-  BASE_URL=""
-  for _ in $(seq 1 300); do
-    BASE_URL="$(sed -n 's/.*"addr":"\([0-9.:]*\)".*"message":"listening".*/http:\/\/\1/p;
-                         s/.*"message":"listening".*"addr":"\([0-9.:]*\)".*/http:\/\/\1/p' "$WORK/msgd.log" | head -1)"
-    [ -z "$BASE_URL" ] || break
-    kill -0 "$MSGD_PID" 2>/dev/null || { log "msgd exited:"; cat "$WORK/msgd.log" >&2; return 1; }
-    sleep 0.1
-  done
-  [ -n "$BASE_URL" ] || { log "msgd did not listen within 30 s"; cat "$WORK/msgd.log" >&2; return 1; }
+  wait_for_listening "$WORK/msgd.log" "$MSGD_PID" || return 1
   log "$backend: msgd (PID $MSGD_PID) on $BASE_URL"
   # The document is compiled in; a stale binary would be tested against a
   # document it does not serve.

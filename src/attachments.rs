@@ -25,6 +25,7 @@ use crate::auth::Caller;
 use crate::context::Context;
 use crate::envelope::Attachment;
 use crate::error::{Code, Error};
+use crate::ratelimit::Bucket;
 use crate::store::AttachmentRow;
 
 /// Where embedded mode receives uploads: `PUT /v1/uploads/{token}`.
@@ -186,13 +187,12 @@ fn object_key(app_id: &str, now: i64, conversation_id: &str, id: &str) -> String
 async fn rate_limit(ctx: &Context, caller: &Caller) -> Result<(), Error> {
     let config = &ctx.config.attachments;
     let bucket = match &caller.user_id {
-        Some(user) => format!("upload:u:{}:{user}", caller.app_id),
+        Some(user) => format!("upload:u:{user}"),
         None => format!("upload:k:{}", caller.key_id),
     };
-    let decision = ctx.stores.coordination.rate_limit(&bucket, config.upload_rate, config.upload_burst).await?;
-    if decision.allowed {
-        return Ok(());
-    }
+    let bucket = Bucket::new(bucket, config.upload_rate, config.upload_burst);
+    let grant = ctx.stores.coordination.rate_limit(&caller.app_id, &[bucket], 1).await?;
+    let Some((_, decision)) = grant.refused() else { return Ok(()) };
     ctx.metrics.rate_limited_total.with_label_values(&["upload"]).inc();
     let mut error = Error::new(
         Code::RateLimited,

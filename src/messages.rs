@@ -11,6 +11,7 @@ use crate::auth::Caller;
 use crate::context::Context;
 use crate::envelope::{Attachment, Envelope, Sender, ENVELOPE_VERSION};
 use crate::error::{Code, Error, RateLimitInfo};
+use crate::ratelimit::Bucket;
 use crate::store::{AppendOutcome, AppendRequest, ConvKey, IdempotencyClaim};
 
 const MAX_ATTACHMENTS: usize = 32;
@@ -138,10 +139,13 @@ pub async fn send(
 ) -> Result<Sent, Error> {
     caller.require_participant()?;
     let conversation_id = ctx.membership.require_access(caller, conversation_id).await?.conversation_id;
-    send_checked(ctx, caller, &conversation_id, request, idempotency_header, now).await
+    let item = prepare(ctx, caller, &conversation_id, request, idempotency_header, now);
+    let mut results = send_checked(ctx, caller, &conversation_id, vec![item], now).await?;
+    results.pop().expect("one result per message")
 }
 
-/// Sends up to `limits.max_batch` messages in order, each with its own result.
+/// Sends up to `limits.max_batch` messages in order, each with its own
+/// result: one rate-limit check and one append for the whole batch.
 pub async fn send_batch(
     ctx: &Context,
     caller: &Caller,
@@ -155,33 +159,39 @@ pub async fn send_batch(
         return Err(Error::new(Code::InvalidBatch, format!("a batch holds 1 to {max} messages")));
     }
     let conversation_id = ctx.membership.require_access(caller, conversation_id).await?.conversation_id;
-    let mut results = Vec::with_capacity(requests.len());
-    for item in requests {
-        let result = match serde_json::from_value::<SendRequest>(item) {
-            Ok(request) => send_checked(ctx, caller, &conversation_id, request, None, now).await,
+    let items = requests
+        .into_iter()
+        .map(|item| match serde_json::from_value::<SendRequest>(item) {
+            Ok(request) => prepare(ctx, caller, &conversation_id, request, None, now),
             Err(e) => Err(Error::new(Code::InvalidRequest, format!("not a message: {e}"))),
-        };
-        results.push(result);
-    }
-    Ok(results)
+        })
+        .collect();
+    send_checked(ctx, caller, &conversation_id, items, now).await
 }
 
-async fn send_checked(
+/// A valid message on its way to the tail.
+struct Pending {
+    envelope: Envelope,
+    /// The sender-scoped idempotency key, if the client gave one.
+    key: Option<String>,
+    fingerprint: String,
+}
+
+/// Validates a request and builds its envelope (seq 0 until appended).
+fn prepare(
     ctx: &Context,
     caller: &Caller,
     conversation_id: &str,
     request: SendRequest,
     idempotency_header: Option<&str>,
     now: i64,
-) -> Result<Sent, Error> {
-    let idempotency_key = validate(ctx, &request, idempotency_header)?;
-    let started = Instant::now();
-
+) -> Result<Pending, Error> {
+    let key = validate(ctx, &request, idempotency_header)?;
     let sender = match &caller.user_id {
         Some(user) => Sender { kind: "user".into(), id: user.clone() },
         None => Sender { kind: "app".into(), id: caller.app_id.clone() },
     };
-    let idempotency_key = idempotency_key.map(|key| claim_key(&sender, &key));
+    let key = key.map(|key| claim_key(&sender, &key));
     let envelope = Envelope {
         v: ENVELOPE_VERSION,
         id: uuid::Uuid::now_v7().to_string(),
@@ -195,75 +205,153 @@ async fn send_checked(
         attachments: request.attachments,
         client_msg_id: request.client_msg_id,
     };
-    let conv = ConvKey::new(&caller.app_id, conversation_id);
     let fingerprint = fingerprint(&envelope);
-    // A retry of an accepted send is answered before rate limiting: a client
-    // that resends after a timeout gets its message back, not a 429.
-    if let Some(key) = &idempotency_key {
-        if let Some((seq, seen)) = ctx.stores.tail.idempotency_claim(&conv, key).await? {
-            if seen == fingerprint {
-                ctx.metrics.idempotent_replays_total.inc();
-                return Ok(Sent { envelope: original(ctx, &conv, seq).await?, replayed: true });
-            }
-            return Err(key_reused(seq));
-        }
-    }
-    rate_limit(ctx, caller).await?;
-    if !envelope.attachments.is_empty() {
-        crate::attachments::check_references(ctx, &caller.app_id, conversation_id, &envelope.attachments, now).await?;
-    }
-    let append = AppendRequest {
-        conv: conv.clone(),
-        ts_ms: now,
-        body: serde_json::to_vec(&envelope).expect("envelopes serialize"),
-        idempotency: idempotency_key.map(|key| IdempotencyClaim {
-            key,
-            fingerprint,
-            ttl: ctx.config.limits.idempotency_ttl,
-        }),
-    };
+    Ok(Pending { envelope, key, fingerprint })
+}
 
-    for _ in 0..SEED_ATTEMPTS {
-        match ctx.stores.tail.append(&append).await? {
-            AppendOutcome::Appended(entry) => {
-                ctx.metrics.messages_ingested_total.inc();
-                ctx.metrics.ingest_duration_seconds.observe(started.elapsed().as_secs_f64());
-                tracing::debug!(
-                    component = "ingest",
-                    "conversation-id" = %conv.conversation_id,
-                    seq = entry.seq,
-                    "payload-bytes" = append.body.len(),
-                    "duration-ms" = started.elapsed().as_millis() as u64,
-                    "message accepted"
-                );
-                if let Some(user) = &caller.user_id {
-                    // The message is durable already; a failure here only costs an unread count.
-                    if let Err(e) = crate::receipts::note_sent(ctx, &conv, user, entry.seq).await {
-                        tracing::warn!(component = "ingest", error = %e.message, "sender's own-message mark not saved");
-                    }
-                }
-                return Ok(Sent { envelope: Envelope { seq: entry.seq, ..envelope }, replayed: false });
+/// Sends prepared messages of one conversation, in order: idempotent replays
+/// first (a client that resends after a timeout gets its message back, not a
+/// 429), then one rate-limit check for the rest, attachment checks, and one
+/// append step for everything still standing.
+async fn send_checked(
+    ctx: &Context,
+    caller: &Caller,
+    conversation_id: &str,
+    items: Vec<Result<Pending, Error>>,
+    now: i64,
+) -> Result<Vec<Result<Sent, Error>>, Error> {
+    let started = Instant::now();
+    let conv = ConvKey::new(&caller.app_id, conversation_id);
+    let mut results: Vec<Option<Result<Sent, Error>>> = (0..items.len()).map(|_| None).collect();
+    let mut pending: Vec<(usize, Pending)> = Vec::with_capacity(items.len());
+    for (index, item) in items.into_iter().enumerate() {
+        match item {
+            Ok(item) => pending.push((index, item)),
+            Err(e) => results[index] = Some(Err(e)),
+        }
+    }
+
+    // Replays are answered before rate limiting.
+    let keys: Vec<&str> = pending.iter().filter_map(|(_, item)| item.key.as_deref()).collect();
+    if !keys.is_empty() {
+        let claims = ctx.stores.tail.idempotency_claims(&conv, &keys).await?;
+        let mut claims = claims.into_iter();
+        let mut fresh = Vec::with_capacity(pending.len());
+        for (index, item) in pending {
+            match item.key.as_ref().and_then(|_| claims.next().flatten()) {
+                Some((seq, seen)) if seen == item.fingerprint => results[index] = Some(replayed(ctx, &conv, seq).await),
+                Some((seq, _)) => results[index] = Some(Err(key_reused(seq))),
+                None => fresh.push((index, item)),
             }
-            AppendOutcome::Replayed { seq } => {
-                ctx.metrics.idempotent_replays_total.inc();
-                return Ok(Sent { envelope: original(ctx, &conv, seq).await?, replayed: true });
-            }
-            AppendOutcome::KeyReused { seq } => return Err(key_reused(seq)),
-            AppendOutcome::NeedsSeed => {
-                // New conversation, or the tail lost its counter: continue after the
-                // highest seq known durably, never from 1 again.
-                let floor = ctx.stores.metadata.flushed_seq(&conv).await?;
-                tracing::info!(
-                    component = "ingest",
-                    "conversation-id" = %conv.conversation_id,
-                    floor,
-                    "seq counter seeded"
-                );
-                ctx.stores.tail.seed_seq(&conv, floor).await?;
+        }
+        pending = fresh;
+    }
+
+    if !pending.is_empty() {
+        let granted = rate_limit(ctx, caller, pending.len()).await?;
+        if let Err((granted, refusal)) = granted {
+            for (index, _) in pending.drain(granted..) {
+                results[index] = Some(Err(refusal.clone()));
             }
         }
     }
-    Err(Error::new(Code::SeqUnavailable, "could not assign a seq; retry"))
+
+    let mut checked = Vec::with_capacity(pending.len());
+    for (index, item) in pending {
+        let attachments = &item.envelope.attachments;
+        if attachments.is_empty() {
+            checked.push((index, item));
+        } else {
+            match crate::attachments::check_references(ctx, &caller.app_id, conversation_id, attachments, now).await {
+                Ok(()) => checked.push((index, item)),
+                Err(e) => results[index] = Some(Err(e)),
+            }
+        }
+    }
+    for (index, result) in append(ctx, caller, &conv, checked, now, started).await? {
+        results[index] = Some(result);
+    }
+    Ok(results.into_iter().map(|result| result.expect("every message has a result")).collect())
+}
+
+/// Appends checked messages in one step, re-seeding the counter where the
+/// tail asks for it; returns each message's result by its index.
+async fn append(
+    ctx: &Context,
+    caller: &Caller,
+    conv: &ConvKey,
+    checked: Vec<(usize, Pending)>,
+    now: i64,
+    started: Instant,
+) -> Result<Vec<(usize, Result<Sent, Error>)>, Error> {
+    let ttl = ctx.config.limits.idempotency_ttl;
+    let mut waiting: Vec<(usize, Pending, AppendRequest)> = checked
+        .into_iter()
+        .map(|(index, item)| {
+            let request = AppendRequest {
+                conv: conv.clone(),
+                ts_ms: now,
+                body: serde_json::to_vec(&item.envelope).expect("envelopes serialize"),
+                idempotency: item.key.clone().map(|key| IdempotencyClaim {
+                    key,
+                    fingerprint: item.fingerprint.clone(),
+                    ttl,
+                }),
+            };
+            (index, item, request)
+        })
+        .collect();
+    let mut done = Vec::with_capacity(waiting.len());
+    let mut last_seq = 0;
+    for _ in 0..SEED_ATTEMPTS {
+        if waiting.is_empty() {
+            break;
+        }
+        let requests: Vec<AppendRequest> = waiting.iter().map(|(_, _, request)| request.clone()).collect();
+        let outcomes = ctx.stores.tail.append_batch(&requests).await?;
+        let mut unseeded = Vec::new();
+        for ((index, item, request), outcome) in waiting.into_iter().zip(outcomes) {
+            match outcome {
+                AppendOutcome::Appended(entry) => {
+                    ctx.metrics.messages_ingested_total.inc();
+                    ctx.metrics.ingest_duration_seconds.observe(started.elapsed().as_secs_f64());
+                    tracing::debug!(
+                        component = "ingest",
+                        "conversation-id" = %conv.conversation_id,
+                        seq = entry.seq,
+                        "payload-bytes" = request.body.len(),
+                        "duration-ms" = started.elapsed().as_millis() as u64,
+                        "message accepted"
+                    );
+                    last_seq = last_seq.max(entry.seq);
+                    let envelope = Envelope { seq: entry.seq, ..item.envelope };
+                    done.push((index, Ok(Sent { envelope, replayed: false })));
+                }
+                AppendOutcome::Replayed { seq } => done.push((index, replayed(ctx, conv, seq).await)),
+                AppendOutcome::KeyReused { seq } => done.push((index, Err(key_reused(seq)))),
+                AppendOutcome::NeedsSeed => unseeded.push((index, item, request)),
+            }
+        }
+        waiting = unseeded;
+        if !waiting.is_empty() {
+            // New conversation, or the tail lost its counter: continue after the
+            // highest seq known durably, never from 1 again.
+            let floor = ctx.stores.metadata.flushed_seq(conv).await?;
+            let id = &conv.conversation_id;
+            tracing::info!(component = "ingest", "conversation-id" = %id, floor, "seq counter seeded");
+            ctx.stores.tail.seed_seq(conv, floor).await?;
+        }
+    }
+    for (index, _, _) in waiting {
+        done.push((index, Err(Error::new(Code::SeqUnavailable, "could not assign a seq; retry"))));
+    }
+    if let (Some(user), true) = (&caller.user_id, last_seq > 0) {
+        // The messages are durable already; a failure here only costs an unread count.
+        if let Err(e) = crate::receipts::note_sent(ctx, conv, user, last_seq).await {
+            tracing::warn!(component = "ingest", error = %e.message, "sender's own-message mark not saved");
+        }
+    }
+    Ok(done)
 }
 
 /// Idempotency keys are scoped to their sender (app, conversation, sender and
@@ -277,11 +365,12 @@ fn key_reused(seq: u64) -> Error {
     Error::new(Code::IdempotencyKeyReused, format!("this idempotency key was used for a different message (seq {seq})"))
 }
 
-/// The envelope originally stored at `seq`, for an idempotent replay: from
-/// the tail, or from segments once it was flushed and trimmed.
-async fn original(ctx: &Context, conv: &ConvKey, seq: u64) -> Result<Envelope, Error> {
+/// An idempotent replay: the envelope originally stored at `seq`, from the
+/// tail, or from segments once it was flushed and trimmed.
+async fn replayed(ctx: &Context, conv: &ConvKey, seq: u64) -> Result<Sent, Error> {
+    ctx.metrics.idempotent_replays_total.inc();
     match ctx.timeline.message(conv, seq).await? {
-        Some(envelope) => Ok(envelope),
+        Some(envelope) => Ok(Sent { envelope, replayed: true }),
         None => Err(Error::new(
             Code::IdempotencyOriginalUnavailable,
             format!("this idempotency key was used for seq {seq}, which is no longer stored"),
@@ -303,26 +392,28 @@ fn fingerprint(envelope: &Envelope) -> String {
     digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
-/// The per-user and per-key limits; the user bucket is checked first so one
-/// noisy user cannot drain the key's bucket for everyone.
-async fn rate_limit(ctx: &Context, caller: &Caller) -> Result<(), Error> {
+/// The per-user and per-key limits, checked together for `wanted` messages:
+/// `Ok(())` when all may go, otherwise how many may and the refusal for the
+/// rest (the user's bucket is named first, so one noisy user is told it is
+/// the one over its limit, not the key).
+async fn rate_limit(ctx: &Context, caller: &Caller, wanted: usize) -> Result<Result<(), (usize, Error)>, Error> {
     let limits = &ctx.config.limits;
     let mut buckets = Vec::with_capacity(2);
+    let mut scopes = Vec::with_capacity(2);
     if let Some(user) = &caller.user_id {
-        buckets.push(("user", format!("u:{}:{}", caller.app_id, user), limits.user_rate, limits.user_burst));
+        buckets.push(Bucket::new(format!("u:{user}"), limits.user_rate, limits.user_burst));
+        scopes.push("user");
     }
-    buckets.push(("key", format!("k:{}", caller.key_id), limits.key_rate, limits.key_burst));
-    for (scope, key, rate, burst) in buckets {
-        let decision = ctx.stores.coordination.rate_limit(&key, rate, burst).await?;
-        if !decision.allowed {
-            ctx.metrics.rate_limited_total.with_label_values(&[scope]).inc();
-            let mut error = Error::new(
-                Code::RateLimited,
-                format!("too many messages for this {scope}: {rate}/s with a burst of {burst}"),
-            );
-            error.rate = Some(RateLimitInfo { limit: burst, window_seconds: f64::from(burst) / rate, decision });
-            return Err(error);
-        }
-    }
-    Ok(())
+    buckets.push(Bucket::new(format!("k:{}", caller.key_id), limits.key_rate, limits.key_burst));
+    scopes.push("key");
+    let wanted = u32::try_from(wanted).unwrap_or(u32::MAX);
+    let grant = ctx.stores.coordination.rate_limit(&caller.app_id, &buckets, wanted).await?;
+    let Some((refused, decision)) = grant.refused() else { return Ok(Ok(())) };
+    let (scope, bucket) = (scopes[refused], &buckets[refused]);
+    ctx.metrics.rate_limited_total.with_label_values(&[scope]).inc_by((wanted - grant.granted) as u64);
+    let (rate, burst) = (bucket.rate_per_second, bucket.burst);
+    let mut error =
+        Error::new(Code::RateLimited, format!("too many messages for this {scope}: {rate}/s with a burst of {burst}"));
+    error.rate = Some(RateLimitInfo { limit: burst, window_seconds: f64::from(burst) / rate, decision });
+    Ok(Err((grant.granted as usize, error)))
 }

@@ -16,27 +16,80 @@ pub struct RateDecision {
     pub reset_ms: u64,
 }
 
-/// One GCRA step: `tat` is the stored theoretical arrival time (ms), `now`
-/// the clock, `interval_ms` = 1000 / rate. Returns the decision and the new
-/// `tat` to store. The Redis tail runs the same arithmetic in Lua.
-pub fn gcra(tat: Option<f64>, now: f64, interval_ms: f64, burst: u32) -> (RateDecision, f64) {
-    let tolerance = interval_ms * f64::from(burst.max(1) - 1);
-    let tat = tat.unwrap_or(now).max(now);
-    if tat - now > tolerance {
-        let retry = (tat - now - tolerance).ceil() as u64;
-        let decision = RateDecision {
-            allowed: false,
-            remaining: 0,
-            retry_after_ms: retry.max(1),
-            reset_ms: (tat - now).ceil() as u64,
-        };
-        return (decision, tat);
+/// One bucket of a rate-limit check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bucket {
+    pub key: String,
+    pub rate_per_second: f64,
+    pub burst: u32,
+}
+
+impl Bucket {
+    pub fn new(key: impl Into<String>, rate_per_second: f64, burst: u32) -> Bucket {
+        Bucket { key: key.into(), rate_per_second, burst }
     }
-    let new_tat = tat + interval_ms;
-    let remaining = ((now + tolerance - (new_tat - interval_ms)) / interval_ms).floor().max(0.0) as u32;
-    let decision =
-        RateDecision { allowed: true, remaining, retry_after_ms: 0, reset_ms: (new_tat - now).ceil() as u64 };
-    (decision, new_tat)
+
+    /// Milliseconds per token.
+    pub fn interval_ms(&self) -> f64 {
+        1000.0 / self.rate_per_second
+    }
+}
+
+/// What a check of several buckets granted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grant {
+    /// Requests granted, the same number taken from every bucket: at most
+    /// what was wanted and what the emptiest bucket held.
+    pub granted: u32,
+    /// Each bucket's state after the grant, in the order given; `allowed` is
+    /// false for a bucket that held fewer than were wanted.
+    pub decisions: Vec<RateDecision>,
+}
+
+impl Grant {
+    /// The first bucket that held fewer than were wanted, with its decision.
+    pub fn refused(&self) -> Option<(usize, RateDecision)> {
+        self.decisions.iter().position(|d| !d.allowed).map(|i| (i, self.decisions[i]))
+    }
+}
+
+/// GCRA over several buckets at once: takes up to `wanted` tokens from each,
+/// the same number from all. `tats` are the stored theoretical arrival times
+/// (Unix ms) of `buckets`, `now` the clock. Returns the grant and the new
+/// arrival times to store. The Redis tail runs the same arithmetic in Lua.
+pub fn take(buckets: &[Bucket], tats: &[Option<f64>], now: f64, wanted: u32) -> (Grant, Vec<f64>) {
+    let held: Vec<(f64, u32)> = buckets
+        .iter()
+        .zip(tats)
+        .map(|(bucket, tat)| {
+            let (interval, tolerance) =
+                (bucket.interval_ms(), bucket.interval_ms() * f64::from(bucket.burst.max(1) - 1));
+            let tat = tat.unwrap_or(now).max(now);
+            let available =
+                if tat - now > tolerance { 0 } else { ((now + tolerance - tat) / interval).floor() as u32 + 1 };
+            (tat, available)
+        })
+        .collect();
+    let granted = held.iter().map(|(_, available)| *available).fold(wanted, u32::min);
+    let mut new_tats = Vec::with_capacity(buckets.len());
+    let decisions = buckets
+        .iter()
+        .zip(&held)
+        .map(|(bucket, (tat, available))| {
+            let (interval, tolerance) =
+                (bucket.interval_ms(), bucket.interval_ms() * f64::from(bucket.burst.max(1) - 1));
+            let tat = tat + f64::from(granted) * interval;
+            new_tats.push(tat);
+            let allowed = *available >= wanted;
+            RateDecision {
+                allowed,
+                remaining: available - granted,
+                retry_after_ms: if allowed { 0 } else { ((tat - now - tolerance).ceil() as u64).max(1) },
+                reset_ms: (tat - now).ceil() as u64,
+            }
+        })
+        .collect();
+    (Grant { granted, decisions }, new_tats)
 }
 
 #[cfg(test)]
@@ -44,20 +97,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn gcra_allows_the_burst_then_the_rate() {
+    fn one_bucket_allows_the_burst_then_the_rate() {
+        let bucket = [Bucket::new("b", 10.0, 20)];
         let (mut tat, now) = (None, 1_000_000.0);
         for expected_remaining in (0..20).rev() {
-            let (decision, next) = gcra(tat, now, 100.0, 20);
-            assert!(decision.allowed);
-            assert_eq!(decision.remaining, expected_remaining);
-            tat = Some(next);
+            let (grant, next) = take(&bucket, &[tat], now, 1);
+            assert_eq!((grant.granted, grant.decisions[0].remaining), (1, expected_remaining));
+            assert!(grant.refused().is_none());
+            tat = Some(next[0]);
         }
-        let (refused, same) = gcra(tat, now, 100.0, 20);
-        assert!(!refused.allowed);
-        assert_eq!(refused.retry_after_ms, 100);
-        assert_eq!(Some(same), tat);
+        let (refused, same) = take(&bucket, &[tat], now, 1);
+        assert_eq!(refused.granted, 0);
+        assert_eq!(refused.refused().map(|(i, d)| (i, d.retry_after_ms)), Some((0, 100)));
+        assert_eq!(Some(same[0]), tat);
         // One interval later exactly one more is allowed.
-        let (later, _) = gcra(tat, now + 100.0, 100.0, 20);
-        assert!(later.allowed && later.remaining == 0);
+        let (later, _) = take(&bucket, &[tat], now + 100.0, 1);
+        assert!(later.granted == 1 && later.decisions[0].remaining == 0);
+    }
+
+    #[test]
+    fn taking_several_at_once_is_taking_them_one_by_one() {
+        let buckets = [Bucket::new("user", 10.0, 5), Bucket::new("key", 100.0, 8)];
+        let now = 5_000.0;
+        let (together, tats) = take(&buckets, &[None, None], now, 7);
+        assert_eq!(together.granted, 5, "the user's bucket holds 5");
+        assert_eq!(together.refused().map(|(i, _)| i), Some(0));
+        let mut one_by_one = vec![None, None];
+        let mut granted = 0;
+        for _ in 0..7 {
+            let (grant, next) = take(&buckets, &one_by_one, now, 1);
+            granted += grant.granted;
+            one_by_one = next.into_iter().map(Some).collect();
+        }
+        assert_eq!(granted, together.granted);
+        assert_eq!(one_by_one, tats.iter().copied().map(Some).collect::<Vec<_>>());
+        // The key's bucket gave what the user's could take, no more.
+        assert_eq!(together.decisions[1].remaining, 3);
+        assert!(together.decisions[1].allowed);
     }
 }

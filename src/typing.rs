@@ -7,6 +7,7 @@ use serde_json::json;
 use crate::auth::Caller;
 use crate::context::Context;
 use crate::error::{Code, Error};
+use crate::ratelimit::Bucket;
 use crate::store::ConvKey;
 
 /// One indicator every `1 / RATE` seconds per user and conversation.
@@ -17,8 +18,8 @@ pub async fn typing(ctx: &Context, caller: &Caller, conversation_id: &str) -> Re
     caller.require_participant()?;
     let user = caller.user_id.as_ref().ok_or_else(|| Error::new(Code::UserRequired, "typing belongs to a user"))?;
     let id = ctx.membership.require_access(caller, conversation_id).await?.conversation_id;
-    let bucket = format!("t:{}:{id}:{user}", caller.app_id);
-    if !ctx.stores.coordination.rate_limit(&bucket, RATE, 1).await?.allowed {
+    let bucket = Bucket::new(format!("t:{id}:{user}"), RATE, 1);
+    if ctx.stores.coordination.rate_limit(&caller.app_id, &[bucket], 1).await?.granted == 0 {
         return Ok(());
     }
     let event = json!({"op": "typing", "conversation_id": id, "user_id": user});

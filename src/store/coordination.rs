@@ -10,12 +10,14 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::StoreError;
-use crate::ratelimit::{gcra, RateDecision};
+use crate::ratelimit::{take, Bucket, Grant};
 
 #[async_trait]
 pub trait Coordination: Send + Sync {
-    /// Takes one request from the bucket `key` (rate per second, burst).
-    async fn rate_limit(&self, key: &str, rate_per_second: f64, burst: u32) -> Result<RateDecision, StoreError>;
+    /// Takes up to `wanted` requests from every bucket at once, the same
+    /// number from each (see [`crate::ratelimit::take`]). The buckets of one
+    /// call belong to one app, `app_id`: Redis keeps them on one cluster slot.
+    async fn rate_limit(&self, app_id: &str, buckets: &[Bucket], wanted: u32) -> Result<Grant, StoreError>;
 
     /// Takes (or renews, when `holder` already has it) the lease `name` for
     /// `ttl`; false when someone else holds it. Leases split background work
@@ -40,15 +42,19 @@ pub(crate) struct InProcess {
 
 #[async_trait]
 impl Coordination for InProcess {
-    async fn rate_limit(&self, key: &str, rate_per_second: f64, burst: u32) -> Result<RateDecision, StoreError> {
+    async fn rate_limit(&self, app_id: &str, buckets: &[Bucket], wanted: u32) -> Result<Grant, StoreError> {
         let now = crate::clock::now_ms() as f64;
-        let mut buckets = self.buckets.lock().expect("rate buckets lock");
-        if buckets.len() > MAX_IDLE_BUCKETS {
-            buckets.retain(|_, tat| *tat > now);
+        let mut held = self.buckets.lock().expect("rate buckets lock");
+        if held.len() > MAX_IDLE_BUCKETS {
+            held.retain(|_, tat| *tat > now);
         }
-        let (decision, tat) = gcra(buckets.get(key).copied(), now, 1000.0 / rate_per_second, burst);
-        buckets.insert(key.to_string(), tat);
-        Ok(decision)
+        let keys: Vec<String> = buckets.iter().map(|bucket| format!("{app_id}:{}", bucket.key)).collect();
+        let tats: Vec<Option<f64>> = keys.iter().map(|key| held.get(key).copied()).collect();
+        let (grant, tats) = take(buckets, &tats, now, wanted);
+        for (key, tat) in keys.into_iter().zip(tats) {
+            held.insert(key, tat);
+        }
+        Ok(grant)
     }
 
     async fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {

@@ -17,37 +17,63 @@ use super::state::TtlState;
 use super::tail::{AppendOutcome, AppendRequest, ConvKey, DirtyConversation, Tail, TailEntry, TailMemory};
 use super::StoreError;
 use crate::config::RedisConfig;
-use crate::ratelimit::RateDecision;
+use crate::ratelimit::{Bucket, Grant, RateDecision};
 use crate::telemetry::Metrics;
 use crate::worker::OwnedTask;
 
 const DEPENDENCY: &str = "redis";
 
-/// Idempotency check, seq assignment, append, dirty mark and publish in one
-/// round trip. Replies `{code, seq}`: 0 appended, 1 replay, 2 key reused,
-/// 3 counter missing, 4 the log already holds this seq (counter regressed).
+/// Idempotency checks, seq assignment, appends, dirty mark and publishes for
+/// a batch of one conversation's messages in one round trip. KEYS: 1 seq,
+/// 2 log, 3 dirty, 4 dirty-bytes, then one idempotency key per message (the
+/// seq key again for a message without one: every key must hash to the same
+/// slot). ARGV: 1 dirty member, 2 channel, then ts, body, fingerprint ('' =
+/// no key) and claim TTL (ms) per message. Replies {code, seq} per message:
+/// 0 appended, 1 replay, 2 key reused, 3 needs a re-seed (the counter is
+/// missing, or the log already holds the next seq: the counter regressed;
+/// nothing from that message on was written).
 const APPEND_LUA: &str = r#"
-if ARGV[5] ~= '' then
-  local prior = redis.call('GET', KEYS[5])
-  if prior then
-    local sep = string.find(prior, ':', 1, true)
-    local seq = tonumber(string.sub(prior, 1, sep - 1))
-    if string.sub(prior, sep + 1) == ARGV[5] then return {1, seq} end
-    return {2, seq}
-  end
-end
+local n = #KEYS - 4
+local reply = {}
 local last = redis.call('GET', KEYS[1])
-if not last then return {3, 0} end
-local seq = tonumber(last) + 1
-local added = redis.pcall('XADD', KEYS[2], seq .. '-0', 'ts', ARGV[1], 'body', ARGV[2])
-if type(added) == 'table' and added.err then return {4, seq} end
-redis.call('SET', KEYS[1], seq)
-if ARGV[5] ~= '' then redis.call('SET', KEYS[5], seq .. ':' .. ARGV[5], 'PX', ARGV[6]) end
-redis.call('ZADD', KEYS[3], 'NX', ARGV[1], ARGV[3])
-redis.call('HINCRBY', KEYS[4], ARGV[3], #ARGV[2])
-redis.call('HINCRBY', KEYS[4], ARGV[3] .. '#n', 1)
-redis.call('PUBLISH', ARGV[4], 'm' .. seq .. ':' .. ARGV[1] .. ':' .. ARGV[2])
-return {0, seq}
+if not last then
+  for i = 1, n do reply[2 * i - 1], reply[2 * i] = 3, 0 end
+  return reply
+end
+local seq = tonumber(last)
+local bytes, count, stopped = 0, 0, false
+for i = 1, n do
+  local ts, body, fingerprint, ttl = ARGV[4 * i - 1], ARGV[4 * i], ARGV[4 * i + 1], ARGV[4 * i + 2]
+  local code, at = 3, 0
+  if not stopped then
+    local prior = false
+    if fingerprint ~= '' then prior = redis.call('GET', KEYS[4 + i]) end
+    if prior then
+      local sep = string.find(prior, ':', 1, true)
+      at = tonumber(string.sub(prior, 1, sep - 1))
+      if string.sub(prior, sep + 1) == fingerprint then code = 1 else code = 2 end
+    else
+      local added = redis.pcall('XADD', KEYS[2], (seq + 1) .. '-0', 'ts', ts, 'body', body)
+      if type(added) == 'table' and added.err then
+        stopped = true
+      else
+        seq = seq + 1
+        code, at = 0, seq
+        if fingerprint ~= '' then redis.call('SET', KEYS[4 + i], seq .. ':' .. fingerprint, 'PX', ttl) end
+        redis.call('ZADD', KEYS[3], 'NX', ts, ARGV[1])
+        bytes, count = bytes + #body, count + 1
+        redis.call('PUBLISH', ARGV[2], 'm' .. seq .. ':' .. ts .. ':' .. body)
+      end
+    end
+  end
+  reply[2 * i - 1], reply[2 * i] = code, at
+end
+if count > 0 then
+  redis.call('SET', KEYS[1], seq)
+  redis.call('HINCRBY', KEYS[4], ARGV[1], bytes)
+  redis.call('HINCRBY', KEYS[4], ARGV[1] .. '#n', count)
+end
+return reply
 "#;
 
 /// Raises the counter to max(counter, floor, newest log entry): the log's top
@@ -90,21 +116,40 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return current
 "#;
 
-/// GCRA on Redis' own clock (so instances with skewed clocks agree); the
-/// same arithmetic as `tail::gcra`. Replies {allowed, remaining, retry_ms, reset_ms}.
+/// GCRA over several buckets on Redis' own clock (so instances with skewed
+/// clocks agree); the same arithmetic as `ratelimit::take`. KEYS are the
+/// buckets; ARGV[1] is how many are wanted, then interval and burst per
+/// bucket. Replies the grant, then remaining, retry_ms, reset_ms per bucket
+/// (retry_ms 0: the bucket held all that was wanted).
 const RATE_LUA: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local interval = tonumber(ARGV[1])
-local tolerance = interval * (tonumber(ARGV[2]) - 1)
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-if tat - now > tolerance then
-  return {0, 0, math.max(1, math.ceil(tat - now - tolerance)), math.ceil(tat - now)}
+local wanted = tonumber(ARGV[1])
+local granted = wanted
+local tats, held = {}, {}
+for i = 1, #KEYS do
+  local interval = tonumber(ARGV[2 * i])
+  local tolerance = interval * (tonumber(ARGV[2 * i + 1]) - 1)
+  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+  if tat < now then tat = now end
+  local available = 0
+  if tat - now <= tolerance then available = math.floor((now + tolerance - tat) / interval) + 1 end
+  tats[i], held[i] = tat, available
+  if available < granted then granted = available end
 end
-local new_tat = tat + interval
-redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil(new_tat - now) + 1000)
-return {1, math.floor((now + tolerance - tat) / interval), 0, math.ceil(new_tat - now)}
+local reply = {granted}
+for i = 1, #KEYS do
+  local interval = tonumber(ARGV[2 * i])
+  local tolerance = interval * (tonumber(ARGV[2 * i + 1]) - 1)
+  local tat = tats[i] + granted * interval
+  if granted > 0 then redis.call('SET', KEYS[i], tostring(tat), 'PX', math.ceil(tat - now) + 1000) end
+  local retry = 0
+  if held[i] < wanted then retry = math.max(1, math.ceil(tat - now - tolerance)) end
+  reply[#reply + 1] = held[i] - granted
+  reply[#reply + 1] = retry
+  reply[#reply + 1] = math.ceil(tat - now)
+end
+return reply
 "#;
 
 /// Takes a free lease, or renews one the caller holds.
@@ -172,8 +217,9 @@ impl KeySchema {
     fn state(&self, key: &str) -> String {
         format!("{}:state:{key}", self.prefix)
     }
-    fn rate(&self, key: &str) -> String {
-        format!("{}:rate:{key}", self.prefix)
+    /// Rate buckets are tagged by app, so one script can check several.
+    fn rate(&self, app_id: &str, key: &str) -> String {
+        format!("{}:{{a:{app_id}}}:rate:{key}", self.prefix)
     }
     fn lease(&self, name: &str) -> String {
         format!("{}:lease:{name}", self.prefix)
@@ -317,50 +363,76 @@ impl Tail for RedisTail {
         Ok(Some(TailMemory::from_info(&info)))
     }
 
-    async fn append(&self, request: &AppendRequest) -> Result<AppendOutcome, StoreError> {
-        let conv = &request.conv;
+    async fn append_batch(&self, requests: &[AppendRequest]) -> Result<Vec<AppendOutcome>, StoreError> {
+        let Some(first) = requests.first() else { return Ok(Vec::new()) };
+        let conv = &first.conv;
+        assert!(requests.iter().all(|r| r.conv == *conv), "a batch appends to one conversation");
         let shard = conv.shard();
-        let (idempotency_key, fingerprint, ttl_ms) = match &request.idempotency {
-            Some(claim) => (
-                self.keys.idempotency(conv, &claim.key),
-                claim.fingerprint.clone(),
-                claim.ttl.as_millis().max(1) as u64,
-            ),
-            // Unused by the script, but every key must hash to the same slot.
-            None => (self.keys.seq(conv), String::new(), 0),
-        };
-        let mut connection = self.connection();
         let mut invocation = self.append_script.prepare_invoke();
         invocation
             .key(self.keys.seq(conv))
             .key(self.keys.log(conv))
             .key(self.keys.dirty(shard))
             .key(self.keys.dirty_bytes(shard))
-            .key(idempotency_key)
-            .arg(request.ts_ms)
-            .arg(&request.body[..])
             .arg(dirty_member(conv))
-            .arg(self.keys.channel(conv))
-            .arg(fingerprint)
-            .arg(ttl_ms);
-        let invocation = invocation.invoke_async(&mut connection);
-        let (code, seq): (u8, u64) = self.timed("append", invocation).await?;
-        Ok(match code {
-            0 => AppendOutcome::Appended(TailEntry { seq, ts_ms: request.ts_ms, body: request.body.clone() }),
-            1 => AppendOutcome::Replayed { seq },
-            2 => AppendOutcome::KeyReused { seq },
-            3 | 4 => AppendOutcome::NeedsSeed,
-            other => return Err(corrupt(format!("append script answered code {other}"))),
-        })
+            .arg(self.keys.channel(conv));
+        for request in requests {
+            match &request.idempotency {
+                Some(claim) => invocation
+                    .key(self.keys.idempotency(conv, &claim.key))
+                    .arg(request.ts_ms)
+                    .arg(&request.body[..])
+                    .arg(&claim.fingerprint)
+                    .arg(claim.ttl.as_millis().max(1) as u64),
+                None => invocation.key(self.keys.seq(conv)).arg(request.ts_ms).arg(&request.body[..]).arg("").arg(0),
+            };
+        }
+        let mut connection = self.connection();
+        let reply: Vec<u64> = self.timed("append", invocation.invoke_async(&mut connection)).await?;
+        if reply.len() != 2 * requests.len() {
+            return Err(corrupt(format!(
+                "append script answered {} values for {} messages",
+                reply.len(),
+                requests.len()
+            )));
+        }
+        reply
+            .chunks(2)
+            .zip(requests)
+            .map(|(fields, request)| {
+                let seq = fields[1];
+                Ok(match fields[0] {
+                    0 => AppendOutcome::Appended(TailEntry { seq, ts_ms: request.ts_ms, body: request.body.clone() }),
+                    1 => AppendOutcome::Replayed { seq },
+                    2 => AppendOutcome::KeyReused { seq },
+                    3 => AppendOutcome::NeedsSeed,
+                    other => return Err(corrupt(format!("append script answered code {other}"))),
+                })
+            })
+            .collect()
     }
 
-    async fn idempotency_claim(&self, conv: &ConvKey, key: &str) -> Result<Option<(u64, String)>, StoreError> {
+    async fn idempotency_claims(
+        &self,
+        conv: &ConvKey,
+        keys: &[&str],
+    ) -> Result<Vec<Option<(u64, String)>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names: Vec<String> = keys.iter().map(|key| self.keys.idempotency(conv, key)).collect();
+        let mut command = redis::cmd("MGET");
+        command.arg(&names);
         let mut connection = self.connection();
-        let value: Option<String> = self.timed("get", connection.get(self.keys.idempotency(conv, key))).await?;
-        Ok(value.and_then(|v| {
-            let (seq, fingerprint) = v.split_once(':')?;
-            Some((seq.parse().ok()?, fingerprint.to_string()))
-        }))
+        let values: Vec<Option<String>> = self.timed("get", command.query_async(&mut connection)).await?;
+        Ok(values
+            .into_iter()
+            .map(|value| {
+                let value = value?;
+                let (seq, fingerprint) = value.split_once(':')?;
+                Some((seq.parse().ok()?, fingerprint.to_string()))
+            })
+            .collect())
     }
 
     async fn seed_seq(&self, conv: &ConvKey, last_seq: u64) -> Result<(), StoreError> {
@@ -495,14 +567,28 @@ impl TtlState for RedisTail {
 
 #[async_trait]
 impl Coordination for RedisTail {
-    async fn rate_limit(&self, key: &str, rate_per_second: f64, burst: u32) -> Result<RateDecision, StoreError> {
+    async fn rate_limit(&self, app_id: &str, buckets: &[Bucket], wanted: u32) -> Result<Grant, StoreError> {
         let mut connection = self.connection();
         let mut invocation = self.rate_script.prepare_invoke();
-        invocation.key(self.keys.rate(key)).arg(1000.0 / rate_per_second).arg(burst.max(1));
+        invocation.arg(wanted);
+        for bucket in buckets {
+            invocation.key(self.keys.rate(app_id, &bucket.key)).arg(bucket.interval_ms()).arg(bucket.burst.max(1));
+        }
         let invocation = invocation.invoke_async(&mut connection);
-        let (allowed, remaining, retry_after_ms, reset_ms): (u8, u32, u64, u64) =
-            self.timed("rate_limit", invocation).await?;
-        Ok(RateDecision { allowed: allowed == 1, remaining, retry_after_ms, reset_ms })
+        let reply: Vec<u64> = self.timed("rate_limit", invocation).await?;
+        if reply.len() != 1 + 3 * buckets.len() {
+            return Err(corrupt(format!("rate script answered {} values for {} buckets", reply.len(), buckets.len())));
+        }
+        let decisions = reply[1..]
+            .chunks(3)
+            .map(|fields| RateDecision {
+                allowed: fields[1] == 0,
+                remaining: fields[0] as u32,
+                retry_after_ms: fields[1],
+                reset_ms: fields[2],
+            })
+            .collect();
+        Ok(Grant { granted: reply[0] as u32, decisions })
     }
 
     async fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {

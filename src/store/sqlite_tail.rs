@@ -60,21 +60,12 @@ impl Tail for SqliteTail {
         Ok(())
     }
 
-    async fn append(&self, request: &AppendRequest) -> Result<AppendOutcome, StoreError> {
-        let conv = &request.conv;
+    async fn append_batch(&self, requests: &[AppendRequest]) -> Result<Vec<AppendOutcome>, StoreError> {
+        let Some(first) = requests.first() else { return Ok(Vec::new()) };
+        let conv = &first.conv;
+        assert!(requests.iter().all(|r| r.conv == *conv), "a batch appends to one conversation");
         let _writer = self.writer.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(failed)?;
-
-        if let Some(claim) = &request.idempotency {
-            let prior = find_claim(&mut *tx, conv, &claim.key).await?;
-            if let Some((seq, fingerprint)) = prior {
-                return Ok(if fingerprint == claim.fingerprint {
-                    AppendOutcome::Replayed { seq }
-                } else {
-                    AppendOutcome::KeyReused { seq }
-                });
-            }
-        }
 
         let last: Option<i64> =
             sqlx::query_scalar("SELECT last_seq FROM tail_counters WHERE app_id = $1 AND conversation_id = $2")
@@ -83,9 +74,38 @@ impl Tail for SqliteTail {
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(failed)?;
-        let Some(last) = last else { return Ok(AppendOutcome::NeedsSeed) };
-        let seq = last + 1;
+        let Some(mut seq) = last else { return Ok(vec![AppendOutcome::NeedsSeed; requests.len()]) };
 
+        let mut outcomes = Vec::with_capacity(requests.len());
+        let mut appended = Vec::new();
+        for request in requests {
+            if outcomes.last() == Some(&AppendOutcome::NeedsSeed) {
+                outcomes.push(AppendOutcome::NeedsSeed);
+                continue;
+            }
+            if let Some(claim) = &request.idempotency {
+                if let Some((prior, fingerprint)) = find_claim(&mut *tx, conv, &claim.key).await? {
+                    outcomes.push(if fingerprint == claim.fingerprint {
+                        AppendOutcome::Replayed { seq: prior }
+                    } else {
+                        AppendOutcome::KeyReused { seq: prior }
+                    });
+                    continue;
+                }
+            }
+            if !insert_entry(&mut tx, request, seq + 1).await? {
+                // The log already holds this seq: the counter is behind. Re-seed.
+                outcomes.push(AppendOutcome::NeedsSeed);
+                continue;
+            }
+            seq += 1;
+            let entry = TailEntry { seq: seq as u64, ts_ms: request.ts_ms, body: request.body.clone() };
+            appended.push(entry.clone());
+            outcomes.push(AppendOutcome::Appended(entry));
+        }
+        if appended.is_empty() {
+            return Ok(outcomes);
+        }
         sqlx::query("UPDATE tail_counters SET last_seq = $3 WHERE app_id = $1 AND conversation_id = $2")
             .bind(&conv.app_id)
             .bind(&conv.conversation_id)
@@ -93,61 +113,41 @@ impl Tail for SqliteTail {
             .execute(&mut *tx)
             .await
             .map_err(failed)?;
-        let inserted = sqlx::query(
-            "INSERT INTO tail_entries (app_id, conversation_id, seq, ts, body) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(&conv.app_id)
-        .bind(&conv.conversation_id)
-        .bind(seq)
-        .bind(request.ts_ms)
-        .bind(&request.body)
-        .execute(&mut *tx)
-        .await
-        .map_err(failed)?;
-        if inserted.rows_affected() == 0 {
-            // The log already holds this seq: the counter is behind. Re-seed.
-            return Ok(AppendOutcome::NeedsSeed);
-        }
-        if let Some(claim) = &request.idempotency {
-            sqlx::query(
-                "INSERT OR REPLACE INTO tail_idempotency \
-                 (app_id, conversation_id, idempotency_key, fingerprint, seq, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(&conv.app_id)
-            .bind(&conv.conversation_id)
-            .bind(&claim.key)
-            .bind(&claim.fingerprint)
-            .bind(seq)
-            .bind(now_ms() + claim.ttl.as_millis() as i64)
-            .execute(&mut *tx)
-            .await
-            .map_err(failed)?;
-        }
+        let bytes: usize = appended.iter().map(|entry| entry.body.len()).sum();
         sqlx::query(
             "INSERT INTO tail_dirty (shard, app_id, conversation_id, first_ts, bytes, messages) \
-             VALUES ($1, $2, $3, $4, $5, 1) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (shard, app_id, conversation_id) \
-             DO UPDATE SET bytes = bytes + excluded.bytes, messages = messages + 1",
+             DO UPDATE SET bytes = bytes + excluded.bytes, messages = messages + excluded.messages",
         )
         .bind(conv.shard() as i64)
         .bind(&conv.app_id)
         .bind(&conv.conversation_id)
-        .bind(request.ts_ms)
-        .bind(request.body.len() as i64)
+        .bind(appended[0].ts_ms)
+        .bind(bytes as i64)
+        .bind(appended.len() as i64)
         .execute(&mut *tx)
         .await
         .map_err(failed)?;
         tx.commit().await.map_err(failed)?;
 
-        let entry = TailEntry { seq: seq as u64, ts_ms: request.ts_ms, body: request.body.clone() };
-        self.hub.deliver(&channel(conv), LiveEvent::Message(entry.clone()));
-        Ok(AppendOutcome::Appended(entry))
+        let channel = channel(conv);
+        for entry in appended {
+            self.hub.deliver(&channel, LiveEvent::Message(entry));
+        }
+        Ok(outcomes)
     }
 
-    async fn idempotency_claim(&self, conv: &ConvKey, key: &str) -> Result<Option<(u64, String)>, StoreError> {
-        find_claim(&self.pool, conv, key).await
+    async fn idempotency_claims(
+        &self,
+        conv: &ConvKey,
+        keys: &[&str],
+    ) -> Result<Vec<Option<(u64, String)>>, StoreError> {
+        let mut claims = Vec::with_capacity(keys.len());
+        for key in keys {
+            claims.push(find_claim(&self.pool, conv, key).await?);
+        }
+        Ok(claims)
     }
 
     async fn seed_seq(&self, conv: &ConvKey, last_seq: u64) -> Result<(), StoreError> {
@@ -347,6 +347,48 @@ async fn write_state(
 
 /// The live claim on an idempotency key, as (seq, fingerprint): read inside
 /// the append transaction, and alone for the replay peek.
+/// Inserts one tail entry at `seq` with its idempotency claim; false when the
+/// log already holds `seq` (nothing written).
+async fn insert_entry(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    request: &AppendRequest,
+    seq: i64,
+) -> Result<bool, StoreError> {
+    let conv = &request.conv;
+    let inserted = sqlx::query(
+        "INSERT INTO tail_entries (app_id, conversation_id, seq, ts, body) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&conv.app_id)
+    .bind(&conv.conversation_id)
+    .bind(seq)
+    .bind(request.ts_ms)
+    .bind(&request.body)
+    .execute(&mut **tx)
+    .await
+    .map_err(failed)?;
+    if inserted.rows_affected() == 0 {
+        return Ok(false);
+    }
+    if let Some(claim) = &request.idempotency {
+        sqlx::query(
+            "INSERT OR REPLACE INTO tail_idempotency \
+             (app_id, conversation_id, idempotency_key, fingerprint, seq, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&conv.app_id)
+        .bind(&conv.conversation_id)
+        .bind(&claim.key)
+        .bind(&claim.fingerprint)
+        .bind(seq)
+        .bind(now_ms() + claim.ttl.as_millis() as i64)
+        .execute(&mut **tx)
+        .await
+        .map_err(failed)?;
+    }
+    Ok(true)
+}
+
 async fn find_claim<'e, E>(executor: E, conv: &ConvKey, key: &str) -> Result<Option<(u64, String)>, StoreError>
 where
     E: sqlx::Executor<'e, Database = sqlx::Sqlite>,

@@ -100,13 +100,25 @@ pub trait Tail: Send + Sync {
     /// Succeeds when the tail answers.
     async fn ping(&self) -> Result<(), StoreError>;
 
-    /// The atomic write step: idempotency check, next seq, append, dirty mark,
-    /// live publish. Returns only once the entry is durable in the tail.
-    async fn append(&self, request: &AppendRequest) -> Result<AppendOutcome, StoreError>;
+    /// The atomic write step for messages of one conversation, in order, in
+    /// one round trip (Redis) or one transaction (SQLite): per message the
+    /// idempotency check (a key used earlier in the same batch counts), next
+    /// seq, append; then the dirty mark and live publish. Returns one outcome
+    /// per request, only once the appended entries are durable in the tail.
+    /// Every request must name the same conversation.
+    async fn append_batch(&self, requests: &[AppendRequest]) -> Result<Vec<AppendOutcome>, StoreError>;
 
-    /// The live claim on an idempotency key, as (seq, fingerprint): a read-only
-    /// peek that lets a replay skip rate limiting. `append` still decides.
-    async fn idempotency_claim(&self, conv: &ConvKey, key: &str) -> Result<Option<(u64, String)>, StoreError>;
+    /// [`Tail::append_batch`] for one message.
+    async fn append(&self, request: &AppendRequest) -> Result<AppendOutcome, StoreError> {
+        let mut outcomes = self.append_batch(std::slice::from_ref(request)).await?;
+        outcomes.pop().ok_or_else(|| StoreError::Corrupt { dependency: "tail", message: "no append outcome".into() })
+    }
+
+    /// The live claims on idempotency keys, as (seq, fingerprint), one per
+    /// key in order: a read-only peek that lets a replay skip rate limiting.
+    /// `append_batch` still decides.
+    async fn idempotency_claims(&self, conv: &ConvKey, keys: &[&str])
+        -> Result<Vec<Option<(u64, String)>>, StoreError>;
 
     /// Sets the conversation's counter to `last_seq` when it is missing or lower
     /// (never lowers it).

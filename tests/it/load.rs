@@ -184,3 +184,83 @@ backend_test! {
         assert!(report["rss_bytes_per_connection"].is_u64(), "{report}");
     }
 }
+
+backend_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn load_run_receivers_see_every_message_once_through_a_reconnect_storm(backend: Backend) {
+        let limits = [
+            ("MSGD_LIMITS__USER_RATE", "100000"),
+            ("MSGD_LIMITS__USER_BURST", "100000"),
+            ("MSGD_LIMITS__KEY_RATE", "100000"),
+            ("MSGD_LIMITS__KEY_BURST", "100000"),
+        ];
+        let api = Api::start_with(backend, &limits).await;
+        let base_url = format!("http://{}", api.msgd.addr);
+        let scenario = api.env.dir.path().join("scenario.toml");
+        std::fs::write(
+            &scenario,
+            "users = 4\nconversations = 2\nreceivers = 2\n\
+             [[phases]]\nname = \"ramp\"\nduration = \"1s\"\nrate = 20\nrate_to = 200\n\
+             [[phases]]\nname = \"storm\"\nduration = \"1s\"\nrate = 100\nreconnect = true\n",
+        )
+        .unwrap();
+        let scenario = scenario.to_str().unwrap();
+        let run = |extra: &[&str]| {
+            let mut args = vec!["load", "run", "--base-url", &base_url, "--api-key", &api.admin_key, "--json"];
+            args.extend_from_slice(extra);
+            api.env.run(&args, "")
+        };
+        let steady = ["--rate", "300", "--duration", "1s", "--batch", "10", "--users", "3", "--conversations", "3"];
+        // (arguments, reconnects: the storm brings back each of the 2 × 2 receivers once)
+        for (extra, storms) in [(&["--scenario", scenario][..], 4), (&["--scenario", scenario, "--via", "ws"], 4), (&steady, 0)] {
+            let out = run(extra);
+            assert_eq!(out.code, 0, "{backend:?} {extra:?}: {}\n{}", out.stderr, out.stdout);
+            let report = out.json();
+            let acked = report["acked"].as_u64().unwrap();
+            assert!(acked > 0 && report["sent"].as_u64() == Some(acked), "{report}");
+            assert_eq!(report["expected_frames"].as_u64(), Some(acked * 2), "two receivers each: {report}");
+            assert_eq!(report["received_frames"], report["expected_frames"], "{report}");
+            assert_eq!((report["gaps"].as_u64(), report["duplicates"].as_u64()), (Some(0), Some(0)), "{report}");
+            assert_eq!(report["reconnects"].as_u64(), Some(storms), "every receiver came back once: {report}");
+        }
+        // The flag that does not fit is refused, not ignored.
+        let out = run(&["--via", "ws", "--batch", "5"]);
+        assert_eq!(out.code, 1, "{}", out.stderr);
+        assert!(out.stderr.contains("--batch applies to HTTP"), "{}", out.stderr);
+
+        // The small commands: a token, what it says, a conversation to send into.
+        let token = api.env.run(&["load", "token", "--base-url", &base_url, "--api-key", &api.admin_key, "--user", "ann"], "");
+        assert_eq!(token.code, 0, "{}", token.stderr);
+        let token = token.stdout.trim().to_string();
+        let whoami = api.env.run(&["load", "whoami", "--token", &token, "--json"], "");
+        assert_eq!((whoami.json()["sub"].as_str(), whoami.json()["aud"].as_str()), (Some("ann"), Some(api.app_id.as_str())));
+        assert_eq!(api.env.run(&["load", "whoami", "--token", "not-a-jwt"], "").code, 2);
+        let created = api.env.run(
+            &["load", "create-conversation", "--base-url", &base_url, "--api-key", &api.admin_key, "--members", "ann,bo", "--json"],
+            "",
+        );
+        let conversation = created.json()["id"].as_str().unwrap().to_string();
+        let sent = api.env.run(
+            &[
+                "load", "send", "--base-url", &base_url, "--api-key", &api.admin_key, "--conversation-id", &conversation,
+                "--token", &token, "--count", "5", "--concurrency", "1", "--delay", "1ms", "--json",
+            ],
+            "",
+        );
+        assert_eq!(sent.code, 0, "{}", sent.stderr);
+        assert_eq!(sent.json()["conversation_id"].as_str(), Some(conversation.as_str()));
+        let history = api
+            .request(
+                reqwest::Method::GET,
+                &format!("/v1/conversations/{conversation}/messages"),
+                Some(&api.admin_key),
+                Some(&token),
+                None,
+                &[],
+            )
+            .await;
+        let senders: Vec<&str> =
+            history.body["messages"].as_array().unwrap().iter().map(|m| m["sender"]["id"].as_str().unwrap()).collect();
+        assert_eq!(senders, ["ann"; 5], "{backend:?}: sent as the token's user");
+    }
+}

@@ -10,7 +10,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::support::api::Api;
-use crate::support::{backend_test, services_test, Backend, ServicesEnv};
+use crate::support::{backend_test, sample, scrape, services_test, Backend, ServicesEnv};
 
 backend_test! {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -270,6 +270,65 @@ backend_test! {
         assert_eq!(api.send(&bob, &other, &json!({"payload": 1})).await.status, 201);
         let metrics = api.client.get(api.msgd.url("/metrics")).send().await.unwrap().text().await.unwrap();
         assert!(metrics.contains(r#"msgd_rate_limited_total{scope="user"} 3"#), "{metrics}");
+    }
+}
+
+backend_test! {
+    #[tokio::test]
+    async fn a_batch_is_one_append_with_each_message_idempotent_and_rate_limited(backend: Backend) {
+        // A burst of 6 and no refill while the test runs.
+        let api =
+            Api::start_with(backend, &[("MSGD_LIMITS__USER_RATE", "0.1"), ("MSGD_LIMITS__USER_BURST", "6")]).await;
+        let token = api.token("alice").await;
+        let conversation = api.conversation(&token, &[]).await;
+        // The first message seeds the conversation's counter (an append that finds none, then one that writes).
+        assert_eq!(api.send(&token, &conversation, &json!({"payload": "first"})).await.status, 201);
+        let batch = json!({"messages": [
+            {"payload": 0, "client_msg_id": "a"},
+            {"payload": 1},
+            {"payload": 0, "client_msg_id": "a"},
+            {"payload": "changed", "client_msg_id": "a"},
+            {"payload": null},
+            {"payload": 5},
+            {"payload": 6},
+            {"payload": 7},
+            {"payload": 8},
+        ]});
+        let path = format!("/v1/conversations/{conversation}/messages/batch");
+        let send = || api.request(Method::POST, &path, Some(&api.admin_key), Some(&token), Some(&batch), &[]);
+        let statuses = |reply: &crate::support::api::Reply| -> Vec<u64> {
+            reply.body["results"].as_array().unwrap().iter().map(|r| r["status"].as_u64().unwrap()).collect()
+        };
+        let before = scrape(&api.msgd).await;
+        let first = send().await;
+        assert_eq!(first.status, 200, "{}", first.body);
+        assert_eq!(statuses(&first), [201, 201, 200, 422, 400, 201, 429, 429, 429], "{backend:?}: {}", first.body);
+        let results = first.body["results"].as_array().unwrap();
+        let seqs: Vec<Option<u64>> = results.iter().map(|r| r["message"]["seq"].as_u64()).collect();
+        assert_eq!(seqs[..3], [Some(2), Some(3), Some(2)], "{backend:?}: the in-batch duplicate replays seq 2");
+        assert_eq!(seqs[5], Some(4), "{backend:?}: seqs stay gap-free around refused items");
+        assert_eq!(results[3]["error"]["code"], "idempotency_key_reused");
+        assert_eq!(results[6]["error"]["code"], "rate_limited");
+        if backend == Backend::Services {
+            // One script call appended the batch and one checked both rate-limit buckets.
+            let after = scrape(&api.msgd).await;
+            for command in ["append", "rate_limit"] {
+                let series = format!("msgd_redis_command_duration_seconds_count{{command=\"{command}\"}}");
+                let calls = sample(&after, &series).unwrap_or(0.0) - sample(&before, &series).unwrap_or(0.0);
+                assert_eq!(calls, 1.0, "{command}: {after}");
+            }
+        }
+        // Retried whole: the keyed messages replay (before rate limiting), the rest are refused.
+        let again = send().await;
+        assert_eq!(statuses(&again), [200, 429, 200, 422, 400, 429, 429, 429, 429], "{backend:?}: {}", again.body);
+        assert_eq!(again.body["results"][0]["message"], first.body["results"][0]["message"]);
+        let history = api
+            .request(Method::GET, &format!("/v1/conversations/{conversation}/messages"), Some(&api.admin_key), Some(&token), None, &[])
+            .await;
+        let payloads: Vec<&Value> = history.body["messages"].as_array().unwrap().iter().map(|m| &m["payload"]).collect();
+        assert_eq!(payloads, [&json!("first"), &json!(0), &json!(1), &json!(5)], "{backend:?}");
+        let metrics = scrape(&api.msgd).await;
+        assert_eq!(sample(&metrics, r#"msgd_rate_limited_total{scope="user"}"#), Some(8.0), "3 + 5 refused");
     }
 }
 

@@ -175,6 +175,66 @@ backend_test! {
 
 backend_test! {
     #[tokio::test]
+    async fn a_batch_appends_in_one_step_in_order_with_each_claim_checked(backend: Backend) {
+        let env = TestEnv::new(backend).await;
+        let stores = open(&env).await;
+        let conv = ConvKey::new("app_t", uuid::Uuid::now_v7().to_string());
+        let claim = |key: &str, fingerprint: &str| {
+            Some(IdempotencyClaim { key: key.into(), fingerprint: fingerprint.into(), ttl: Duration::from_secs(3600) })
+        };
+        let batch = vec![
+            AppendRequest { idempotency: claim("a", "fa"), ..message(&conv, 1) },
+            message(&conv, 2),
+            // The same key again within the batch: a replay of the first.
+            AppendRequest { idempotency: claim("a", "fa"), ..message(&conv, 3) },
+            // ... or a reuse when the request differs.
+            AppendRequest { idempotency: claim("a", "other"), ..message(&conv, 4) },
+            AppendRequest { idempotency: claim("b", "fb"), ..message(&conv, 5) },
+        ];
+        // A new conversation: nothing is written until the counter is seeded.
+        let outcomes = stores.tail.append_batch(&batch).await.unwrap();
+        assert_eq!(outcomes, vec![AppendOutcome::NeedsSeed; 5], "{backend:?}");
+        assert!(stores.tail.read(&conv, 0, 10).await.unwrap().is_empty());
+        stores.tail.seed_seq(&conv, 10).await.unwrap();
+
+        let mut live = stores.live.subscribe(&conv).await.unwrap();
+        let outcomes = stores.tail.append_batch(&batch).await.unwrap();
+        let summary: Vec<(char, u64)> = outcomes
+            .iter()
+            .map(|outcome| match outcome {
+                AppendOutcome::Appended(entry) => ('a', entry.seq),
+                AppendOutcome::Replayed { seq } => ('r', *seq),
+                AppendOutcome::KeyReused { seq } => ('k', *seq),
+                AppendOutcome::NeedsSeed => ('s', 0),
+            })
+            .collect();
+        assert_eq!(summary, vec![('a', 11), ('a', 12), ('r', 11), ('k', 11), ('a', 13)], "{backend:?}");
+        let entries = stores.tail.read(&conv, 0, 10).await.unwrap();
+        let bodies: Vec<&[u8]> = entries.iter().map(|e| e.body.as_slice()).collect();
+        assert_eq!(bodies, vec![&b"{\"n\":1}"[..], b"{\"n\":2}", b"{\"n\":5}"], "{backend:?}");
+        for expected in 11..=13 {
+            match tokio::time::timeout(Duration::from_secs(5), live.recv()).await.expect("live message").unwrap() {
+                LiveEvent::Message(entry) => assert_eq!(entry.seq, expected, "{backend:?}"),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        // The flush sees three messages and their bytes.
+        let dirty = stores.tail.dirty(conv.shard()).await.unwrap();
+        let mark = dirty.iter().find(|d| d.conv == conv).expect("dirty mark");
+        assert_eq!((mark.messages, mark.bytes), (3, 3 * 7), "{backend:?}");
+
+        // Retried whole, the batch writes nothing new: every keyed message replays.
+        let again = stores.tail.append_batch(&batch).await.unwrap();
+        assert!(matches!(again[0], AppendOutcome::Replayed { seq: 11 }), "{backend:?}: {again:?}");
+        assert!(matches!(again[1], AppendOutcome::Appended(ref e) if e.seq == 14), "{backend:?}: {again:?}");
+        assert!(matches!(again[4], AppendOutcome::Replayed { seq: 13 }), "{backend:?}: {again:?}");
+        let peek = stores.tail.idempotency_claims(&conv, &["a", "nope", "b"]).await.unwrap();
+        assert_eq!(peek, vec![Some((11, "fa".into())), None, Some((13, "fb".into()))], "{backend:?}");
+    }
+}
+
+backend_test! {
+    #[tokio::test]
     async fn a_lost_counter_is_reseeded_and_never_regresses(backend: Backend) {
         let env = TestEnv::new(backend).await;
         let stores = open(&env).await;

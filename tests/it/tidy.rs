@@ -215,7 +215,7 @@ fn modules_form_no_import_cycle() {
 #[test]
 fn every_import_points_down_the_layers() {
     let graph = module_graph();
-    assert!(graph["load"].is_empty(), "src/load.rs drives msgd over HTTP; it imports no library module");
+    assert!(graph["load"].is_empty(), "src/load/ drives msgd over HTTP; it imports no library module");
     for (module, uses) in graph {
         for used in uses {
             assert!(
@@ -277,12 +277,15 @@ fn every_error_code_is_documented_and_built_from_the_vocabulary() {
     let readme = std::fs::read_to_string("README.md").unwrap();
     let readme_list = section(&readme, "Error codes:", "\n\n");
     let openapi = std::fs::read_to_string("src/http/openapi.json").unwrap();
-    let load = std::fs::read_to_string("src/load.rs").unwrap();
+    let load = std::fs::read_to_string("src/load/mod.rs").unwrap();
     let known_to_load = section(&load, "const KNOWN_CODES", "];");
     for code in msgd::error::Code::ALL.iter().map(|code| code.as_str()) {
         assert!(readme_list.contains(&format!("`{code}`")), "`{code}` is missing from README.md's error codes");
         assert!(openapi.contains(&format!("`{code}`")), "`{code}` is documented nowhere in src/http/openapi.json");
-        assert!(known_to_load.contains(&format!("\"{code}\"")), "`{code}` is missing from KNOWN_CODES in src/load.rs");
+        assert!(
+            known_to_load.contains(&format!("\"{code}\"")),
+            "`{code}` is missing from KNOWN_CODES in src/load/mod.rs"
+        );
     }
     for path in rust_files(Path::new("src")) {
         let source: String = std::fs::read_to_string(&path).unwrap().split_whitespace().collect();

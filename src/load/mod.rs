@@ -15,6 +15,9 @@ use anyhow::{bail, Context as _};
 use serde::Serialize;
 use serde_json::json;
 
+mod run;
+pub use run::{run, Counters, Phase, RunPlan, RunReport, Via};
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct SendPlan {
@@ -27,6 +30,13 @@ pub struct SendPlan {
     pub batch: usize,
     pub users: usize,
     pub payload_bytes: usize,
+    /// Send into this conversation instead of a new one (as `token`'s user,
+    /// or as the app when no token is given).
+    pub conversation_id: Option<String>,
+    /// Send as this user token instead of minting dev tokens.
+    pub token: Option<String>,
+    /// Each client pauses this long after each request.
+    pub delay: Duration,
 }
 
 /// The error codes msgd's API answers with (README, "HTTP API"): a failure's
@@ -152,8 +162,15 @@ pub async fn send(plan: &SendPlan, progress: impl Fn(usize) + Send + Sync + 'sta
     let client = reqwest::Client::builder().pool_max_idle_per_host(plan.concurrency).build()?;
     let base = plan.base_url.trim_end_matches('/').to_string();
 
-    let tokens = dev_tokens(&client, &base, &plan.admin_key, plan.users).await?;
-    let conversation = create_conversation(&client, &base, &plan.admin_key, plan.users).await?;
+    let tokens: Vec<Option<String>> = match (&plan.token, &plan.conversation_id) {
+        (Some(token), _) => vec![Some(token.clone())],
+        (None, Some(_)) => vec![None], // the app itself sends
+        (None, None) => dev_tokens(&client, &base, &plan.admin_key, plan.users).await?.into_iter().map(Some).collect(),
+    };
+    let conversation = match &plan.conversation_id {
+        Some(id) => id.clone(),
+        None => create_conversation(&client, &base, &plan.admin_key, plan.users).await?,
+    };
 
     let payload = "x".repeat(plan.payload_bytes);
     let requests = plan.count.div_ceil(plan.batch);
@@ -183,8 +200,12 @@ pub async fn send(plan: &SendPlan, progress: impl Fn(usize) + Send + Sync + 'sta
                         .post(format!("{base}/v1/conversations/{conversation}/messages/batch"))
                         .json(&json!({"messages": vec![message; size]}))
                 };
+                let mut request = request.header("x-api-key", &plan.admin_key);
+                if let Some(token) = &token {
+                    request = request.bearer_auth(token);
+                }
                 let sent_at = Instant::now();
-                let reply = request.header("x-api-key", &plan.admin_key).bearer_auth(&token).send().await;
+                let reply = request.send().await;
                 let body = match reply {
                     Ok(reply) => {
                         let status = reply.status();
@@ -220,6 +241,9 @@ pub async fn send(plan: &SendPlan, progress: impl Fn(usize) + Send + Sync + 'sta
                 };
                 if ok > 0 {
                     progress(acked.fetch_add(ok, Ordering::Relaxed) + ok);
+                }
+                if !plan.delay.is_zero() {
+                    tokio::time::sleep(plan.delay).await;
                 }
             }
             (latencies, failures)
@@ -273,24 +297,29 @@ async fn dev_tokens(
 ) -> anyhow::Result<Vec<String>> {
     let mut tokens = Vec::with_capacity(users);
     for i in 0..users {
-        let reply = client
-            .post(format!("{base}/v1/dev/token"))
-            .header("x-api-key", admin_key)
-            .json(&json!({"user_id": format!("load-{i}")}))
-            .send()
-            .await
-            .with_context(|| format!("cannot reach {base}"))?;
-        if !reply.status().is_success() {
-            bail!(
-                "minting a dev token failed ({}): is auth.dev_tokens.enabled on? {}",
-                reply.status(),
-                reply.text().await?
-            );
-        }
-        let body: serde_json::Value = reply.json().await?;
-        tokens.push(body["access_token"].as_str().unwrap_or_default().to_string());
+        tokens.push(dev_token(client, base, admin_key, &format!("load-{i}")).await?);
     }
     Ok(tokens)
+}
+
+/// A dev token for `user` (the server must have `auth.dev_tokens.enabled`).
+pub async fn dev_token(client: &reqwest::Client, base: &str, admin_key: &str, user: &str) -> anyhow::Result<String> {
+    let reply = client
+        .post(format!("{base}/v1/dev/token"))
+        .header("x-api-key", admin_key)
+        .json(&json!({"user_id": user}))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {base}"))?;
+    if !reply.status().is_success() {
+        bail!(
+            "minting a dev token failed ({}): is auth.dev_tokens.enabled on? {}",
+            reply.status(),
+            reply.text().await?
+        );
+    }
+    let body: serde_json::Value = reply.json().await?;
+    Ok(body["access_token"].as_str().unwrap_or_default().to_string())
 }
 
 /// A conversation of users `load-0..users`, created by the admin key.
@@ -301,10 +330,21 @@ async fn create_conversation(
     users: usize,
 ) -> anyhow::Result<String> {
     let members: Vec<String> = (0..users).map(|i| format!("load-{i}")).collect();
+    conversation_of(client, base, admin_key, &members, "msgd load").await
+}
+
+/// A new conversation of `members`, created by the admin key; its id.
+pub async fn conversation_of(
+    client: &reqwest::Client,
+    base: &str,
+    admin_key: &str,
+    members: &[String],
+    title: &str,
+) -> anyhow::Result<String> {
     let reply = client
         .post(format!("{base}/v1/conversations"))
         .header("x-api-key", admin_key)
-        .json(&json!({"members": members, "title": "msgd load"}))
+        .json(&json!({"members": members, "title": title}))
         .send()
         .await
         .with_context(|| format!("cannot reach {base}"))?;
