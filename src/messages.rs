@@ -172,9 +172,9 @@ pub async fn send_batch(
 /// A valid message on its way to the tail.
 struct Pending {
     envelope: Envelope,
-    /// The sender-scoped idempotency key, if the client gave one.
-    key: Option<String>,
-    fingerprint: String,
+    /// The sender-scoped idempotency key and the request's fingerprint, if
+    /// the client gave a key.
+    key: Option<(String, String)>,
 }
 
 /// Validates a request and builds its envelope (seq 0 until appended).
@@ -191,7 +191,6 @@ fn prepare(
         Some(user) => Sender { kind: "user".into(), id: user.clone() },
         None => Sender { kind: "app".into(), id: caller.app_id.clone() },
     };
-    let key = key.map(|key| claim_key(&sender, &key));
     let envelope = Envelope {
         v: ENVELOPE_VERSION,
         id: uuid::Uuid::now_v7().to_string(),
@@ -205,8 +204,8 @@ fn prepare(
         attachments: request.attachments,
         client_msg_id: request.client_msg_id,
     };
-    let fingerprint = fingerprint(&envelope);
-    Ok(Pending { envelope, key, fingerprint })
+    let key = key.map(|key| (claim_key(&envelope.sender, &key), fingerprint(&envelope)));
+    Ok(Pending { envelope, key })
 }
 
 /// Sends prepared messages of one conversation, in order: idempotent replays
@@ -232,15 +231,19 @@ async fn send_checked(
     }
 
     // Replays are answered before rate limiting.
-    let keys: Vec<&str> = pending.iter().filter_map(|(_, item)| item.key.as_deref()).collect();
+    let keys: Vec<&str> =
+        pending.iter().filter_map(|(_, item)| item.key.as_ref().map(|(key, _)| key.as_str())).collect();
     if !keys.is_empty() {
         let claims = ctx.stores.tail.idempotency_claims(&conv, &keys).await?;
         let mut claims = claims.into_iter();
         let mut fresh = Vec::with_capacity(pending.len());
         for (index, item) in pending {
-            match item.key.as_ref().and_then(|_| claims.next().flatten()) {
-                Some((seq, seen)) if seen == item.fingerprint => results[index] = Some(replayed(ctx, &conv, seq).await),
-                Some((seq, _)) => results[index] = Some(Err(key_reused(seq))),
+            let fingerprint = item.key.as_ref().map(|(_, fingerprint)| fingerprint);
+            match fingerprint.and_then(|fingerprint| Some((claims.next().flatten()?, fingerprint))) {
+                Some(((seq, seen), fingerprint)) if seen == *fingerprint => {
+                    results[index] = Some(replayed(ctx, &conv, seq).await)
+                }
+                Some(((seq, _), _)) => results[index] = Some(Err(key_reused(seq))),
                 None => fresh.push((index, item)),
             }
         }
@@ -292,11 +295,7 @@ async fn append(
                 conv: conv.clone(),
                 ts_ms: now,
                 body: serde_json::to_vec(&item.envelope).expect("envelopes serialize"),
-                idempotency: item.key.clone().map(|key| IdempotencyClaim {
-                    key,
-                    fingerprint: item.fingerprint.clone(),
-                    ttl,
-                }),
+                idempotency: item.key.clone().map(|(key, fingerprint)| IdempotencyClaim { key, fingerprint, ttl }),
             };
             (index, item, request)
         })

@@ -35,6 +35,13 @@ impl Bucket {
     }
 }
 
+/// One rate-limit check: up to `wanted` requests from every bucket at once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateCheck {
+    pub buckets: Vec<Bucket>,
+    pub wanted: u32,
+}
+
 /// What a check of several buckets granted.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Grant {

@@ -32,6 +32,7 @@ pub struct Metrics {
     pub auth_failures_total: IntCounterVec,
     pub messages_ingested_total: IntCounter,
     pub ingest_duration_seconds: Histogram,
+    pub store_group_items: HistogramVec,
     pub idempotent_replays_total: IntCounter,
     pub rate_limited_total: IntCounterVec,
     pub flush_duration_seconds: HistogramVec,
@@ -195,6 +196,16 @@ impl Metrics {
             ingest_duration_seconds: Histogram::with_opts(
                 HistogramOpts::new("msgd_ingest_duration_seconds", "Time to accept one message (auth excluded)")
                     .buckets(LATENCY_BUCKETS.to_vec()),
+            )
+            .expect("metric"),
+            store_group_items: HistogramVec::new(
+                HistogramOpts::new(
+                    "msgd_store_group_items",
+                    "Items one grouped store call carried: concurrent appends to a conversation, rate-limit checks \
+                     of an app, own-message marks of a conversation go together",
+                )
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]),
+                &["op"],
             )
             .expect("metric"),
             idempotent_replays_total: IntCounter::new(
@@ -444,6 +455,7 @@ impl Metrics {
             Box::new(metrics.auth_failures_total.clone()),
             Box::new(metrics.messages_ingested_total.clone()),
             Box::new(metrics.ingest_duration_seconds.clone()),
+            Box::new(metrics.store_group_items.clone()),
             Box::new(metrics.idempotent_replays_total.clone()),
             Box::new(metrics.rate_limited_total.clone()),
             Box::new(metrics.flush_duration_seconds.clone()),

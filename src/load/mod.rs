@@ -562,11 +562,13 @@ pub struct IdleReport {
 
 /// The server's resident memory, read from its Prometheus metrics.
 async fn server_rss(client: &reqwest::Client, base: &str) -> Option<u64> {
+    server_sample(client, base, "msgd_process_resident_memory_bytes").await.map(|bytes| bytes as u64)
+}
+
+/// One unlabelled series of the server's `/metrics`, if it reports it.
+async fn server_sample(client: &reqwest::Client, base: &str, series: &str) -> Option<f64> {
     let text = client.get(format!("{base}/metrics")).send().await.ok()?.text().await.ok()?;
-    text.lines()
-        .find_map(|line| line.strip_prefix("msgd_process_resident_memory_bytes "))
-        .and_then(|value| value.trim().parse::<f64>().ok())
-        .map(|bytes| bytes as u64)
+    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
 }
 
 /// Opens `connections` idle WebSockets, each subscribed to one of a few

@@ -20,7 +20,9 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message as Frame;
 
-use super::{conversation_of, dev_token, failure_key, round3, Failures, Socket, NO_RESPONSE};
+use super::{
+    conversation_of, dev_token, failure_key, round3, server_rss, server_sample, Failures, Socket, NO_RESPONSE,
+};
 
 /// How senders reach the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
@@ -177,6 +179,12 @@ pub struct RunReport {
     /// Frames a receiver saw twice, or out of seq order.
     pub duplicates: usize,
     pub reconnects: usize,
+    /// CPU the server process used while messages were sent, as a share of
+    /// one core (its `/metrics`, which count whole CPU seconds: meaningful
+    /// over runs of a minute or more; Redis and Postgres not included) ...
+    pub server_cpu_share: Option<f64>,
+    /// ... and its resident memory at the end; null when it does not report them.
+    pub server_rss_bytes: Option<u64>,
 }
 
 /// One receiving socket's view of its conversation.
@@ -268,6 +276,8 @@ pub async fn run(
     let failures: Arc<Mutex<Failures>> = Arc::default();
     let payload = "x".repeat(plan.payload_bytes);
 
+    let cpu_series = "msgd_process_cpu_seconds_total";
+    let cpu_before = server_sample(&client, &base, cpu_series).await;
     let started = Instant::now();
     let mut interrupted = false;
     let mut next = 0usize; // messages scheduled so far
@@ -357,6 +367,8 @@ pub async fn run(
     let _ =
         tokio::time::timeout(if interrupted { Duration::from_secs(2) } else { Duration::from_secs(30) }, drained).await;
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu_after = server_sample(&client, &base, cpu_series).await;
+    let server_cpu_share = cpu_before.zip(cpu_after).map(|(before, after)| round3((after - before) / elapsed));
 
     // Receivers catch up to what was acknowledged, then report.
     let deadline = Instant::now() + if interrupted { Duration::from_secs(1) } else { Duration::from_secs(10) };
@@ -402,6 +414,8 @@ pub async fn run(
         gaps,
         duplicates,
         reconnects,
+        server_cpu_share,
+        server_rss_bytes: server_rss(&client, &base).await,
     })
 }
 

@@ -10,14 +10,23 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::StoreError;
-use crate::ratelimit::{take, Bucket, Grant};
+use crate::ratelimit::{take, Bucket, Grant, RateCheck};
 
 #[async_trait]
 pub trait Coordination: Send + Sync {
-    /// Takes up to `wanted` requests from every bucket at once, the same
-    /// number from each (see [`crate::ratelimit::take`]). The buckets of one
-    /// call belong to one app, `app_id`: Redis keeps them on one cluster slot.
-    async fn rate_limit(&self, app_id: &str, buckets: &[Bucket], wanted: u32) -> Result<Grant, StoreError>;
+    /// Several rate-limit checks of one app's buckets, in order, in one step
+    /// (a bucket two checks name is one bucket): each takes up to its
+    /// `wanted` requests from all of its buckets at once, the same number from
+    /// each (see [`crate::ratelimit::take`]). The buckets of one app share a
+    /// Redis cluster slot.
+    async fn rate_limit_many(&self, app_id: &str, checks: &[RateCheck]) -> Result<Vec<Grant>, StoreError>;
+
+    /// One check of [`Coordination::rate_limit_many`].
+    async fn rate_limit(&self, app_id: &str, buckets: &[Bucket], wanted: u32) -> Result<Grant, StoreError> {
+        let check = RateCheck { buckets: buckets.to_vec(), wanted };
+        let mut grants = self.rate_limit_many(app_id, std::slice::from_ref(&check)).await?;
+        grants.pop().ok_or_else(|| StoreError::Corrupt { dependency: "rate limits", message: "no grant".into() })
+    }
 
     /// Takes (or renews, when `holder` already has it) the lease `name` for
     /// `ttl`; false when someone else holds it. Leases split background work
@@ -42,19 +51,23 @@ pub(crate) struct InProcess {
 
 #[async_trait]
 impl Coordination for InProcess {
-    async fn rate_limit(&self, app_id: &str, buckets: &[Bucket], wanted: u32) -> Result<Grant, StoreError> {
+    async fn rate_limit_many(&self, app_id: &str, checks: &[RateCheck]) -> Result<Vec<Grant>, StoreError> {
         let now = crate::clock::now_ms() as f64;
         let mut held = self.buckets.lock().expect("rate buckets lock");
         if held.len() > MAX_IDLE_BUCKETS {
             held.retain(|_, tat| *tat > now);
         }
-        let keys: Vec<String> = buckets.iter().map(|bucket| format!("{app_id}:{}", bucket.key)).collect();
-        let tats: Vec<Option<f64>> = keys.iter().map(|key| held.get(key).copied()).collect();
-        let (grant, tats) = take(buckets, &tats, now, wanted);
-        for (key, tat) in keys.into_iter().zip(tats) {
-            held.insert(key, tat);
+        let mut grants = Vec::with_capacity(checks.len());
+        for check in checks {
+            let keys: Vec<String> = check.buckets.iter().map(|bucket| format!("{app_id}:{}", bucket.key)).collect();
+            let tats: Vec<Option<f64>> = keys.iter().map(|key| held.get(key).copied()).collect();
+            let (grant, tats) = take(&check.buckets, &tats, now, check.wanted);
+            for (key, tat) in keys.into_iter().zip(tats) {
+                held.insert(key, tat);
+            }
+            grants.push(grant);
         }
-        Ok(grant)
+        Ok(grants)
     }
 
     async fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {

@@ -12,6 +12,7 @@
 //! keys' formats or messages' shapes: callers hand in bytes and plain rows.
 
 pub mod coordination;
+mod group_commit;
 mod live;
 mod metadata;
 mod objects;
@@ -45,7 +46,7 @@ use crate::error::{Code, Error};
 use crate::telemetry::Metrics;
 
 /// Why a storage call failed, in the terms callers branch on.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The dependency could not be reached or answered with an error; the
     /// request may succeed later.
@@ -140,12 +141,16 @@ impl Stores {
                 let db = Metadata::open_sqlite(&config.data_dir).await?;
                 let objects = Objects::local(&config.data_dir.join("objects"), metrics)?;
                 let tail = Arc::new(sqlite_tail::SqliteTail::new(db.clone()));
+                let coordination = Arc::new(coordination::InProcess::default());
+                let grouped =
+                    Arc::new(group_commit::Grouped::new(tail.clone(), tail.clone(), coordination.clone(), metrics));
                 Ok(Stores {
                     metadata: Arc::new(db),
-                    tail: tail.clone(),
-                    live: tail.clone(),
-                    state: tail,
-                    coordination: Arc::new(coordination::InProcess::default()),
+                    tail: grouped.clone(),
+                    live: tail,
+                    state: grouped,
+                    // Rate limits in memory gain nothing from grouping.
+                    coordination,
                     objects,
                     deployment: Deployment::Embedded,
                 })
@@ -154,12 +159,13 @@ impl Stores {
                 let db = Metadata::connect_postgres(&services.postgres)?;
                 let tail = Arc::new(redis_tail::RedisTail::open(&services.redis, metrics)?);
                 let objects = Objects::s3(&services.s3, metrics)?;
+                let grouped = Arc::new(group_commit::Grouped::new(tail.clone(), tail.clone(), tail.clone(), metrics));
                 Ok(Stores {
                     metadata: Arc::new(db),
-                    tail: tail.clone(),
-                    live: tail.clone(),
-                    state: tail.clone(),
-                    coordination: tail,
+                    tail: grouped.clone(),
+                    live: tail,
+                    state: grouped.clone(),
+                    coordination: grouped,
                     objects,
                     deployment: Deployment::Services,
                 })

@@ -17,7 +17,7 @@ use super::state::TtlState;
 use super::tail::{AppendOutcome, AppendRequest, ConvKey, DirtyConversation, Tail, TailEntry, TailMemory};
 use super::StoreError;
 use crate::config::RedisConfig;
-use crate::ratelimit::{Bucket, Grant, RateDecision};
+use crate::ratelimit::{Grant, RateCheck, RateDecision};
 use crate::telemetry::Metrics;
 use crate::worker::OwnedTask;
 
@@ -104,50 +104,69 @@ end
 return 0
 "#;
 
-/// Raises a hash field to ARGV[2] when lower and refreshes the key's TTL.
+/// Raises hash fields when lower, in order, and refreshes the key's TTL.
+/// ARGV[1] is the TTL (ms), then field and value pairs; replies each field's
+/// value afterwards.
 const RAISE_LUA: &str = r#"
-local current = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
-local value = tonumber(ARGV[2])
-if value > current then
-  redis.call('HSET', KEYS[1], ARGV[1], value)
-  current = value
+local reply = {}
+for i = 2, #ARGV, 2 do
+  local current = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
+  local value = tonumber(ARGV[i + 1])
+  if value > current then
+    redis.call('HSET', KEYS[1], ARGV[i], value)
+    current = value
+  end
+  reply[#reply + 1] = current
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return current
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return reply
 "#;
 
-/// GCRA over several buckets on Redis' own clock (so instances with skewed
-/// clocks agree); the same arithmetic as `ratelimit::take`. KEYS are the
-/// buckets; ARGV[1] is how many are wanted, then interval and burst per
-/// bucket. Replies the grant, then remaining, retry_ms, reset_ms per bucket
+/// GCRA on Redis' own clock (so instances with skewed clocks agree), the
+/// same arithmetic as `ratelimit::take`, for several checks in order (a
+/// bucket named by two checks is one bucket). ARGV[1] is the number of
+/// checks; then per check: how many are wanted, its number of buckets n, and
+/// interval and burst per bucket, whose keys are the next n KEYS. Replies per
+/// check: the grant, then remaining, retry_ms and reset_ms per bucket
 /// (retry_ms 0: the bucket held all that was wanted).
 const RATE_LUA: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local wanted = tonumber(ARGV[1])
-local granted = wanted
-local tats, held = {}, {}
-for i = 1, #KEYS do
-  local interval = tonumber(ARGV[2 * i])
-  local tolerance = interval * (tonumber(ARGV[2 * i + 1]) - 1)
-  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
-  if tat < now then tat = now end
-  local available = 0
-  if tat - now <= tolerance then available = math.floor((now + tolerance - tat) / interval) + 1 end
-  tats[i], held[i] = tat, available
-  if available < granted then granted = available end
+local tats, touched, reply = {}, {}, {}
+local k, a = 1, 2
+for _ = 1, tonumber(ARGV[1]) do
+  local wanted, n = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  a = a + 2
+  local granted, held, intervals, tolerances = wanted, {}, {}, {}
+  for i = 0, n - 1 do
+    local key = KEYS[k + i]
+    if tats[key] == nil then tats[key] = tonumber(redis.call('GET', key) or now) end
+    local tat = math.max(tats[key], now)
+    intervals[i] = tonumber(ARGV[a + 2 * i])
+    tolerances[i] = intervals[i] * (tonumber(ARGV[a + 2 * i + 1]) - 1)
+    held[i] = 0
+    if tat - now <= tolerances[i] then held[i] = math.floor((now + tolerances[i] - tat) / intervals[i]) + 1 end
+    if held[i] < granted then granted = held[i] end
+  end
+  reply[#reply + 1] = granted
+  for i = 0, n - 1 do
+    local key = KEYS[k + i]
+    local tat = math.max(tats[key], now) + granted * intervals[i]
+    if granted > 0 then
+      tats[key] = tat
+      touched[key] = true
+    end
+    local retry = 0
+    if held[i] < wanted then retry = math.max(1, math.ceil(tat - now - tolerances[i])) end
+    reply[#reply + 1] = held[i] - granted
+    reply[#reply + 1] = retry
+    reply[#reply + 1] = math.ceil(tat - now)
+  end
+  k = k + n
+  a = a + 2 * n
 end
-local reply = {granted}
-for i = 1, #KEYS do
-  local interval = tonumber(ARGV[2 * i])
-  local tolerance = interval * (tonumber(ARGV[2 * i + 1]) - 1)
-  local tat = tats[i] + granted * interval
-  if granted > 0 then redis.call('SET', KEYS[i], tostring(tat), 'PX', math.ceil(tat - now) + 1000) end
-  local retry = 0
-  if held[i] < wanted then retry = math.max(1, math.ceil(tat - now - tolerance)) end
-  reply[#reply + 1] = held[i] - granted
-  reply[#reply + 1] = retry
-  reply[#reply + 1] = math.ceil(tat - now)
+for key in pairs(touched) do
+  redis.call('SET', key, tostring(tats[key]), 'PX', math.ceil(tats[key] - now) + 1000)
 end
 return reply
 "#;
@@ -549,10 +568,18 @@ impl TtlState for RedisTail {
         Ok(())
     }
 
-    async fn state_raise(&self, key: &str, field: &str, value: u64, ttl: Duration) -> Result<u64, StoreError> {
+    async fn state_raise_many(
+        &self,
+        key: &str,
+        raises: &[(String, u64)],
+        ttl: Duration,
+    ) -> Result<Vec<u64>, StoreError> {
         let mut connection = self.connection();
         let mut invocation = self.raise_script.prepare_invoke();
-        invocation.key(self.keys.state(key)).arg(field).arg(value).arg(ttl.as_millis().max(1) as u64);
+        invocation.key(self.keys.state(key)).arg(ttl.as_millis().max(1) as u64);
+        for (field, value) in raises {
+            invocation.arg(field).arg(*value);
+        }
         let invocation = invocation.invoke_async(&mut connection);
         self.timed("state_raise", invocation).await
     }
@@ -567,28 +594,42 @@ impl TtlState for RedisTail {
 
 #[async_trait]
 impl Coordination for RedisTail {
-    async fn rate_limit(&self, app_id: &str, buckets: &[Bucket], wanted: u32) -> Result<Grant, StoreError> {
+    async fn rate_limit_many(&self, app_id: &str, checks: &[RateCheck]) -> Result<Vec<Grant>, StoreError> {
         let mut connection = self.connection();
         let mut invocation = self.rate_script.prepare_invoke();
-        invocation.arg(wanted);
-        for bucket in buckets {
-            invocation.key(self.keys.rate(app_id, &bucket.key)).arg(bucket.interval_ms()).arg(bucket.burst.max(1));
+        invocation.arg(checks.len());
+        for check in checks {
+            invocation.arg(check.wanted).arg(check.buckets.len());
+            for bucket in &check.buckets {
+                invocation.key(self.keys.rate(app_id, &bucket.key)).arg(bucket.interval_ms()).arg(bucket.burst.max(1));
+            }
         }
         let invocation = invocation.invoke_async(&mut connection);
         let reply: Vec<u64> = self.timed("rate_limit", invocation).await?;
-        if reply.len() != 1 + 3 * buckets.len() {
-            return Err(corrupt(format!("rate script answered {} values for {} buckets", reply.len(), buckets.len())));
+        let expected: usize = checks.iter().map(|check| 1 + 3 * check.buckets.len()).sum();
+        if reply.len() != expected {
+            return Err(corrupt(format!("rate script answered {} values, not {expected}", reply.len())));
         }
-        let decisions = reply[1..]
-            .chunks(3)
-            .map(|fields| RateDecision {
-                allowed: fields[1] == 0,
-                remaining: fields[0] as u32,
-                retry_after_ms: fields[1],
-                reset_ms: fields[2],
+        let mut values = reply.into_iter();
+        Ok(checks
+            .iter()
+            .map(|check| {
+                let granted = values.next().unwrap_or(0) as u32;
+                let decisions = (0..check.buckets.len())
+                    .map(|_| {
+                        let (remaining, retry_after_ms, reset_ms) =
+                            (values.next().unwrap_or(0), values.next().unwrap_or(0), values.next().unwrap_or(0));
+                        RateDecision {
+                            allowed: retry_after_ms == 0,
+                            remaining: remaining as u32,
+                            retry_after_ms,
+                            reset_ms,
+                        }
+                    })
+                    .collect();
+                Grant { granted, decisions }
             })
-            .collect();
-        Ok(Grant { granted: reply[0] as u32, decisions })
+            .collect())
     }
 
     async fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError> {

@@ -275,23 +275,32 @@ impl TtlState for SqliteTail {
         tx.commit().await.map_err(failed)
     }
 
-    async fn state_raise(&self, key: &str, field: &str, value: u64, ttl: Duration) -> Result<u64, StoreError> {
+    async fn state_raise_many(
+        &self,
+        key: &str,
+        raises: &[(String, u64)],
+        ttl: Duration,
+    ) -> Result<Vec<u64>, StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(failed)?;
         drop_expired_state(&mut tx, key, now).await?;
-        let current: Option<Vec<u8>> =
-            sqlx::query_scalar("SELECT value FROM tail_state WHERE state_key = $1 AND field = $2")
-                .bind(key)
-                .bind(field)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(failed)?;
-        let current = current
-            .and_then(|bytes| String::from_utf8(bytes).ok())
-            .and_then(|text| text.parse::<u64>().ok())
-            .unwrap_or(0);
-        let raised = current.max(value);
-        write_state(&mut tx, key, field, raised.to_string().as_bytes(), now + ttl.as_millis() as i64).await?;
+        let mut raised = Vec::with_capacity(raises.len());
+        for (field, value) in raises {
+            let current: Option<Vec<u8>> =
+                sqlx::query_scalar("SELECT value FROM tail_state WHERE state_key = $1 AND field = $2")
+                    .bind(key)
+                    .bind(field)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(failed)?;
+            let current = current
+                .and_then(|bytes| String::from_utf8(bytes).ok())
+                .and_then(|text| text.parse::<u64>().ok())
+                .unwrap_or(0);
+            let value = current.max(*value);
+            write_state(&mut tx, key, field, value.to_string().as_bytes(), now + ttl.as_millis() as i64).await?;
+            raised.push(value);
+        }
         tx.commit().await.map_err(failed)?;
         Ok(raised)
     }

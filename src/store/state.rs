@@ -14,9 +14,21 @@ pub trait TtlState: Send + Sync {
     /// whole hash expires `ttl` after its last write.
     async fn state_set(&self, key: &str, field: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError>;
 
-    /// Raises one numeric field of a TTL'd hash to `value` when it is lower
-    /// (never lowers it) and returns the field's value afterwards.
-    async fn state_raise(&self, key: &str, field: &str, value: u64, ttl: Duration) -> Result<u64, StoreError>;
+    /// Raises numeric fields of one TTL'd hash, each to its value when it is
+    /// lower (never lowers one), in order, in one step; returns each field's
+    /// value afterwards.
+    async fn state_raise_many(
+        &self,
+        key: &str,
+        raises: &[(String, u64)],
+        ttl: Duration,
+    ) -> Result<Vec<u64>, StoreError>;
+
+    /// [`TtlState::state_raise_many`] for one field.
+    async fn state_raise(&self, key: &str, field: &str, value: u64, ttl: Duration) -> Result<u64, StoreError> {
+        let raised = self.state_raise_many(key, &[(field.to_string(), value)], ttl).await?;
+        raised.first().copied().ok_or_else(|| StoreError::Corrupt { dependency: "state", message: "no raise".into() })
+    }
 
     /// All live fields of a TTL'd hash, sorted by field.
     async fn state_get(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;

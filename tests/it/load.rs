@@ -222,6 +222,9 @@ backend_test! {
             assert_eq!(report["received_frames"], report["expected_frames"], "{report}");
             assert_eq!((report["gaps"].as_u64(), report["duplicates"].as_u64()), (Some(0), Some(0)), "{report}");
             assert_eq!(report["reconnects"].as_u64(), Some(storms), "every receiver came back once: {report}");
+            // Reported in whole CPU seconds by the server's process collector: 0 is possible in 2 s.
+            assert!(report["server_cpu_share"].as_f64().is_some(), "{report}");
+            assert!(report["server_rss_bytes"].as_u64().is_some_and(|rss| rss > 1 << 20), "{report}");
         }
         // The flag that does not fit is refused, not ignored.
         let out = run(&["--via", "ws", "--batch", "5"]);
