@@ -289,3 +289,57 @@ impl Coordination for Grouped {
         self.coordination.release_lease(name, holder).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A group runs for 50 ms and records what it carried; each item's result
+    /// is the item times ten.
+    fn slow_run(
+        groups: Arc<Mutex<Vec<Vec<u32>>>>,
+    ) -> impl FnMut(Vec<u32>) -> futures::future::BoxFuture<'static, Result<Vec<u32>, StoreError>> {
+        move |items: Vec<u32>| {
+            let groups = groups.clone();
+            Box::pin(async move {
+                groups.lock().unwrap().push(items.clone());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Ok(items.into_iter().map(|item| item * 10).collect())
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn callers_that_wait_go_together_in_order_and_a_leaving_caller_strands_nobody() {
+        let coalescer = Arc::new(Coalescer::<&str, u32, u32>::new("append", &Metrics::new("embedded")));
+        let groups: Arc<Mutex<Vec<Vec<u32>>>> = Arc::default();
+        let first = {
+            let (coalescer, groups) = (coalescer.clone(), groups.clone());
+            tokio::spawn(async move { coalescer.call("c", vec![1], slow_run(groups)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await; // the first group is in flight
+        let mut waiting = Vec::new();
+        for caller in 0..4u32 {
+            let (coalescer, groups) = (coalescer.clone(), groups.clone());
+            let items = vec![100 + caller * 2, 101 + caller * 2];
+            waiting.push(tokio::spawn(async move { coalescer.call("c", items, slow_run(groups)).await }));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Another key is not held up by this one.
+        let other = coalescer.call("d", vec![7], slow_run(groups.clone())).await.unwrap();
+        assert_eq!(other, vec![70]);
+        // A caller that goes away while queued: the others are still answered.
+        waiting.remove(1).abort();
+        assert_eq!(first.await.unwrap().unwrap(), vec![10]);
+        let answers: Vec<Vec<u32>> =
+            futures::future::join_all(waiting).await.into_iter().map(|r| r.unwrap().unwrap()).collect();
+        assert_eq!(answers, vec![vec![1000, 1010], vec![1040, 1050], vec![1060, 1070]]);
+        let groups = groups.lock().unwrap().clone();
+        assert_eq!(
+            groups,
+            vec![vec![1], vec![7], vec![100, 101, 102, 103, 104, 105, 106, 107]],
+            "queued callers went as one group, in order"
+        );
+        assert!(coalescer.queues.lock().unwrap().is_empty(), "drained keys leave the map");
+    }
+}

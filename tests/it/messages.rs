@@ -64,6 +64,15 @@ backend_test! {
                 "{backend:?}: sender {sender} out of order"
             );
         }
+        // Sixteen senders at once: appends went in groups (group commit), and every message in one.
+        let metrics = scrape(&api.msgd).await;
+        let (groups, grouped) = (
+            sample(&metrics, r#"msgd_store_group_items_count{op="append"}"#).unwrap(),
+            sample(&metrics, r#"msgd_store_group_items_sum{op="append"}"#).unwrap(),
+        );
+        // (The first group finds no counter and goes again once it is seeded.)
+        assert!(grouped >= (SENDERS * EACH) as f64, "{backend:?}: {grouped}");
+        assert!(groups < (SENDERS * EACH) as f64, "{backend:?}: {groups} appends for {grouped} messages");
     }
 }
 
