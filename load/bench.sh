@@ -58,7 +58,7 @@ pin_servers() {
 # 16 clients, what an app writing messages straight to Postgres gets.
 baseline() {
   local db="bench_pg" script="$WORK/insert.sql"
-  "$PSQL" -q "$MSGDTEST_POSTGRES_URL" -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null
+  PGOPTIONS='-c client_min_messages=warning' "$PSQL" -q "$MSGDTEST_POSTGRES_URL" -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null
   local url="${MSGDTEST_POSTGRES_URL%/*}/$db"
   "$PSQL" -q "$url" -c "CREATE TABLE messages (id bigserial PRIMARY KEY, conversation_id uuid NOT NULL,
     ts bigint NOT NULL, body text NOT NULL)" -c "CREATE INDEX ON messages (conversation_id, id)" >/dev/null

@@ -13,7 +13,7 @@
 //! delivery is framed and queued, and how back-pressure works.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde_json::{json, Value};
 use tokio::sync::broadcast::error::RecvError;
@@ -31,12 +31,25 @@ const CATCH_UP_CHUNK: u64 = 500;
 /// What a subscription hands its receiver.
 #[derive(Debug)]
 pub enum Delivery {
-    Message(Envelope),
+    /// A live message, shared by every local subscriber of its conversation.
+    Message(Arc<SharedMessage>),
     /// An ephemeral event (`receipt`, `typing`) as published, with its op.
-    Event {
-        op: &'static str,
-        frame: Value,
-    },
+    Event { op: &'static str, frame: Value },
+}
+
+/// A live message decoded once for all local subscribers, with a slot for
+/// its frame, encoded once by the first receiver that sends it.
+#[derive(Debug)]
+pub struct SharedMessage {
+    pub envelope: Envelope,
+    frame: OnceLock<String>,
+}
+
+impl SharedMessage {
+    /// The message's frame as `encode` makes it, made once.
+    pub fn frame(&self, encode: impl FnOnce(&Envelope) -> String) -> &str {
+        self.frame.get_or_init(|| encode(&self.envelope))
+    }
 }
 
 /// Where a subscription delivers.
@@ -128,9 +141,14 @@ impl Subscription {
                             None => return,
                         }
                     }
-                    let Ok(envelope) = Envelope::from_entry(&entry) else { continue };
-                    ctx.metrics.delivery_latency_seconds.observe((now_ms() - envelope.ts).max(0) as f64 / 1000.0);
-                    if !to.live(Delivery::Message(envelope)) {
+                    let shared = entry.memo(|entry| {
+                        let envelope = Envelope::from_entry(entry).ok()?;
+                        Some(SharedMessage { envelope, frame: OnceLock::new() })
+                    });
+                    let Some(shared) = shared else { continue };
+                    let latency = (now_ms() - shared.envelope.ts).max(0) as f64 / 1000.0;
+                    ctx.metrics.delivery_latency_seconds.observe(latency);
+                    if !to.live(Delivery::Message(shared)) {
                         return;
                     }
                     delivered = entry.seq;

@@ -232,7 +232,12 @@ impl Outbox {
     /// Queues a live or control frame; a full queue marks the connection a
     /// slow consumer (it stopped reading while events kept coming).
     fn send(&self, op: &'static str, frame: Value) -> bool {
-        let frame = QueuedFrame { op, text: frame.to_string(), _budget: None };
+        self.send_text(op, frame.to_string())
+    }
+
+    /// Queues a frame already encoded.
+    fn send_text(&self, op: &'static str, text: String) -> bool {
+        let frame = QueuedFrame { op, text, _budget: None };
         match self.queue.try_send(Outbound::Frame(Box::new(frame))) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -270,7 +275,10 @@ impl Receiver for Outbox {
 
     fn live(&self, delivery: Delivery) -> bool {
         match delivery {
-            Delivery::Message(message) => self.send("message", json!({"op": "message", "message": message})),
+            Delivery::Message(message) => {
+                let frame = message.frame(|envelope| json!({"op": "message", "message": envelope}).to_string());
+                self.send_text("message", frame.to_string())
+            }
             Delivery::Event { op, frame } => self.send(op, frame),
         }
     }

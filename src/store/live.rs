@@ -12,8 +12,9 @@
 //! the task ends with the hub, whose upstream connection goes with it, so
 //! nothing is left to unsubscribe from.
 
+use std::any::Any;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use async_trait::async_trait;
 use tokio::sync::{broadcast, mpsc};
@@ -43,12 +44,62 @@ pub trait Live: Send + Sync {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LiveEvent {
     /// A message just appended.
-    Message(TailEntry),
+    Message(LiveMessage),
     /// An ephemeral event (receipt, typing), opaque to the store.
     Event(Vec<u8>),
 }
 
+/// A message on the live channel, shared by every local subscriber: one
+/// copy of the entry, and one slot where the first subscriber to handle it
+/// leaves what it made of it (the decoded envelope, the frame) for the others.
+#[derive(Clone)]
+pub struct LiveMessage {
+    entry: Arc<TailEntry>,
+    memo: Arc<OnceLock<Option<Arc<dyn Any + Send + Sync>>>>,
+}
+
+impl LiveMessage {
+    pub fn new(entry: TailEntry) -> LiveMessage {
+        LiveMessage { entry: Arc::new(entry), memo: Arc::default() }
+    }
+
+    /// What `make` made of this message, made once for all its subscribers
+    /// in this process; `None` when `make` gave nothing (or another type was
+    /// memoized first).
+    pub fn memo<T: Any + Send + Sync>(&self, make: impl FnOnce(&TailEntry) -> Option<T>) -> Option<Arc<T>> {
+        let made =
+            self.memo.get_or_init(|| make(&self.entry).map(|value| Arc::new(value) as Arc<dyn Any + Send + Sync>));
+        made.clone()?.downcast::<T>().ok()
+    }
+}
+
+impl std::ops::Deref for LiveMessage {
+    type Target = TailEntry;
+    fn deref(&self) -> &TailEntry {
+        &self.entry
+    }
+}
+
+impl PartialEq for LiveMessage {
+    fn eq(&self, other: &Self) -> bool {
+        self.entry == other.entry
+    }
+}
+
+impl Eq for LiveMessage {}
+
+impl std::fmt::Debug for LiveMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.entry.fmt(f)
+    }
+}
+
 impl LiveEvent {
+    /// A message event for `entry`.
+    pub fn message(entry: TailEntry) -> LiveEvent {
+        LiveEvent::Message(LiveMessage::new(entry))
+    }
+
     /// Wire form on the live channel: `m<seq>:<ts>:<body>` or `e<bytes>`. The
     /// Redis append script builds the first form itself.
     pub fn encode(&self) -> Vec<u8> {
@@ -76,7 +127,7 @@ impl LiveEvent {
                 let seq = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
                 let ts_ms = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
                 let body = parts.next()?.to_vec();
-                Some(LiveEvent::Message(TailEntry { seq, ts_ms, body }))
+                Some(LiveEvent::message(TailEntry { seq, ts_ms, body }))
             }
             _ => None,
         }
@@ -247,7 +298,7 @@ mod tests {
     #[test]
     fn live_events_round_trip() {
         for event in [
-            LiveEvent::Message(TailEntry { seq: 42, ts_ms: 1_700_000_000_123, body: b"{\"a\":\"x:y\"}".to_vec() }),
+            LiveEvent::message(TailEntry { seq: 42, ts_ms: 1_700_000_000_123, body: b"{\"a\":\"x:y\"}".to_vec() }),
             LiveEvent::Event(b"{\"op\":\"typing\"}".to_vec()),
         ] {
             assert_eq!(LiveEvent::decode(&event.encode()), Some(event));
@@ -262,7 +313,7 @@ mod tests {
         let mut first = hub.subscribe("c".into()).await.unwrap();
         let second = hub.subscribe("c".into()).await.unwrap();
         assert_eq!(hub.channel_count(), 1);
-        let event = LiveEvent::Message(TailEntry { seq: 1, ts_ms: 1, body: b"x".to_vec() });
+        let event = LiveEvent::message(TailEntry { seq: 1, ts_ms: 1, body: b"x".to_vec() });
         hub.deliver("c", event.clone());
         assert_eq!(first.recv().await.unwrap(), event);
         drop(second);

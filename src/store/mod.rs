@@ -28,7 +28,7 @@ use anyhow::Context;
 use std::time::{Duration, Instant};
 
 pub use coordination::Coordination;
-pub use live::{Live, LiveEvent, LiveSubscription};
+pub use live::{Live, LiveEvent, LiveMessage, LiveSubscription};
 pub use metadata::{
     ApiKeyRow, AppRow, AttachmentRow, BlockRow, ConversationRow, FlushAdvance, FlushStateRow, MemberRow,
     MetadataSnapshot, SegmentRow, ServerSecretRow, SnapshotMember,

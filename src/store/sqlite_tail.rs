@@ -133,7 +133,7 @@ impl Tail for SqliteTail {
 
         let channel = channel(conv);
         for entry in appended {
-            self.hub.deliver(&channel, LiveEvent::Message(entry));
+            self.hub.deliver(&channel, LiveEvent::message(entry));
         }
         Ok(outcomes)
     }
