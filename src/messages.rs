@@ -238,13 +238,14 @@ async fn send_checked(
         let mut claims = claims.into_iter();
         let mut fresh = Vec::with_capacity(pending.len());
         for (index, item) in pending {
-            let fingerprint = item.key.as_ref().map(|(_, fingerprint)| fingerprint);
-            match fingerprint.and_then(|fingerprint| Some((claims.next().flatten()?, fingerprint))) {
-                Some(((seq, seen), fingerprint)) if seen == *fingerprint => {
+            // One claim per keyed message, in order.
+            let claim = if item.key.is_some() { claims.next().flatten() } else { None };
+            match (claim, &item.key) {
+                (Some((seq, seen)), Some((_, fingerprint))) if seen == *fingerprint => {
                     results[index] = Some(replayed(ctx, &conv, seq).await)
                 }
-                Some(((seq, _), _)) => results[index] = Some(Err(key_reused(seq))),
-                None => fresh.push((index, item)),
+                (Some((seq, _)), _) => results[index] = Some(Err(key_reused(seq))),
+                (None, _) => fresh.push((index, item)),
             }
         }
         pending = fresh;
