@@ -252,8 +252,7 @@ async fn send_checked(
     }
 
     if !pending.is_empty() {
-        let granted = rate_limit(ctx, caller, pending.len()).await?;
-        if let Err((granted, refusal)) = granted {
+        if let Some((granted, refusal)) = rate_limit(ctx, caller, pending.len()).await? {
             for (index, _) in pending.drain(granted..) {
                 results[index] = Some(Err(refusal.clone()));
             }
@@ -289,7 +288,8 @@ async fn append(
     started: Instant,
 ) -> Result<Vec<(usize, Result<Sent, Error>)>, Error> {
     let ttl = ctx.config.limits.idempotency_ttl;
-    let mut waiting: Vec<(usize, Pending, AppendRequest)> = checked
+    // The messages still to append and their requests, side by side.
+    let (mut waiting, mut requests): (Vec<(usize, Pending)>, Vec<AppendRequest>) = checked
         .into_iter()
         .map(|(index, item)| {
             let request = AppendRequest {
@@ -298,19 +298,18 @@ async fn append(
                 body: serde_json::to_vec(&item.envelope).expect("envelopes serialize"),
                 idempotency: item.key.clone().map(|(key, fingerprint)| IdempotencyClaim { key, fingerprint, ttl }),
             };
-            (index, item, request)
+            ((index, item), request)
         })
-        .collect();
+        .unzip();
     let mut done = Vec::with_capacity(waiting.len());
     let mut last_seq = 0;
     for _ in 0..SEED_ATTEMPTS {
         if waiting.is_empty() {
             break;
         }
-        let requests: Vec<AppendRequest> = waiting.iter().map(|(_, _, request)| request.clone()).collect();
         let outcomes = ctx.stores.tail.append_batch(&requests).await?;
-        let mut unseeded = Vec::new();
-        for ((index, item, request), outcome) in waiting.into_iter().zip(outcomes) {
+        let (mut unseeded, mut unseeded_requests) = (Vec::new(), Vec::new());
+        for (((index, item), request), outcome) in waiting.into_iter().zip(requests).zip(outcomes) {
             match outcome {
                 AppendOutcome::Appended(entry) => {
                     ctx.metrics.messages_ingested_total.inc();
@@ -319,7 +318,7 @@ async fn append(
                         component = "ingest",
                         "conversation-id" = %conv.conversation_id,
                         seq = entry.seq,
-                        "payload-bytes" = request.body.len(),
+                        "payload-bytes" = entry.body.len(),
                         "duration-ms" = started.elapsed().as_millis() as u64,
                         "message accepted"
                     );
@@ -329,10 +328,13 @@ async fn append(
                 }
                 AppendOutcome::Replayed { seq } => done.push((index, replayed(ctx, conv, seq).await)),
                 AppendOutcome::KeyReused { seq } => done.push((index, Err(key_reused(seq)))),
-                AppendOutcome::NeedsSeed => unseeded.push((index, item, request)),
+                AppendOutcome::NeedsSeed => {
+                    unseeded.push((index, item));
+                    unseeded_requests.push(request);
+                }
             }
         }
-        waiting = unseeded;
+        (waiting, requests) = (unseeded, unseeded_requests);
         if !waiting.is_empty() {
             // New conversation, or the tail lost its counter: continue after the
             // highest seq known durably, never from 1 again.
@@ -342,7 +344,7 @@ async fn append(
             ctx.stores.tail.seed_seq(conv, floor).await?;
         }
     }
-    for (index, _, _) in waiting {
+    for (index, _) in waiting {
         done.push((index, Err(Error::new(Code::SeqUnavailable, "could not assign a seq; retry"))));
     }
     if let (Some(user), true) = (&caller.user_id, last_seq > 0) {
@@ -393,10 +395,10 @@ fn fingerprint(envelope: &Envelope) -> String {
 }
 
 /// The per-user and per-key limits, checked together for `wanted` messages:
-/// `Ok(())` when all may go, otherwise how many may and the refusal for the
+/// `None` when all may go, otherwise how many may and the refusal for the
 /// rest (the user's bucket is named first, so one noisy user is told it is
 /// the one over its limit, not the key).
-async fn rate_limit(ctx: &Context, caller: &Caller, wanted: usize) -> Result<Result<(), (usize, Error)>, Error> {
+async fn rate_limit(ctx: &Context, caller: &Caller, wanted: usize) -> Result<Option<(usize, Error)>, Error> {
     let limits = &ctx.config.limits;
     let mut buckets = Vec::with_capacity(2);
     let mut scopes = Vec::with_capacity(2);
@@ -408,12 +410,12 @@ async fn rate_limit(ctx: &Context, caller: &Caller, wanted: usize) -> Result<Res
     scopes.push("key");
     let wanted = u32::try_from(wanted).unwrap_or(u32::MAX);
     let grant = ctx.stores.coordination.rate_limit(&caller.app_id, &buckets, wanted).await?;
-    let Some((refused, decision)) = grant.refused() else { return Ok(Ok(())) };
+    let Some((refused, decision)) = grant.refused() else { return Ok(None) };
     let (scope, bucket) = (scopes[refused], &buckets[refused]);
     ctx.metrics.rate_limited_total.with_label_values(&[scope]).inc_by((wanted - grant.granted) as u64);
     let (rate, burst) = (bucket.rate_per_second, bucket.burst);
     let mut error =
         Error::new(Code::RateLimited, format!("too many messages for this {scope}: {rate}/s with a burst of {burst}"));
     error.rate = Some(RateLimitInfo { limit: burst, window_seconds: f64::from(burst) / rate, decision });
-    Ok(Err((grant.granted as usize, error)))
+    Ok(Some((grant.granted as usize, error)))
 }

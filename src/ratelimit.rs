@@ -33,6 +33,11 @@ impl Bucket {
     pub fn interval_ms(&self) -> f64 {
         1000.0 / self.rate_per_second
     }
+
+    /// How far ahead of now the arrival time may run: the burst beyond the first token.
+    fn tolerance_ms(&self) -> f64 {
+        self.interval_ms() * f64::from(self.burst.max(1) - 1)
+    }
 }
 
 /// One rate-limit check: up to `wanted` requests from every bucket at once.
@@ -69,8 +74,7 @@ pub fn take(buckets: &[Bucket], tats: &[Option<f64>], now: f64, wanted: u32) -> 
         .iter()
         .zip(tats)
         .map(|(bucket, tat)| {
-            let (interval, tolerance) =
-                (bucket.interval_ms(), bucket.interval_ms() * f64::from(bucket.burst.max(1) - 1));
+            let (interval, tolerance) = (bucket.interval_ms(), bucket.tolerance_ms());
             let tat = tat.unwrap_or(now).max(now);
             let available =
                 if tat - now > tolerance { 0 } else { ((now + tolerance - tat) / interval).floor() as u32 + 1 };
@@ -83,8 +87,7 @@ pub fn take(buckets: &[Bucket], tats: &[Option<f64>], now: f64, wanted: u32) -> 
         .iter()
         .zip(&held)
         .map(|(bucket, (tat, available))| {
-            let (interval, tolerance) =
-                (bucket.interval_ms(), bucket.interval_ms() * f64::from(bucket.burst.max(1) - 1));
+            let (interval, tolerance) = (bucket.interval_ms(), bucket.tolerance_ms());
             let tat = tat + f64::from(granted) * interval;
             new_tats.push(tat);
             let allowed = *available >= wanted;

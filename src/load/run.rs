@@ -258,7 +258,9 @@ pub async fn run(
 
     // Senders.
     let senders = match plan.via {
-        Via::Http => Senders::Http { client: client.clone(), tokens },
+        Via::Http => {
+            Senders::Http { client: client.clone(), tokens, base: base.clone(), admin_key: plan.admin_key.clone() }
+        }
         Via::Ws => {
             let mut sockets = Vec::with_capacity(tokens.len());
             for token in &tokens {
@@ -283,7 +285,7 @@ pub async fn run(
     let mut next = 0usize; // messages scheduled so far
     let mut turn = 0usize; // requests scheduled so far
     tokio::pin!(stop);
-    'phases: for (index, phase) in plan.phases.iter().enumerate() {
+    'phases: for phase in &plan.phases {
         *counters.phase.lock().expect("phase lock") = phase.name.clone();
         if phase.reconnect {
             reconnect.send_modify(|storm| *storm += 1);
@@ -326,15 +328,7 @@ pub async fn run(
                 })
                 .collect();
             counters.sent.fetch_add(size, Ordering::Relaxed);
-            let request = Request {
-                conversation: conversations[c].clone(),
-                index: c,
-                user,
-                messages,
-                scheduled,
-                base: base.clone(),
-                admin_key: plan.admin_key.clone(),
-            };
+            let request = Request { conversation: conversations[c].clone(), index: c, user, messages, scheduled };
             let (senders, counters, acked, failures) =
                 (senders.clone(), counters.clone(), acked_per_conversation.clone(), failures.clone());
             tokio::spawn(async move {
@@ -357,9 +351,6 @@ pub async fn run(
             });
             next += size;
             turn += 1;
-        }
-        if index + 1 == plan.phases.len() {
-            break;
         }
     }
     // Every request in flight answered (or the wait is cut short by Ctrl-C).
@@ -443,12 +434,16 @@ struct Request {
     user: usize,
     messages: Vec<serde_json::Value>,
     scheduled: Instant,
-    base: String,
-    admin_key: String,
 }
 
 enum Senders {
-    Http { client: reqwest::Client, tokens: Vec<String> },
+    /// `base` is the server's URL, `admin_key` the app's key sent with every request.
+    Http {
+        client: reqwest::Client,
+        tokens: Vec<String>,
+        base: String,
+        admin_key: String,
+    },
     Ws(Vec<WsSender>),
 }
 
@@ -456,21 +451,29 @@ impl Senders {
     /// Sends one request; a result per message (the failure key on error).
     async fn send(&self, request: &Request) -> Vec<Result<(), String>> {
         match self {
-            Senders::Http { client, tokens } => http_send(client, &tokens[request.user], request).await,
+            Senders::Http { client, tokens, base, admin_key } => {
+                http_send(client, base, admin_key, &tokens[request.user], request).await
+            }
             Senders::Ws(sockets) => vec![sockets[request.user].send(request).await],
         }
     }
 }
 
-async fn http_send(client: &reqwest::Client, token: &str, request: &Request) -> Vec<Result<(), String>> {
-    let (base, id) = (&request.base, &request.conversation);
+async fn http_send(
+    client: &reqwest::Client,
+    base: &str,
+    admin_key: &str,
+    token: &str,
+    request: &Request,
+) -> Vec<Result<(), String>> {
+    let id = &request.conversation;
     let single = request.messages.len() == 1;
     let builder = if single {
         client.post(format!("{base}/v1/conversations/{id}/messages")).json(&request.messages[0])
     } else {
         client.post(format!("{base}/v1/conversations/{id}/messages/batch")).json(&json!({"messages": request.messages}))
     };
-    let reply = builder.header("x-api-key", &request.admin_key).bearer_auth(token).send().await;
+    let reply = builder.header("x-api-key", admin_key).bearer_auth(token).send().await;
     let every = |result: Result<(), String>| vec![result; request.messages.len()];
     let Ok(reply) = reply else { return every(Err(NO_RESPONSE.into())) };
     let status = reply.status();
