@@ -49,9 +49,15 @@ enum LoadCommand {
         /// A user token to send as (see `msgd load token`) instead of minting dev tokens
         #[arg(long)]
         token: Option<String>,
-        /// Each client pauses this long after each request, e.g. 10ms
+        /// Each client pauses this long after each request, e.g. 10ms (HTTP only)
         #[arg(long, default_value = "0s", value_parser = parse_hold)]
         delay: std::time::Duration,
+        /// HTTP requests, or `send` frames over one WebSocket per client
+        #[arg(long, value_enum, default_value = "http")]
+        via: load::Via,
+        /// Over WebSocket: frames each client keeps in flight before waiting for acks
+        #[arg(long, default_value_t = 1)]
+        window: usize,
     },
     /// Print a dev token for a user (needs auth.dev_tokens.enabled): `TOKEN=$(msgd load token ...)`
     Token {
@@ -306,35 +312,37 @@ fn parse_hold(text: &str) -> Result<std::time::Duration, String> {
 }
 
 pub async fn run(args: &Args) -> Result<(), Failure> {
-    let (base_url, api_key, count, concurrency, batch, users, payload_bytes, conversation_id, token, delay) =
-        match &args.command {
-            LoadCommand::Send {
-                base_url,
-                api_key,
-                count,
-                concurrency,
-                batch,
-                users,
-                payload_bytes,
-                conversation_id,
-                token,
-                delay,
-            } => (base_url, api_key, count, concurrency, batch, users, payload_bytes, conversation_id, token, delay),
-            other => return run_other(args.json, other).await,
-        };
-    let plan = SendPlan {
-        conversation_id: conversation_id.clone(),
-        token: token.clone(),
-        delay: *delay,
-        base_url: base_url.clone(),
-        admin_key: api_key.clone(),
-        count: *count,
-        concurrency: *concurrency,
-        batch: *batch,
-        users: *users,
-        payload_bytes: *payload_bytes,
+    let plan = match &args.command {
+        LoadCommand::Send {
+            base_url,
+            api_key,
+            count,
+            concurrency,
+            batch,
+            users,
+            payload_bytes,
+            conversation_id,
+            token,
+            delay,
+            via,
+            window,
+        } => SendPlan {
+            conversation_id: conversation_id.clone(),
+            token: token.clone(),
+            delay: *delay,
+            base_url: base_url.clone(),
+            admin_key: api_key.clone(),
+            count: *count,
+            concurrency: *concurrency,
+            batch: *batch,
+            users: *users,
+            payload_bytes: *payload_bytes,
+            via: *via,
+            window: *window,
+        },
+        other => return run_other(args.json, other).await,
     };
-    let bar = if args.json { ProgressBar::hidden() } else { ProgressBar::new(*count as u64) };
+    let bar = if args.json { ProgressBar::hidden() } else { ProgressBar::new(plan.count as u64) };
     bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} messages {per_sec}").expect("valid template"));
     let shown = bar.clone();
     let report = load::send(&plan, move |acked| shown.set_position(acked as u64)).await?;

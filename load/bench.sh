@@ -7,10 +7,15 @@
 # run, then medians and their ratio to the baseline.
 #
 #   scripts/services.sh up
-#   load/bench.sh [--runs N] [--count N] [--only services|embedded] MSGD [MSGD ...]
+#   load/bench.sh [--runs N] [--count N] [--only services|embedded] [--scenarios "single batch ws"]
+#                 [--load-with MSGD] MSGD [MSGD ...]
 #
 # MSGD are release binaries (e.g. a copy of the build before a change, then
-# target/release/msgd). Needs 2 cores (taskset) and pgbench (postgresql-client).
+# target/release/msgd). Scenarios: single sends, batches of 100, ws (send
+# frames over 16 WebSockets, 32 in flight each). Each build drives its own
+# load unless --load-with names the binary that does (for a build whose
+# `msgd load` lacks a scenario). Needs 2 cores (taskset) and pgbench
+# (postgresql-client).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -19,16 +24,20 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 RUNS=3
 COUNT=20000
 ONLY=""
+SCENARIOS="single batch ws"
+LOAD_WITH=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) RUNS="$2"; shift 2 ;;
     --count) COUNT="$2"; shift 2 ;;
     --only) ONLY="$2"; shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    --scenarios) SCENARIOS="$2"; shift 2 ;;
+    --load-with) LOAD_WITH="$2"; shift 2 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) break ;;
   esac
 done
-[ $# -gt 0 ] || { echo "usage: load/bench.sh [--runs N] [--count N] [--only services|embedded] MSGD [MSGD ...]" >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: load/bench.sh [--runs N] [--count N] [--only services|embedded] [--scenarios LIST] [--load-with MSGD] MSGD [MSGD ...]" >&2; exit 2; }
 BUILDS=("$@")
 for build in "${BUILDS[@]}"; do [ -x "$build" ] || { echo "bench: $build is not an executable" >&2; exit 2; }; done
 
@@ -103,13 +112,18 @@ stop_msgd() {
   MSGD_PID=""
 }
 
-# One scenario: "single" (one message per request) or "batch" (100 per request), 16 clients.
+# One scenario, 16 clients: "single" (one message per request), "batch" (100
+# per request) or "ws" (send frames over a WebSocket each, 32 in flight).
 run_scenario() {
-  local msgd="$1" backend="$2" scenario="$3" batch=1 count="$COUNT" report
-  if [ "$scenario" = batch ]; then batch=100; count=$((COUNT * 5)); fi
+  local msgd="$1" backend="$2" scenario="$3" count="$COUNT" report
+  local how=(--batch 1)
+  case "$scenario" in
+    batch) how=(--batch 100); count=$((COUNT * 5)) ;;
+    ws) how=(--via ws --window 32); count=$((COUNT * 2)) ;;
+  esac
   start_msgd "$msgd" "$backend"
-  report="$(taskset -c 1 "$msgd" load send --base-url "$BASE_URL" --api-key "$KEY" --count "$count" \
-    --concurrency 16 --users 64 --batch "$batch" --json)"
+  report="$(taskset -c 1 "${LOAD_WITH:-$msgd}" load send --base-url "$BASE_URL" --api-key "$KEY" --count "$count" \
+    --concurrency 16 --users 64 "${how[@]}" --json)"
   stop_msgd
   python3 -c 'import json, sys; r = json.loads(sys.argv[1]); assert r["errors"] == 0, r["failures"]
 print("%.0f\t%.2f" % (r["messages_per_second"], r["latency_ms_p99"]))' "$report"
@@ -122,7 +136,7 @@ for round in $(seq 1 "$RUNS"); do
   tps="$(baseline)"
   printf 'postgres-table\tpgbench\tsingle\t%s\t%.0f\t-\n' "$round" "$tps" | tee -a "$RESULTS"
   for backend in "${BACKENDS[@]}"; do
-    for scenario in single batch; do
+    for scenario in $SCENARIOS; do
       for i in "${!BUILDS[@]}"; do
         line="$(run_scenario "${BUILDS[$i]}" "$backend" "$scenario")"
         printf '%s\tbuild%s\t%s\t%s\t%s\n' "$backend" "$i" "$scenario" "$round" "$line" | tee -a "$RESULTS"

@@ -158,13 +158,32 @@ pub async fn send_batch(
     if requests.is_empty() || requests.len() > max {
         return Err(Error::new(Code::InvalidBatch, format!("a batch holds 1 to {max} messages")));
     }
+    let requests = requests
+        .into_iter()
+        .map(|item| {
+            serde_json::from_value::<SendRequest>(item)
+                .map_err(|e| Error::new(Code::InvalidRequest, format!("not a message: {e}")))
+        })
+        .collect();
+    send_many(ctx, caller, conversation_id, requests, now).await
+}
+
+/// Sends messages of one conversation in order, each with its own result (a
+/// request that failed to parse keeps its error): a batch's work, also used
+/// for the `send` frames a WebSocket delivered together. The caller bounds
+/// the count.
+pub async fn send_many(
+    ctx: &Context,
+    caller: &Caller,
+    conversation_id: &str,
+    requests: Vec<Result<SendRequest, Error>>,
+    now: i64,
+) -> Result<Vec<Result<Sent, Error>>, Error> {
+    caller.require_participant()?;
     let conversation_id = ctx.membership.require_access(caller, conversation_id).await?.conversation_id;
     let items = requests
         .into_iter()
-        .map(|item| match serde_json::from_value::<SendRequest>(item) {
-            Ok(request) => prepare(ctx, caller, &conversation_id, request, None, now),
-            Err(e) => Err(Error::new(Code::InvalidRequest, format!("not a message: {e}"))),
-        })
+        .map(|request| request.and_then(|request| prepare(ctx, caller, &conversation_id, request, None, now)))
         .collect();
     send_checked(ctx, caller, &conversation_id, items, now).await
 }

@@ -74,7 +74,7 @@ const OPS: [&str; 6] = ["ping", "subscribe", "unsubscribe", "typing", "send", "r
 
 /// What an `error` frame repeats of the frame it answers, so a client can
 /// tell which of its frames failed.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Echo {
     pub op: Option<String>,
     pub conversation_id: Option<String>,

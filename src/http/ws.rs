@@ -6,7 +6,10 @@
 //! the connection, delivering into the connection's queue.
 //!
 //! Each connection has one bounded send queue, drained by the connection's
-//! own task between reads.
+//! own task between reads (what is queued together is written with one
+//! flush). Frames that arrive together are read together: a run of `send`
+//! frames to one conversation is stored as one batch, each frame answered
+//! on its own, in order.
 //!
 //! Back-pressure: catch-up frames wait for room in the queue (and use at most
 //! half of it), so a replay of any length is paced by the reader. Live
@@ -30,12 +33,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use futures::{SinkExt, StreamExt};
+use futures::stream::SplitSink;
+use futures::{FutureExt, SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -43,7 +47,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::error::ApiError;
-use super::frames::ClientFrame;
+use super::frames::{ClientFrame, Echo};
 use super::listener::ConnectionSlot;
 use super::AppState;
 use crate::auth::Caller;
@@ -64,6 +68,8 @@ const MAX_FRAME_BYTES: usize = 256 * 1024;
 /// A single write may stall this long (the client not reading) before the
 /// connection counts as a slow consumer.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Queued frames written together before one flush.
+const WRITE_COALESCE: usize = 64;
 /// The goodbye (queued frames, close frame) gets at most this long.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -321,7 +327,8 @@ async fn session(
 ) {
     let _connection = Gauged::new(&ctx.metrics.ws_connections);
     let config = ctx.config.ws.clone();
-    let (mut sink, mut stream) = socket.split();
+    let (mut sink, stream) = socket.split();
+    let mut stream = stream.peekable();
     let (queue, mut outbound) = mpsc::channel::<Outbound>(config.send_queue);
     let (slow, mut slow_rx) = watch::channel(false);
     let replay_budget = Arc::new(Semaphore::new((config.send_queue / 2).max(1)));
@@ -353,7 +360,7 @@ async fn session(
             }
             next = outbound.recv() => {
                 let Some(next) = next else { break None };
-                match tokio::time::timeout(WRITE_TIMEOUT, sink.send(outbound_message(&ctx, next))).await {
+                match tokio::time::timeout(WRITE_TIMEOUT, write_queued(&ctx, &mut sink, next, &mut outbound)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => break None,
                     Err(_) => {
@@ -394,9 +401,21 @@ async fn session(
                     Some(Err(_)) => break None,
                     Some(Ok(Message::Close(_))) => break None,
                     Some(Ok(Message::Text(text))) => {
+                        // Text frames that have already arrived are read now, so the
+                        // sends among them go to the tail together (one append for a
+                        // run of sends to one conversation), bounded by a batch and by
+                        // the room their replies need in the queue.
+                        let mut texts = vec![text];
+                        let max = ctx.config.limits.max_batch;
+                        while texts.len() < max && texts.len() * 2 < outbox.queue.capacity() {
+                            let is_text = |frame: &_| matches!(frame, Ok(Message::Text(_)));
+                            let next = std::pin::Pin::new(&mut stream).next_if(is_text).now_or_never();
+                            let Some(Some(Ok(Message::Text(text)))) = next else { break };
+                            texts.push(text);
+                        }
                         // Boxed: the handlers' futures are large, and an idle connection
                         // should not carry their state in its task.
-                        Box::pin(handle_frame(&ctx, &caller, &outbox, &mut subscriptions, text.as_str())).await;
+                        Box::pin(handle_frames(&ctx, &caller, &outbox, &mut subscriptions, &texts)).await;
                     }
                     Some(Ok(Message::Binary(_))) => {
                         outbox.error(&Error::new(Code::InvalidFrame, "frames are JSON text"), Value::Null);
@@ -428,6 +447,22 @@ async fn session(
     .await;
 }
 
+/// Writes a queued item and whatever else is queued already (up to a bound),
+/// then flushes once: a burst of frames costs one socket write, not one each.
+async fn write_queued(
+    ctx: &Context,
+    sink: &mut SplitSink<WebSocket, Message>,
+    first: Outbound,
+    outbound: &mut mpsc::Receiver<Outbound>,
+) -> Result<(), axum::Error> {
+    sink.feed(outbound_message(ctx, first)).await?;
+    for _ in 1..WRITE_COALESCE {
+        let Ok(next) = outbound.try_recv() else { break };
+        sink.feed(outbound_message(ctx, next)).await?;
+    }
+    sink.flush().await
+}
+
 /// The WebSocket message for a queued item, counted by op.
 fn outbound_message(ctx: &Context, next: Outbound) -> Message {
     match next {
@@ -439,14 +474,76 @@ fn outbound_message(ctx: &Context, next: Outbound) -> Message {
     }
 }
 
+/// Handles frames in the order they came; each run of `send` frames to one
+/// conversation is sent as one batch, each frame still answered on its own.
+async fn handle_frames(
+    ctx: &Arc<Context>,
+    caller: &Caller,
+    outbox: &Outbox,
+    subscriptions: &mut HashMap<String, JoinHandle<()>>,
+    texts: &[Utf8Bytes],
+) {
+    let frames: Vec<_> = texts.iter().map(|text| ClientFrame::parse_with_echo(text.as_str())).collect();
+    let mut frames = frames.into_iter().peekable();
+    while let Some((frame, echo)) = frames.next() {
+        let Ok(ClientFrame::Send { conversation_id, request }) = frame else {
+            handle_frame(ctx, caller, outbox, subscriptions, frame, echo).await;
+            continue;
+        };
+        let mut run = vec![(request, echo)];
+        while let Some((Ok(ClientFrame::Send { conversation_id: next, .. }), _)) = frames.peek() {
+            if *next != conversation_id {
+                break;
+            }
+            let Some((Ok(ClientFrame::Send { request, .. }), echo)) = frames.next() else { unreachable!() };
+            run.push((request, echo));
+        }
+        send_frames(ctx, caller, outbox, &conversation_id, run).await;
+    }
+}
+
+/// Sends a run of `send` frames to one conversation and acks (or answers an
+/// error to) each.
+async fn send_frames(
+    ctx: &Context,
+    caller: &Caller,
+    outbox: &Outbox,
+    conversation_id: &str,
+    run: Vec<(messages::SendRequest, Echo)>,
+) {
+    let (requests, echoes): (Vec<_>, Vec<_>) = run.into_iter().map(|(request, echo)| (Ok(request), echo)).unzip();
+    let results = match messages::send_many(ctx, caller, conversation_id, requests, now_ms()).await {
+        Ok(results) => results,
+        Err(e) => echoes.iter().map(|_| Err(e.clone())).collect(),
+    };
+    for (result, echo) in results.into_iter().zip(echoes) {
+        match result {
+            Ok(sent) => {
+                outbox.send(
+                    "ack",
+                    json!({
+                        "op": "ack",
+                        "conversation_id": sent.envelope.conversation_id,
+                        "client_msg_id": sent.envelope.client_msg_id,
+                        "seq": sent.envelope.seq,
+                        "id": sent.envelope.id,
+                        "replayed": sent.replayed,
+                    }),
+                );
+            }
+            Err(e) => outbox.error(&e, echo.fields()),
+        }
+    }
+}
+
 async fn handle_frame(
     ctx: &Arc<Context>,
     caller: &Caller,
     outbox: &Outbox,
     subscriptions: &mut HashMap<String, JoinHandle<()>>,
-    text: &str,
+    frame: Result<ClientFrame, Error>,
+    echo: Echo,
 ) {
-    let (frame, echo) = ClientFrame::parse_with_echo(text);
     let result: Result<(), Error> = async {
         match frame? {
             ClientFrame::Ping => {
@@ -481,19 +578,7 @@ async fn handle_frame(
                 Ok(())
             }
             ClientFrame::Send { conversation_id, request } => {
-                let client_msg_id = request.client_msg_id.clone();
-                let sent = messages::send(ctx, caller, &conversation_id, request, None, now_ms()).await?;
-                outbox.send(
-                    "ack",
-                    json!({
-                        "op": "ack",
-                        "conversation_id": sent.envelope.conversation_id,
-                        "client_msg_id": client_msg_id,
-                        "seq": sent.envelope.seq,
-                        "id": sent.envelope.id,
-                        "replayed": sent.replayed,
-                    }),
-                );
+                send_frames(ctx, caller, outbox, &conversation_id, vec![(request, echo.clone())]).await;
                 Ok(())
             }
             ClientFrame::Receipt { conversation_id, request } => {

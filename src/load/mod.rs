@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use serde::Serialize;
 use serde_json::json;
+use tokio_tungstenite::tungstenite::Message as Frame;
 
 mod run;
 pub use run::{run, Counters, Phase, RunPlan, RunReport, Via};
@@ -37,6 +38,10 @@ pub struct SendPlan {
     pub token: Option<String>,
     /// Each client pauses this long after each request.
     pub delay: Duration,
+    /// HTTP requests, or `send` frames over one WebSocket per client.
+    pub via: Via,
+    /// Over WebSocket: frames a client keeps in flight (sent, not yet acked).
+    pub window: usize,
 }
 
 /// The error codes msgd's API answers with (README, "HTTP API"): a failure's
@@ -156,8 +161,11 @@ pub struct SendReport {
 
 /// Runs a send load; `progress` is called with the number of messages acknowledged so far.
 pub async fn send(plan: &SendPlan, progress: impl Fn(usize) + Send + Sync + 'static) -> anyhow::Result<SendReport> {
-    if plan.count == 0 || plan.concurrency == 0 || plan.batch == 0 || plan.users == 0 {
-        bail!("count, concurrency, batch and users must all be at least 1");
+    if plan.count == 0 || plan.concurrency == 0 || plan.batch == 0 || plan.users == 0 || plan.window == 0 {
+        bail!("count, concurrency, batch, users and window must all be at least 1");
+    }
+    if plan.via == Via::Ws && (plan.batch > 1 || !plan.delay.is_zero()) {
+        bail!("over WebSocket every frame is one message, sent as the window allows: no --batch or --delay");
     }
     let client = reqwest::Client::builder().pool_max_idle_per_host(plan.concurrency).build()?;
     let base = plan.base_url.trim_end_matches('/').to_string();
@@ -184,6 +192,11 @@ pub async fn send(plan: &SendPlan, progress: impl Fn(usize) + Send + Sync + 'sta
         let token = tokens[worker % tokens.len()].clone();
         let (base, conversation, payload, plan) = (base.clone(), conversation.clone(), payload.clone(), plan.clone());
         workers.push(tokio::spawn(async move {
+            if plan.via == Via::Ws {
+                let url = ws_url(&base, &plan.admin_key, token.as_deref());
+                let sending = WsSending { conversation: &conversation, payload: &payload, count: plan.count };
+                return sending.run(&url, plan.window, &next, &acked, &*progress).await;
+            }
             let mut latencies = Vec::new();
             let mut failures = Failures::new();
             loop {
@@ -277,6 +290,98 @@ pub async fn send(plan: &SendPlan, progress: impl Fn(usize) + Send + Sync + 'sta
         concurrency: plan.concurrency,
         batch: plan.batch,
     })
+}
+
+/// One client's `send` frames over its own WebSocket.
+struct WsSending<'a> {
+    conversation: &'a str,
+    payload: &'a str,
+    /// Messages in the whole run (clients take the next index until this).
+    count: usize,
+}
+
+impl WsSending<'_> {
+    /// Sends frames while fewer than `window` await their reply, and reads the
+    /// replies (one `ack` or `error` per frame, in the order sent: the server
+    /// answers a connection's frames in order). Latency is send to reply.
+    async fn run(
+        &self,
+        url: &str,
+        window: usize,
+        next: &AtomicUsize,
+        acked: &AtomicUsize,
+        progress: &(dyn Fn(usize) + Send + Sync),
+    ) -> (Vec<Duration>, Failures) {
+        use futures::{SinkExt, StreamExt};
+        let mut latencies = Vec::new();
+        let mut failures = Failures::new();
+        let Ok((socket, _)) = tokio_tungstenite::connect_async(url).await else {
+            *failures.entry(NO_RESPONSE.to_string()).or_default() += 1;
+            return (latencies, failures);
+        };
+        let (mut writer, mut reader) = socket.split();
+        let room = tokio::sync::Semaphore::new(window);
+        let (sent, mut in_flight) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+        let write = async {
+            loop {
+                let Ok(permit) = room.acquire().await else { break };
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= self.count {
+                    break;
+                }
+                permit.forget();
+                let frame = json!({
+                    "op": "send",
+                    "conversation_id": self.conversation,
+                    "client_msg_id": format!("w{index}"),
+                    "payload": {"text": self.payload},
+                });
+                let _ = sent.send((index, Instant::now()));
+                if writer.send(Frame::Text(frame.to_string().into())).await.is_err() {
+                    break;
+                }
+            }
+            drop(sent); // the reader stops after the last reply
+        };
+        let read = async {
+            while let Some((index, at)) = in_flight.recv().await {
+                let reply = loop {
+                    match tokio::time::timeout(Duration::from_secs(30), reader.next()).await {
+                        Ok(Some(Ok(Frame::Text(text)))) => break serde_json::from_str(text.as_str()).ok(),
+                        Ok(Some(Ok(_))) => continue,
+                        _ => break None,
+                    }
+                };
+                let Some(reply): Option<serde_json::Value> = reply else {
+                    // No reply: this frame and every one still in flight failed.
+                    let lost = 1 + std::iter::from_fn(|| in_flight.try_recv().ok()).count();
+                    *failures.entry(NO_RESPONSE.to_string()).or_default() += lost;
+                    room.close();
+                    break;
+                };
+                latencies.push(at.elapsed());
+                room.add_permits(1);
+                if reply["client_msg_id"].as_str() != Some(format!("w{index}").as_str()) {
+                    *failures.entry("ws reply out of order".to_string()).or_default() += 1;
+                } else if reply["op"] == "ack" {
+                    progress(acked.fetch_add(1, Ordering::Relaxed) + 1);
+                } else {
+                    *failures.entry(failure_key(0, &reply).replacen("0 ", "ws ", 1)).or_default() += 1;
+                }
+            }
+        };
+        tokio::join!(write, read);
+        (latencies, failures)
+    }
+}
+
+/// The WebSocket URL for an app key and, when given, a user token.
+fn ws_url(base: &str, api_key: &str, token: Option<&str>) -> String {
+    let ws_base = base.replacen("http", "ws", 1);
+    match token {
+        Some(token) => format!("{ws_base}/v1/ws?api_key={api_key}&access_token={token}"),
+        None => format!("{ws_base}/v1/ws?api_key={api_key}"),
+    }
 }
 
 /// The `p` quantile (0..=1) of sorted durations, in milliseconds.

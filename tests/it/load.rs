@@ -9,9 +9,9 @@ backend_test! {
     async fn load_send_reports_what_it_sent(backend: Backend) {
         let api = Api::start(backend).await;
         let base_url = format!("http://{}", api.msgd.addr);
-        for (batch, concurrency) in [("1", "4"), ("10", "2")] {
-            let out = api.env.run(
-                &[
+        let ws: &[&str] = &["--via", "ws", "--window", "8"];
+        for (batch, concurrency, via) in [("1", "4", &[][..]), ("10", "2", &[]), ("1", "4", ws)] {
+            let args = [
                     "load",
                     "send",
                     "--base-url",
@@ -27,15 +27,18 @@ backend_test! {
                     "--users",
                     "3",
                     "--json",
-                ],
-                "",
-            );
-            assert_eq!(out.code, 0, "{backend:?}: {}", out.stderr);
+                ];
+            let out = api.env.run(&[&args[..], via].concat(), "");
+            assert_eq!(out.code, 0, "{backend:?} {via:?}: {}", out.stderr);
             let report = out.json();
             assert_eq!(report["messages"], 105, "{report}");
             assert_eq!(report["errors"], 0);
             assert_eq!(report["requests"], if batch == "1" { 105 } else { 11 });
             assert!(report["latency_ms_p99"].as_f64().unwrap() >= report["latency_ms_p50"].as_f64().unwrap());
+            // Each acknowledged message is in the conversation once.
+            let conversation = api.conv_key(report["conversation_id"].as_str().unwrap());
+            let entries = api.stores().await.tail.read(&conversation, 0, 1000).await.unwrap();
+            assert_eq!(entries.len(), 105, "{backend:?} {via:?}");
         }
         // A server without dev tokens is a clear failure, not a hang.
         let out = api

@@ -6,13 +6,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::SinkExt;
 use reqwest::Method;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::api::Api;
 use crate::support::wsclient::{Client, Next};
-use crate::support::{backend_test, services_test, Backend, ServicesEnv};
+use crate::support::{backend_test, sample, scrape, services_test, Backend, ServicesEnv};
 
 backend_test! {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -237,5 +238,85 @@ backend_test! {
             }
         };
         assert_eq!(closed, Some(4001), "{backend:?}");
+    }
+}
+
+backend_test! {
+    #[tokio::test]
+    async fn frames_that_arrive_together_are_appended_together_and_answered_one_by_one(backend: Backend) {
+        const BURST: usize = 200;
+        let api = Api::start(backend).await;
+        let alice = api.token("alice").await;
+        let bob = api.token("bob").await;
+        let (a, b) = (api.conversation(&alice, &[]).await, api.conversation(&alice, &[]).await);
+        let bobs = api.conversation(&bob, &[]).await;
+        let send = |conversation: &str, id: &str, payload: serde_json::Value| {
+            json!({"op": "send", "conversation_id": conversation, "client_msg_id": id, "payload": payload})
+        };
+        // Every kind of neighbour a send can have in one read: the same key twice, a frame that
+        // is not JSON, another conversation, one the sender may not write to, an invalid payload.
+        let mut frames = vec![
+            send(&a, "k0", json!({"n": 0})).to_string(),
+            send(&a, "k1", json!({"n": 1})).to_string(),
+            send(&a, "k0", json!({"n": 0})).to_string(),
+            "not json".to_string(),
+            send(&a, "k2", json!({"n": 2})).to_string(),
+            send(&b, "b0", json!({"n": 0})).to_string(),
+            send(&bobs, "c0", json!({"n": 0})).to_string(),
+            send(&a, "k3", serde_json::Value::Null).to_string(),
+        ];
+        frames.extend((0..BURST).map(|i| send(&a, &format!("m{i}"), json!({"n": i})).to_string()));
+        frames.push(json!({"op": "ping"}).to_string());
+
+        let mut client = Client::connect(&api.msgd.addr, &api.write_key, &alice).await;
+        for frame in &frames {
+            client.socket.feed(Message::Text(frame.clone().into())).await.unwrap();
+        }
+        client.socket.flush().await.unwrap();
+
+        let mut replies = Vec::new();
+        for _ in &frames {
+            match client.next(Duration::from_secs(10)).await {
+                Next::Frame(frame) => replies.push(frame),
+                other => panic!("{backend:?}: {other:?} after {} replies", replies.len()),
+            }
+        }
+        let summary = |r: &serde_json::Value| {
+            (r["op"].as_str().unwrap().to_string(), r["client_msg_id"].as_str().map(str::to_string), r["code"].clone())
+        };
+        let head: Vec<_> = replies[..8].iter().map(summary).collect();
+        let ack = |id: &str| ("ack".to_string(), Some(id.to_string()), serde_json::Value::Null);
+        let error = |id: Option<&str>, code: &str| ("error".to_string(), id.map(str::to_string), json!(code));
+        assert_eq!(
+            head,
+            vec![
+                ack("k0"),
+                ack("k1"),
+                ack("k0"),
+                error(None, "invalid_frame"),
+                ack("k2"),
+                ack("b0"),
+                error(Some("c0"), "not_member"),
+                error(Some("k3"), "invalid_payload"),
+            ],
+            "{backend:?}: one reply per frame, in frame order"
+        );
+        let seqs: Vec<u64> = replies[..3].iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, [1, 2, 1], "{backend:?}: the repeated key is the first message again");
+        assert_eq!((replies[2]["replayed"].as_bool(), replies[4]["seq"].as_u64()), (Some(true), Some(3)));
+        assert_eq!(replies[5]["seq"], 1, "{backend:?}: the other conversation counts on its own");
+        for (i, reply) in replies[8..8 + BURST].iter().enumerate() {
+            assert_eq!((reply["op"].as_str(), reply["seq"].as_u64()), (Some("ack"), Some(4 + i as u64)), "{backend:?}");
+        }
+        assert_eq!(replies.last().unwrap()["op"], "pong");
+
+        // What history holds: k0, k1, k2 and the burst, once each, in frame order.
+        let stores = api.stores().await;
+        let entries = stores.tail.read(&api.conv_key(&a), 0, 1000).await.unwrap();
+        assert_eq!(entries.len(), 3 + BURST, "{backend:?}");
+        // The burst went to the tail in batches: fewer appends than messages.
+        let metrics = scrape(&api.msgd).await;
+        let appends = sample(&metrics, r#"msgd_store_group_items_count{op="append"}"#).unwrap();
+        assert!(appends < BURST as f64, "{backend:?}: {appends} appends for {} messages", BURST + 4);
     }
 }
