@@ -1,7 +1,8 @@
 //! `msgd config` and config loading through the real binary: exit codes,
 //! named keys, env over file, redaction.
 
-use crate::support::{run_command, MSGD};
+use crate::support::servers::PrivateRedis;
+use crate::support::{run_command, services_test, ServicesEnv, MSGD};
 
 fn msgd(args: &[&str], env: &[(&str, &str)]) -> crate::support::Output {
     let mut command = std::process::Command::new(MSGD);
@@ -288,5 +289,102 @@ fn services_sh_env_prints_a_deployment_on_the_servers_it_starts() {
             (ours.host_str(), ours.port(), ours.username()),
             (theirs.host_str(), theirs.port(), theirs.username())
         );
+    }
+}
+
+/// load/vps.toml is a config msgd accepts (secrets from the environment, as
+/// its header says) and sets what runbooks/tuning.md says it sets.
+#[test]
+fn the_vps_profile_checks_and_sets_the_budgeted_values() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/load/vps.toml");
+    let secrets = [
+        ("MSGD_POSTGRES__URL", "postgres://msgd:pg-hunter2@127.0.0.1:5432/msgd"),
+        ("MSGD_S3__SECRET_ACCESS_KEY", "s3-hunter2"),
+    ];
+    let out = msgd(&["--config", path, "config", "--check"], &secrets);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("services mode"), "{}", out.stdout);
+    let missing = msgd(&["--config", path, "config", "--check"], &[]);
+    assert_eq!(missing.code, 2, "the secrets are not in the file");
+
+    let config = msgd(&["--config", path, "config", "--json"], &secrets).json();
+    assert_eq!(config["flush"]["hot_window"], 4);
+    assert_eq!(config["flush"]["max_age"], "15m");
+    assert_eq!(config["limits"]["idempotency_ttl"], "15m");
+    assert_eq!(config["history"]["block_cache_bytes"], 32 << 20);
+    assert_eq!(
+        (config["ws"]["max_per_ip"].as_u64(), config["http"]["max_connections"].as_u64()),
+        (Some(0), Some(4096))
+    );
+    assert!(!config.to_string().contains("hunter2"), "secrets redacted");
+}
+
+services_test! {
+    #[tokio::test]
+    async fn the_vps_redis_and_postgres_files_are_accepted_by_the_real_servers(services: ServicesEnv) {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = concat!(env!("CARGO_MANIFEST_DIR"), "/load/vps-redis.conf");
+        let redis = PrivateRedis::start_with_config(&services.redis_server, conf.as_ref(), dir.path());
+        let client = redis::Client::open(redis.url()).unwrap();
+        let mut connection = client.get_multiplexed_async_connection().await.expect("redis-server starts from the file");
+        let setting = |name: &'static str| {
+            let mut connection = connection.clone();
+            async move {
+                let pair: Vec<String> = redis::cmd("CONFIG").arg("GET").arg(name).query_async(&mut connection).await.unwrap();
+                pair[1].clone()
+            }
+        };
+        assert_eq!(setting("maxmemory").await, (256u64 << 20).to_string());
+        assert_eq!(setting("maxmemory-policy").await, "noeviction", "msgd's keys are never evicted");
+        assert_eq!(setting("appendonly").await, "yes");
+        assert_eq!(setting("appendfsync").await, "everysec");
+        assert_eq!(setting("stream-node-max-bytes").await, "2048");
+        // load/redis-memory.sh (what tuning.md measures with) counts keys and bytes per family.
+        let _: () = redis::pipe()
+            .cmd("XADD").arg("msgd:{s1}:log:app_a:c1").arg("1-0").arg("body").arg("x".repeat(400))
+            .cmd("XADD").arg("msgd:{s1}:log:app_a:c1").arg("2-0").arg("body").arg("y".repeat(400))
+            .cmd("SET").arg("msgd:{s1}:idem:app_a:c1:user:5:alice:k \"1\"").arg("1:ab").arg("PX").arg(60_000)
+            .cmd("SET").arg("msgd:{s1}:seq:app_a:c1").arg(2)
+            .cmd("SET").arg("other:{s1}:seq:app_a:c1").arg(2)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/load/redis-memory.sh");
+        let out = std::process::Command::new(script)
+            .args(["-u", &redis.url(), "msgd"])
+            .output()
+            .expect("run load/redis-memory.sh");
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{report} {}", String::from_utf8_lossy(&out.stderr));
+        let family = |name: &str| {
+            let line = report.lines().find(|line| line.split_whitespace().next() == Some(name));
+            let fields: Vec<u64> = line.unwrap_or_default().split_whitespace().skip(1).map(|n| n.parse().unwrap_or(0)).collect();
+            (fields.first().copied(), fields.get(1).copied())
+        };
+        assert_eq!(family("log").0, Some(1), "{report}");
+        assert!(family("log").1.unwrap() > 800, "{report}");
+        assert_eq!((family("idem").0, family("seq").0, family("total").0), (Some(1), Some(1), Some(3)), "{report}");
+        drop(redis);
+
+        // postgres -C parses the whole file and refuses an unknown setting (exit 1).
+        let conf = concat!(env!("CARGO_MANIFEST_DIR"), "/load/vps-postgresql.conf");
+        let check = |conf: &str, name: &str| {
+            let data = tempfile::tempdir().unwrap();
+            let postgres = services.pg_bin.join("postgres");
+            let args = ["-D", &data.path().display().to_string(), "-c", &format!("config_file={conf}"), "-C", name];
+            // Postgres will not run as root: as the postgres user, as PrivatePostgres does.
+            std::process::Command::new("chown").arg("postgres").arg(data.path()).status().unwrap();
+            let mut command = std::process::Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(&postgres).args(args);
+            let out = command.output().expect("run postgres -C");
+            (out.status.success(), String::from_utf8_lossy(&out.stdout).trim().to_string())
+        };
+        assert_eq!(check(conf, "shared_buffers"), (true, "65536".to_string()), "512MB in 8 kB pages");
+        assert_eq!(check(conf, "max_connections"), (true, "30".to_string()));
+        let bad = dir.path().join("bad.conf");
+        std::fs::write(&bad, std::fs::read_to_string(conf).unwrap() + "shared_bufers = 1GB\n").unwrap();
+        let readable = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+        std::fs::set_permissions(dir.path(), readable).unwrap();
+        assert!(!check(&bad.display().to_string(), "shared_buffers").0, "a misspelt setting is refused");
     }
 }

@@ -13,11 +13,22 @@ pub struct PrivateRedis {
     pub port: u16,
     child: Option<Child>,
     binary: PathBuf,
+    /// A config file and the directory for its persistence files, when started from one.
+    config: Option<(PathBuf, PathBuf)>,
 }
 
 impl PrivateRedis {
+    /// Without persistence.
     pub fn start(binary: &Path) -> PrivateRedis {
-        let mut redis = PrivateRedis { port: free_port(), child: None, binary: binary.to_path_buf() };
+        let mut redis = PrivateRedis { port: free_port(), child: None, binary: binary.to_path_buf(), config: None };
+        redis.resume();
+        redis
+    }
+
+    /// From a config file (its port and directory replaced).
+    pub fn start_with_config(binary: &Path, config: &Path, dir: &Path) -> PrivateRedis {
+        let config = Some((config.to_path_buf(), dir.to_path_buf()));
+        let mut redis = PrivateRedis { port: free_port(), child: None, binary: binary.to_path_buf(), config };
         redis.resume();
         redis
     }
@@ -31,8 +42,13 @@ impl PrivateRedis {
     }
 
     pub fn resume(&mut self) {
-        let child = Command::new(&self.binary)
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        let mut command = Command::new(&self.binary);
+        match &self.config {
+            Some((config, dir)) => command.arg(config).arg("--dir").arg(dir),
+            None => command.args(["--save", "", "--appendonly", "no"]),
+        };
+        let child = command
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
