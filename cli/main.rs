@@ -70,6 +70,15 @@ impl From<anyhow::Error> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        // A command piped into `head` ends quietly when the reader leaves, as
+        // Unix tools do, instead of panicking on the write. serve keeps SIGPIPE
+        // ignored: its sockets report a gone peer as an error.
+        // SAFETY: restoring a signal's default disposition, before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let env: Vec<(String, String)> = std::env::vars().collect();
     let loaded = msgd::config::load(cli.config.as_deref(), env);
 

@@ -388,3 +388,18 @@ services_test! {
         assert!(!check(&bad.display().to_string(), "shared_buffers").0, "a misspelt setting is refused");
     }
 }
+
+/// `msgd config | head -1`: a reader that leaves early ends the command
+/// quietly (SIGPIPE), not with a panic.
+#[test]
+fn a_reader_that_leaves_early_ends_the_command_quietly() {
+    let mut command = std::process::Command::new(MSGD);
+    command.args(["config", "--json"]).env_remove("MSGD_CONFIG");
+    command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    drop(child.stdout.take()); // the reader is gone before msgd writes
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&out.status), Some(libc::SIGPIPE), "{stderr}");
+}
