@@ -9,7 +9,9 @@
 //! invalidated on change through the tail's live channel `_msgd/membership`
 //! (Redis Pub/Sub in services mode), so a removed member is refused
 //! everywhere within a second; the cache TTL bounds staleness if an
-//! invalidation is ever missed.
+//! invalidation is ever missed. A subscription asks again only when its
+//! conversation's [`Membership::version`] moved, or a minute passed, not
+//! for every event it delivers.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,6 +26,9 @@ use crate::worker::{Worker, WorkerState};
 
 const MEMBERSHIP_TTL: Duration = Duration::from_secs(10);
 const MEMBERSHIP_CACHE_MAX: usize = 100_000;
+/// Conversations share this many change counters (by hash): a change to one
+/// makes the subscriptions of the others in its slot check again, no more.
+const CHANGE_SLOTS: usize = 1024;
 
 /// A member's role in a conversation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +94,16 @@ pub struct Membership {
     /// Bumped by every invalidation: an answer read from the database while an
     /// invalidation happened is not cached (it may predate the change).
     generation: std::sync::atomic::AtomicU64,
+    /// Per slot of conversations, bumped when one of them may have changed
+    /// (its invalidation, or a clear of the whole cache): [`Membership::version`].
+    changes: Box<[std::sync::atomic::AtomicU64]>,
+}
+
+fn change_slot(app_id: &str, conversation_id: &str) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    (app_id, conversation_id).hash(&mut hasher);
+    (hasher.finish() % CHANGE_SLOTS as u64) as usize
 }
 
 /// The pseudo-conversation whose live channel carries membership changes.
@@ -98,7 +113,15 @@ fn invalidation_channel() -> ConvKey {
 
 impl Membership {
     pub fn new(stores: Stores) -> Membership {
-        Membership { stores, cache: Mutex::default(), generation: Default::default() }
+        let changes = (0..CHANGE_SLOTS).map(|_| Default::default()).collect();
+        Membership { stores, cache: Mutex::default(), generation: Default::default(), changes }
+    }
+
+    /// A number that moves whenever the conversation's membership may have
+    /// changed, here or (through the invalidation channel) on another
+    /// instance: an answer read while it stood still still holds.
+    pub fn version(&self, app_id: &str, conversation_id: &str) -> u64 {
+        self.changes[change_slot(app_id, conversation_id)].load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Resolves a conversation the caller may access: its canonical id and
@@ -142,12 +165,15 @@ impl Membership {
         Ok(role)
     }
 
+    /// The version moves after the cached answers are gone, so an answer
+    /// read under the new version is never a cached old one.
     fn forget(&self, app_id: &str, conversation_id: &str) {
         self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.cache
             .lock()
             .expect("membership lock")
             .retain(|(app, conv, _), _| !(app == app_id && conv == conversation_id));
+        self.changes[change_slot(app_id, conversation_id)].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Forgets the conversation here and tells every other instance to.
@@ -167,6 +193,9 @@ impl Membership {
     fn forget_all(&self) {
         self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.cache.lock().expect("membership lock").clear();
+        for slot in &self.changes {
+            slot.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 }
 
@@ -225,5 +254,28 @@ impl Worker for MembershipListener {
         if let Some(subscription) = &mut self.subscription {
             self.received = Some(subscription.recv().await);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_conversations_version_moves_with_its_changes_and_a_clear_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = format!("data_dir = {:?}", dir.path().display().to_string());
+        let config = crate::config::from_toml(&toml, Vec::new()).unwrap();
+        let stores = Stores::open(&config, &crate::telemetry::Metrics::new("embedded")).await.unwrap();
+        let membership = Membership::new(stores);
+        let (a, b) = ("0190c0de-0000-7000-8000-00000000000a", "0190c0de-0000-7000-8000-00000000000b");
+        // Two conversations in different slots.
+        let b = if change_slot("app", a) == change_slot("app", b) { "0190c0de-0000-7000-8000-00000000000c" } else { b };
+        let (va, vb) = (membership.version("app", a), membership.version("app", b));
+        membership.forget("app", a);
+        assert_eq!((membership.version("app", a), membership.version("app", b)), (va + 1, vb), "only a's moved");
+        assert_eq!(membership.version("app", a), va + 1, "reading it moves nothing");
+        membership.forget_all();
+        assert_eq!((membership.version("app", a), membership.version("app", b)), (va + 2, vb + 1));
     }
 }

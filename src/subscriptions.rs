@@ -14,6 +14,7 @@
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokio::sync::broadcast::error::RecvError;
@@ -72,17 +73,27 @@ pub struct Subscription {
     live: LiveSubscription,
     /// The conversation's last seq when the subscription was opened.
     pub last_seq: u64,
+    /// The membership version when access was last confirmed, and when: the
+    /// answer stands until the version moves or [`MEMBERSHIP_RECHECK`] passes.
+    confirmed: (u64, Instant),
 }
+
+/// How long a subscription's confirmed access stands without a membership
+/// change: the backstop for an invalidation that was never published.
+const MEMBERSHIP_RECHECK: Duration = Duration::from_secs(60);
 
 impl Subscription {
     /// Checks access and subscribes to the live channel, then reads the last
     /// seq (in that order: nothing published after the read is missed).
     pub async fn open(ctx: &Context, caller: &Caller, conversation_id: &str) -> Result<Subscription, Error> {
+        let version = crate::ids::conversation_id(conversation_id)
+            .map(|id| ctx.membership.version(&caller.app_id, &id))
+            .unwrap_or_default();
         let id = ctx.membership.require_access(caller, conversation_id).await?.conversation_id;
         let conv = ConvKey::new(&caller.app_id, &id);
         let live = ctx.stores.live.subscribe(&conv).await?;
         let last_seq = ctx.timeline.last_seq(&conv).await?;
-        Ok(Subscription { caller: caller.clone(), conv, live, last_seq })
+        Ok(Subscription { caller: caller.clone(), conv, live, last_seq, confirmed: (version, Instant::now()) })
     }
 
     /// The canonical conversation id.
@@ -165,11 +176,27 @@ impl Subscription {
 
     /// Whether the caller may still read the conversation. When the metadata
     /// store is unreachable the answer given at subscribe time stands, rather
-    /// than silently dropping events.
-    async fn still_member(&self, ctx: &Context) -> bool {
+    /// than silently dropping events. Asked for each event, it reads
+    /// membership only when the conversation's membership version moved or
+    /// the last answer is [`MEMBERSHIP_RECHECK`] old (a quiet conversation's
+    /// events would otherwise each miss the membership cache and query the
+    /// database). The version is read first, so a change during the read
+    /// moves it past the one recorded.
+    async fn still_member(&mut self, ctx: &Context) -> bool {
         let Some(user) = &self.caller.user_id else { return true };
-        let role = Box::pin(ctx.membership.role(&self.caller.app_id, &self.conv.conversation_id, user)).await;
-        !matches!(role, Ok(None))
+        let (app, conversation) = (&self.caller.app_id, &self.conv.conversation_id);
+        let version = ctx.membership.version(app, conversation);
+        if version == self.confirmed.0 && self.confirmed.1.elapsed() < MEMBERSHIP_RECHECK {
+            return true;
+        }
+        match Box::pin(ctx.membership.role(app, conversation, user)).await {
+            Ok(None) => false,
+            Ok(Some(_)) => {
+                self.confirmed = (version, Instant::now());
+                true
+            }
+            Err(_) => true,
+        }
     }
 }
 

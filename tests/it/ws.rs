@@ -320,3 +320,43 @@ backend_test! {
         assert!(appends < BURST as f64, "{backend:?}: {appends} appends for {} messages", BURST + 4);
     }
 }
+
+backend_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_removed_member_stops_receiving_on_every_instance(backend: Backend) {
+        let api = Api::start(backend).await;
+        let (alice, bob) = (api.token("alice").await, api.token("bob").await);
+        let conversation = api.conversation(&alice, &["bob"]).await;
+        let other = (backend == Backend::Services).then(|| api.second_instance());
+        let instance = other.as_ref().unwrap_or(&api.msgd);
+        let mut listener = Client::connect(&instance.addr, &api.read_key, &bob).await;
+        listener.send(json!({"op": "subscribe", "conversation_id": conversation})).await;
+        listener.expect_op("subscribed").await;
+        for n in 1..=3 {
+            api.send(&alice, &conversation, &json!({"payload": {"n": n}})).await;
+            assert_eq!(listener.expect_op("message").await["message"]["seq"], n, "{backend:?}");
+        }
+
+        let members = format!("/v1/conversations/{conversation}/members/bob");
+        let removed = api.request(Method::DELETE, &members, Some(&api.write_key), Some(&alice), None, &[]).await;
+        assert_eq!(removed.status, 204, "{}", removed.body);
+        // Once Bob's instance has heard of it (it refuses his writes), the next message ends
+        // his subscription instead of reaching him.
+        let path = format!("/v1/conversations/{conversation}/messages");
+        let heard = crate::support::eventually(Duration::from_secs(2), async || {
+            let body = json!({"payload": "still here?"});
+            let reply =
+                api.request_to(instance, Method::POST, &path, Some(&api.write_key), Some(&bob), Some(&body), &[]).await;
+            reply.status == 403
+        })
+        .await;
+        assert!(heard, "{backend:?}");
+        api.send(&alice, &conversation, &json!({"payload": {"n": 4}})).await;
+        let ended = listener.expect_op("error").await;
+        assert_eq!((ended["code"].as_str(), ended["conversation_id"].as_str()), (Some("not_member"), Some(&*conversation)));
+        match listener.next(Duration::from_millis(500)).await {
+            Next::Frame(frame) => assert_ne!(frame["op"], "message", "{backend:?}: {frame}"),
+            Next::Timeout | Next::Closed(_) => {}
+        }
+    }
+}
