@@ -227,10 +227,11 @@ fn prepare(
     Ok(Pending { envelope, key })
 }
 
-/// Sends prepared messages of one conversation, in order: idempotent replays
-/// first (a client that resends after a timeout gets its message back, not a
-/// 429), then one rate-limit check for the rest, attachment checks, and one
-/// append step for everything still standing.
+/// Sends prepared messages of one conversation, in order: one rate-limit
+/// check (the refused answered as replays where their key was claimed, so a
+/// client that resends after a timeout gets its message back, not a 429),
+/// attachment checks, and one append step for everything still standing
+/// (which answers the granted replays).
 async fn send_checked(
     ctx: &Context,
     caller: &Caller,
@@ -249,32 +250,21 @@ async fn send_checked(
         }
     }
 
-    // Replays are answered before rate limiting.
-    let keys: Vec<&str> =
-        pending.iter().filter_map(|(_, item)| item.key.as_ref().map(|(key, _)| key.as_str())).collect();
-    if !keys.is_empty() {
-        let claims = ctx.stores.tail.idempotency_claims(&conv, &keys).await?;
-        let mut claims = claims.into_iter();
-        let mut fresh = Vec::with_capacity(pending.len());
-        for (index, item) in pending {
-            // One claim per keyed message, in order.
-            let claim = if item.key.is_some() { claims.next().flatten() } else { None };
-            match (claim, &item.key) {
-                (Some((seq, seen)), Some((_, fingerprint))) if seen == *fingerprint => {
-                    results[index] = Some(replayed(ctx, &conv, seq).await)
-                }
-                (Some((seq, _)), _) => results[index] = Some(Err(key_reused(seq))),
-                (None, _) => fresh.push((index, item)),
-            }
-        }
-        pending = fresh;
-    }
-
+    // One rate-limit check for every valid message. The append finds a
+    // granted message's earlier claim by itself; the keyed ones refused are
+    // looked up, so a client resending after a timeout gets its message back,
+    // not a 429.
     if !pending.is_empty() {
-        if let Some((granted, refusal)) = rate_limit(ctx, caller, pending.len()).await? {
-            for (index, _) in pending.drain(granted..) {
-                results[index] = Some(Err(refusal.clone()));
+        if let Some(limited) = rate_limit(ctx, caller, pending.len()).await? {
+            let refused: Vec<(usize, Pending)> = pending.drain(limited.granted..).collect();
+            let mut still_refused = 0;
+            for (index, answer) in answer_replays(ctx, &conv, refused).await? {
+                results[index] = Some(answer.unwrap_or_else(|| {
+                    still_refused += 1;
+                    Err(limited.error.clone())
+                }));
             }
+            ctx.metrics.rate_limited_total.with_label_values(&[limited.scope]).inc_by(still_refused);
         }
     }
 
@@ -417,7 +407,15 @@ fn fingerprint(envelope: &Envelope) -> String {
 /// `None` when all may go, otherwise how many may and the refusal for the
 /// rest (the user's bucket is named first, so one noisy user is told it is
 /// the one over its limit, not the key).
-async fn rate_limit(ctx: &Context, caller: &Caller, wanted: usize) -> Result<Option<(usize, Error)>, Error> {
+/// What a rate-limit check refused: the first `granted` messages may go, the
+/// rest get `error`, counted under `scope` by the caller.
+struct Limited {
+    granted: usize,
+    error: Error,
+    scope: &'static str,
+}
+
+async fn rate_limit(ctx: &Context, caller: &Caller, wanted: usize) -> Result<Option<Limited>, Error> {
     let limits = &ctx.config.limits;
     let mut buckets = Vec::with_capacity(2);
     let mut scopes = Vec::with_capacity(2);
@@ -431,10 +429,37 @@ async fn rate_limit(ctx: &Context, caller: &Caller, wanted: usize) -> Result<Opt
     let grant = ctx.stores.coordination.rate_limit(&caller.app_id, &buckets, wanted).await?;
     let Some((refused, decision)) = grant.refused() else { return Ok(None) };
     let (scope, bucket) = (scopes[refused], &buckets[refused]);
-    ctx.metrics.rate_limited_total.with_label_values(&[scope]).inc_by((wanted - grant.granted) as u64);
     let (rate, burst) = (bucket.rate_per_second, bucket.burst);
     let mut error =
         Error::new(Code::RateLimited, format!("too many messages for this {scope}: {rate}/s with a burst of {burst}"));
     error.rate = Some(RateLimitInfo { limit: burst, window_seconds: f64::from(burst) / rate, decision });
-    Ok(Some((grant.granted as usize, error)))
+    Ok(Some(Limited { granted: grant.granted as usize, error, scope }))
+}
+
+/// Looks up the keyed messages' earlier claims (one read for all): a replay
+/// answers with the original message, a key used for another payload with
+/// `idempotency_key_reused`; `None` for a message sent for the first time.
+async fn answer_replays(
+    ctx: &Context,
+    conv: &ConvKey,
+    items: Vec<(usize, Pending)>,
+) -> Result<Vec<(usize, Option<Result<Sent, Error>>)>, Error> {
+    let keys: Vec<&str> = items.iter().filter_map(|(_, item)| item.key.as_ref().map(|(key, _)| key.as_str())).collect();
+    let mut claims = match keys.is_empty() {
+        true => Vec::new(),
+        false => ctx.stores.tail.idempotency_claims(conv, &keys).await?,
+    }
+    .into_iter();
+    let mut answers = Vec::with_capacity(items.len());
+    for (index, item) in items {
+        // One claim per keyed message, in order.
+        let claim = if item.key.is_some() { claims.next().flatten() } else { None };
+        let answer = match (claim, &item.key) {
+            (Some((seq, seen)), Some((_, fingerprint))) if seen == *fingerprint => Some(replayed(ctx, conv, seq).await),
+            (Some((seq, _)), _) => Some(Err(key_reused(seq))),
+            (None, _) => None,
+        };
+        answers.push((index, answer));
+    }
+    Ok(answers)
 }

@@ -319,15 +319,16 @@ backend_test! {
         assert_eq!(results[3]["error"]["code"], "idempotency_key_reused");
         assert_eq!(results[6]["error"]["code"], "rate_limited");
         if backend == Backend::Services {
-            // One script call appended the batch and one checked both rate-limit buckets.
+            // One script call appended the batch and one checked both rate-limit buckets; no
+            // claim was read (the keyed messages were granted: the append answered their replay).
             let after = scrape(&api.msgd).await;
-            for command in ["append", "rate_limit"] {
+            for (command, expected) in [("append", 1.0), ("rate_limit", 1.0), ("get", 0.0)] {
                 let series = format!("msgd_redis_command_duration_seconds_count{{command=\"{command}\"}}");
                 let calls = sample(&after, &series).unwrap_or(0.0) - sample(&before, &series).unwrap_or(0.0);
-                assert_eq!(calls, 1.0, "{command}: {after}");
+                assert_eq!(calls, expected, "{command}: {after}");
             }
         }
-        // Retried whole: the keyed messages replay (before rate limiting), the rest are refused.
+        // Retried whole: the limit refuses everything, the keyed messages replay, the rest are refused.
         let again = send().await;
         assert_eq!(statuses(&again), [200, 429, 200, 422, 400, 429, 429, 429, 429], "{backend:?}: {}", again.body);
         assert_eq!(again.body["results"][0]["message"], first.body["results"][0]["message"]);
