@@ -491,11 +491,8 @@ async fn handle_frames(
             continue;
         };
         let mut run = vec![(request, echo)];
-        while let Some((Ok(ClientFrame::Send { conversation_id: next, .. }), _)) = frames.peek() {
-            if *next != conversation_id {
-                break;
-            }
-            let Some((Ok(ClientFrame::Send { request, .. }), echo)) = frames.next() else { unreachable!() };
+        let same = |(frame, _): &(Result<ClientFrame, Error>, Echo)| matches!(frame, Ok(ClientFrame::Send { conversation_id: next, .. }) if *next == conversation_id);
+        while let Some((Ok(ClientFrame::Send { request, .. }), echo)) = frames.next_if(same) {
             run.push((request, echo));
         }
         send_frames(ctx, caller, outbox, &conversation_id, run).await;

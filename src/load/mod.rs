@@ -572,7 +572,6 @@ pub async fn fanout(
     }
     let client = reqwest::Client::new();
     let base = base_url.trim_end_matches('/').to_string();
-    let ws_base = base.replacen("http", "ws", 1);
     let token = dev_tokens(&client, &base, admin_key, 1).await?.remove(0);
     let mut ids = Vec::with_capacity(conversations);
     for _ in 0..conversations {
@@ -584,7 +583,7 @@ pub async fn fanout(
     let epoch = Instant::now();
     let mut readers = Vec::with_capacity(clients);
     for i in 0..clients {
-        let mut socket = subscribed_socket(&ws_base, admin_key, &token, &ids[i % conversations], i).await?;
+        let mut socket = subscribed_socket(&base, admin_key, &token, &ids[i % conversations], i).await?;
         let (received, latency_tx) = (received.clone(), latency_tx.clone());
         let per_client = messages;
         readers.push(tokio::spawn(async move {
@@ -682,7 +681,6 @@ async fn server_sample(client: &reqwest::Client, base: &str, series: &str) -> Op
 pub async fn idle(base_url: &str, admin_key: &str, connections: usize, hold: Duration) -> anyhow::Result<IdleReport> {
     let client = reqwest::Client::new();
     let base = base_url.trim_end_matches('/').to_string();
-    let ws_base = base.replacen("http", "ws", 1);
     let token = dev_tokens(&client, &base, admin_key, 1).await?.remove(0);
     let mut ids = Vec::new();
     for _ in 0..10 {
@@ -691,7 +689,7 @@ pub async fn idle(base_url: &str, admin_key: &str, connections: usize, hold: Dur
     let before = server_rss(&client, &base).await;
     let mut sockets = Vec::with_capacity(connections);
     for i in 0..connections {
-        sockets.push(subscribed_socket(&ws_base, admin_key, &token, &ids[i % ids.len()], i).await?);
+        sockets.push(subscribed_socket(&base, admin_key, &token, &ids[i % ids.len()], i).await?);
     }
     tokio::time::sleep(hold).await;
     let held = server_rss(&client, &base).await;
@@ -712,14 +710,14 @@ type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStre
 
 /// Opens WebSocket number `i` and subscribes it to `conversation`.
 async fn subscribed_socket(
-    ws_base: &str,
+    base: &str,
     api_key: &str,
     token: &str,
     conversation: &str,
     i: usize,
 ) -> anyhow::Result<Socket> {
     use futures::SinkExt;
-    let url = format!("{ws_base}/v1/ws?api_key={api_key}&access_token={token}");
+    let url = ws_url(base, api_key, Some(token));
     let (mut socket, _) = tokio_tungstenite::connect_async(url).await.with_context(|| format!("websocket {i}"))?;
     let subscribe = json!({"op": "subscribe", "conversation_id": conversation}).to_string();
     socket.send(tokio_tungstenite::tungstenite::Message::Text(subscribe.into())).await?;

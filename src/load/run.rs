@@ -21,7 +21,7 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message as Frame;
 
 use super::{
-    conversation_of, dev_token, failure_key, round3, server_rss, server_sample, Failures, Socket, NO_RESPONSE,
+    conversation_of, dev_token, failure_key, round3, server_rss, server_sample, ws_url, Failures, Socket, NO_RESPONSE,
 };
 
 /// How senders reach the server.
@@ -213,7 +213,6 @@ pub async fn run(
     }
     let client = reqwest::Client::builder().pool_max_idle_per_host(plan.in_flight).build()?;
     let base = plan.base_url.trim_end_matches('/').to_string();
-    let ws_base = base.replacen("http", "ws", 1);
     let run_id = format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis());
 
     // Users: conversation c is sent into by the users u ≡ c (mod conversations), or by user
@@ -244,7 +243,7 @@ pub async fn run(
     for (c, id) in conversations.iter().enumerate() {
         for r in 0..plan.receivers {
             let token = dev_token(&client, &base, &plan.admin_key, &format!("load-r{c}-{r}")).await?;
-            let url = format!("{ws_base}/v1/ws?api_key={}&access_token={token}", plan.admin_key);
+            let url = ws_url(&base, &plan.admin_key, Some(&token));
             let socket = subscribe(&url, id, 0).await?;
             let (counters, mut storms, finished) = (counters.clone(), reconnect.subscribe(), finished.clone());
             let id = id.clone();
@@ -264,7 +263,7 @@ pub async fn run(
         Via::Ws => {
             let mut sockets = Vec::with_capacity(tokens.len());
             for token in &tokens {
-                let url = format!("{ws_base}/v1/ws?api_key={}&access_token={token}", plan.admin_key);
+                let url = ws_url(&base, &plan.admin_key, Some(token));
                 let (socket, _) = tokio_tungstenite::connect_async(url).await.context("sender websocket")?;
                 sockets.push(WsSender::start(socket));
             }
