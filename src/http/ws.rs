@@ -491,7 +491,10 @@ async fn handle_frames(
             continue;
         };
         let mut run = vec![(request, echo)];
-        let same = |(frame, _): &(Result<ClientFrame, Error>, Echo)| matches!(frame, Ok(ClientFrame::Send { conversation_id: next, .. }) if *next == conversation_id);
+        let same = |(frame, _): &(Result<ClientFrame, Error>, Echo)| match frame {
+            Ok(ClientFrame::Send { conversation_id: next, .. }) => *next == conversation_id,
+            _ => false,
+        };
         while let Some((Ok(ClientFrame::Send { request, .. }), echo)) = frames.next_if(same) {
             run.push((request, echo));
         }
