@@ -71,6 +71,7 @@ fn print_summary(report: &RetentionReport, config: &Config) {
             vec!["tail entries".into(), report.tail_entries.to_string()],
             vec!["expired idempotency claims".into(), counted(report.idempotency_claims)],
             vec!["expired state entries".into(), counted(report.state_entries)],
+            vec!["expired idempotency records".into(), counted(report.idempotency_records)],
             vec!["reclaimed file bytes".into(), counted(report.reclaimed_bytes)],
         ],
     );

@@ -546,6 +546,17 @@ pub struct RedisConfig {
     /// share one Redis.
     #[serde(default = "default_key_prefix")]
     pub key_prefix: String,
+    /// Redis memory for the filter that says which idempotency keys may be
+    /// among the claims released after their messages were flushed (three
+    /// generations of half the idempotency window each). Bigger means fewer
+    /// needless lookups of the durable record: 32 MiB keeps them near 0.3%
+    /// of keyed sends at 167 keyed messages/s and a 24 h window.
+    #[serde(default = "default_idempotency_filter_bytes")]
+    pub idempotency_filter_bytes: u64,
+}
+
+fn default_idempotency_filter_bytes() -> u64 {
+    32 << 20
 }
 
 fn default_key_prefix() -> String {
@@ -1314,6 +1325,14 @@ impl ServicesConfig {
                 "redis.key_prefix",
                 Some(prefix.clone()),
                 "must be non-empty and free of `{` and `}` (msgd adds its own hash tags)",
+            ));
+        }
+        let filter = self.redis.idempotency_filter_bytes;
+        if !(1 << 20..=4 << 30).contains(&filter) {
+            return Err(ConfigError::new(
+                "redis.idempotency_filter_bytes",
+                Some(filter.to_string()),
+                "must be between 1 MiB (1048576) and 4 GiB",
             ));
         }
         self.s3.validate()

@@ -14,6 +14,7 @@ pub mod error;
 pub mod flush;
 pub mod history;
 pub mod http;
+pub mod idempotency;
 pub mod ids;
 pub mod inspect;
 pub mod keys;

@@ -1,23 +1,26 @@
 //! Sending messages: validation, rate limits, idempotency and the atomic
 //! append (ARCHITECTURE.md, "The write path"). The reply is given only once the tail holds the message.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use base64::Engine;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use crate::auth::Caller;
 use crate::context::Context;
 use crate::envelope::{Attachment, Envelope, Sender, ENVELOPE_VERSION};
 use crate::error::{Code, Error, RateLimitInfo};
+use crate::idempotency::{claim_key, find_recorded, fingerprint, Recorded};
 use crate::ratelimit::Bucket;
 use crate::store::{AppendOutcome, AppendRequest, ConvKey, IdempotencyClaim};
 
 const MAX_ATTACHMENTS: usize = 32;
 const MAX_CLIENT_MSG_ID: usize = 255;
-/// How many times an append re-seeds a missing counter before giving up.
-const SEED_ATTEMPTS: usize = 3;
+/// How many append steps a send takes before giving up: a re-seed of a
+/// missing counter and a look in the durable idempotency record may each
+/// need one more.
+const APPEND_ROUNDS: usize = 4;
 
 /// One message to send, as the API accepts it.
 #[derive(Debug, Clone, Deserialize)]
@@ -221,9 +224,11 @@ fn prepare(
         payload_base64: request.payload_base64,
         content_type: request.content_type,
         attachments: request.attachments,
-        client_msg_id: request.client_msg_id,
+        // The key the client gave, by header or body: a flush finds it here
+        // to record it durably.
+        client_msg_id: key,
     };
-    let key = key.map(|key| (claim_key(&envelope.sender, &key), fingerprint(&envelope)));
+    let key = envelope.client_msg_id.as_ref().map(|key| (claim_key(&envelope.sender, key), fingerprint(&envelope)));
     Ok(Pending { envelope, key })
 }
 
@@ -305,19 +310,25 @@ async fn append(
                 conv: conv.clone(),
                 ts_ms: now,
                 body: serde_json::to_vec(&item.envelope).expect("envelopes serialize"),
-                idempotency: item.key.clone().map(|(key, fingerprint)| IdempotencyClaim { key, fingerprint, ttl }),
+                idempotency: item.key.clone().map(|(key, fingerprint)| IdempotencyClaim {
+                    key,
+                    fingerprint,
+                    ttl,
+                    record_checked: false,
+                }),
             };
             ((index, item), request)
         })
         .unzip();
     let mut done = Vec::with_capacity(waiting.len());
     let mut last_seq = 0;
-    for _ in 0..SEED_ATTEMPTS {
+    for _ in 0..APPEND_ROUNDS {
         if waiting.is_empty() {
             break;
         }
         let outcomes = ctx.stores.tail.append_batch(&requests).await?;
-        let (mut unseeded, mut unseeded_requests) = (Vec::new(), Vec::new());
+        let (mut again, mut again_requests, mut to_check) = (Vec::new(), Vec::new(), Vec::new());
+        let mut needs_seed = false;
         for (((index, item), request), outcome) in waiting.into_iter().zip(requests).zip(outcomes) {
             match outcome {
                 AppendOutcome::Appended(entry) => {
@@ -334,17 +345,43 @@ async fn append(
                     last_seq = last_seq.max(entry.seq);
                     let envelope = Envelope { seq: entry.seq, ..item.envelope };
                     done.push((index, Ok(Sent { envelope, replayed: false })));
+                    continue;
                 }
-                AppendOutcome::Replayed { seq } => done.push((index, replayed(ctx, conv, seq).await)),
-                AppendOutcome::KeyReused { seq } => done.push((index, Err(key_reused(seq)))),
-                AppendOutcome::NeedsSeed => {
-                    unseeded.push((index, item));
-                    unseeded_requests.push(request);
+                AppendOutcome::Replayed { seq } => {
+                    done.push((index, replayed(ctx, conv, seq).await));
+                    continue;
                 }
+                AppendOutcome::KeyReused { seq } => {
+                    done.push((index, Err(key_reused(seq))));
+                    continue;
+                }
+                AppendOutcome::NeedsSeed => needs_seed = true,
+                AppendOutcome::CheckRecord => to_check.push(again.len()),
+                AppendOutcome::NotAttempted => {}
+            }
+            again.push((index, item));
+            again_requests.push(request);
+        }
+        if !to_check.is_empty() {
+            let answers = check_records(ctx, conv, &to_check, &again_requests, now).await?;
+            let mut answers: HashMap<usize, Option<Result<Sent, Error>>> = to_check.into_iter().zip(answers).collect();
+            let pairs = std::mem::take(&mut again).into_iter().zip(std::mem::take(&mut again_requests));
+            for (position, ((index, item), mut request)) in pairs.enumerate() {
+                match answers.remove(&position) {
+                    Some(Some(result)) => {
+                        done.push((index, result));
+                        continue;
+                    }
+                    // Not recorded: a new message, which the filter no longer stops.
+                    Some(None) => request.idempotency.iter_mut().for_each(|claim| claim.record_checked = true),
+                    None => {}
+                }
+                again.push((index, item));
+                again_requests.push(request);
             }
         }
-        (waiting, requests) = (unseeded, unseeded_requests);
-        if !waiting.is_empty() {
+        (waiting, requests) = (again, again_requests);
+        if needs_seed {
             // New conversation, or the tail lost its counter: continue after the
             // highest seq known durably, never from 1 again.
             let floor = ctx.stores.metadata.flushed_seq(conv).await?;
@@ -365,11 +402,35 @@ async fn append(
     Ok(done)
 }
 
-/// Idempotency keys are scoped to their sender (app, conversation, sender and
-/// key): two members who pick the same key never see each other's message.
-/// The sender id's length keeps the parts apart whatever characters they hold.
-fn claim_key(sender: &Sender, key: &str) -> String {
-    format!("{}:{}:{}:{key}", sender.kind, sender.id.len(), sender.id)
+/// For the messages the tail could not place ([`AppendOutcome::CheckRecord`]),
+/// at `positions` of `requests`: their keys in the durable record. One answer
+/// per position: the original message (a late retry), `idempotency_key_reused`,
+/// or `None` when the key is not recorded (the filter's false positive: a new
+/// message).
+async fn check_records(
+    ctx: &Context,
+    conv: &ConvKey,
+    positions: &[usize],
+    requests: &[AppendRequest],
+    now: i64,
+) -> Result<Vec<Option<Result<Sent, Error>>>, Error> {
+    let claims: Vec<Option<&IdempotencyClaim>> = positions.iter().map(|&p| requests[p].idempotency.as_ref()).collect();
+    let wanted: Vec<(&str, &str)> = claims.iter().flatten().map(|c| (c.key.as_str(), c.fingerprint.as_str())).collect();
+    let since = now - ctx.config.limits.idempotency_ttl.as_millis() as i64;
+    let mut found = find_recorded(&ctx.stores, conv, &wanted, since).await?.into_iter();
+    let mut answers = Vec::with_capacity(positions.len());
+    for claim in claims {
+        // Only keyed messages are asked about; an unkeyed one is simply appended again.
+        let recorded = if claim.is_some() { found.next().flatten() } else { None };
+        let result = if recorded.is_some() { "found" } else { "absent" };
+        ctx.metrics.idempotency_record_lookups_total.with_label_values(&[result]).inc();
+        answers.push(match recorded {
+            Some(Recorded { seq, same_request: true }) => Some(replayed(ctx, conv, seq).await),
+            Some(Recorded { seq, .. }) => Some(Err(key_reused(seq))),
+            None => None,
+        });
+    }
+    Ok(answers)
 }
 
 fn key_reused(seq: u64) -> Error {
@@ -387,20 +448,6 @@ async fn replayed(ctx: &Context, conv: &ConvKey, seq: u64) -> Result<Sent, Error
             format!("this idempotency key was used for seq {seq}, which is no longer stored"),
         )),
     }
-}
-
-/// What makes two sends "the same request": sender and content, not the
-/// server-assigned id or time.
-fn fingerprint(envelope: &Envelope) -> String {
-    let canonical = serde_json::json!({
-        "sender": envelope.sender,
-        "payload": envelope.payload,
-        "payload_base64": envelope.payload_base64,
-        "content_type": envelope.content_type,
-        "attachments": envelope.attachments,
-    });
-    let digest = Sha256::digest(canonical.to_string().as_bytes());
-    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
 /// The per-user and per-key limits, checked together for `wanted` messages:

@@ -49,6 +49,8 @@ const CONVERSATION_PAGE: usize = 500;
 const TAIL_PAGE: usize = 100;
 /// Object deletions in flight at once.
 const DELETE_CONCURRENCY: usize = 8;
+/// Durable idempotency records deleted per statement.
+const DELETE_BATCH: i64 = 10_000;
 
 /// Logs a retention event with the `component` and `worker` fields every
 /// retention line carries.
@@ -102,6 +104,9 @@ pub struct RetentionReport {
     /// where the store keeps them until purged (embedded); a dry run does not count them.
     pub idempotency_claims: u64,
     pub state_entries: u64,
+    /// Durable idempotency records (rows of flushed messages' keys) past
+    /// `limits.idempotency_ttl`; a dry run does not count them.
+    pub idempotency_records: u64,
     /// Bytes the SQLite file shrank by (embedded).
     pub reclaimed_bytes: u64,
 }
@@ -138,6 +143,7 @@ pub struct Retention {
     config: RetentionConfig,
     /// `attachments.orphan_ttl` in milliseconds.
     orphan_ttl_ms: i64,
+    idempotency_ttl_ms: i64,
     /// This instance's lease holder id.
     holder: String,
 }
@@ -149,6 +155,7 @@ impl Retention {
             metrics,
             config: config.retention.clone(),
             orphan_ttl_ms: config.attachments.orphan_ttl.as_millis() as i64,
+            idempotency_ttl_ms: config.limits.idempotency_ttl.as_millis() as i64,
             holder: uuid::Uuid::new_v4().to_string(),
         }
     }
@@ -190,7 +197,7 @@ impl Retention {
         let result = if options.dry_run {
             self.count(&mut report, options).await
         } else {
-            self.leased(&mut report, options, progress).await
+            self.leased(&mut report, options, now, progress).await
         };
         self.run_done(&report, &result, started, now).await;
         result.map(|()| report)
@@ -201,6 +208,7 @@ impl Retention {
         &self,
         report: &mut RetentionReport,
         options: &RetentionOptions,
+        now: i64,
         progress: Progress<'_>,
     ) -> Result<(), RetentionError> {
         let coordination = &self.stores.coordination;
@@ -215,7 +223,7 @@ impl Retention {
             self.delete_segments(report, options, &mut lease, progress).await?;
             self.delete_attachments(report, options, &mut lease).await?;
             self.trim_tails(report, options, &mut lease).await?;
-            self.purge_state(report).await?;
+            self.purge_state(report, now).await?;
             report.reclaimed_bytes = self.stores.metadata.reclaim_space().await.map_err(stage("vacuum"))?;
             Ok(())
         }
@@ -405,15 +413,31 @@ impl Retention {
     }
 
     /// `state`: expired idempotency claims and TTL'd state, where the store
-    /// keeps them until purged.
-    async fn purge_state(&self, report: &mut RetentionReport) -> Result<(), RetentionError> {
+    /// keeps them until purged, and the durable idempotency records past
+    /// the idempotency window (in batches, so no statement runs long).
+    async fn purge_state(&self, report: &mut RetentionReport, now: i64) -> Result<(), RetentionError> {
         let stage_started = Instant::now();
         report.idempotency_claims = self.stores.tail.purge_expired().await.map_err(stage("state-purge"))?;
         report.state_entries = self.stores.state.purge_expired().await.map_err(stage("state-purge"))?;
+        let cutoff = now.saturating_sub(self.idempotency_ttl_ms);
+        loop {
+            let metadata = &self.stores.metadata;
+            let deleted =
+                metadata.delete_idempotency_records(cutoff, DELETE_BATCH).await.map_err(stage("state-purge"))?;
+            report.idempotency_records += deleted;
+            if deleted < DELETE_BATCH as u64 {
+                break;
+            }
+        }
         let deleted = &self.metrics.retention_deleted_total;
         deleted.with_label_values(&["idempotency_claims"]).inc_by(report.idempotency_claims);
         deleted.with_label_values(&["state_entries"]).inc_by(report.state_entries);
-        let counts = [("idempotency-claims", report.idempotency_claims), ("state-entries", report.state_entries)];
+        deleted.with_label_values(&["idempotency_records"]).inc_by(report.idempotency_records);
+        let counts = [
+            ("idempotency-claims", report.idempotency_claims),
+            ("state-entries", report.state_entries),
+            ("idempotency-records", report.idempotency_records),
+        ];
         self.stage_done("state", stage_started, &counts);
         Ok(())
     }
@@ -497,6 +521,7 @@ impl Retention {
                     attachments = report.attachments,
                     "idempotency-claims" = report.idempotency_claims,
                     "state-entries" = report.state_entries,
+                    "idempotency-records" = report.idempotency_records,
                     success = true,
                     "retention run complete"
                 )

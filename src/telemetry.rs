@@ -35,6 +35,8 @@ pub struct Metrics {
     pub store_group_items: HistogramVec,
     pub idempotent_replays_total: IntCounter,
     pub rate_limited_total: IntCounterVec,
+    pub idempotency_record_lookups_total: IntCounterVec,
+    pub idempotency_claims_released_total: IntCounter,
     pub flush_duration_seconds: HistogramVec,
     pub flush_ticks_total: IntCounterVec,
     pub segment_bytes: Histogram,
@@ -91,7 +93,7 @@ pub struct RedisMemory {
 }
 
 /// The `command` label values of the Redis metrics: every name the Redis tail times.
-pub const REDIS_COMMANDS: [&str; 15] = [
+pub const REDIS_COMMANDS: [&str; 16] = [
     "append",
     "clear_dirty",
     "dirty",
@@ -105,6 +107,7 @@ pub const REDIS_COMMANDS: [&str; 15] = [
     "state_get",
     "state_raise",
     "state_set",
+    "unlink",
     "xrange",
     "xtrim",
 ];
@@ -118,8 +121,15 @@ pub const WORKERS: [&str; 6] =
     ["segment-flush", "recovery", "retention", "dependency-watcher", "membership-invalidation", "stats"];
 
 /// The `kind` label values of `msgd_retention_deleted_total`.
-pub const RETENTION_KINDS: [&str; 6] =
-    ["objects", "block_rows", "attachments", "tail_entries", "idempotency_claims", "state_entries"];
+pub const RETENTION_KINDS: [&str; 7] = [
+    "objects",
+    "block_rows",
+    "attachments",
+    "tail_entries",
+    "idempotency_claims",
+    "state_entries",
+    "idempotency_records",
+];
 
 const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
@@ -216,6 +226,20 @@ impl Metrics {
             rate_limited_total: IntCounterVec::new(
                 Opts::new("msgd_rate_limited_total", "Requests refused by a rate limit, by scope (user or key)"),
                 &["scope"],
+            )
+            .expect("metric"),
+            idempotency_record_lookups_total: IntCounterVec::new(
+                Opts::new(
+                    "msgd_idempotency_record_lookups_total",
+                    "Keyed messages looked up in the durable idempotency record because the tail's filter held \
+                     their key, by result (found: a late retry; absent: the filter's false positive)",
+                ),
+                &["result"],
+            )
+            .expect("metric"),
+            idempotency_claims_released_total: IntCounter::new(
+                "msgd_idempotency_claims_released_total",
+                "Idempotency claims the tail dropped after their messages were flushed and recorded durably",
             )
             .expect("metric"),
             flush_duration_seconds: HistogramVec::new(
@@ -419,6 +443,9 @@ impl Metrics {
         for scope in ["user", "key", "upload"] {
             metrics.rate_limited_total.with_label_values(&[scope]);
         }
+        for result in ["found", "absent"] {
+            metrics.idempotency_record_lookups_total.with_label_values(&[result]);
+        }
         for reason in ["max_connections", "fd_exhausted", "ws_per_user", "ws_per_ip"] {
             metrics.connections_refused_total.with_label_values(&[reason]);
         }
@@ -458,6 +485,8 @@ impl Metrics {
             Box::new(metrics.store_group_items.clone()),
             Box::new(metrics.idempotent_replays_total.clone()),
             Box::new(metrics.rate_limited_total.clone()),
+            Box::new(metrics.idempotency_record_lookups_total.clone()),
+            Box::new(metrics.idempotency_claims_released_total.clone()),
             Box::new(metrics.flush_duration_seconds.clone()),
             Box::new(metrics.flush_ticks_total.clone()),
             Box::new(metrics.segment_bytes.clone()),

@@ -13,6 +13,7 @@ use super::{
     MULTIPART_THRESHOLD, READ_PAGE,
 };
 use crate::envelope::encode_record;
+use crate::idempotency;
 use crate::segment::{self, BlockInput, Record};
 use crate::store::{ConvKey, DirtyConversation, FlushAdvance, StoreError, TailEntry, TAIL_SHARDS};
 use crate::timeline::index_rows;
@@ -296,6 +297,7 @@ impl Flusher {
         self.metrics.segment_records.observe(encoded.records as f64);
 
         let stage = Instant::now();
+        self.release_claims(&snapshots).await?;
         for snapshot in &snapshots {
             report.trimmed += self.trim(&snapshot.mark.conv, snapshot.last_seq()).await?;
             self.stores.tail.clear_dirty(&snapshot.mark).await.map_err(store_error("trim"))?;
@@ -463,6 +465,29 @@ impl Flusher {
         );
         self.metrics.flush_duration_seconds.with_label_values(&["index-write"]).observe(stage.elapsed().as_secs_f64());
         Ok(true)
+    }
+
+    /// Part of `trim`, where the tail releases the idempotency claims of
+    /// flushed messages (Redis): their keys' durable record first, then the
+    /// claims. A failure before the release leaves the claims to their TTL.
+    async fn release_claims(&self, snapshots: &[Snapshot]) -> Result<(), FlushError> {
+        let tail = &self.stores.tail;
+        if !tail.releases_claims() {
+            return Ok(());
+        }
+        let (rows, released): (Vec<_>, Vec<_>) = snapshots
+            .iter()
+            .filter_map(|s| idempotency::record_of(&s.mark.conv, &s.entries).map(|(row, keys)| (row, (s, keys))))
+            .unzip();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        self.stores.metadata.insert_idempotency_records(&rows).await.map_err(store_error("trim"))?;
+        for (snapshot, keys) in released {
+            let count = tail.release_claims(&snapshot.mark.conv, &keys).await.map_err(store_error("trim"))?;
+            self.metrics.idempotency_claims_released_total.inc_by(count);
+        }
+        Ok(())
     }
 
     /// After a refused commit: keeps the object when recovery on another

@@ -230,6 +230,14 @@ impl Tail for Grouped {
         Tail::purge_expired(self.tail.as_ref()).await
     }
 
+    fn releases_claims(&self) -> bool {
+        self.tail.releases_claims()
+    }
+
+    async fn release_claims(&self, conv: &ConvKey, keys: &[String]) -> Result<u64, StoreError> {
+        self.tail.release_claims(conv, keys).await
+    }
+
     async fn memory(&self) -> Result<Option<TailMemory>, StoreError> {
         self.tail.memory().await
     }

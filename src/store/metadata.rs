@@ -82,6 +82,20 @@ pub struct BlockRow {
     pub checksum: i64,
 }
 
+/// The idempotency keys of one conversation's flushed range, kept for the
+/// idempotency window after the tail released their claims: 24 bytes per
+/// keyed message (key hash, seq, fingerprint; `crate::idempotency`).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct IdempotencyRecordRow {
+    pub app_id: String,
+    pub conversation_id: String,
+    pub seq_start: i64,
+    pub seq_end: i64,
+    /// Receive time of the range's newest message: the row expires with it.
+    pub ts_end: i64,
+    pub entries: Vec<u8>,
+}
+
 /// A guarded move of one conversation's flushed seq: it only happens if the
 /// stored value still equals `from` (0 when there is no row yet).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 pub use coordination::Coordination;
 pub use live::{Live, LiveEvent, LiveMessage, LiveSubscription};
 pub use metadata::{
-    ApiKeyRow, AppRow, AttachmentRow, BlockRow, ConversationRow, FlushAdvance, FlushStateRow, MemberRow,
-    MetadataSnapshot, SegmentRow, ServerSecretRow, SnapshotMember,
+    ApiKeyRow, AppRow, AttachmentRow, BlockRow, ConversationRow, FlushAdvance, FlushStateRow, IdempotencyRecordRow,
+    MemberRow, MetadataSnapshot, SegmentRow, ServerSecretRow, SnapshotMember,
 };
 pub use objects::Objects;
 pub use sql::{ExpiredTotals, Metadata, SQLITE_FILE};

@@ -10,11 +10,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, PushKind, Script, Value};
+use sha2::{Digest, Sha256};
 
 use super::coordination::Coordination;
 use super::live::{Live, LiveEvent, LiveHub, LiveSubscription, Upstream};
 use super::state::TtlState;
-use super::tail::{AppendOutcome, AppendRequest, ConvKey, DirtyConversation, Tail, TailEntry, TailMemory};
+use super::tail::{
+    AppendOutcome, AppendRequest, ConvKey, DirtyConversation, IdempotencyClaim, Tail, TailEntry, TailMemory,
+    TAIL_SHARDS,
+};
 use super::StoreError;
 use crate::config::RedisConfig;
 use crate::ratelimit::{Grant, RateCheck, RateDecision};
@@ -25,33 +29,56 @@ const DEPENDENCY: &str = "redis";
 
 /// Idempotency checks, seq assignment, appends, dirty mark and publishes for
 /// a batch of one conversation's messages in one round trip. KEYS: 1 seq,
-/// 2 log, 3 dirty, 4 dirty-bytes, then one idempotency key per message (the
+/// 2 log, 3 dirty, 4 dirty-bytes, 5–7 the shard's released-key filter of this
+/// generation and the two before, then one idempotency key per message (the
 /// seq key again for a message without one: every key must hash to the same
-/// slot). ARGV: 1 dirty member, 2 channel, then ts, body, fingerprint ('' =
-/// no key) and claim TTL (ms) per message. Replies {code, seq} per message:
-/// 0 appended, 1 replay, 2 key reused, 3 needs a re-seed (the counter is
-/// missing, or the log already holds the next seq: the counter regressed;
-/// nothing from that message on was written).
+/// slot). ARGV: 1 dirty member, 2 channel, 3 when this generation's filter
+/// expires (Unix ms), then ts, body, fingerprint ('' = no key), claim TTL (ms)
+/// and filter bits per message ('c' or 'a' then comma-separated offsets:
+/// check and add, or only add; '' without a key). Replies {code, seq} per
+/// message: 0 appended, 1 replay, 2 key reused, 3 needs a re-seed (the
+/// counter is missing, or the log already holds the next seq: the counter
+/// regressed; nothing from that message on was written), 4 check the durable
+/// record (no claim, but the filter holds the key: it may have been released
+/// after a flush), 5 not attempted (after a 4, nothing more is written; the
+/// keyed messages the filter holds are marked 4 too, so one lookup serves).
 const APPEND_LUA: &str = r#"
-local n = #KEYS - 4
+local n = #KEYS - 7
 local reply = {}
 local last = redis.call('GET', KEYS[1])
 if not last then
   for i = 1, n do reply[2 * i - 1], reply[2 * i] = 3, 0 end
   return reply
 end
+local function filtered(bits)
+  if string.sub(bits, 1, 1) ~= 'c' then return false end
+  for g = 5, 7 do
+    local all = true
+    for bit in string.gmatch(bits, '%d+') do
+      if redis.call('GETBIT', KEYS[g], bit) == 0 then all = false break end
+    end
+    if all then return true end
+  end
+  return false
+end
 local seq = tonumber(last)
-local bytes, count, stopped = 0, 0, false
+local bytes, count, filled, stopped, checking = 0, 0, false, false, false
 for i = 1, n do
-  local ts, body, fingerprint, ttl = ARGV[4 * i - 1], ARGV[4 * i], ARGV[4 * i + 1], ARGV[4 * i + 2]
+  local a = 5 * i - 1
+  local ts, body, fingerprint, ttl, bits = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
   local code, at = 3, 0
-  if not stopped then
+  if checking then
+    code = 5
+    if fingerprint ~= '' and not redis.call('GET', KEYS[7 + i]) and filtered(bits) then code = 4 end
+  elseif not stopped then
     local prior = false
-    if fingerprint ~= '' then prior = redis.call('GET', KEYS[4 + i]) end
+    if fingerprint ~= '' then prior = redis.call('GET', KEYS[7 + i]) end
     if prior then
       local sep = string.find(prior, ':', 1, true)
       at = tonumber(string.sub(prior, 1, sep - 1))
       if string.sub(prior, sep + 1) == fingerprint then code = 1 else code = 2 end
+    elseif fingerprint ~= '' and filtered(bits) then
+      code, checking = 4, true
     else
       local added = redis.pcall('XADD', KEYS[2], (seq + 1) .. '-0', 'ts', ts, 'body', body)
       if type(added) == 'table' and added.err then
@@ -59,7 +86,11 @@ for i = 1, n do
       else
         seq = seq + 1
         code, at = 0, seq
-        if fingerprint ~= '' then redis.call('SET', KEYS[4 + i], seq .. ':' .. fingerprint, 'PX', ttl) end
+        if fingerprint ~= '' then
+          redis.call('SET', KEYS[7 + i], seq .. ':' .. fingerprint, 'PX', ttl)
+          for bit in string.gmatch(bits, '%d+') do redis.call('SETBIT', KEYS[5], bit, 1) end
+          filled = true
+        end
         redis.call('ZADD', KEYS[3], 'NX', ts, ARGV[1])
         bytes, count = bytes + #body, count + 1
         redis.call('PUBLISH', ARGV[2], 'm' .. seq .. ':' .. ts .. ':' .. body)
@@ -68,6 +99,7 @@ for i = 1, n do
   end
   reply[2 * i - 1], reply[2 * i] = code, at
 end
+if filled then redis.call('PEXPIREAT', KEYS[5], ARGV[3]) end
 if count > 0 then
   redis.call('SET', KEYS[1], seq)
   redis.call('HINCRBY', KEYS[4], ARGV[1], bytes)
@@ -75,6 +107,18 @@ if count > 0 then
 end
 return reply
 "#;
+
+/// The filter generation when a batch has no keyed message (nothing touches
+/// the filter then; the keys only have to name something in the slot).
+const DEFAULT_GENERATION_MS: i64 = 12 * 3600 * 1000;
+
+/// Claims released per `UNLINK`.
+const RELEASE_CHUNK: usize = 512;
+
+/// Bits set per key in the released-key filter: with the default size's
+/// ~12 bits per key at the seed load, a false "maybe" costs one record
+/// lookup for ~0.3% of new keys.
+const FILTER_HASHES: u64 = 7;
 
 /// Raises the counter to max(counter, floor, newest log entry): the log's top
 /// id is the seq, so a lost counter is re-seeded past anything still held.
@@ -202,6 +246,8 @@ pub(crate) struct RedisTail {
     rate_script: Script,
     lease_script: Script,
     release_script: Script,
+    /// Bits in one shard's filter of one generation.
+    filter_bits: u64,
     metrics: Metrics,
 }
 
@@ -223,6 +269,11 @@ impl KeySchema {
     }
     fn idempotency(&self, conv: &ConvKey, key: &str) -> String {
         format!("{}:idem:{}:{}:{}", self.tag(conv), conv.app_id, conv.conversation_id, key)
+    }
+    /// The shard's filter of idempotency keys claimed in the generation
+    /// starting at `start_ms`.
+    fn idempotency_filter(&self, conv: &ConvKey, start_ms: i64) -> String {
+        format!("{}:idem-filter:{start_ms}", self.tag(conv))
     }
     fn dirty(&self, shard: u32) -> String {
         format!("{}:{{s{shard}}}:dirty", self.prefix)
@@ -340,8 +391,31 @@ impl RedisTail {
             rate_script: Script::new(RATE_LUA),
             lease_script: Script::new(LEASE_LUA),
             release_script: Script::new(RELEASE_LUA),
+            filter_bits: (config.idempotency_filter_bytes * 8 / (u64::from(TAIL_SHARDS) * 3)).max(64),
             metrics: metrics.clone(),
         })
+    }
+
+    /// The filter offsets of a claim's key, prefixed 'c' (check, then add)
+    /// or 'a' (only add: the durable record was searched already). Double
+    /// hashing of a SHA-256 of the conversation and key.
+    fn filter_bits(&self, conv: &ConvKey, claim: &IdempotencyClaim) -> String {
+        let mut hasher = Sha256::new();
+        for part in [conv.app_id.as_bytes(), &[0], conv.conversation_id.as_bytes(), &[0], claim.key.as_bytes()] {
+            hasher.update(part);
+        }
+        let digest = hasher.finalize();
+        let word = |at: usize| u64::from_le_bytes(digest[at..at + 8].try_into().expect("8 bytes"));
+        let (first, step) = (word(0), word(8) | 1);
+        let mut bits = String::with_capacity(8 * FILTER_HASHES as usize);
+        bits.push(if claim.record_checked { 'a' } else { 'c' });
+        for i in 0..FILTER_HASHES {
+            if i > 0 {
+                bits.push(',');
+            }
+            bits.push_str(&(first.wrapping_add(i.wrapping_mul(step)) % self.filter_bits).to_string());
+        }
+        bits
     }
 
     fn connection(&self) -> ConnectionManager {
@@ -387,14 +461,25 @@ impl Tail for RedisTail {
         let conv = &first.conv;
         assert!(requests.iter().all(|r| r.conv == *conv), "a batch appends to one conversation");
         let shard = conv.shard();
+        // Generations of half the window: the current one and the two before
+        // cover every key claimed within the window.
+        let generation_ms = requests
+            .iter()
+            .find_map(|r| r.idempotency.as_ref())
+            .map_or(DEFAULT_GENERATION_MS, |claim| (claim.ttl.as_millis() as i64 / 2).max(1));
+        let start = first.ts_ms.div_euclid(generation_ms) * generation_ms;
         let mut invocation = self.append_script.prepare_invoke();
         invocation
             .key(self.keys.seq(conv))
             .key(self.keys.log(conv))
             .key(self.keys.dirty(shard))
             .key(self.keys.dirty_bytes(shard))
+            .key(self.keys.idempotency_filter(conv, start))
+            .key(self.keys.idempotency_filter(conv, start - generation_ms))
+            .key(self.keys.idempotency_filter(conv, start - 2 * generation_ms))
             .arg(dirty_member(conv))
-            .arg(self.keys.channel(conv));
+            .arg(self.keys.channel(conv))
+            .arg(start + 3 * generation_ms);
         for request in requests {
             match &request.idempotency {
                 Some(claim) => invocation
@@ -402,8 +487,11 @@ impl Tail for RedisTail {
                     .arg(request.ts_ms)
                     .arg(&request.body[..])
                     .arg(&claim.fingerprint)
-                    .arg(claim.ttl.as_millis().max(1) as u64),
-                None => invocation.key(self.keys.seq(conv)).arg(request.ts_ms).arg(&request.body[..]).arg("").arg(0),
+                    .arg(claim.ttl.as_millis().max(1) as u64)
+                    .arg(self.filter_bits(conv, claim)),
+                None => {
+                    invocation.key(self.keys.seq(conv)).arg(request.ts_ms).arg(&request.body[..]).arg("").arg(0).arg("")
+                }
             };
         }
         let mut connection = self.connection();
@@ -425,6 +513,8 @@ impl Tail for RedisTail {
                     1 => AppendOutcome::Replayed { seq },
                     2 => AppendOutcome::KeyReused { seq },
                     3 => AppendOutcome::NeedsSeed,
+                    4 => AppendOutcome::CheckRecord,
+                    5 => AppendOutcome::NotAttempted,
                     other => return Err(corrupt(format!("append script answered code {other}"))),
                 })
             })
@@ -452,6 +542,23 @@ impl Tail for RedisTail {
                 Some((seq.parse().ok()?, fingerprint.to_string()))
             })
             .collect())
+    }
+
+    fn releases_claims(&self) -> bool {
+        true
+    }
+
+    async fn release_claims(&self, conv: &ConvKey, keys: &[String]) -> Result<u64, StoreError> {
+        let mut released = 0;
+        for chunk in keys.chunks(RELEASE_CHUNK) {
+            let names: Vec<String> = chunk.iter().map(|key| self.keys.idempotency(conv, key)).collect();
+            let mut command = redis::cmd("UNLINK");
+            command.arg(&names);
+            let mut connection = self.connection();
+            let count: u64 = self.timed("unlink", command.query_async(&mut connection)).await?;
+            released += count;
+        }
+        Ok(released)
     }
 
     async fn seed_seq(&self, conv: &ConvKey, last_seq: u64) -> Result<(), StoreError> {

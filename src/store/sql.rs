@@ -16,7 +16,8 @@ use sqlx::sqlite::{SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, Sq
 use sqlx::{Connection, PgConnection, PgPool, SqlitePool};
 
 use super::metadata::{
-    ApiKeyRow, AppRow, AttachmentRow, BlockRow, ConversationRow, FlushAdvance, MemberRow, MetadataSnapshot, SegmentRow,
+    ApiKeyRow, AppRow, AttachmentRow, BlockRow, ConversationRow, FlushAdvance, IdempotencyRecordRow, MemberRow,
+    MetadataSnapshot, SegmentRow,
 };
 use super::tail::ConvKey;
 use super::StoreError;
@@ -707,6 +708,54 @@ impl Metadata {
     pub async fn job_successes(&self) -> Result<Vec<(String, i64)>, StoreError> {
         self.probe().await?;
         on_db!(self, pool => sqlx::query_as("SELECT job, last_success_ms FROM job_runs").fetch_all(pool).await)
+    }
+
+    /// Writes idempotency records (one transaction); a row already there
+    /// (the same range flushed again after a crash) is kept.
+    pub async fn insert_idempotency_records(&self, rows: &[IdempotencyRecordRow]) -> Result<(), StoreError> {
+        let insert = "INSERT INTO idempotency_records (app_id, conversation_id, seq_start, seq_end, ts_end, entries) \
+                      VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING";
+        on_db!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            for row in rows {
+                sqlx::query(insert)
+                    .bind(&row.app_id)
+                    .bind(&row.conversation_id)
+                    .bind(row.seq_start)
+                    .bind(row.seq_end)
+                    .bind(row.ts_end)
+                    .bind(&row.entries)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await
+        }.await)
+    }
+
+    /// The entries of a conversation's idempotency records whose newest
+    /// message was received at or after `since` (Unix ms).
+    pub async fn idempotency_records(&self, conv: &ConvKey, since: i64) -> Result<Vec<Vec<u8>>, StoreError> {
+        let select = "SELECT entries FROM idempotency_records \
+                      WHERE app_id = $1 AND conversation_id = $2 AND ts_end >= $3 ORDER BY seq_end";
+        on_db!(self, pool => sqlx::query_scalar(select)
+            .bind(&conv.app_id)
+            .bind(&conv.conversation_id)
+            .bind(since)
+            .fetch_all(pool)
+            .await)
+    }
+
+    /// Deletes the idempotency records whose newest message was received
+    /// before `cutoff` (Unix ms), at most `limit` rows; returns how many.
+    pub async fn delete_idempotency_records(&self, cutoff: i64, limit: i64) -> Result<u64, StoreError> {
+        let delete = "DELETE FROM idempotency_records WHERE (app_id, conversation_id, seq_end) IN \
+                      (SELECT app_id, conversation_id, seq_end FROM idempotency_records WHERE ts_end < $1 LIMIT $2)";
+        on_db!(self, pool => sqlx::query(delete)
+            .bind(cutoff)
+            .bind(limit)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))
     }
 
     /// The shared secret `name`, created from `candidate` when it does not exist

@@ -84,7 +84,9 @@ impl Tail for SqliteTail {
                 continue;
             }
             if let Some(claim) = &request.idempotency {
-                if let Some((prior, fingerprint)) = find_claim(&mut *tx, conv, &claim.key).await? {
+                if let Some((prior, fingerprint)) =
+                    find_claim(&mut *tx, conv, &claim.key, request.ts_ms.max(now_ms())).await?
+                {
                     outcomes.push(if fingerprint == claim.fingerprint {
                         AppendOutcome::Replayed { seq: prior }
                     } else {
@@ -145,9 +147,18 @@ impl Tail for SqliteTail {
     ) -> Result<Vec<Option<(u64, String)>>, StoreError> {
         let mut claims = Vec::with_capacity(keys.len());
         for key in keys {
-            claims.push(find_claim(&self.pool, conv, key).await?);
+            claims.push(find_claim(&self.pool, conv, key, now_ms()).await?);
         }
         Ok(claims)
+    }
+
+    /// Claims here are rows on disk, kept the whole window: no memory to save.
+    fn releases_claims(&self) -> bool {
+        false
+    }
+
+    async fn release_claims(&self, _conv: &ConvKey, _keys: &[String]) -> Result<u64, StoreError> {
+        Ok(0)
     }
 
     async fn seed_seq(&self, conv: &ConvKey, last_seq: u64) -> Result<(), StoreError> {
@@ -354,8 +365,6 @@ async fn write_state(
     Ok(())
 }
 
-/// The live claim on an idempotency key, as (seq, fingerprint): read inside
-/// the append transaction, and alone for the replay peek.
 /// Inserts one tail entry at `seq` with its idempotency claim; false when the
 /// log already holds `seq` (nothing written).
 async fn insert_entry(
@@ -390,7 +399,7 @@ async fn insert_entry(
         .bind(&claim.key)
         .bind(&claim.fingerprint)
         .bind(seq)
-        .bind(now_ms() + claim.ttl.as_millis() as i64)
+        .bind(request.ts_ms.max(now_ms()) + claim.ttl.as_millis() as i64)
         .execute(&mut **tx)
         .await
         .map_err(failed)?;
@@ -398,7 +407,16 @@ async fn insert_entry(
     Ok(true)
 }
 
-async fn find_claim<'e, E>(executor: E, conv: &ConvKey, key: &str) -> Result<Option<(u64, String)>, StoreError>
+/// The claim on `key` still live at `now` (Unix ms; inside an append, the
+/// later of the wall clock and the request's receive time, so tests can move
+/// the clock forward), as (seq, fingerprint): read inside the append transaction, and alone for the
+/// replay peek.
+async fn find_claim<'e, E>(
+    executor: E,
+    conv: &ConvKey,
+    key: &str,
+    now: i64,
+) -> Result<Option<(u64, String)>, StoreError>
 where
     E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
 {
@@ -409,7 +427,7 @@ where
     .bind(&conv.app_id)
     .bind(&conv.conversation_id)
     .bind(key)
-    .bind(now_ms())
+    .bind(now)
     .fetch_optional(executor)
     .await
     .map_err(failed)?;

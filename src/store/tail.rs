@@ -48,6 +48,9 @@ pub struct IdempotencyClaim {
     /// reuse, not a replay.
     pub fingerprint: String,
     pub ttl: Duration,
+    /// The durable record was already searched for this key (after a
+    /// [`AppendOutcome::CheckRecord`]): the tail must not ask again.
+    pub record_checked: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +84,14 @@ pub enum AppendOutcome {
     /// it): call [`Tail::seed_seq`] with the highest seq known elsewhere, then
     /// append again. This is what keeps seq from regressing after a loss.
     NeedsSeed,
+    /// The key may be one whose claim this tail released after its message
+    /// was flushed ([`Tail::release_claims`]): nothing was written; look the
+    /// key up in the durable record (`crate::idempotency`), then append again
+    /// with `record_checked` set if it is not there.
+    CheckRecord,
+    /// An earlier message of the batch stopped the step (`CheckRecord`):
+    /// nothing of this one was written; append it again.
+    NotAttempted,
 }
 
 /// A conversation with messages not yet in a segment.
@@ -139,6 +150,19 @@ pub trait Tail: Send + Sync {
     /// Clears the dirty mark when nothing was appended since `seen` was read
     /// (otherwise the conversation stays dirty for the next flush).
     async fn clear_dirty(&self, seen: &DirtyConversation) -> Result<bool, StoreError>;
+
+    /// Whether this tail releases the claims of flushed messages
+    /// ([`Tail::release_claims`]), because they cost memory (Redis). A tail
+    /// that keeps them on disk for the whole window (embedded) never asks
+    /// for the durable record.
+    fn releases_claims(&self) -> bool;
+
+    /// Drops the claims on `keys` in `conv`, whose messages are in a segment
+    /// and whose durable record is written; returns how many were held. Later
+    /// appends with one of these keys answer [`AppendOutcome::CheckRecord`].
+    /// Only called when [`Tail::releases_claims`]; a tail that keeps its
+    /// claims releases none.
+    async fn release_claims(&self, conv: &ConvKey, keys: &[String]) -> Result<u64, StoreError>;
 
     /// Deletes expired idempotency claims where the store does not expire
     /// them by itself (Redis does; the embedded tail needs this); returns how

@@ -310,7 +310,8 @@ fn the_vps_profile_checks_and_sets_the_budgeted_values() {
     let config = msgd(&["--config", path, "config", "--json"], &secrets).json();
     assert_eq!(config["flush"]["hot_window"], 4);
     assert_eq!(config["flush"]["max_age"], "15m");
-    assert_eq!(config["limits"]["idempotency_ttl"], "15m");
+    assert_eq!(config["limits"]["idempotency_ttl"], "24h");
+    assert_eq!(config["redis"]["idempotency_filter_bytes"], 16 << 20);
     assert_eq!(config["history"]["block_cache_bytes"], 32 << 20);
     assert_eq!(
         (config["ws"]["max_per_ip"].as_u64(), config["http"]["max_connections"].as_u64()),

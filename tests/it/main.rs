@@ -8,6 +8,7 @@ mod backup;
 mod cli_config;
 mod edges;
 mod history;
+mod idempotency;
 mod keys;
 mod load;
 mod logging;

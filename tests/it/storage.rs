@@ -135,6 +135,7 @@ backend_test! {
             key: "client-1".into(),
             fingerprint: fingerprint.into(),
             ttl: Duration::from_secs(3600),
+            record_checked: false,
         };
         let first = AppendRequest { idempotency: Some(claim("aaa")), ..message(&conv, 1) };
         assert!(matches!(append(stores.tail.as_ref(), &first).await, AppendOutcome::Appended(e) if e.seq == 1));
@@ -147,6 +148,7 @@ backend_test! {
                 key: "client-2".into(),
                 fingerprint: "ccc".into(),
                 ttl: Duration::from_secs(60),
+                record_checked: false,
             }),
             ..message(&conv, 3)
         };
@@ -180,7 +182,12 @@ backend_test! {
         let stores = open(&env).await;
         let conv = ConvKey::new("app_t", uuid::Uuid::now_v7().to_string());
         let claim = |key: &str, fingerprint: &str| {
-            Some(IdempotencyClaim { key: key.into(), fingerprint: fingerprint.into(), ttl: Duration::from_secs(3600) })
+            Some(IdempotencyClaim {
+                key: key.into(),
+                fingerprint: fingerprint.into(),
+                ttl: Duration::from_secs(3600),
+                record_checked: false,
+            })
         };
         let batch = vec![
             AppendRequest { idempotency: claim("a", "fa"), ..message(&conv, 1) },
@@ -206,6 +213,8 @@ backend_test! {
                 AppendOutcome::Replayed { seq } => ('r', *seq),
                 AppendOutcome::KeyReused { seq } => ('k', *seq),
                 AppendOutcome::NeedsSeed => ('s', 0),
+                AppendOutcome::CheckRecord => ('c', 0),
+                AppendOutcome::NotAttempted => ('n', 0),
             })
             .collect();
         assert_eq!(summary, vec![('a', 11), ('a', 12), ('r', 11), ('k', 11), ('a', 13)], "{backend:?}");
@@ -357,11 +366,32 @@ backend_test! {
         let env = TestEnv::new(backend).await;
         let stores = open(&env).await;
         let conv = ConvKey::new("app_t", uuid::Uuid::now_v7().to_string());
-        let claim = IdempotencyClaim { key: "short".into(), fingerprint: "f".into(), ttl: Duration::from_millis(30) };
-        let request = AppendRequest { idempotency: Some(claim), ..message(&conv, 1) };
+        let claim = IdempotencyClaim {
+            key: "short".into(),
+            fingerprint: "f".into(),
+            ttl: Duration::from_millis(30),
+            record_checked: false,
+        };
+        let request = AppendRequest { idempotency: Some(claim.clone()), ..message(&conv, 1) };
         assert!(matches!(append(stores.tail.as_ref(), &request).await, AppendOutcome::Appended(e) if e.seq == 1));
+        // A second later (the embedded tail expires claims by the request's time).
+        let later = AppendRequest { ts_ms: request.ts_ms + 1_000, ..request.clone() };
+        let checked = AppendRequest {
+            idempotency: Some(IdempotencyClaim { record_checked: true, ..claim }),
+            ..later.clone()
+        };
         let forgotten = crate::support::eventually(Duration::from_secs(3), async || {
-            matches!(stores.tail.append(&request).await.unwrap(), AppendOutcome::Appended(_))
+            match stores.tail.append(&later).await.unwrap() {
+                AppendOutcome::Appended(_) => true,
+                // A tail that releases claims keeps their keys in its filter
+                // for the window: the sender looks in the durable record
+                // first, then appends with `record_checked`.
+                AppendOutcome::CheckRecord => {
+                    stores.tail.releases_claims()
+                        && matches!(stores.tail.append(&checked).await.unwrap(), AppendOutcome::Appended(_))
+                }
+                _ => false,
+            }
         })
         .await;
         assert!(forgotten, "{backend:?}: after its TTL the key is free again");

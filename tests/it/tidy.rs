@@ -102,7 +102,7 @@ fn the_openapi_document_lists_every_route() {
 const LAYERS: &[(&str, &[&str])] = &[
     ("pure", &["clock", "config", "error", "ids", "logging", "mac", "ratelimit", "segment", "telemetry", "worker"]),
     ("storage", &["store"]),
-    ("domain primitives", &["keys", "auth", "envelope", "timeline", "membership", "context"]),
+    ("domain primitives", &["keys", "auth", "envelope", "idempotency", "timeline", "membership", "context"]),
     (
         "use cases",
         &[
