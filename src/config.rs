@@ -551,7 +551,7 @@ pub struct RedisConfig {
     /// generations of half the idempotency window each). Bigger means fewer
     /// needless lookups of the durable record: 32 MiB keeps them near 0.3%
     /// of keyed sends at 167 keyed messages/s and a 24 h window.
-    #[serde(default = "default_idempotency_filter_bytes")]
+    #[serde(default = "default_idempotency_filter_bytes", deserialize_with = "lenient")]
     pub idempotency_filter_bytes: u64,
 }
 
@@ -1612,6 +1612,33 @@ mod tests {
     fn env_overrides_file_and_parses_numbers() {
         let config = from_toml("[retention]\nbatch = 7\n", env(&[("MSGD_RETENTION__BATCH", "14")])).unwrap();
         assert_eq!(config.retention.batch, 14);
+    }
+
+    #[test]
+    fn every_number_and_switch_can_come_from_the_environment() {
+        // Environment values are strings: a numeric or boolean key without
+        // `lenient` would refuse its own default from MSGD_*.
+        let services = "[postgres]\nurl = \"postgres://h/db\"\n[redis]\nurl = \"redis://h\"\n\
+                        [s3]\nbucket = \"b-1\"\naccess_key_id = \"a\"\nsecret_access_key = \"s\"\n";
+        fn leaves(path: &str, value: &serde_json::Value, out: &mut Vec<(String, String)>) {
+            match value {
+                serde_json::Value::Object(fields) => {
+                    for (name, field) in fields {
+                        let separator = if path == "MSGD" { "_" } else { "__" };
+                        leaves(&format!("{path}{separator}{}", name.to_uppercase()), field, out);
+                    }
+                }
+                serde_json::Value::Number(_) | serde_json::Value::Bool(_) => out.push((path.into(), value.to_string())),
+                _ => {}
+            }
+        }
+        let mut vars = Vec::new();
+        leaves("MSGD", &from_toml(services, env(&[])).unwrap().effective_view(), &mut vars);
+        assert!(vars.len() > 25, "{vars:?}");
+        for (name, value) in vars {
+            let parsed = from_toml(services, env(&[(&name, &value)]));
+            assert!(parsed.is_ok(), "{name}={value}: {}", parsed.err().map(|e| e.to_string()).unwrap_or_default());
+        }
     }
 
     #[test]
