@@ -33,8 +33,9 @@ const DEPENDENCY: &str = "redis";
 /// generation and the two before, then one idempotency key per message (the
 /// seq key again for a message without one: every key must hash to the same
 /// slot). ARGV: 1 dirty member, 2 channel, 3 when this generation's filter
-/// expires (Unix ms), then ts, body, fingerprint ('' = no key), claim TTL (ms)
-/// and filter bits per message ('c' or 'a' then comma-separated offsets:
+/// expires (Unix ms), 4 its size in bytes (created whole, so Redis allocates
+/// it exactly: growing a string by SETBIT doubles its allocation), then ts,
+/// body, fingerprint ('' = no key), claim TTL (ms) and filter bits per message ('c' or 'a' then comma-separated offsets:
 /// check and add, or only add; '' without a key). Replies {code, seq} per
 /// message: 0 appended, 1 replay, 2 key reused, 3 needs a re-seed (the
 /// counter is missing, or the log already holds the next seq: the counter
@@ -64,7 +65,7 @@ end
 local seq = tonumber(last)
 local bytes, count, filled, stopped, checking = 0, 0, false, false, false
 for i = 1, n do
-  local a = 5 * i - 1
+  local a = 5 * i
   local ts, body, fingerprint, ttl, bits = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
   local code, at = 3, 0
   if checking then
@@ -88,6 +89,9 @@ for i = 1, n do
         code, at = 0, seq
         if fingerprint ~= '' then
           redis.call('SET', KEYS[7 + i], seq .. ':' .. fingerprint, 'PX', ttl)
+          if not filled and redis.call('EXISTS', KEYS[5]) == 0 then
+            redis.call('SET', KEYS[5], string.rep('\0', tonumber(ARGV[4])), 'PXAT', ARGV[3])
+          end
           for bit in string.gmatch(bits, '%d+') do redis.call('SETBIT', KEYS[5], bit, 1) end
           filled = true
         end
@@ -99,7 +103,6 @@ for i = 1, n do
   end
   reply[2 * i - 1], reply[2 * i] = code, at
 end
-if filled then redis.call('PEXPIREAT', KEYS[5], ARGV[3]) end
 if count > 0 then
   redis.call('SET', KEYS[1], seq)
   redis.call('HINCRBY', KEYS[4], ARGV[1], bytes)
@@ -391,7 +394,7 @@ impl RedisTail {
             rate_script: Script::new(RATE_LUA),
             lease_script: Script::new(LEASE_LUA),
             release_script: Script::new(RELEASE_LUA),
-            filter_bits: (config.idempotency_filter_bytes * 8 / (u64::from(TAIL_SHARDS) * 3)).max(64),
+            filter_bits: (config.idempotency_filter_bytes / (u64::from(TAIL_SHARDS) * 3)).max(8) * 8,
             metrics: metrics.clone(),
         })
     }
@@ -479,7 +482,8 @@ impl Tail for RedisTail {
             .key(self.keys.idempotency_filter(conv, start - 2 * generation_ms))
             .arg(dirty_member(conv))
             .arg(self.keys.channel(conv))
-            .arg(start + 3 * generation_ms);
+            .arg(start + 3 * generation_ms)
+            .arg(self.filter_bits / 8);
         for request in requests {
             match &request.idempotency {
                 Some(claim) => invocation

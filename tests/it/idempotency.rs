@@ -20,7 +20,7 @@ use msgd::telemetry::Metrics;
 use serde_json::json;
 
 use crate::support::api::create_app;
-use crate::support::{backend_test, Backend, TestEnv};
+use crate::support::{backend_test, services_test, Backend, ServicesEnv, TestEnv};
 
 const HOUR: i64 = 3_600_000;
 
@@ -156,5 +156,29 @@ backend_test! {
         // …and still answers.
         let retry = h.send("new", "b", t0 + 26 * HOUR).await.unwrap();
         assert!(retry.replayed, "{backend:?}");
+    }
+}
+
+services_test! {
+    #[tokio::test]
+    async fn the_released_key_filter_costs_its_configured_size(_services: ServicesEnv) {
+        let h = Harness::new(Backend::Services).await;
+        let t0 = now_ms();
+        for n in 0..20 {
+            h.send(&format!("key-{n}"), "x", t0).await.unwrap();
+        }
+        let client = redis::Client::open(h._env.var("MSGD_REDIS__URL").unwrap()).unwrap();
+        let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+        let pattern = format!("{}:*idem-filter*", h._env.var("MSGD_REDIS__KEY_PREFIX").unwrap());
+        let filters: Vec<String> = redis::cmd("KEYS").arg(pattern).query_async(&mut redis).await.unwrap();
+        assert_eq!(filters.len(), 1, "one shard, one generation: {filters:?}");
+        // 32 MiB over 64 shards × 3 generations, allocated whole: at most
+        // the allocator's size class above it (192 KiB, +12.5%), where SETBIT
+        // growing the string would double it.
+        let configured = (32u64 << 20) / (64 * 3);
+        let used: u64 = redis::cmd("MEMORY").arg("USAGE").arg(&filters[0]).query_async(&mut redis).await.unwrap();
+        assert!((configured..configured * 115 / 100).contains(&used), "{used} bytes for {configured}");
+        let ttl: i64 = redis::cmd("PTTL").arg(&filters[0]).query_async(&mut redis).await.unwrap();
+        assert!(ttl > 24 * HOUR && ttl <= 36 * HOUR, "it lives until three generations after its start: {ttl}");
     }
 }
