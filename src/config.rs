@@ -549,8 +549,8 @@ pub struct RedisConfig {
     /// Redis memory for the filter that says which idempotency keys may be
     /// among the claims released after their messages were flushed (three
     /// generations of half the idempotency window each). Bigger means fewer
-    /// needless lookups of the durable record: 32 MiB keeps them near 0.3%
-    /// of keyed sends at 167 keyed messages/s and a 24 h window.
+    /// needless lookups of the durable record: 32 MiB keeps them near 1% of
+    /// new keys at 167 keyed messages/s and a 24 h window.
     #[serde(default = "default_idempotency_filter_bytes", deserialize_with = "lenient")]
     pub idempotency_filter_bytes: u64,
 }

@@ -4,8 +4,8 @@
 //!
 //! A tail that holds its claims in memory (Redis) releases them once their
 //! messages are in a segment: the flush first writes one record row per
-//! conversation block — 24 bytes per keyed message (key hash, seq,
-//! fingerprint) — and only then drops the claims. A later retry of such a key
+//! conversation range — 16 bytes per keyed message (key hash, seq) — and
+//! only then drops the claims. A later retry of such a key
 //! is answered from that record; the tail tells the sender when to look
 //! ([`crate::store::AppendOutcome::CheckRecord`]).
 
@@ -16,7 +16,7 @@ use crate::error::Error;
 use crate::store::{ConvKey, IdempotencyRecordRow, Stores, TailEntry};
 
 /// Bytes per keyed message in a record row.
-const ENTRY_BYTES: usize = 24;
+const ENTRY_BYTES: usize = 16;
 
 /// Idempotency keys are scoped to their sender (app, conversation, sender and
 /// key): two members who pick the same key never see each other's message.
@@ -46,9 +46,12 @@ fn key_hash(claim_key: &str) -> u64 {
     u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
-/// A fingerprint's first 64 bits, as records keep it.
-fn fingerprint_bits(fingerprint: &str) -> u64 {
-    fingerprint.get(..16).and_then(|hex| u64::from_str_radix(hex, 16).ok()).unwrap_or(0)
+/// What a flush needs of a tail entry to record its key: the rest of the
+/// envelope is skipped, not decoded.
+#[derive(serde::Deserialize)]
+struct KeyedEntry {
+    sender: Sender,
+    client_msg_id: Option<String>,
 }
 
 /// One conversation's keyed messages among `entries` (a flushed range): the
@@ -59,12 +62,12 @@ pub fn record_of(conv: &ConvKey, entries: &[TailEntry]) -> Option<(IdempotencyRe
     let mut bytes = Vec::new();
     let mut released = Vec::new();
     for entry in entries {
-        let Ok(envelope) = Envelope::from_entry(entry) else { continue };
-        let Some(key) = &envelope.client_msg_id else { continue };
-        let claim = claim_key(&envelope.sender, key);
+        let Ok(KeyedEntry { sender, client_msg_id: Some(key) }) = serde_json::from_slice(&entry.body) else {
+            continue;
+        };
+        let claim = claim_key(&sender, &key);
         bytes.extend_from_slice(&key_hash(&claim).to_le_bytes());
         bytes.extend_from_slice(&entry.seq.to_le_bytes());
-        bytes.extend_from_slice(&fingerprint_bits(&fingerprint(&envelope)).to_le_bytes());
         released.push(claim);
     }
     let (Some(first), Some(last)) = (entries.first(), entries.last()) else { return None };
@@ -82,32 +85,25 @@ pub fn record_of(conv: &ConvKey, entries: &[TailEntry]) -> Option<(IdempotencyRe
     Some((row, released))
 }
 
-/// What a record says of one key: the seq it was used for, and whether with
-/// the same fingerprint (a replay) or another (a reuse).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Recorded {
-    pub seq: u64,
-    pub same_request: bool,
-}
-
-/// Looks up `(claim key, fingerprint)` pairs in the conversation's records
-/// of messages received at or after `since` (Unix ms); one answer per pair, in order.
+/// Looks up claim keys in the conversation's records of messages received
+/// at or after `since` (Unix ms): the seq each was used for, one answer per
+/// key, in order. Whether a retry is the same request is for the caller to
+/// tell from the original message ([`fingerprint`]).
 pub async fn find_recorded(
     stores: &Stores,
     conv: &ConvKey,
-    wanted: &[(&str, &str)],
+    keys: &[&str],
     since: i64,
-) -> Result<Vec<Option<Recorded>>, Error> {
+) -> Result<Vec<Option<u64>>, Error> {
     let rows = stores.metadata.idempotency_records(conv, since).await?;
-    let hashes: Vec<u64> = wanted.iter().map(|(claim, _)| key_hash(claim)).collect();
-    let mut found = vec![None; wanted.len()];
+    let hashes: Vec<u64> = keys.iter().map(|key| key_hash(key)).collect();
+    let mut found = vec![None; keys.len()];
     for row in &rows {
         for entry in row.chunks_exact(ENTRY_BYTES) {
-            let word = |at: usize| u64::from_le_bytes(entry[at..at + 8].try_into().expect("8 bytes"));
-            let (hash, seq, fingerprint) = (word(0), word(8), word(16));
-            for (index, _) in hashes.iter().enumerate().filter(|(_, wanted)| **wanted == hash) {
-                let same_request = fingerprint == fingerprint_bits(wanted[index].1);
-                found[index] = Some(Recorded { seq, same_request });
+            let hash = u64::from_le_bytes(entry[..8].try_into().expect("8 bytes"));
+            let seq = u64::from_le_bytes(entry[8..].try_into().expect("8 bytes"));
+            for (slot, _) in hashes.iter().enumerate().filter(|(_, wanted)| **wanted == hash) {
+                found[slot] = Some(seq);
             }
         }
     }
@@ -142,13 +138,9 @@ mod tests {
         let (row, released) = record_of(&conv, &entries).unwrap();
         assert_eq!((row.seq_start, row.seq_end, row.ts_end), (7, 9, 1_009));
         assert_eq!(row.entries.len(), 2 * ENTRY_BYTES);
+        assert_eq!(row.entries[8..16], 7u64.to_le_bytes());
+        assert_eq!(row.entries[16..24], key_hash("user:2:u1:k2").to_le_bytes());
         assert_eq!(released, ["user:2:u1:k1", "user:2:u1:k2"]);
         assert!(record_of(&conv, &[entry(1, None, "x")]).is_none());
-    }
-
-    #[test]
-    fn fingerprints_keep_their_first_64_bits() {
-        assert_eq!(fingerprint_bits("00000000000000ffeeeeeeeeeeeeeeee"), 255);
-        assert_eq!(fingerprint_bits("short"), 0);
     }
 }

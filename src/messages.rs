@@ -11,7 +11,7 @@ use crate::auth::Caller;
 use crate::context::Context;
 use crate::envelope::{Attachment, Envelope, Sender, ENVELOPE_VERSION};
 use crate::error::{Code, Error, RateLimitInfo};
-use crate::idempotency::{claim_key, find_recorded, fingerprint, Recorded};
+use crate::idempotency::{claim_key, find_recorded, fingerprint};
 use crate::ratelimit::Bucket;
 use crate::store::{AppendOutcome, AppendRequest, ConvKey, IdempotencyClaim};
 
@@ -404,8 +404,9 @@ async fn append(
 
 /// For the messages the tail could not place ([`AppendOutcome::CheckRecord`]),
 /// at `positions` of `requests`: their keys in the durable record. One answer
-/// per position: the original message (a late retry), `idempotency_key_reused`,
-/// or `None` when the key is not recorded (the filter's false positive: a new
+/// per position: the original message (a late retry of the same request),
+/// `idempotency_key_reused` (the key's original had another fingerprint), or
+/// `None` when the key is not recorded (the filter's false positive: a new
 /// message).
 async fn check_records(
     ctx: &Context,
@@ -415,20 +416,30 @@ async fn check_records(
     now: i64,
 ) -> Result<Vec<Option<Result<Sent, Error>>>, Error> {
     let claims: Vec<Option<&IdempotencyClaim>> = positions.iter().map(|&p| requests[p].idempotency.as_ref()).collect();
-    let wanted: Vec<(&str, &str)> = claims.iter().flatten().map(|c| (c.key.as_str(), c.fingerprint.as_str())).collect();
+    let keys: Vec<&str> = claims.iter().flatten().map(|claim| claim.key.as_str()).collect();
     let since = now - ctx.config.limits.idempotency_ttl.as_millis() as i64;
-    let mut found = find_recorded(&ctx.stores, conv, &wanted, since).await?.into_iter();
+    let mut found = find_recorded(&ctx.stores, conv, &keys, since).await?.into_iter();
     let mut answers = Vec::with_capacity(positions.len());
     for claim in claims {
         // Only keyed messages are asked about; an unkeyed one is simply appended again.
-        let recorded = if claim.is_some() { found.next().flatten() } else { None };
-        let result = if recorded.is_some() { "found" } else { "absent" };
-        ctx.metrics.idempotency_record_lookups_total.with_label_values(&[result]).inc();
-        answers.push(match recorded {
-            Some(Recorded { seq, same_request: true }) => Some(replayed(ctx, conv, seq).await),
-            Some(Recorded { seq, .. }) => Some(Err(key_reused(seq))),
-            None => None,
-        });
+        let Some(claim) = claim else {
+            answers.push(None);
+            continue;
+        };
+        let Some(seq) = found.next().flatten() else {
+            ctx.metrics.idempotency_record_lookups_total.with_label_values(&["absent"]).inc();
+            answers.push(None);
+            continue;
+        };
+        ctx.metrics.idempotency_record_lookups_total.with_label_values(&["found"]).inc();
+        answers.push(Some(match ctx.timeline.message(conv, seq).await? {
+            Some(original) if fingerprint(&original) == claim.fingerprint => {
+                ctx.metrics.idempotent_replays_total.inc();
+                Ok(Sent { envelope: original, replayed: true })
+            }
+            Some(_) => Err(key_reused(seq)),
+            None => Err(original_unavailable(seq)),
+        }));
     }
     Ok(answers)
 }
@@ -443,11 +454,15 @@ async fn replayed(ctx: &Context, conv: &ConvKey, seq: u64) -> Result<Sent, Error
     ctx.metrics.idempotent_replays_total.inc();
     match ctx.timeline.message(conv, seq).await? {
         Some(envelope) => Ok(Sent { envelope, replayed: true }),
-        None => Err(Error::new(
-            Code::IdempotencyOriginalUnavailable,
-            format!("this idempotency key was used for seq {seq}, which is no longer stored"),
-        )),
+        None => Err(original_unavailable(seq)),
     }
+}
+
+fn original_unavailable(seq: u64) -> Error {
+    Error::new(
+        Code::IdempotencyOriginalUnavailable,
+        format!("this idempotency key was used for seq {seq}, which is no longer stored"),
+    )
 }
 
 /// The per-user and per-key limits, checked together for `wanted` messages:

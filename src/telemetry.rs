@@ -103,11 +103,11 @@ pub const REDIS_COMMANDS: [&str; 16] = [
     "ping",
     "publish",
     "rate_limit",
+    "release_claims",
     "seed",
     "state_get",
     "state_raise",
     "state_set",
-    "unlink",
     "xrange",
     "xtrim",
 ];

@@ -1,7 +1,7 @@
 -- The idempotency keys of flushed messages, for the idempotency window: one
--- row per conversation per flushed range, 24 bytes per keyed message (key
--- hash, seq, fingerprint). The tail's in-memory claims are released once
--- their row is written; retention deletes rows past the window.
+-- row per conversation per flushed range, 16 bytes per keyed message (key
+-- hash, seq). The tail's in-memory claims are released once their row is
+-- written; retention deletes rows past the window.
 CREATE TABLE idempotency_records (
     app_id          TEXT NOT NULL,
     conversation_id TEXT NOT NULL,

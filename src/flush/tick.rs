@@ -297,7 +297,7 @@ impl Flusher {
         self.metrics.segment_records.observe(encoded.records as f64);
 
         let stage = Instant::now();
-        self.release_claims(&snapshots).await?;
+        self.release_claims(&snapshots, now).await?;
         for snapshot in &snapshots {
             report.trimmed += self.trim(&snapshot.mark.conv, snapshot.last_seq()).await?;
             self.stores.tail.clear_dirty(&snapshot.mark).await.map_err(store_error("trim"))?;
@@ -470,7 +470,7 @@ impl Flusher {
     /// Part of `trim`, where the tail releases the idempotency claims of
     /// flushed messages (Redis): their keys' durable record first, then the
     /// claims. A failure before the release leaves the claims to their TTL.
-    async fn release_claims(&self, snapshots: &[Snapshot]) -> Result<(), FlushError> {
+    async fn release_claims(&self, snapshots: &[Snapshot], now: i64) -> Result<(), FlushError> {
         let tail = &self.stores.tail;
         if !tail.releases_claims() {
             return Ok(());
@@ -484,7 +484,7 @@ impl Flusher {
         }
         self.stores.metadata.insert_idempotency_records(&rows).await.map_err(store_error("trim"))?;
         for (snapshot, keys) in released {
-            let count = tail.release_claims(&snapshot.mark.conv, &keys).await.map_err(store_error("trim"))?;
+            let count = tail.release_claims(&snapshot.mark.conv, &keys, now).await.map_err(store_error("trim"))?;
             self.metrics.idempotency_claims_released_total.inc_by(count);
         }
         Ok(())

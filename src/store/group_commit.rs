@@ -234,8 +234,8 @@ impl Tail for Grouped {
         self.tail.releases_claims()
     }
 
-    async fn release_claims(&self, conv: &ConvKey, keys: &[String]) -> Result<u64, StoreError> {
-        self.tail.release_claims(conv, keys).await
+    async fn release_claims(&self, conv: &ConvKey, keys: &[String], now: i64) -> Result<u64, StoreError> {
+        self.tail.release_claims(conv, keys, now).await
     }
 
     async fn memory(&self) -> Result<Option<TailMemory>, StoreError> {

@@ -157,7 +157,8 @@ impl Stores {
             }
             Backend::Services(services) => {
                 let db = Metadata::connect_postgres(&services.postgres)?;
-                let tail = Arc::new(redis_tail::RedisTail::open(&services.redis, metrics)?);
+                let tail =
+                    Arc::new(redis_tail::RedisTail::open(&services.redis, config.limits.idempotency_ttl, metrics)?);
                 let objects = Objects::s3(&services.s3, metrics)?;
                 let grouped = Arc::new(group_commit::Grouped::new(tail.clone(), tail.clone(), tail.clone(), metrics));
                 Ok(Stores {

@@ -15,10 +15,7 @@ use sha2::{Digest, Sha256};
 use super::coordination::Coordination;
 use super::live::{Live, LiveEvent, LiveHub, LiveSubscription, Upstream};
 use super::state::TtlState;
-use super::tail::{
-    AppendOutcome, AppendRequest, ConvKey, DirtyConversation, IdempotencyClaim, Tail, TailEntry, TailMemory,
-    TAIL_SHARDS,
-};
+use super::tail::{AppendOutcome, AppendRequest, ConvKey, DirtyConversation, Tail, TailEntry, TailMemory, TAIL_SHARDS};
 use super::StoreError;
 use crate::config::RedisConfig;
 use crate::ratelimit::{Grant, RateCheck, RateDecision};
@@ -29,18 +26,16 @@ const DEPENDENCY: &str = "redis";
 
 /// Idempotency checks, seq assignment, appends, dirty mark and publishes for
 /// a batch of one conversation's messages in one round trip. KEYS: 1 seq,
-/// 2 log, 3 dirty, 4 dirty-bytes, 5–7 the shard's released-key filter of this
-/// generation and the two before, then one idempotency key per message (the
-/// seq key again for a message without one: every key must hash to the same
-/// slot). ARGV: 1 dirty member, 2 channel, 3 when this generation's filter
-/// expires (Unix ms), 4 its size in bytes (created whole, so Redis allocates
-/// it exactly: growing a string by SETBIT doubles its allocation), then ts,
-/// body, fingerprint ('' = no key), claim TTL (ms) and filter bits per message ('c' or 'a' then comma-separated offsets:
-/// check and add, or only add; '' without a key). Replies {code, seq} per
-/// message: 0 appended, 1 replay, 2 key reused, 3 needs a re-seed (the
-/// counter is missing, or the log already holds the next seq: the counter
-/// regressed; nothing from that message on was written), 4 check the durable
-/// record (no claim, but the filter holds the key: it may have been released
+/// 2 log, 3 dirty, 4 dirty-bytes, 5–7 the shard's filter of released keys of
+/// this generation and the two before, then one idempotency key per message
+/// (the seq key again for a message without one: every key must hash to the
+/// same slot). ARGV: 1 dirty member, 2 channel, then ts, body, fingerprint
+/// ('' = no key), claim TTL (ms) and filter offsets (comma-separated; '' =
+/// do not check the filter) per message. Replies {code, seq} per message: 0
+/// appended, 1 replay, 2 key reused, 3 needs a re-seed (the counter is
+/// missing, or the log already holds the next seq: the counter regressed;
+/// nothing from that message on was written), 4 check the durable record (no
+/// claim, but the filter holds the key: its claim may have been released
 /// after a flush), 5 not attempted (after a 4, nothing more is written; the
 /// keyed messages the filter holds are marked 4 too, so one lookup serves).
 const APPEND_LUA: &str = r#"
@@ -52,7 +47,7 @@ if not last then
   return reply
 end
 local function filtered(bits)
-  if string.sub(bits, 1, 1) ~= 'c' then return false end
+  if bits == '' then return false end
   for g = 5, 7 do
     local all = true
     for bit in string.gmatch(bits, '%d+') do
@@ -63,9 +58,9 @@ local function filtered(bits)
   return false
 end
 local seq = tonumber(last)
-local bytes, count, filled, stopped, checking = 0, 0, false, false, false
+local bytes, count, stopped, checking = 0, 0, false, false
 for i = 1, n do
-  local a = 5 * i
+  local a = 5 * i - 2
   local ts, body, fingerprint, ttl, bits = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
   local code, at = 3, 0
   if checking then
@@ -87,14 +82,7 @@ for i = 1, n do
       else
         seq = seq + 1
         code, at = 0, seq
-        if fingerprint ~= '' then
-          redis.call('SET', KEYS[7 + i], seq .. ':' .. fingerprint, 'PX', ttl)
-          if not filled and redis.call('EXISTS', KEYS[5]) == 0 then
-            redis.call('SET', KEYS[5], string.rep('\0', tonumber(ARGV[4])), 'PXAT', ARGV[3])
-          end
-          for bit in string.gmatch(bits, '%d+') do redis.call('SETBIT', KEYS[5], bit, 1) end
-          filled = true
-        end
+        if fingerprint ~= '' then redis.call('SET', KEYS[7 + i], seq .. ':' .. fingerprint, 'PX', ttl) end
         redis.call('ZADD', KEYS[3], 'NX', ts, ARGV[1])
         bytes, count = bytes + #body, count + 1
         redis.call('PUBLISH', ARGV[2], 'm' .. seq .. ':' .. ts .. ':' .. body)
@@ -111,17 +99,38 @@ end
 return reply
 "#;
 
-/// The filter generation when a batch has no keyed message (nothing touches
-/// the filter then; the keys only have to name something in the slot).
-const DEFAULT_GENERATION_MS: i64 = 12 * 3600 * 1000;
+/// The filter's generations at one time: half the idempotency window each,
+/// so the current one and the two before cover every key released within
+/// the window.
+struct Generations {
+    start: i64,
+    length_ms: i64,
+}
+
+impl Generations {
+    fn at(window: Duration, now: i64) -> Generations {
+        let length_ms = (window.as_millis() as i64 / 2).max(1);
+        Generations { start: now.div_euclid(length_ms) * length_ms, length_ms }
+    }
+
+    /// The generations a check reads, newest first.
+    fn checked(&self) -> [i64; 3] {
+        [self.start, self.start - self.length_ms, self.start - 2 * self.length_ms]
+    }
+
+    /// When the current generation's filter is read for the last time.
+    fn expires_at(&self) -> i64 {
+        self.start + 3 * self.length_ms
+    }
+}
 
 /// Claims released per `UNLINK`.
 const RELEASE_CHUNK: usize = 512;
 
-/// Bits set per key in the released-key filter: with the default size's
-/// ~12 bits per key at the seed load, a false "maybe" costs one record
-/// lookup for ~0.3% of new keys.
-const FILTER_HASHES: u64 = 7;
+/// Bits set per key in the filter of released keys: a false "maybe" costs
+/// one record lookup for ~0.5% of new keys at 12 bits a key (the default
+/// size at the seed load) and ~6% at 6 (load/vps.toml's).
+const FILTER_HASHES: u64 = 5;
 
 /// Raises the counter to max(counter, floor, newest log entry): the log's top
 /// id is the seq, so a lost counter is re-seeded past anything still held.
@@ -228,6 +237,25 @@ end
 return 0
 "#;
 
+/// Releases idempotency claims whose messages are flushed and recorded: first
+/// their keys into this generation's filter (created whole when missing, so
+/// Redis allocates it exactly — a string grown by SETBIT takes twice its
+/// size — and expiring three generations after its start), then the claims.
+/// KEYS: 1 the filter, then the claims. ARGV: 1 the filter's expiry (Unix
+/// ms), 2 its size in bytes, then each claim's comma-separated offsets.
+/// Replies how many claims were held.
+const RELEASE_CLAIMS_LUA: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('SET', KEYS[1], string.rep('\0', tonumber(ARGV[2])), 'PXAT', ARGV[1])
+end
+for i = 3, #ARGV do
+  for bit in string.gmatch(ARGV[i], '%d+') do redis.call('SETBIT', KEYS[1], bit, 1) end
+end
+local held = 0
+for i = 2, #KEYS do held = held + redis.call('UNLINK', KEYS[i]) end
+return held
+"#;
+
 /// Releases a lease only if the caller still holds it.
 const RELEASE_LUA: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
@@ -249,6 +277,9 @@ pub(crate) struct RedisTail {
     rate_script: Script,
     lease_script: Script,
     release_script: Script,
+    release_claims_script: Script,
+    /// The idempotency window: the filter's generations are half of it.
+    window: Duration,
     /// Bits in one shard's filter of one generation.
     filter_bits: u64,
     metrics: Metrics,
@@ -273,7 +304,7 @@ impl KeySchema {
     fn idempotency(&self, conv: &ConvKey, key: &str) -> String {
         format!("{}:idem:{}:{}:{}", self.tag(conv), conv.app_id, conv.conversation_id, key)
     }
-    /// The shard's filter of idempotency keys claimed in the generation
+    /// The shard's filter of idempotency keys released in the generation
     /// starting at `start_ms`.
     fn idempotency_filter(&self, conv: &ConvKey, start_ms: i64) -> String {
         format!("{}:idem-filter:{start_ms}", self.tag(conv))
@@ -359,7 +390,9 @@ impl Upstream for RedisUpstream {
 
 impl RedisTail {
     /// Builds the clients without dialling; the first command connects.
-    pub(crate) fn open(config: &RedisConfig, metrics: &Metrics) -> anyhow::Result<RedisTail> {
+    /// `window` is the idempotency window (`limits.idempotency_ttl` at start),
+    /// which sets the filter's generations.
+    pub(crate) fn open(config: &RedisConfig, window: Duration, metrics: &Metrics) -> anyhow::Result<RedisTail> {
         let shown = config.url.redacted();
         let client = redis::Client::open(config.url.expose())
             .map_err(|e| anyhow::anyhow!("redis.url {shown} is not usable: {e}"))?;
@@ -394,31 +427,31 @@ impl RedisTail {
             rate_script: Script::new(RATE_LUA),
             lease_script: Script::new(LEASE_LUA),
             release_script: Script::new(RELEASE_LUA),
+            release_claims_script: Script::new(RELEASE_CLAIMS_LUA),
+            window,
             filter_bits: (config.idempotency_filter_bytes / (u64::from(TAIL_SHARDS) * 3)).max(8) * 8,
             metrics: metrics.clone(),
         })
     }
 
-    /// The filter offsets of a claim's key, prefixed 'c' (check, then add)
-    /// or 'a' (only add: the durable record was searched already). Double
-    /// hashing of a SHA-256 of the conversation and key.
-    fn filter_bits(&self, conv: &ConvKey, claim: &IdempotencyClaim) -> String {
+    /// The filter offsets of a claim's key, comma-separated: double hashing
+    /// of a SHA-256 of the conversation and key.
+    fn filter_offsets(&self, conv: &ConvKey, key: &str) -> String {
         let mut hasher = Sha256::new();
-        for part in [conv.app_id.as_bytes(), &[0], conv.conversation_id.as_bytes(), &[0], claim.key.as_bytes()] {
+        for part in [conv.app_id.as_bytes(), &[0], conv.conversation_id.as_bytes(), &[0], key.as_bytes()] {
             hasher.update(part);
         }
         let digest = hasher.finalize();
         let word = |at: usize| u64::from_le_bytes(digest[at..at + 8].try_into().expect("8 bytes"));
         let (first, step) = (word(0), word(8) | 1);
-        let mut bits = String::with_capacity(8 * FILTER_HASHES as usize);
-        bits.push(if claim.record_checked { 'a' } else { 'c' });
+        let mut offsets = String::with_capacity(8 * FILTER_HASHES as usize);
         for i in 0..FILTER_HASHES {
             if i > 0 {
-                bits.push(',');
+                offsets.push(',');
             }
-            bits.push_str(&(first.wrapping_add(i.wrapping_mul(step)) % self.filter_bits).to_string());
+            offsets.push_str(&(first.wrapping_add(i.wrapping_mul(step)) % self.filter_bits).to_string());
         }
-        bits
+        offsets
     }
 
     fn connection(&self) -> ConnectionManager {
@@ -464,26 +497,17 @@ impl Tail for RedisTail {
         let conv = &first.conv;
         assert!(requests.iter().all(|r| r.conv == *conv), "a batch appends to one conversation");
         let shard = conv.shard();
-        // Generations of half the window: the current one and the two before
-        // cover every key claimed within the window.
-        let generation_ms = requests
-            .iter()
-            .find_map(|r| r.idempotency.as_ref())
-            .map_or(DEFAULT_GENERATION_MS, |claim| (claim.ttl.as_millis() as i64 / 2).max(1));
-        let start = first.ts_ms.div_euclid(generation_ms) * generation_ms;
+        let generations = Generations::at(self.window, first.ts_ms);
         let mut invocation = self.append_script.prepare_invoke();
         invocation
             .key(self.keys.seq(conv))
             .key(self.keys.log(conv))
             .key(self.keys.dirty(shard))
-            .key(self.keys.dirty_bytes(shard))
-            .key(self.keys.idempotency_filter(conv, start))
-            .key(self.keys.idempotency_filter(conv, start - generation_ms))
-            .key(self.keys.idempotency_filter(conv, start - 2 * generation_ms))
-            .arg(dirty_member(conv))
-            .arg(self.keys.channel(conv))
-            .arg(start + 3 * generation_ms)
-            .arg(self.filter_bits / 8);
+            .key(self.keys.dirty_bytes(shard));
+        for start in generations.checked() {
+            invocation.key(self.keys.idempotency_filter(conv, start));
+        }
+        invocation.arg(dirty_member(conv)).arg(self.keys.channel(conv));
         for request in requests {
             match &request.idempotency {
                 Some(claim) => invocation
@@ -492,7 +516,7 @@ impl Tail for RedisTail {
                     .arg(&request.body[..])
                     .arg(&claim.fingerprint)
                     .arg(claim.ttl.as_millis().max(1) as u64)
-                    .arg(self.filter_bits(conv, claim)),
+                    .arg(if claim.record_checked { String::new() } else { self.filter_offsets(conv, &claim.key) }),
                 None => {
                     invocation.key(self.keys.seq(conv)).arg(request.ts_ms).arg(&request.body[..]).arg("").arg(0).arg("")
                 }
@@ -552,15 +576,21 @@ impl Tail for RedisTail {
         true
     }
 
-    async fn release_claims(&self, conv: &ConvKey, keys: &[String]) -> Result<u64, StoreError> {
+    async fn release_claims(&self, conv: &ConvKey, keys: &[String], now: i64) -> Result<u64, StoreError> {
+        let generations = Generations::at(self.window, now);
         let mut released = 0;
         for chunk in keys.chunks(RELEASE_CHUNK) {
-            let names: Vec<String> = chunk.iter().map(|key| self.keys.idempotency(conv, key)).collect();
-            let mut command = redis::cmd("UNLINK");
-            command.arg(&names);
+            let mut invocation = self.release_claims_script.prepare_invoke();
+            invocation
+                .key(self.keys.idempotency_filter(conv, generations.start))
+                .arg(generations.expires_at())
+                .arg(self.filter_bits / 8);
+            for key in chunk {
+                invocation.key(self.keys.idempotency(conv, key)).arg(self.filter_offsets(conv, key));
+            }
             let mut connection = self.connection();
-            let count: u64 = self.timed("unlink", command.query_async(&mut connection)).await?;
-            released += count;
+            let held: u64 = self.timed("release_claims", invocation.invoke_async(&mut connection)).await?;
+            released += held;
         }
         Ok(released)
     }

@@ -157,7 +157,7 @@ impl Tail for SqliteTail {
         false
     }
 
-    async fn release_claims(&self, _conv: &ConvKey, _keys: &[String]) -> Result<u64, StoreError> {
+    async fn release_claims(&self, _conv: &ConvKey, _keys: &[String], _now: i64) -> Result<u64, StoreError> {
         Ok(0)
     }
 

@@ -158,11 +158,11 @@ pub trait Tail: Send + Sync {
     fn releases_claims(&self) -> bool;
 
     /// Drops the claims on `keys` in `conv`, whose messages are in a segment
-    /// and whose durable record is written; returns how many were held. Later
-    /// appends with one of these keys answer [`AppendOutcome::CheckRecord`].
-    /// Only called when [`Tail::releases_claims`]; a tail that keeps its
-    /// claims releases none.
-    async fn release_claims(&self, conv: &ConvKey, keys: &[String]) -> Result<u64, StoreError>;
+    /// and whose durable record is written, at `now` (Unix ms); returns how
+    /// many were held. Until the idempotency window has passed, appends with
+    /// one of these keys answer [`AppendOutcome::CheckRecord`]. Only called
+    /// when [`Tail::releases_claims`]; a tail that keeps its claims releases none.
+    async fn release_claims(&self, conv: &ConvKey, keys: &[String], now: i64) -> Result<u64, StoreError>;
 
     /// Deletes expired idempotency claims where the store does not expire
     /// them by itself (Redis does; the embedded tail needs this); returns how

@@ -310,7 +310,7 @@ fn the_vps_profile_checks_and_sets_the_budgeted_values() {
     let config = msgd(&["--config", path, "config", "--json"], &secrets).json();
     assert_eq!(config["flush"]["hot_window"], 4);
     assert_eq!(config["flush"]["max_age"], "15m");
-    assert_eq!(config["limits"]["idempotency_ttl"], "24h");
+    assert_eq!(config["limits"]["idempotency_ttl"], "1day");
     assert_eq!(config["redis"]["idempotency_filter_bytes"], 16 << 20);
     assert_eq!(config["history"]["block_cache_bytes"], 32 << 20);
     assert_eq!(
@@ -394,12 +394,14 @@ services_test! {
 /// quietly (SIGPIPE), not with a panic.
 #[test]
 fn a_reader_that_leaves_early_ends_the_command_quietly() {
+    // The reader is gone before msgd starts: dropping it after the spawn
+    // raced msgd, which could fill the pipe's buffer first and exit 0.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
     let mut command = std::process::Command::new(MSGD);
     command.args(["config", "--json"]).env_remove("MSGD_CONFIG");
-    command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
-    let mut child = command.spawn().unwrap();
-    drop(child.stdout.take()); // the reader is gone before msgd writes
-    let out = child.wait_with_output().unwrap();
+    command.stdout(writer).stderr(std::process::Stdio::piped());
+    let out = command.spawn().unwrap().wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(std::os::unix::process::ExitStatusExt::signal(&out.status), Some(libc::SIGPIPE), "{stderr}");

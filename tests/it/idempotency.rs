@@ -6,6 +6,7 @@
 //! deletes the records past the window.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use msgd::auth::Caller;
 use msgd::clock::now_ms;
@@ -15,7 +16,7 @@ use msgd::flush::{FlushOptions, Flusher};
 use msgd::keys::Scope;
 use msgd::messages::{self, SendRequest, Sent};
 use msgd::retention::{Retention, RetentionOptions};
-use msgd::store::{ConvKey, Stores};
+use msgd::store::{AppendOutcome, AppendRequest, ConvKey, IdempotencyClaim, Stores};
 use msgd::telemetry::Metrics;
 use serde_json::json;
 
@@ -167,11 +168,12 @@ services_test! {
         for n in 0..20 {
             h.send(&format!("key-{n}"), "x", t0).await.unwrap();
         }
+        h.flush(t0 + 1_000).await;
         let client = redis::Client::open(h._env.var("MSGD_REDIS__URL").unwrap()).unwrap();
         let mut redis = client.get_multiplexed_async_connection().await.unwrap();
         let pattern = format!("{}:*idem-filter*", h._env.var("MSGD_REDIS__KEY_PREFIX").unwrap());
         let filters: Vec<String> = redis::cmd("KEYS").arg(pattern).query_async(&mut redis).await.unwrap();
-        assert_eq!(filters.len(), 1, "one shard, one generation: {filters:?}");
+        assert_eq!(filters.len(), 1, "the flush released the keys into one shard's generation: {filters:?}");
         // 32 MiB over 64 shards × 3 generations, allocated whole: at most
         // the allocator's size class above it (192 KiB, +12.5%), where SETBIT
         // growing the string would double it.
@@ -180,5 +182,48 @@ services_test! {
         assert!((configured..configured * 115 / 100).contains(&used), "{used} bytes for {configured}");
         let ttl: i64 = redis::cmd("PTTL").arg(&filters[0]).query_async(&mut redis).await.unwrap();
         assert!(ttl > 24 * HOUR && ttl <= 36 * HOUR, "it lives until three generations after its start: {ttl}");
+    }
+}
+
+services_test! {
+    #[tokio::test]
+    async fn a_released_key_stops_the_append_until_the_record_was_checked(_services: ServicesEnv) {
+        let h = Harness::new(Backend::Services).await;
+        let tail = h.ctx.stores.tail.clone();
+        let conv = ConvKey::new(&h.caller.app_id, &h.conversation);
+        let t0 = now_ms();
+        let request = |key: Option<&str>, n: u64| AppendRequest {
+            conv: conv.clone(),
+            ts_ms: t0,
+            body: format!("{{\"n\":{n}}}").into_bytes(),
+            idempotency: key.map(|key| IdempotencyClaim {
+                key: key.into(),
+                fingerprint: "f".into(),
+                ttl: Duration::from_secs(3600),
+                record_checked: false,
+            }),
+        };
+        tail.seed_seq(&conv, 0).await.unwrap();
+        assert!(matches!(tail.append(&request(Some("a"), 1)).await.unwrap(), AppendOutcome::Appended(_)));
+        assert_eq!(tail.release_claims(&conv, &["a".to_string()], t0).await.unwrap(), 1);
+        assert_eq!(tail.release_claims(&conv, &["a".to_string()], t0).await.unwrap(), 0, "released once");
+
+        // Nothing from the released key on is written; the keyed messages the
+        // filter holds are named, the rest not attempted.
+        let batch = [request(None, 2), request(Some("a"), 3), request(Some("b"), 4), request(Some("a"), 5)];
+        let outcomes = tail.append_batch(&batch).await.unwrap();
+        assert!(matches!(outcomes[0], AppendOutcome::Appended(ref e) if e.seq == 2), "{outcomes:?}");
+        assert_eq!(
+            outcomes[1..],
+            [AppendOutcome::CheckRecord, AppendOutcome::NotAttempted, AppendOutcome::CheckRecord],
+            "{outcomes:?}"
+        );
+        assert_eq!(tail.last_seq(&conv).await.unwrap(), Some(2));
+
+        let mut checked = request(Some("a"), 3);
+        checked.idempotency.as_mut().unwrap().record_checked = true;
+        assert!(matches!(tail.append(&checked).await.unwrap(), AppendOutcome::Appended(ref e) if e.seq == 3));
+        // Claimed again: a plain retry meets the claim, not the filter.
+        assert_eq!(tail.append(&request(Some("a"), 3)).await.unwrap(), AppendOutcome::Replayed { seq: 3 });
     }
 }
