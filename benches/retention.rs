@@ -42,6 +42,9 @@ use msgd::segment::{BlockMeta, Footer};
 use msgd::store::{AppRow, FlushAdvance, Stores};
 use msgd::telemetry::Metrics;
 
+mod support;
+use support::{env_or, services_env, Deployment};
+
 const SEED_CONVERSATIONS: u64 = 10_000;
 const MINUTE_MS: i64 = 60_000;
 const HOUR_MS: i64 = 3_600_000;
@@ -58,105 +61,9 @@ const BLOCK_RAW_BYTES: u64 = 6_405;
 const OBJECT_BYTES: usize = 64;
 const APP_ID: &str = "app_retention_bench";
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(text) => text.parse().unwrap_or_else(|_| panic!("{name}={text:?} is not a valid value")),
-        Err(_) => default,
-    }
-}
-
-fn unique(prefix: &str) -> String {
-    format!("{prefix}{}", &uuid::Uuid::new_v4().simple().to_string()[..16])
-}
-
-/// The shared services (scripts/services.sh), from the `MSGDTEST_*` variables.
-struct Services {
-    postgres_url: String,
-    redis_url: String,
-    s3_endpoint: String,
-    s3_access_key_id: String,
-    s3_secret_access_key: String,
-    s3_root: std::path::PathBuf,
-}
-
-fn services_env() -> Option<Services> {
-    let var = |name: &str| std::env::var(format!("MSGDTEST_{name}")).ok();
-    Some(Services {
-        postgres_url: var("POSTGRES_URL")?,
-        redis_url: var("REDIS_URL")?,
-        s3_endpoint: var("S3_ENDPOINT")?,
-        s3_access_key_id: var("S3_ACCESS_KEY_ID")?,
-        s3_secret_access_key: var("S3_SECRET_ACCESS_KEY")?,
-        s3_root: var("S3_ROOT")?.into(),
-    })
-}
-
-/// One deployment under test and what to clean up after it.
-struct Deployment {
-    name: &'static str,
-    vars: Vec<(String, String)>,
-    _dir: tempfile::TempDir,
-    /// Services: (admin URL, database name, bucket dir).
-    services: Option<(String, String, std::path::PathBuf)>,
-}
-
-impl Deployment {
-    async fn embedded() -> Deployment {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let vars = vec![("MSGD_DATA_DIR".to_string(), dir.path().join("data").display().to_string())];
-        Deployment { name: "embedded", vars, _dir: dir, services: None }
-    }
-
-    async fn services(services: &Services) -> Deployment {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let database = unique("bench_retention_");
-        let admin = sqlx::PgPool::connect(&services.postgres_url).await.expect("connect to postgres");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
-            .execute(&admin)
-            .await
-            .expect("create the bench database");
-        admin.close().await;
-        let mut url = url::Url::parse(&services.postgres_url).expect("postgres url");
-        url.set_path(&database);
-        let bucket = unique("bench-");
-        let bucket_dir = services.s3_root.join(&bucket);
-        std::fs::create_dir_all(&bucket_dir).expect("create the bucket dir");
-        let vars = vec![
-            ("MSGD_DATA_DIR".to_string(), dir.path().join("data").display().to_string()),
-            ("MSGD_POSTGRES__URL".into(), url.to_string()),
-            ("MSGD_REDIS__URL".into(), services.redis_url.clone()),
-            ("MSGD_REDIS__KEY_PREFIX".into(), unique("bench")),
-            ("MSGD_S3__ENDPOINT".into(), services.s3_endpoint.clone()),
-            ("MSGD_S3__BUCKET".into(), bucket),
-            ("MSGD_S3__ACCESS_KEY_ID".into(), services.s3_access_key_id.clone()),
-            ("MSGD_S3__SECRET_ACCESS_KEY".into(), services.s3_secret_access_key.clone()),
-        ];
-        Deployment {
-            name: "services",
-            vars,
-            _dir: dir,
-            services: Some((services.postgres_url.clone(), database, bucket_dir)),
-        }
-    }
-
-    /// The config with `retention.period` set.
-    fn config(&self, period: &str) -> Config {
-        let mut vars = self.vars.clone();
-        vars.push(("MSGD_RETENTION__PERIOD".into(), period.into()));
-        msgd::config::from_toml("", vars).expect("bench config is valid")
-    }
-
-    async fn cleanup(self) {
-        if let Some((admin_url, database, bucket_dir)) = &self.services {
-            let admin = sqlx::PgPool::connect(admin_url).await.expect("connect to postgres");
-            let drop = format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)");
-            if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&admin).await {
-                eprintln!("note: could not drop the bench database {database}: {e}");
-            }
-            admin.close().await;
-            let _ = std::fs::remove_dir_all(bucket_dir);
-        }
-    }
+/// The deployment's config with `retention.period` set.
+fn config(deployment: &Deployment, period: &str) -> Config {
+    deployment.config(&[("MSGD_RETENTION__PERIOD", period)])
 }
 
 /// The month's shape.
@@ -284,7 +191,7 @@ struct Measured {
 }
 
 async fn measure(deployment: &Deployment, stores: &Stores, scenario: &'static str, period: &str, at: i64) -> Measured {
-    let config = deployment.config(period);
+    let config = config(deployment, period);
     let metrics = Metrics::new(config.backend.name());
     let retention = Retention::new(stores.clone(), metrics, &config);
     let peak_is_run_only = reset_peak_rss();
@@ -306,7 +213,7 @@ fn per_second(n: u64, seconds: f64) -> String {
 }
 
 async fn bench(deployment: Deployment, days: i64, conversations: u64, concurrency: usize) {
-    let config = deployment.config("30d");
+    let config = config(&deployment, "30d");
     let metrics = Metrics::new(config.backend.name());
     let stores = Stores::open(&config, &metrics).await.expect("open the stores");
     if let Some(down) = stores.check(Duration::from_secs(10)).await.into_iter().find(|c| !c.ok) {

@@ -409,8 +409,8 @@ async fn insert_entry(
 
 /// The claim on `key` still live at `now` (Unix ms; inside an append, the
 /// later of the wall clock and the request's receive time, so tests can move
-/// the clock forward), as (seq, fingerprint): read inside the append transaction, and alone for the
-/// replay peek.
+/// the clock forward), as (seq, fingerprint): read inside the append
+/// transaction, and alone for the replay peek.
 async fn find_claim<'e, E>(
     executor: E,
     conv: &ConvKey,
