@@ -109,7 +109,8 @@ fn main() {
                 })
                 .collect();
             let started = Instant::now();
-            let (bytes, footer) = segment::encode("app_bench", Codec::Json, now, &blocks).unwrap();
+            let (bytes, footer) =
+                segment::encode("app_bench", Codec::Json, segment::Kind::Flush, now, &blocks).unwrap();
             encode_time += started.elapsed();
             objects += 1;
             block_rows += footer.blocks.len() as u64;

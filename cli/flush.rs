@@ -1,11 +1,12 @@
 //! `msgd flush`: one flush tick now (`--all` ignores the thresholds,
-//! `--dry-run` only shows what would be written), or `--reindex` to rebuild
-//! the segment index from the objects' footers. Exits 1 when anything failed.
+//! `--dry-run` only shows what would be written), `--compact` to merge every
+//! closed compaction window now, or `--reindex` to rebuild the segment index
+//! from the objects' footers. Exits 1 when anything failed.
 
 use indicatif::{ProgressBar, ProgressStyle};
 use msgd::clock::{format_ms, now_ms};
 use msgd::config::Config;
-use msgd::flush::{FlushOptions, Flusher};
+use msgd::flush::{CompactReport, FlushOptions, Flusher};
 use msgd::telemetry::Metrics;
 
 use crate::{output, Failure};
@@ -21,12 +22,16 @@ pub struct Args {
     /// Rebuild the segment index from every object's footer (metadata lost, objects kept)
     #[arg(long, conflicts_with = "all")]
     reindex: bool,
+    /// Merge the segments of every closed `flush.compact_window` now (what serve does every 5 minutes)
+    #[arg(long, conflicts_with_all = ["all", "dry_run", "reindex"])]
+    compact: bool,
     /// Print one JSON document instead of a table
     #[arg(long)]
     json: bool,
 }
 
 pub async fn run(args: &Args, config: Config) -> Result<(), Failure> {
+    msgd::logging::init(&config.observability.logging);
     let metrics = Metrics::new(config.backend.name());
     let stores = crate::open_available_stores(&config, &metrics).await?;
     let flusher = Flusher::new(stores, metrics, config.flush.clone());
@@ -45,6 +50,30 @@ pub async fn run(args: &Args, config: Config) -> Result<(), Failure> {
             output::table(
                 &["objects", "indexed", "already indexed"],
                 [vec![report.objects.to_string(), report.indexed.to_string(), report.already_indexed.to_string()]],
+            );
+        }
+        return Ok(());
+    }
+
+    if args.compact {
+        spinner.set_message("compacting segments");
+        let report = compact_all(&flusher).await.map_err(|e| Failure::Failed(e.into()));
+        spinner.finish_and_clear();
+        let report = report?;
+        if args.json {
+            output::json(&report);
+        } else {
+            let in_out = |a: u64, b: u64| format!("{a} → {b}");
+            output::table(
+                &["windows", "segments", "block rows", "bytes", "messages", "refused"],
+                [vec![
+                    report.windows.to_string(),
+                    in_out(report.segments_in, report.segments_out),
+                    in_out(report.block_rows_in, report.block_rows_out),
+                    in_out(report.bytes_in, report.bytes_out),
+                    report.records.to_string(),
+                    report.conflicts.to_string(),
+                ]],
             );
         }
         return Ok(());
@@ -131,4 +160,24 @@ pub async fn run(args: &Args, config: Config) -> Result<(), Failure> {
     }
     println!("{summary}");
     outcome
+}
+
+/// Compaction runs until one finds nothing left to merge; the totals.
+async fn compact_all(flusher: &Flusher) -> Result<CompactReport, msgd::flush::FlushError> {
+    let mut total = CompactReport::default();
+    loop {
+        let run = flusher.compact(now_ms()).await?;
+        total.windows += run.windows;
+        total.segments_in += run.segments_in;
+        total.segments_out += run.segments_out;
+        total.block_rows_in += run.block_rows_in;
+        total.block_rows_out += run.block_rows_out;
+        total.bytes_in += run.bytes_in;
+        total.bytes_out += run.bytes_out;
+        total.records += run.records;
+        total.conflicts += run.conflicts;
+        if run.windows == 0 {
+            return Ok(total);
+        }
+    }
 }

@@ -109,13 +109,14 @@ pub async fn run(args: &Args, config: Config) -> Result<(), Failure> {
         output::json(&value);
     } else {
         output::table(
-            &["object", "app", "bytes", "format", "codec", "created", "blocks"],
+            &["object", "app", "bytes", "format", "codec", "kind", "created", "blocks"],
             [vec![
                 report.object.clone(),
                 report.app_id.clone(),
                 report.bytes.to_string(),
                 report.header.version.to_string(),
                 report.header.codec.name().to_string(),
+                report.header.kind.name().to_string(),
                 format_ms(report.header.created_at_ms),
                 report.block_count.to_string(),
             ]],

@@ -337,8 +337,16 @@ pub struct FlushConfig {
     pub hot_window: u64,
     #[serde(deserialize_with = "codec")]
     pub codec: crate::segment::Codec,
-    /// Testing only: `after-put` stops a flush between the object PUT and the
-    /// index commit, to prove crash recovery.
+    /// The most raw record bytes in one block: a history read fetches and
+    /// decompresses one block, so this bounds a cold read.
+    #[serde(deserialize_with = "lenient")]
+    pub block_bytes: u64,
+    /// Compaction merges the segments an app's flushes wrote within each
+    /// window of this length into one (fewer, larger blocks); `0s` turns it off.
+    #[serde(with = "duration")]
+    pub compact_window: Duration,
+    /// Testing only: `after-put` stops a flush (or a compaction) between the
+    /// object PUT and the index commit, to prove crash recovery.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failpoint: Option<String>,
 }
@@ -351,6 +359,8 @@ impl Default for FlushConfig {
             max_age: Duration::from_secs(15 * 60),
             hot_window: 20,
             codec: crate::segment::Codec::Json,
+            block_bytes: 64 * 1024,
+            compact_window: Duration::from_secs(2 * 3600),
             failpoint: None,
         }
     }
@@ -1502,18 +1512,41 @@ impl AttachmentsConfig {
 
 impl FlushConfig {
     fn validate(&mut self) -> Result<(), ConfigError> {
-        if let Some(failpoint) = self.failpoint.as_ref().filter(|failpoint| *failpoint != "after-put") {
+        if let Some(failpoint) =
+            self.failpoint.as_ref().filter(|f| !["after-put", "compact-after-put"].contains(&f.as_str()))
+        {
             return Err(ConfigError::new(
                 "flush.failpoint",
                 Some(failpoint.clone()),
-                "the only failpoint is `after-put`",
+                "the failpoints are `after-put` and `compact-after-put`",
             ));
         }
         more_than_zero("flush.interval", self.interval, "must be longer than zero")?;
         self.max_bytes = self.max_bytes.max(1);
+        if !(MIN_BLOCK_BYTES..=MAX_BLOCK_BYTES).contains(&self.block_bytes) {
+            let reason = format!("must be between {MIN_BLOCK_BYTES} and {MAX_BLOCK_BYTES} bytes");
+            return Err(ConfigError::new("flush.block_bytes", Some(self.block_bytes.to_string()), reason));
+        }
+        let window = self.compact_window;
+        if !window.is_zero() && !(MIN_COMPACT_WINDOW..=MAX_COMPACT_WINDOW).contains(&window) {
+            let shown = humantime::format_duration(window).to_string();
+            return Err(ConfigError::new(
+                "flush.compact_window",
+                Some(shown),
+                "must be `0s` (off) or between 10 minutes and 7 days",
+            ));
+        }
         Ok(())
     }
 }
+
+/// The bounds of `flush.block_bytes`: a block holds at least one ordinary
+/// message, and a reader never decompresses more than a few MiB per block.
+const MIN_BLOCK_BYTES: u64 = 4 * 1024;
+const MAX_BLOCK_BYTES: u64 = 16 * 1024 * 1024;
+/// The bounds of a non-zero `flush.compact_window`.
+const MIN_COMPACT_WINDOW: Duration = Duration::from_secs(600);
+const MAX_COMPACT_WINDOW: Duration = Duration::from_secs(7 * 86_400);
 
 /// The shortest retention period: a test deployment with a period of
 /// minutes behaves like production with days.
@@ -1789,6 +1822,7 @@ mod tests {
             [limits]\nmax_payload_bytes = 32768\nmax_batch = 100\nidempotency_ttl = \"24h\"\nuser_rate = 10\n\
             user_burst = 20\nkey_rate = 1000\nkey_burst = 2000\n\
             [flush]\ninterval = \"10s\"\nmax_bytes = 1048576\nmax_age = \"15m\"\nhot_window = 20\ncodec = \"json\"\n\
+            block_bytes = 65536\ncompact_window = \"2h\"\n\
             [history]\nblock_cache_bytes = 67108864\n\
             [ws]\nheartbeat_interval = \"25s\"\nidle_timeout = \"60s\"\nsend_queue = 256\nmax_subscriptions = 100\n\
             max_per_user = 32\nmax_per_ip = 1024\n\

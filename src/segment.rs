@@ -5,7 +5,7 @@
 //! Layout of one segment object (all integers little-endian):
 //!
 //! ```text
-//! header   16 B   magic "MSGS", format version u16, codec u8, reserved u8, created_at_ms i64
+//! header   16 B   magic "MSGS", format version u16, codec u8, kind u8, created_at_ms i64
 //! blocks          one per conversation: a zstd frame of records, each `u32 length ‖ bytes`
 //! footer          app id (u16 len ‖ utf-8), block count u32, then per block:
 //!                 conversation (u16 len ‖ utf-8), seq_start u64, seq_end u64, ts_start i64,
@@ -15,6 +15,11 @@
 //! ```
 //!
 //! A block holds a gap-free seq range: record `i` has seq `seq_start + i`.
+//! The kind says who wrote the segment: 0 a flush (created_at is when), 1 a
+//! compaction (created_at is the start of the window it compacts). Writers
+//! keep blocks to at most `flush.block_bytes` of raw records ([`split`]), so
+//! a reader's ranged GET stays small; a conversation with more in one segment
+//! has several blocks, in seq order.
 //! Every part is checked (magics, lengths, CRC-32 of the footer and of each
 //! compressed block, decompressed size); malformed input is an error, never a
 //! panic. A change of layout bumps [`FORMAT_VERSION`].
@@ -70,6 +75,33 @@ impl std::str::FromStr for Codec {
     }
 }
 
+/// Who wrote a segment (the header's kind byte).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// A flush tick: blocks from the tail; created_at is when it ran.
+    Flush = 0,
+    /// A compaction: the merged blocks of a window's segments; created_at is the window's start.
+    Compaction = 1,
+}
+
+impl Kind {
+    fn from_byte(byte: u8) -> Result<Kind, SegmentError> {
+        match byte {
+            0 => Ok(Kind::Flush),
+            1 => Ok(Kind::Compaction),
+            other => Err(SegmentError::new(format!("unknown segment kind {other}"))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Flush => "flush",
+            Kind::Compaction => "compaction",
+        }
+    }
+}
+
 /// Why bytes are not a valid segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegmentError(String);
@@ -92,6 +124,7 @@ impl std::error::Error for SegmentError {}
 pub struct Header {
     pub version: u16,
     pub codec: Codec,
+    pub kind: Kind,
     pub created_at_ms: i64,
 }
 
@@ -156,23 +189,80 @@ fn header_footer_crc(header: &[u8], footer: &[u8]) -> u32 {
     hasher.finalize()
 }
 
+/// The raw size a record takes in a block (its length prefix and bytes).
+pub fn raw_len(record: &[u8]) -> usize {
+    4 + record.len()
+}
+
+/// Cuts one conversation's records (gap-free, in seq order) into blocks of at
+/// most `max_raw_bytes` of raw records each; a record larger than that gets a
+/// block of its own.
+pub fn split(conversation_id: &str, records: Vec<Record>, max_raw_bytes: usize) -> Vec<BlockInput> {
+    let mut blocks: Vec<BlockInput> = Vec::new();
+    let mut size = 0;
+    for record in records {
+        let len = raw_len(&record.bytes);
+        match blocks.last_mut() {
+            Some(block) if size + len <= max_raw_bytes => {
+                block.records.push(record);
+                size += len;
+            }
+            _ => {
+                blocks.push(BlockInput { conversation_id: conversation_id.to_string(), records: vec![record] });
+                size = len;
+            }
+        }
+    }
+    blocks
+}
+
 /// Encodes a segment. Blocks must be non-empty and gap-free; ts ranges are
 /// taken from the records (min and max, so clock steps do not matter).
 pub fn encode(
     app_id: &str,
     codec: Codec,
+    kind: Kind,
     created_at_ms: i64,
     blocks: &[BlockInput],
 ) -> Result<(Vec<u8>, Footer), SegmentError> {
-    let mut out = Vec::with_capacity(HEADER_LEN + blocks.iter().map(|b| b.records.len() * 64).sum::<usize>());
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    out.push(codec as u8);
-    out.push(0);
-    out.extend_from_slice(&created_at_ms.to_le_bytes());
-
-    let mut metas = Vec::with_capacity(blocks.len());
+    let capacity = HEADER_LEN + blocks.iter().map(|b| b.records.len() * 64).sum::<usize>();
+    let mut writer = Writer::new(codec, kind, created_at_ms, capacity);
     for block in blocks {
+        writer.push(block)?;
+    }
+    writer.finish(app_id)
+}
+
+/// A segment built one block at a time: each block is compressed as it is
+/// pushed, so the raw records need not all be held at once.
+pub struct Writer {
+    out: Vec<u8>,
+    metas: Vec<BlockMeta>,
+}
+
+impl Writer {
+    pub fn new(codec: Codec, kind: Kind, created_at_ms: i64, capacity: usize) -> Writer {
+        let mut out = Vec::with_capacity(capacity.max(HEADER_LEN));
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.push(codec as u8);
+        out.push(kind as u8);
+        out.extend_from_slice(&created_at_ms.to_le_bytes());
+        Writer { out, metas: Vec::new() }
+    }
+
+    /// Bytes written so far (header and blocks).
+    pub fn len(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Whether no block was pushed yet.
+    pub fn is_empty(&self) -> bool {
+        self.metas.is_empty()
+    }
+
+    /// Appends one block: non-empty and gap-free.
+    pub fn push(&mut self, block: &BlockInput) -> Result<(), SegmentError> {
         let (first, last) = match (block.records.first(), block.records.last()) {
             (Some(first), Some(last)) => (first, last),
             _ => return Err(SegmentError::new(format!("block of {} has no records", block.conversation_id))),
@@ -180,39 +270,44 @@ pub fn encode(
         if block.records.windows(2).any(|w| w[1].seq != w[0].seq + 1) {
             return Err(SegmentError::new(format!("block of {} is not a gap-free seq range", block.conversation_id)));
         }
-        let mut raw = Vec::with_capacity(block.records.iter().map(|r| r.bytes.len() + 4).sum());
+        let mut raw = Vec::with_capacity(block.records.iter().map(|r| raw_len(&r.bytes)).sum());
         for record in &block.records {
             let len = u32::try_from(record.bytes.len()).map_err(|_| SegmentError::new("record larger than 4 GiB"))?;
             raw.extend_from_slice(&len.to_le_bytes());
             raw.extend_from_slice(&record.bytes);
         }
         let compressed = zstd::bulk::compress(&raw, ZSTD_LEVEL).map_err(|e| SegmentError::new(format!("zstd: {e}")))?;
-        metas.push(BlockMeta {
+        self.metas.push(BlockMeta {
             conversation_id: block.conversation_id.clone(),
             seq_start: first.seq,
             seq_end: last.seq,
             ts_start: block.records.iter().map(|r| r.ts_ms).min().unwrap_or(first.ts_ms),
             ts_end: block.records.iter().map(|r| r.ts_ms).max().unwrap_or(last.ts_ms),
             record_count: u32::try_from(block.records.len()).map_err(|_| SegmentError::new("too many records"))?,
-            offset: out.len() as u64,
+            offset: self.out.len() as u64,
             length: compressed.len() as u64,
             raw_bytes: raw.len() as u64,
             checksum: crc32(&compressed),
         });
-        out.extend_from_slice(&compressed);
+        self.out.extend_from_slice(&compressed);
+        Ok(())
     }
 
-    let footer = Footer { app_id: app_id.to_string(), blocks: metas };
-    let footer_offset = out.len() as u64;
-    let footer_bytes = encode_footer(&footer)?;
-    out.extend_from_slice(&footer_bytes);
-    out.extend_from_slice(&footer_offset.to_le_bytes());
-    out.extend_from_slice(&(footer_bytes.len() as u32).to_le_bytes());
-    out.extend_from_slice(&header_footer_crc(&out[..HEADER_LEN], &footer_bytes).to_le_bytes());
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    out.extend_from_slice(&[0, 0]);
-    out.extend_from_slice(TRAILER_MAGIC);
-    Ok((out, footer))
+    /// The footer and trailer after the blocks: the whole object, and its footer.
+    pub fn finish(self, app_id: &str) -> Result<(Vec<u8>, Footer), SegmentError> {
+        let Writer { mut out, metas } = self;
+        let footer = Footer { app_id: app_id.to_string(), blocks: metas };
+        let footer_offset = out.len() as u64;
+        let footer_bytes = encode_footer(&footer)?;
+        out.extend_from_slice(&footer_bytes);
+        out.extend_from_slice(&footer_offset.to_le_bytes());
+        out.extend_from_slice(&(footer_bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(&header_footer_crc(&out[..HEADER_LEN], &footer_bytes).to_le_bytes());
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(TRAILER_MAGIC);
+        Ok((out, footer))
+    }
 }
 
 fn put_str(out: &mut Vec<u8>, text: &str) -> Result<(), SegmentError> {
@@ -288,8 +383,8 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header, SegmentError> {
         return Err(SegmentError::new(format!("unsupported format version {version}")));
     }
     let codec = Codec::from_byte(r.array::<1>()?[0])?;
-    let _reserved = r.array::<1>()?;
-    Ok(Header { version, codec, created_at_ms: r.i64()? })
+    let kind = Kind::from_byte(r.array::<1>()?[0])?;
+    Ok(Header { version, codec, kind, created_at_ms: r.i64()? })
 }
 
 /// Reads the trailer from the last [`TRAILER_LEN`] bytes of an object of `object_len` bytes.
@@ -444,7 +539,10 @@ mod tests {
     fn the_committed_golden_segment_still_decodes_to_its_input() {
         let bytes = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/segment-v1.seg")).unwrap();
         let segment = Segment::parse(&bytes).unwrap();
-        assert_eq!(segment.header, Header { version: 1, codec: Codec::Json, created_at_ms: 1_790_000_000_000 });
+        assert_eq!(
+            segment.header,
+            Header { version: 1, codec: Codec::Json, kind: Kind::Flush, created_at_ms: 1_790_000_000_000 }
+        );
         assert_eq!(segment.footer.app_id, "app_golden");
         let input = golden_input();
         assert_eq!(segment.footer.blocks.len(), input.len());
@@ -481,7 +579,7 @@ mod tests {
                         .collect(),
                 })
                 .collect();
-            let (bytes, footer) = encode("app", codec, 5, &input).unwrap();
+            let (bytes, footer) = encode("app", codec, Kind::Flush, 5, &input).unwrap();
             let segment = Segment::parse(&bytes).unwrap();
             proptest::prop_assert_eq!(&segment.footer, &footer);
             proptest::prop_assert_eq!(segment.header.codec, codec);
@@ -508,7 +606,7 @@ mod tests {
             cut in 0usize..400,
             flips in proptest::collection::vec((0usize..400, 1u8..=255), 0..8),
         ) {
-            let (mut bytes, _) = encode("app", Codec::Json, 1, &golden_input()).unwrap();
+            let (mut bytes, _) = encode("app", Codec::Json, Kind::Flush, 1, &golden_input()).unwrap();
             for (at, mask) in flips {
                 let at = at % bytes.len();
                 bytes[at] ^= mask;
@@ -538,9 +636,12 @@ mod tests {
     #[test]
     fn a_segment_round_trips() {
         let blocks = vec![block("c1", 1, 3), block("c2", 40, 2)];
-        let (bytes, footer) = encode("app_1", Codec::Json, 99, &blocks).unwrap();
+        let (bytes, footer) = encode("app_1", Codec::Json, Kind::Flush, 99, &blocks).unwrap();
         let segment = Segment::parse(&bytes).unwrap();
-        assert_eq!(segment.header, Header { version: FORMAT_VERSION, codec: Codec::Json, created_at_ms: 99 });
+        assert_eq!(
+            segment.header,
+            Header { version: FORMAT_VERSION, codec: Codec::Json, kind: Kind::Flush, created_at_ms: 99 }
+        );
         assert_eq!(segment.footer, footer);
         assert_eq!((footer.blocks[1].seq_start, footer.blocks[1].seq_end, footer.blocks[1].ts_end), (40, 41, 1001));
         for (input, meta) in blocks.iter().zip(&footer.blocks) {
@@ -550,16 +651,49 @@ mod tests {
     }
 
     #[test]
+    fn split_keeps_blocks_within_the_raw_size_and_in_order() {
+        let records = block("c1", 5, 40).records; // "record N": 8–9 bytes, 12–13 raw
+        let blocks = split("c1", records.clone(), 64);
+        assert!(blocks.iter().all(|b| b.records.iter().map(|r| raw_len(&r.bytes)).sum::<usize>() <= 64));
+        assert!(blocks.iter().all(|b| b.conversation_id == "c1" && !b.records.is_empty()));
+        let joined: Vec<Record> = blocks.iter().flat_map(|b| b.records.clone()).collect();
+        assert_eq!(joined, records);
+        assert_eq!(blocks.len(), 10, "as many records per block as fit");
+        let big = Record { seq: 1, ts_ms: 0, bytes: vec![7; 100] };
+        let blocks = split("c1", vec![big.clone(), Record { seq: 2, ..big }], 64);
+        assert_eq!(blocks.iter().map(|b| b.records.len()).collect::<Vec<_>>(), vec![1, 1]);
+        assert!(split("c1", Vec::new(), 64).is_empty());
+    }
+
+    #[test]
+    fn the_kind_round_trips_and_an_unknown_kind_is_refused() {
+        let (bytes, _) = encode("app_1", Codec::Msgpack, Kind::Compaction, 7, &[block("c1", 1, 2)]).unwrap();
+        let header = Segment::parse(&bytes).unwrap().header;
+        assert_eq!((header.codec, header.kind, header.created_at_ms), (Codec::Msgpack, Kind::Compaction, 7));
+        let mut unknown = bytes[..HEADER_LEN].to_vec();
+        unknown[7] = 9;
+        assert!(decode_header(&unknown).unwrap_err().to_string().contains("unknown segment kind 9"));
+    }
+
+    #[test]
     fn gaps_and_empty_blocks_are_refused() {
         let mut gappy = block("c1", 1, 3);
         gappy.records[2].seq = 9;
-        assert!(encode("a", Codec::Raw, 0, &[gappy]).is_err());
-        assert!(encode("a", Codec::Raw, 0, &[BlockInput { conversation_id: "c".into(), records: vec![] }]).is_err());
+        assert!(encode("a", Codec::Raw, Kind::Flush, 0, &[gappy]).is_err());
+        assert!(encode(
+            "a",
+            Codec::Raw,
+            Kind::Flush,
+            0,
+            &[BlockInput { conversation_id: "c".into(), records: vec![] }]
+        )
+        .is_err());
     }
 
     #[test]
     fn every_truncation_and_every_flipped_byte_is_an_error() {
-        let (bytes, _) = encode("app_1", Codec::Json, 99, &[block("c1", 1, 5), block("c2", 1, 1)]).unwrap();
+        let (bytes, _) =
+            encode("app_1", Codec::Json, Kind::Flush, 99, &[block("c1", 1, 5), block("c2", 1, 1)]).unwrap();
         for len in 0..bytes.len() {
             assert!(Segment::parse(&bytes[..len]).is_err(), "truncated to {len} parsed");
         }

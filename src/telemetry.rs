@@ -53,6 +53,10 @@ pub struct Metrics {
     pub ws_frames_sent_total: IntCounterVec,
     pub ws_slow_consumer_disconnects_total: IntCounter,
     pub delivery_latency_seconds: Histogram,
+    /// Segments, block rows and bytes compaction read (`in`) and wrote (`out`).
+    pub compaction_segments_total: IntCounterVec,
+    pub compaction_block_rows_total: IntCounterVec,
+    pub compaction_bytes_total: IntCounterVec,
     /// What retention deleted, by kind (`RETENTION_KINDS`).
     pub retention_deleted_total: IntCounterVec,
     pub retention_deleted_bytes_total: IntCounter,
@@ -117,8 +121,8 @@ pub const OBJECT_STORE_OPS: [&str; 8] =
     ["list", "head", "put", "put_multipart", "get", "get_range", "delete", "presign"];
 
 /// The `worker` label values of the `msgd_worker_*` metrics: one per worker type.
-pub const WORKERS: [&str; 6] =
-    ["segment-flush", "recovery", "retention", "dependency-watcher", "membership-invalidation", "stats"];
+pub const WORKERS: [&str; 7] =
+    ["segment-flush", "recovery", "compaction", "retention", "dependency-watcher", "membership-invalidation", "stats"];
 
 /// The `kind` label values of `msgd_retention_deleted_total`.
 pub const RETENTION_KINDS: [&str; 7] = [
@@ -319,6 +323,21 @@ impl Metrics {
                     .buckets(LATENCY_BUCKETS.to_vec()),
             )
             .expect("metric"),
+            compaction_segments_total: IntCounterVec::new(
+                Opts::new("msgd_compaction_segments_total", "Segments compaction replaced (in) and wrote (out)"),
+                &["direction"],
+            )
+            .expect("metric"),
+            compaction_block_rows_total: IntCounterVec::new(
+                Opts::new("msgd_compaction_block_rows_total", "Block rows compaction removed (in) and wrote (out)"),
+                &["direction"],
+            )
+            .expect("metric"),
+            compaction_bytes_total: IntCounterVec::new(
+                Opts::new("msgd_compaction_bytes_total", "Segment bytes compaction replaced (in) and wrote (out)"),
+                &["direction"],
+            )
+            .expect("metric"),
             retention_deleted_total: IntCounterVec::new(
                 Opts::new("msgd_retention_deleted_total", "What retention deleted, by kind"),
                 &["kind"],
@@ -455,6 +474,11 @@ impl Metrics {
         for result in ["created", "stored", "refused"] {
             metrics.attachment_uploads_total.with_label_values(&[result]);
         }
+        for direction in ["in", "out"] {
+            metrics.compaction_segments_total.with_label_values(&[direction]);
+            metrics.compaction_block_rows_total.with_label_values(&[direction]);
+            metrics.compaction_bytes_total.with_label_values(&[direction]);
+        }
         for kind in RETENTION_KINDS {
             metrics.retention_deleted_total.with_label_values(&[kind]);
         }
@@ -503,6 +527,9 @@ impl Metrics {
             Box::new(metrics.ws_frames_sent_total.clone()),
             Box::new(metrics.ws_slow_consumer_disconnects_total.clone()),
             Box::new(metrics.delivery_latency_seconds.clone()),
+            Box::new(metrics.compaction_segments_total.clone()),
+            Box::new(metrics.compaction_block_rows_total.clone()),
+            Box::new(metrics.compaction_bytes_total.clone()),
             Box::new(metrics.retention_deleted_total.clone()),
             Box::new(metrics.retention_deleted_bytes_total.clone()),
             Box::new(metrics.retention_last_success_timestamp_seconds.clone()),

@@ -66,12 +66,18 @@ impl Timeline {
         if first_in_tail > lo {
             self.metrics.history_requests_total.with_label_values(&["segments"]).inc();
             let upper = first_in_tail - 1;
-            for (block, object_key) in self.stores.metadata.blocks_in_range(conv, lo, upper).await? {
-                if block.ts_end < cutoff_ms {
-                    continue;
+            let blocks = self.stores.metadata.blocks_in_range(conv, lo, upper).await?;
+            match self.read_blocks(&blocks, lo, upper, cutoff_ms).await {
+                Ok(envelopes) => out.extend(envelopes),
+                Err(e) => {
+                    // Compaction may have replaced these blocks (and deleted
+                    // their object) since the lookup: look the range up again.
+                    let again = self.stores.metadata.blocks_in_range(conv, lo, upper).await?;
+                    if again == blocks {
+                        return Err(e);
+                    }
+                    out.extend(self.read_blocks(&again, lo, upper, cutoff_ms).await?);
                 }
-                let envelopes = self.read_block(&block, &object_key).await?;
-                out.extend(envelopes.iter().filter(|e| e.seq >= lo && e.seq <= upper).cloned());
             }
         }
         if !tail.is_empty() {
@@ -81,6 +87,23 @@ impl Timeline {
             out.push(Envelope::from_entry(entry)?);
         }
         out.retain(|e| e.ts >= cutoff_ms);
+        Ok(out)
+    }
+
+    /// The messages with seq in `lo..=upper` of these blocks, skipping blocks
+    /// wholly older than `cutoff_ms`.
+    async fn read_blocks(
+        &self,
+        blocks: &[(BlockRow, String)],
+        lo: u64,
+        upper: u64,
+        cutoff_ms: i64,
+    ) -> Result<Vec<Envelope>, Error> {
+        let mut out = Vec::new();
+        for (block, object_key) in blocks.iter().filter(|(block, _)| block.ts_end >= cutoff_ms) {
+            let envelopes = self.read_block(block, object_key).await?;
+            out.extend(envelopes.iter().filter(|e| e.seq >= lo && e.seq <= upper).cloned());
+        }
         Ok(out)
     }
 

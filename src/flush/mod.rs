@@ -12,7 +12,8 @@
 //! anywhere loses nothing: until the commit the tail holds every message, and
 //! an object without index rows is an orphan that recovery indexes or deletes.
 //!
-//! The parts: `tick` (the pipeline stages), `repair` (recovery and reindex),
+//! The parts: `tick` (the pipeline stages), `compact` (merging a window's
+//! segments into fewer, larger blocks), `repair` (recovery and reindex),
 //! `index` (segment object ↔ index rows) and `ticker` (the worker).
 
 /// Logs a flush event with the `component` and `worker` fields every flush
@@ -25,6 +26,14 @@ macro_rules! flush_event {
     };
 }
 
+/// Logs a compaction event with its `component` and `worker` fields.
+macro_rules! compaction_event {
+    ($level:ident, $($fields:tt)+) => {
+        tracing::$level!(component = "segment-compaction", worker = "compaction", $($fields)+)
+    };
+}
+
+mod compact;
 mod index;
 mod repair;
 mod tick;
@@ -39,6 +48,7 @@ use crate::segment;
 use crate::store::{StoreError, Stores};
 use crate::telemetry::Metrics;
 
+pub use compact::CompactReport;
 pub use index::segment_key;
 pub use ticker::FlushWorker;
 
@@ -166,6 +176,12 @@ pub struct RepairReport {
     pub indexed: u64,
     pub deleted: u64,
     pub already_indexed: u64,
+    /// Compaction objects without rows, younger than an hour: possibly a
+    /// running compaction's, so left for a later pass.
+    pub pending: u64,
+    /// Reindex only: flush segments whose ranges a compaction segment already
+    /// indexes (compaction committed, the old object not yet deleted).
+    pub superseded: u64,
 }
 
 pub struct Flusher {

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::envelope::encode_record;
 use crate::idempotency;
-use crate::segment::{self, BlockInput, Record};
+use crate::segment::{self, Record};
 use crate::store::{ConvKey, DirtyConversation, FlushAdvance, StoreError, TailEntry, TAIL_SHARDS};
 use crate::timeline::index_rows;
 
@@ -377,12 +377,14 @@ impl Flusher {
                         .map_err(|e| encode_error(&e))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            blocks.push(BlockInput { conversation_id: snapshot.mark.conv.conversation_id.clone(), records });
+            let conversation_id = &snapshot.mark.conv.conversation_id;
+            blocks.extend(segment::split(conversation_id, records, self.config.block_bytes as usize));
         }
         let records = snapshots.iter().map(|s| s.entries.len() as u64).sum();
         let segment_id = uuid::Uuid::now_v7().to_string();
         let object_key = segment_key(app_id, now, &segment_id);
-        let (bytes, footer) = segment::encode(app_id, codec, now, &blocks).map_err(|e| encode_error(&e))?;
+        let (bytes, footer) =
+            segment::encode(app_id, codec, segment::Kind::Flush, now, &blocks).map_err(|e| encode_error(&e))?;
         let raw_bytes: u64 = footer.blocks.iter().map(|b| b.raw_bytes).sum();
         self.stage_done("encode", stage, &[("payload-bytes", bytes.len() as u64), ("raw-bytes", raw_bytes)]);
         let size = bytes.len() as u64;

@@ -1,7 +1,9 @@
 //! The flush worker `serve` runs: a tick every `flush.interval` (the worker
 //! runner backs off exponentially, up to a minute, while ticks fail), a
-//! recovery pass at start and every ten minutes, and one more tick at
-//! shutdown so whatever is due goes out rather than waiting in the tail.
+//! recovery pass at start and every ten minutes, a compaction run every five
+//! minutes (the first five minutes after start) by the instance holding the
+//! compaction lease, and one more tick at shutdown so whatever is due goes
+//! out rather than waiting in the tail.
 //! (Expired tail state is purged by the retention worker.)
 
 use std::time::{Duration, Instant};
@@ -13,6 +15,12 @@ use crate::worker::{Worker, WorkerState};
 
 /// How often recovery looks for orphan segments.
 const RECOVERY_EVERY: Duration = Duration::from_secs(600);
+/// How often compaction looks for windows to merge.
+const COMPACTION_EVERY: Duration = Duration::from_secs(300);
+/// The lease that lets one instance compact at a time (a second one would
+/// only have its commits refused); longer than a run usually takes.
+const COMPACTION_LEASE: &str = "compaction";
+const COMPACTION_LEASE_TTL: Duration = Duration::from_secs(900);
 
 pub struct FlushWorker {
     flusher: Flusher,
@@ -20,11 +28,14 @@ pub struct FlushWorker {
     retention_ms: i64,
     /// When the last recovery pass succeeded; `None` before the first.
     last_recovery: Option<Instant>,
+    /// When compaction last ran (whatever its outcome), or the worker started:
+    /// the first run waits [`COMPACTION_EVERY`], so a start is not also a compaction.
+    last_compaction: Instant,
 }
 
 impl FlushWorker {
     pub fn new(flusher: Flusher, retention_ms: i64) -> FlushWorker {
-        FlushWorker { flusher, retention_ms, last_recovery: None }
+        FlushWorker { flusher, retention_ms, last_recovery: None, last_compaction: Instant::now() }
     }
 
     /// A recovery pass when one is due. A failure is logged and retried on
@@ -60,6 +71,41 @@ impl FlushWorker {
     }
 }
 
+impl FlushWorker {
+    /// A compaction run when one is due and this instance gets the lease. A
+    /// failure is logged and retried at the next run; it does not stop the flush.
+    async fn compact_if_due(&mut self) {
+        if self.flusher.config.compact_window.is_zero() || self.last_compaction.elapsed() < COMPACTION_EVERY {
+            return;
+        }
+        self.last_compaction = Instant::now();
+        let coordination = &self.flusher.stores.coordination;
+        let holder = &self.flusher.holder;
+        match coordination.acquire_lease(COMPACTION_LEASE, holder, COMPACTION_LEASE_TTL).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                compaction_event!(warn, error = %e, "compaction lease unavailable");
+                return;
+            }
+        }
+        let started = Instant::now();
+        let compacted = self.flusher.compact(crate::clock::now_ms()).await;
+        crate::worker::record_step(&self.flusher.metrics, "compaction", compacted.is_ok(), started.elapsed());
+        if let Err(e) = &compacted {
+            compaction_event!(
+                warn,
+                stage = e.stage(),
+                error = %e.detail(),
+                "compaction failed; retrying at the next run"
+            );
+        }
+        if let Err(e) = coordination.release_lease(COMPACTION_LEASE, holder).await {
+            compaction_event!(warn, error = %e, "compaction lease not released; it expires by itself");
+        }
+    }
+}
+
 #[async_trait]
 impl Worker for FlushWorker {
     fn name(&self) -> &'static str {
@@ -77,6 +123,7 @@ impl Worker for FlushWorker {
     async fn work(&mut self) -> anyhow::Result<WorkerState> {
         self.recover_if_due().await;
         self.flusher.tick(FlushOptions::default(), crate::clock::now_ms()).await?;
+        self.compact_if_due().await;
         Ok(WorkerState::Idle)
     }
 

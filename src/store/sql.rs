@@ -858,6 +858,74 @@ impl Metadata {
         }.await)
     }
 
+    /// Up to `limit` compaction windows, oldest first: (app, window start) for
+    /// every `window_ms`-aligned window that ends at or before `before` and
+    /// holds more than one segment.
+    pub async fn compaction_windows(
+        &self,
+        window_ms: i64,
+        before: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        let sql = "SELECT app_id, (created_at / $1) * $1 AS window_start FROM segments WHERE created_at < $2 \
+                   GROUP BY app_id, window_start HAVING COUNT(*) > 1 ORDER BY window_start, app_id LIMIT $3";
+        let rows = on_db!(self, pool => sqlx::query_as::<_, (String, i64)>(sql)
+            .bind(window_ms)
+            .bind(before)
+            .bind(limit as i64)
+            .fetch_all(pool)
+            .await)?;
+        Ok(rows)
+    }
+
+    /// An app's segments created in `start..end`, oldest first.
+    pub async fn segments_created_in(&self, app_id: &str, start: i64, end: i64) -> Result<Vec<SegmentRow>, StoreError> {
+        let sql = format!(
+            "SELECT {SEGMENT_COLUMNS} FROM segments WHERE app_id = $1 AND created_at >= $2 AND created_at < $3 \
+             ORDER BY created_at, id"
+        );
+        let rows = on_db!(self, pool => sqlx::query_as::<_, SegmentRow>(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(app_id)
+            .bind(start)
+            .bind(end)
+            .fetch_all(pool)
+            .await)?;
+        Ok(rows)
+    }
+
+    /// In one transaction, the segments `old` (rows and blocks) are replaced by
+    /// `new`, which index the same messages. A conflict when any of `old` is
+    /// gone already (retention or another compaction got there first): then
+    /// nothing changes.
+    pub async fn replace_segments(
+        &self,
+        old: &[String],
+        new: &[(SegmentRow, Vec<BlockRow>)],
+    ) -> Result<(), StoreError> {
+        let replaced = on_db!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            for id in old {
+                sqlx::query("DELETE FROM segment_blocks WHERE segment_id = $1").bind(id).execute(&mut *tx).await?;
+                let gone = sqlx::query("DELETE FROM segments WHERE id = $1").bind(id).execute(&mut *tx).await?;
+                if gone.rows_affected() != 1 {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+            }
+            for (segment, blocks) in new {
+                insert_segment!(tx, segment, blocks).await?;
+            }
+            tx.commit().await?;
+            Ok(true)
+        }.await)?;
+        if !replaced {
+            return Err(StoreError::Conflict(
+                "a segment being compacted is gone (retention or a concurrent compaction)".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Up to `limit` conversations with something in segments, as (conversation,
     /// flushed seq), in (app, conversation) order after `after`.
     pub async fn flushed_conversations(

@@ -6,6 +6,7 @@ mod attachments;
 mod authz;
 mod backup;
 mod cli_config;
+mod compaction;
 mod edges;
 mod history;
 mod idempotency;

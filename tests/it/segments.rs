@@ -11,6 +11,7 @@ use msgd::store::ConvKey;
 use serde_json::json;
 
 use crate::support::api::Api;
+use crate::support::history::drop_index;
 use crate::support::servers::PrivateS3;
 use crate::support::{backend_test, eventually, services_test, unique, Backend, ServicesEnv, TestEnv};
 
@@ -77,22 +78,6 @@ fn flush(api: &Api, args: &[&str]) -> serde_json::Value {
     out.json()
 }
 
-async fn drop_index(api: &Api) {
-    match api.env.backend {
-        Backend::Embedded => {
-            let path = api.env.config().data_dir.join("msgd.sqlite");
-            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display())).await.unwrap();
-            for table in ["segment_blocks", "segments", "flush_state"] {
-                sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table}"))).execute(&pool).await.unwrap();
-            }
-        }
-        Backend::Services => {
-            let pool = sqlx::PgPool::connect(api.env.var("MSGD_POSTGRES__URL").unwrap()).await.unwrap();
-            sqlx::query("TRUNCATE segment_blocks, segments, flush_state").execute(&pool).await.unwrap();
-        }
-    }
-}
-
 backend_test! {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn flushing_indexes_every_seq_once_and_reindex_restores_the_index(backend: Backend) {
@@ -131,7 +116,7 @@ backend_test! {
         assert_eq!(before.len(), 4);
 
         // Metadata lost, objects kept: --reindex rebuilds the same index.
-        drop_index(&api).await;
+        drop_index(&api.env).await;
         assert!(stores.metadata.blocks_of_conversation(&ConvKey::new(&api.app_id, conversations[0].as_str())).await.unwrap().is_empty());
         let reindexed = flush(&api, &["--reindex"]);
         assert_eq!((reindexed["objects"].as_u64(), reindexed["indexed"].as_u64()), (Some(2), Some(2)), "{reindexed}");

@@ -17,6 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod api;
+pub mod history;
 pub mod oidc;
 pub mod servers;
 pub mod wsclient;
