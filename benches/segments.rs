@@ -6,8 +6,11 @@
 //! once one of them passes 1 MiB or 15 minutes (the defaults). Reports objects
 //! and block rows per day, segment bytes per message against the raw envelope
 //! bytes and against `zstd -19` of the same envelopes concatenated, and
-//! encode/decode throughput. Deterministic (fixed PRNG seed); no IO.
+//! encode/decode throughput — then the same after compaction as `serve` runs
+//! it (each 6-hour window's segments merged, blocks of at most 256 KiB raw,
+//! objects closed at 16 MiB). Deterministic (fixed PRNG seed); no IO.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use msgd::segment::{self, BlockInput, Codec, Record};
@@ -19,6 +22,10 @@ const DAY_MS: i64 = 24 * 3600 * 1000;
 const TICK_MS: i64 = 10_000;
 const MAX_AGE_MS: i64 = 15 * 60 * 1000;
 const MAX_BYTES: usize = 1024 * 1024;
+/// The defaults of `flush.compact_window` and `flush.block_bytes`, and compaction's object size.
+const COMPACT_WINDOW_MS: i64 = 6 * 3600 * 1000;
+const BLOCK_BYTES: usize = 256 * 1024;
+const COMPACT_OBJECT_BYTES: usize = msgd::flush::COMPACTION_OBJECT_BYTES;
 const WORDS: &[&str] = &[
     "the", "meeting", "moved", "to", "tomorrow", "at", "ten", "can", "you", "send", "me", "draft", "thanks", "ok",
     "sounds", "good", "see", "later", "lunch", "?", "I", "think", "we", "should", "ship", "it", "review", "please",
@@ -78,6 +85,9 @@ fn main() {
     let mut sample_raw: Vec<u8> = Vec::new(); // the first 10 minutes' envelopes, for zstd -19
     let mut sample_messages = 0u64;
     let mut sample_segments: Vec<Vec<u8>> = Vec::new();
+    let mut window: Vec<Vec<u8>> = Vec::new(); // this compaction window's segments
+    let mut window_index = None;
+    let mut compacted = Compacted::default();
 
     let mut now = 0i64;
     while now < DAY_MS {
@@ -109,6 +119,8 @@ fn main() {
                 })
                 .collect();
             let started = Instant::now();
+            let blocks: Vec<BlockInput> =
+                blocks.into_iter().flat_map(|b| segment::split(&b.conversation_id, b.records, BLOCK_BYTES)).collect();
             let (bytes, footer) =
                 segment::encode("app_bench", Codec::Json, segment::Kind::Flush, now, &blocks).unwrap();
             encode_time += started.elapsed();
@@ -116,10 +128,17 @@ fn main() {
             block_rows += footer.blocks.len() as u64;
             segment_bytes += bytes.len() as u64;
             if sample_segments.len() < 8 {
-                sample_segments.push(bytes);
+                sample_segments.push(bytes.clone());
             }
+            if window_index != Some(now.div_euclid(COMPACT_WINDOW_MS)) {
+                // This flush opens a new window: the previous one is closed.
+                compacted.window(&std::mem::take(&mut window));
+                window_index = Some(now.div_euclid(COMPACT_WINDOW_MS));
+            }
+            window.push(bytes);
         }
     }
+    compacted.window(&window);
 
     let started = Instant::now();
     let mut decoded = 0u64;
@@ -159,4 +178,81 @@ fn main() {
         mb(decoded) / decode_secs,
         sample_segments.len()
     );
+    println!(
+        "after compaction ({} h windows, blocks ≤ {} KiB raw):",
+        COMPACT_WINDOW_MS / 3_600_000,
+        BLOCK_BYTES / 1024
+    );
+    println!("objects per day              {}  (≈ {} per 30 days)", compacted.objects, compacted.objects * 30);
+    println!("block rows per day           {}  (≈ {} per 30 days)", compacted.block_rows, compacted.block_rows * 30);
+    println!(
+        "segment bytes/message        {:.1}  ({:.2}× zstd -19)",
+        compacted.bytes as f64 / messages as f64,
+        compacted.bytes as f64 / messages as f64 / (zstd19 / sample_messages as f64)
+    );
+    println!("segment storage per 30 days  {:.1} GB", mb(compacted.bytes * 30) / 1000.0);
+    println!(
+        "compaction                   {:.0} MB/s of raw envelopes encoded; {:.0} MB/s read, decoded and encoded",
+        mb(raw_envelope_bytes) / compacted.encode_time.as_secs_f64(),
+        mb(raw_envelope_bytes) / compacted.total_time.as_secs_f64()
+    );
+}
+
+/// Compaction of each window's segments, as `serve` runs it.
+#[derive(Default)]
+struct Compacted {
+    objects: u64,
+    block_rows: u64,
+    bytes: u64,
+    encode_time: Duration,
+    total_time: Duration,
+}
+
+impl Compacted {
+    fn window(&mut self, segments: &[Vec<u8>]) {
+        let Some(first) = segments.first() else { return };
+        let started = Instant::now();
+        let start = segment::Segment::parse(first).unwrap().header.created_at_ms.div_euclid(COMPACT_WINDOW_MS)
+            * COMPACT_WINDOW_MS;
+        let parsed: Vec<segment::Segment> =
+            segments.iter().map(|bytes| segment::Segment::parse(bytes).unwrap()).collect();
+        let mut by_conversation: BTreeMap<&str, Vec<(usize, &segment::BlockMeta)>> = BTreeMap::new();
+        for (i, segment) in parsed.iter().enumerate() {
+            for meta in &segment.footer.blocks {
+                by_conversation.entry(meta.conversation_id.as_str()).or_default().push((i, meta));
+            }
+        }
+        let new_writer = || segment::Writer::new(Codec::Json, segment::Kind::Compaction, start, COMPACT_OBJECT_BYTES);
+        let mut writer = new_writer();
+        for (conversation, blocks) in by_conversation {
+            let mut records = Vec::new();
+            for (i, meta) in blocks {
+                for (n, bytes) in parsed[i].block(meta).unwrap().into_iter().enumerate() {
+                    let seq = meta.seq_start + n as u64;
+                    let ts_ms = msgd::envelope::decode_record(Codec::Json, seq, &bytes).unwrap().ts;
+                    records.push(Record { seq, ts_ms, bytes });
+                }
+            }
+            let encoding = Instant::now();
+            for block in segment::split(conversation, records, BLOCK_BYTES) {
+                writer.push(&block).unwrap();
+            }
+            self.encode_time += encoding.elapsed();
+            if writer.len() >= COMPACT_OBJECT_BYTES {
+                self.close(std::mem::replace(&mut writer, new_writer()));
+            }
+        }
+        self.close(writer);
+        self.total_time += started.elapsed();
+    }
+
+    fn close(&mut self, writer: segment::Writer) {
+        if writer.is_empty() {
+            return;
+        }
+        let (bytes, footer) = writer.finish("app_bench").unwrap();
+        self.objects += 1;
+        self.block_rows += footer.blocks.len() as u64;
+        self.bytes += bytes.len() as u64;
+    }
 }

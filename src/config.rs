@@ -359,8 +359,8 @@ impl Default for FlushConfig {
             max_age: Duration::from_secs(15 * 60),
             hot_window: 20,
             codec: crate::segment::Codec::Json,
-            block_bytes: 64 * 1024,
-            compact_window: Duration::from_secs(2 * 3600),
+            block_bytes: 256 * 1024,
+            compact_window: Duration::from_secs(6 * 3600),
             failpoint: None,
         }
     }
@@ -1822,7 +1822,7 @@ mod tests {
             [limits]\nmax_payload_bytes = 32768\nmax_batch = 100\nidempotency_ttl = \"24h\"\nuser_rate = 10\n\
             user_burst = 20\nkey_rate = 1000\nkey_burst = 2000\n\
             [flush]\ninterval = \"10s\"\nmax_bytes = 1048576\nmax_age = \"15m\"\nhot_window = 20\ncodec = \"json\"\n\
-            block_bytes = 65536\ncompact_window = \"2h\"\n\
+            block_bytes = 262144\ncompact_window = \"6h\"\n\
             [history]\nblock_cache_bytes = 67108864\n\
             [ws]\nheartbeat_interval = \"25s\"\nidle_timeout = \"60s\"\nsend_queue = 256\nmax_subscriptions = 100\n\
             max_per_user = 32\nmax_per_ip = 1024\n\

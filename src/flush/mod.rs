@@ -48,7 +48,7 @@ use crate::segment;
 use crate::store::{StoreError, Stores};
 use crate::telemetry::Metrics;
 
-pub use compact::CompactReport;
+pub use compact::{CompactReport, OBJECT_BYTES as COMPACTION_OBJECT_BYTES};
 pub use index::segment_key;
 pub use ticker::FlushWorker;
 

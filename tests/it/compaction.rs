@@ -73,7 +73,8 @@ backend_test! {
     async fn a_window_of_flushes_becomes_one_segment_that_reads_the_same(backend: Backend) {
         let now = now_ms();
         let block_bytes = BLOCK_BYTES.to_string();
-        let mut history = History::new(backend, &[("MSGD_FLUSH__BLOCK_BYTES", &block_bytes)]).await;
+        let vars = [("MSGD_FLUSH__BLOCK_BYTES", block_bytes.as_str()), ("MSGD_FLUSH__COMPACT_WINDOW", "2h")];
+        let mut history = History::new(backend, &vars).await;
         let (conversations, start) = a_window_of_flushes(&mut history, now).await;
         let before = read_all(&history, &conversations).await;
         let rows_before = blocks_of(&history, &conversations).await;
@@ -124,7 +125,7 @@ backend_test! {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_crash_between_the_compaction_put_and_the_swap_loses_nothing(backend: Backend) {
         let now = now_ms();
-        let mut history = History::new(backend, &[]).await;
+        let mut history = History::new(backend, &[("MSGD_FLUSH__COMPACT_WINDOW", "2h")]).await;
         let (conversations, _) = a_window_of_flushes(&mut history, now).await;
         let before = read_all(&history, &conversations).await;
 
