@@ -38,6 +38,8 @@ const MANIFEST_FORMAT: u32 = 1;
 /// The zstd level of the metadata snapshot.
 const SNAPSHOT_LEVEL: i32 = 9;
 const DAY_MS: i64 = 86_400_000;
+/// Listings of the index a copy makes at most while compaction keeps replacing segments.
+const COPY_ROUNDS: usize = 3;
 /// An incomplete backup younger than this may still be running: prune spares it.
 const INCOMPLETE_GRACE_MS: i64 = DAY_MS;
 
@@ -345,7 +347,10 @@ impl Backup {
     /// `copy`: every indexed segment and every checked attachment of the
     /// snapshot inside the window, copied unless the target has it already
     /// (with the hash the last manifest recorded, or read back after an
-    /// interrupted run).
+    /// interrupted run). Compaction may replace segments while the copy runs,
+    /// so each round lists the index again: what it replaced drops out, what
+    /// it wrote is copied, until one listing is copied whole — the index of
+    /// one moment, as the manifest must hold.
     async fn copy_objects(
         &self,
         report: &mut RunReport,
@@ -354,16 +359,6 @@ impl Backup {
         progress: Progress<'_>,
     ) -> Result<Vec<ObjectEntry>, BackupError> {
         let cutoff = self.cutoff(now);
-        let segments = self.stores.metadata.segments_since(cutoff).await.map_err(failed("copy"))?;
-        // (source key, newest message time): what retention and prune go by.
-        let sources: Vec<(String, i64)> = segments
-            .into_iter()
-            .map(|segment| (segment.object_key, segment.max_ts))
-            .chain(snapshot.attachments.iter().filter(|a| a.verified_at.is_some()).filter_map(|a| {
-                let newest = a.referenced_at.unwrap_or(a.created_at);
-                (newest >= cutoff).then(|| (a.object_key.clone(), newest))
-            }))
-            .collect();
         let present: HashMap<String, u64> = self
             .target
             .list_detailed(&format!("{}objects/", self.config.prefix))
@@ -376,37 +371,83 @@ impl Backup {
             Some(manifest) => manifest.objects.into_iter().map(|o| (o.key.clone(), o)).collect(),
             None => HashMap::new(),
         };
-        let total = sources.len() as u64;
-        progress(0, total);
-        let mut entries = Vec::with_capacity(sources.len());
-        for (key, max_ts) in sources {
-            let copy_key = self.object_key(&key);
-            let entry = match (present.get(&copy_key), known.get(&key)) {
-                (Some(size), Some(entry)) if *size == entry.size => entry.clone(),
-                (Some(_), _) => {
-                    // Copied by an interrupted run: hash what is there instead of copying again.
-                    let bytes = self.target.get(&copy_key).await.map_err(failed("copy"))?;
-                    ObjectEntry::of(&key, &bytes, max_ts)
+        let mut entries: Vec<ObjectEntry> = Vec::new();
+        for _ in 0..COPY_ROUNDS {
+            let sources = self.sources(snapshot, cutoff).await?;
+            let listed: BTreeSet<&str> = sources.iter().map(|(key, _)| key.as_str()).collect();
+            entries.retain(|entry| listed.contains(entry.key.as_str()));
+            let copied: BTreeSet<String> = entries.iter().map(|entry| entry.key.clone()).collect();
+            let todo: Vec<(String, i64)> = sources.into_iter().filter(|(key, _)| !copied.contains(key)).collect();
+            if todo.is_empty() {
+                report.objects = entries.len() as u64;
+                report.bytes = entries.iter().map(|entry| entry.size).sum();
+                return Ok(entries);
+            }
+            let total = (entries.len() + todo.len()) as u64;
+            progress(entries.len() as u64, total);
+            for (key, max_ts) in todo {
+                match self.copy_one(report, &key, max_ts, &present, &known).await {
+                    Ok(entry) => entries.push(entry),
+                    // Replaced by a compaction since the listing: the next round has its successor.
+                    Err(_) if self.replaced(&key).await? => continue,
+                    Err(e) => return Err(e),
                 }
-                (None, _) => {
-                    let bytes = self.stores.objects.get(&key).await.map_err(failed("copy"))?;
-                    let entry = ObjectEntry::of(&key, &bytes, max_ts);
-                    let part_size = self.config.multipart_part_size as usize;
-                    self.target.put_object(&copy_key, bytes, part_size).await.map_err(failed("copy"))?;
-                    report.objects_copied += 1;
-                    report.bytes_copied += entry.size;
-                    self.metrics.backup_objects_total.inc();
-                    self.metrics.backup_bytes_total.inc_by(entry.size);
-                    self.failpoint("after-first-copy").await;
-                    entry
-                }
-            };
-            report.objects += 1;
-            report.bytes += entry.size;
-            entries.push(entry);
-            progress(report.objects, total);
+                progress(entries.len() as u64, total);
+            }
         }
-        Ok(entries)
+        Err(refused("copy", format!("the segment index changed in each of {COPY_ROUNDS} listings; retry")))
+    }
+
+    /// (source key, newest message time) of every indexed segment and every
+    /// checked attachment inside the window: what retention and prune go by.
+    async fn sources(&self, snapshot: &MetadataSnapshot, cutoff: i64) -> Result<Vec<(String, i64)>, BackupError> {
+        let segments = self.stores.metadata.segments_since(cutoff).await.map_err(failed("copy"))?;
+        Ok(segments
+            .into_iter()
+            .map(|segment| (segment.object_key, segment.max_ts))
+            .chain(snapshot.attachments.iter().filter(|a| a.verified_at.is_some()).filter_map(|a| {
+                let newest = a.referenced_at.unwrap_or(a.created_at);
+                (newest >= cutoff).then(|| (a.object_key.clone(), newest))
+            }))
+            .collect())
+    }
+
+    /// Whether `key` is a segment the index no longer lists.
+    async fn replaced(&self, key: &str) -> Result<bool, BackupError> {
+        let row = self.stores.metadata.segment_by_key(key).await.map_err(failed("copy"))?;
+        Ok(key.starts_with("segments/") && row.is_none())
+    }
+
+    /// One source object in the target: already there, or copied now.
+    async fn copy_one(
+        &self,
+        report: &mut RunReport,
+        key: &str,
+        max_ts: i64,
+        present: &HashMap<String, u64>,
+        known: &HashMap<String, ObjectEntry>,
+    ) -> Result<ObjectEntry, BackupError> {
+        let copy_key = self.object_key(key);
+        match (present.get(&copy_key), known.get(key)) {
+            (Some(size), Some(entry)) if *size == entry.size => Ok(entry.clone()),
+            (Some(_), _) => {
+                // Copied by an interrupted run: hash what is there instead of copying again.
+                let bytes = self.target.get(&copy_key).await.map_err(failed("copy"))?;
+                Ok(ObjectEntry::of(key, &bytes, max_ts))
+            }
+            (None, _) => {
+                let bytes = self.stores.objects.get(key).await.map_err(failed("copy"))?;
+                let entry = ObjectEntry::of(key, &bytes, max_ts);
+                let part_size = self.config.multipart_part_size as usize;
+                self.target.put_object(&copy_key, bytes, part_size).await.map_err(failed("copy"))?;
+                report.objects_copied += 1;
+                report.bytes_copied += entry.size;
+                self.metrics.backup_objects_total.inc();
+                self.metrics.backup_bytes_total.inc_by(entry.size);
+                self.failpoint("after-first-copy").await;
+                Ok(entry)
+            }
+        }
     }
 
     /// Testing only: stops the run here, forever, when `backup.failpoint` names this point.

@@ -17,7 +17,10 @@ use crate::store::ConvKey;
 
 pub const DEFAULT_LIMIT: u32 = 50;
 pub const MAX_LIMIT: u32 = 500;
-/// Seqs fetched per step while filtering a time range.
+/// Seqs fetched per step while filtering a time range. Without a time range
+/// the first step reads as many seqs as the page has room for, so a page
+/// touches only the one or two blocks that hold it; each further step (past
+/// messages the retention cutoff leaves out) doubles, up to this.
 const CHUNK: u64 = 500;
 const CURSOR_VERSION: u32 = 1;
 
@@ -161,13 +164,15 @@ async fn collect(
     let high = state.before.unwrap_or(last_seq + 1).min(last_seq + 1);
     let limit = state.limit as usize;
     let mut out = Vec::with_capacity(limit);
+    let filtered = state.from.is_some() || state.to.is_some();
+    let mut span = if filtered { CHUNK } else { (limit as u64).clamp(1, CHUNK) };
     if !state.desc {
         let mut next = if state.pos > 0 { state.pos + 1 } else { low + 1 };
         if state.pos == 0 && floor_ts > i64::MIN {
             next = next.max(ctx.timeline.first_seq_at_or_after(conv, floor_ts, next).await?);
         }
         while next < high && out.len() < limit {
-            let end = (next + CHUNK - 1).min(high - 1);
+            let end = (next + span - 1).min(high - 1);
             for envelope in ctx.timeline.read(conv, next, end, cutoff).await? {
                 if envelope.ts > ceiling_ts {
                     return Ok((out, false));
@@ -181,6 +186,7 @@ async fn collect(
                 }
             }
             next = end + 1;
+            span = (span * 2).min(CHUNK);
         }
         Ok((out, false))
     } else {
@@ -197,7 +203,7 @@ async fn collect(
             }
         }
         while top > low + 1 && out.len() < limit {
-            let start = top.saturating_sub(CHUNK).max(low + 1);
+            let start = top.saturating_sub(span).max(low + 1);
             let chunk = ctx.timeline.read(conv, start, top - 1, cutoff).await?;
             for envelope in chunk.into_iter().rev() {
                 if envelope.ts < floor_ts {
@@ -215,6 +221,7 @@ async fn collect(
                 break;
             }
             top = start;
+            span = (span * 2).min(CHUNK);
         }
         Ok((out, false))
     }

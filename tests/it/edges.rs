@@ -342,6 +342,11 @@ backend_test! {
     }
 }
 
+/// The value of the sample whose line starts with `series` (name, labels and a space) in a scrape; 0 when absent.
+fn sample_value(text: &str, series: &str) -> u64 {
+    text.lines().find(|l| l.starts_with(series)).and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).unwrap_or(0)
+}
+
 backend_test! {
     /// A descending page ending at a very old `to_ts` starts from the index,
     /// without reading every block down to it.
@@ -357,12 +362,7 @@ backend_test! {
             let out = api.env.run(&["flush", "--all"], "");
             assert_eq!(out.code, 0, "{}", out.stderr);
         }
-        let segment_reads = |text: &str| {
-            text.lines()
-                .find(|l| l.starts_with(r#"msgd_history_requests_total{source="segments"}"#))
-                .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
+        let segment_reads = |text: &str| sample_value(text, r#"msgd_history_requests_total{source="segments"} "#);
         let before = segment_reads(&metrics(&api).await);
         let query = format!("{path}?order=desc&to_ts=1&limit=10");
         let reply = api.request(Method::GET, &query, Some(&api.write_key), Some(&alice), None, &[]).await;
@@ -370,6 +370,32 @@ backend_test! {
         assert_eq!(reply.body["messages"], json!([]));
         let reads = segment_reads(&metrics(&api).await) - before;
         assert!(reads <= 1, "{backend:?}: {reads} segment reads for a page before all history");
+    }
+}
+
+backend_test! {
+    /// A page of history from segments fetches the one or two blocks that
+    /// hold it, not every block of a wider window.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cold_page_fetches_only_the_blocks_it_needs(backend: Backend) {
+        let vars = [("MSGD_FLUSH__BLOCK_BYTES", "4096"), ("MSGD_FLUSH__HOT_WINDOW", "0")];
+        let api = Api::start_with(backend, &vars).await;
+        let alice = api.token("alice").await;
+        let conversation = api.conversation(&alice, &[]).await;
+        api.send_batches(&alice, &conversation, (0..1000).map(|n| json!({"n": n}))).await;
+        let out = api.env.run(&["flush", "--all", "--json"], "");
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let blocks = out.json()["segments"][0]["blocks"].as_array().unwrap().len();
+        assert!(blocks > 20, "{backend:?}: blocks of at most 4 KiB: {blocks}");
+        let misses = |text: &str| sample_value(text, "msgd_block_cache_misses_total ");
+        let before = misses(&metrics(&api).await);
+        let query = format!("/v1/conversations/{conversation}/messages?after_seq=500&limit=10");
+        let reply = api.request(Method::GET, &query, Some(&api.write_key), Some(&alice), None, &[]).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let seqs: Vec<u64> = reply.body["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, (501..=510).collect::<Vec<_>>());
+        let fetched = misses(&metrics(&api).await) - before;
+        assert!((1..=2).contains(&fetched), "{backend:?}: {fetched} blocks fetched for a page of 10");
     }
 }
 
