@@ -13,6 +13,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::support::api::Api;
+use crate::support::history::{conversation, History};
 use crate::support::{backend_test, eventually, services_or_skip, unique, Backend, Msgd, Output, TestEnv};
 
 /// The `MSGD_BACKUP__*` variables of a fresh target bucket on the test S3
@@ -96,9 +97,9 @@ async fn messages(api: &Api, msgd: &Msgd, token: &str, conversation: &str) -> Ve
 }
 
 /// A fresh, empty deployment of `backend` with `api`'s auth, limits and backup settings.
-async fn fresh_like(api: &Api, backend: Backend) -> TestEnv {
+async fn fresh_like(like: &TestEnv, backend: Backend) -> TestEnv {
     let mut env = TestEnv::new(backend).await;
-    for (name, value) in &api.env.vars {
+    for (name, value) in &like.vars {
         if ["MSGD_AUTH__", "MSGD_LIMITS__", "MSGD_BACKUP__"].iter().any(|prefix| name.starts_with(prefix)) {
             env.set(name, value);
         }
@@ -148,7 +149,7 @@ backend_test! {
         // Destroyed: the old serve is gone; a fresh database, Redis prefix and bucket (or data dir) replace it.
         api.msgd.child.kill().unwrap();
         api.msgd.child.wait().unwrap();
-        let fresh = fresh_like(&api, backend).await;
+        let fresh = fresh_like(&api.env, backend).await;
         let restored = backup_ok(&fresh, &["restore", "--latest"]);
         assert_eq!((restored["objects_restored"].as_u64(), restored["segments_indexed"].as_u64()), (Some(6), Some(5)));
         api.msgd = fresh.serve();
@@ -210,7 +211,7 @@ backend_test! {
         assert!(full.stderr.contains(&name(&files[0])) && full.stderr.contains(&name(&files[1])), "{}", full.stderr);
 
         std::fs::remove_file(bucket.join(format!("msgd-backups/backups/{id}/manifest.json"))).unwrap();
-        let fresh = fresh_like(&api, backend).await;
+        let fresh = fresh_like(&api.env, backend).await;
         let out = backup(&fresh, &["restore", &id]);
         assert_eq!(out.code, 1, "{}", out.stderr);
         assert!(out.stderr.contains("incomplete"), "{}", out.stderr);
@@ -291,7 +292,7 @@ backend_test! {
         send_and_flush(&api, &alice, &new, 2).await;
         assert_eq!(backup_ok(&api.env, &["run"])["objects"], 2);
 
-        let mut week = fresh_like(&api, backend).await;
+        let mut week = fresh_like(&api.env, backend).await;
         week.set("MSGD_RETENTION__PERIOD", "7d");
         let restored = backup_ok(&week, &["restore", "--latest"]);
         assert_eq!((restored["objects_restored"].as_u64(), restored["objects_expired"].as_u64()), (Some(1), Some(1)));
@@ -303,5 +304,45 @@ backend_test! {
         assert_eq!((verified["objects_expired"].as_u64(), &verified["problems"]), (Some(1), &json!([])));
         let pruned = backup_ok(&week, &["prune"]);
         assert_eq!(pruned["objects_deleted"], 1, "{pruned}");
+    }
+}
+
+backend_test! {
+    /// Compaction between two backups: the second lists the compaction segment
+    /// in place of the flush segments it replaced, and its restore reads every
+    /// message once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_backup_after_compaction_restores_every_message_once(backend: Backend) {
+        const HOUR: i64 = 3_600_000;
+        let Some((target, _)) = backup_target() else { return };
+        let mut vars: Vec<(&str, &str)> = target.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        vars.push(("MSGD_FLUSH__COMPACT_WINDOW", "2h"));
+        let mut history = History::new(backend, &vars).await;
+        let now = msgd::clock::now_ms();
+        let start = (now - 10 * HOUR).div_euclid(2 * HOUR) * 2 * HOUR;
+        let talk = conversation();
+        for flush in 0..8 {
+            let at = start + flush * 15 * 60_000;
+            history.append(&talk, &[at, at + 1000]).await;
+            history.flush_at(at + 60_000).await;
+        }
+        let first = backup_ok(&history.env, &["run"]);
+        assert_eq!(first["objects"].as_u64(), Some(8), "{first}");
+        let compacted = history.flusher(history.config.flush.clone()).compact(now).await.unwrap();
+        assert_eq!((compacted.segments_in, compacted.segments_out), (8, 1), "{compacted:?}");
+        let second = backup_ok(&history.env, &["run"]);
+        assert_eq!((second["objects"].as_u64(), second["objects_copied"].as_u64()), (Some(1), Some(1)), "{second}");
+
+        let fresh = fresh_like(&history.env, backend).await;
+        let restored = backup_ok(&fresh, &["restore", "--latest"]);
+        assert_eq!(restored["segments_indexed"].as_u64(), Some(1), "{restored}");
+        let config = fresh.config();
+        let stores = msgd::store::Stores::open(&config, &msgd::telemetry::Metrics::new("test")).await.unwrap();
+        let timeline = msgd::timeline::Timeline::new(stores, msgd::telemetry::Metrics::new("test"), 0, config.retention.period_ms());
+        let conv = msgd::store::ConvKey::new(&history.app_id, talk.as_str());
+        let read = timeline.read(&conv, 1, 16, i64::MIN).await.unwrap();
+        let read: Vec<(u64, i64)> = read.iter().map(|e| (e.seq, e.ts)).collect();
+        let sent: Vec<(u64, i64)> = history.sent[&talk].iter().enumerate().map(|(i, ts)| (i as u64 + 1, *ts)).collect();
+        assert_eq!(read, sent, "{backend:?}: every message once, in order");
     }
 }
