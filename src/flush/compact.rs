@@ -16,9 +16,9 @@
 //! a crash after it leaves old objects without rows, which recovery deletes
 //! as orphans whose ranges are indexed elsewhere.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
-use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use super::{segment_key, store_error, FlushError, Flusher};
@@ -34,6 +34,8 @@ const WINDOWS_PER_RUN: usize = 16;
 pub const OBJECT_BYTES: usize = 16 * 1024 * 1024;
 /// Block reads in flight while gathering one conversation's blocks.
 const READS_IN_FLIGHT: usize = 8;
+/// Block rows read from the index at a time (whole conversations).
+const BLOCK_PAGE: usize = 10_000;
 /// A window is compacted once it ended this long ago: a flush that read the
 /// clock before the window ended may still be committing into it.
 const SETTLE_MS: i64 = 5 * 60 * 1000;
@@ -128,30 +130,25 @@ impl Flusher {
         old: Vec<SegmentRow>,
     ) -> Result<(), FlushError> {
         let started = Instant::now();
-        let metadata = &self.stores.metadata;
-        // Conversation → its blocks with their object keys (ordered by conversation for a stable layout).
-        let mut blocks: std::collections::BTreeMap<String, Vec<(BlockRow, String)>> = Default::default();
-        for row in &old {
-            for block in metadata.blocks_of_segment(&row.id).await.map_err(store_error("compact-plan"))? {
-                blocks.entry(block.conversation_id.clone()).or_default().push((block, row.object_key.clone()));
-            }
-        }
-        let rows_in: u64 = blocks.values().map(|b| b.len() as u64).sum();
-        let records_in: u64 = blocks.values().flatten().map(|(b, _)| b.record_count as u64).sum();
-
+        let keys: HashMap<&str, &str> = old.iter().map(|row| (row.id.as_str(), row.object_key.as_str())).collect();
+        let ids: Vec<String> = old.iter().map(|row| row.id.clone()).collect();
+        let (mut rows_in, mut records_in) = (0u64, 0u64);
         let new_writer = || segment::Writer::new(codec, Kind::Compaction, start, OBJECT_BYTES + OBJECT_BYTES / 8);
         let mut outputs = Vec::new();
         let mut writer = new_writer();
-        for (conversation_id, mut located) in blocks {
-            located.sort_by_key(|(block, _)| block.seq_start);
-            let records = self.gather(codec, &located).await?;
-            for run in gap_free_runs(records) {
-                for block in segment::split(&conversation_id, run, self.config.block_bytes as usize) {
-                    writer.push(&block).map_err(|e| FlushError::Encode(e.to_string()))?;
+        let mut after = String::new();
+        loop {
+            let page = self.conversations_page(&ids, &after).await?;
+            let Some(last) = page.last() else { break };
+            after = last.conversation_id.clone();
+            rows_in += page.len() as u64;
+            records_in += page.iter().map(|block| block.record_count as u64).sum::<u64>();
+            for blocks in page.chunk_by(|a, b| a.conversation_id == b.conversation_id) {
+                self.recode(codec, blocks, &keys, &mut writer).await?;
+                // Objects close between conversations only: a flush block is in one of them, whole.
+                if writer.len() >= OBJECT_BYTES {
+                    outputs.push(close(app_id, start, std::mem::replace(&mut writer, new_writer()))?);
                 }
-            }
-            if writer.len() >= OBJECT_BYTES {
-                outputs.push(close(app_id, start, std::mem::replace(&mut writer, new_writer()))?);
             }
         }
         if !writer.is_empty() {
@@ -185,8 +182,7 @@ impl Flusher {
             );
             std::future::pending::<()>().await;
         }
-        let old_ids: Vec<String> = old.iter().map(|row| row.id.clone()).collect();
-        match metadata.replace_segments(&old_ids, &rows).await {
+        match self.stores.metadata.replace_segments(&ids, &rows).await {
             Ok(()) => {}
             Err(StoreError::Conflict(why)) => {
                 report.conflicts += 1;
@@ -247,24 +243,100 @@ impl Flusher {
         Ok(())
     }
 
-    /// The records of one conversation's blocks (in seq order), each with its
-    /// receive time read back from the record.
-    async fn gather(&self, codec: Codec, located: &[(BlockRow, String)]) -> Result<Vec<Record>, FlushError> {
-        // Collected first: a stream mapping over borrowed rows trips the
-        // compiler's Send inference in the worker's future.
-        let reads: Vec<_> = located.iter().map(|(block, key)| self.read_records(block, key)).collect();
-        let fetched: Vec<Vec<Vec<u8>>> = futures::stream::iter(reads).buffered(READS_IN_FLIGHT).try_collect().await?;
-        let mut records = Vec::with_capacity(located.iter().map(|(b, _)| b.record_count as usize).sum());
-        for ((block, key), block_records) in located.iter().zip(fetched) {
-            for (i, bytes) in block_records.into_iter().enumerate() {
-                let seq = block.seq_start as u64 + i as u64;
-                let ts_ms = decode_record(codec, seq, &bytes)
-                    .map_err(|e| FlushError::Unreadable(format!("{key}: {}", e.message)))?
-                    .ts;
-                records.push(Record { seq, ts_ms, bytes });
+    /// The next block rows of `ids` after conversation `after`, whole
+    /// conversations only, in (conversation, seq) order; empty at the end.
+    async fn conversations_page(&self, ids: &[String], after: &str) -> Result<Vec<BlockRow>, FlushError> {
+        let metadata = &self.stores.metadata;
+        let read = |through: Option<String>, limit: usize| async move {
+            metadata
+                .blocks_of_segments(ids, after, through.as_deref(), limit)
+                .await
+                .map_err(store_error("compact-plan"))
+        };
+        let mut page = read(None, BLOCK_PAGE).await?;
+        if page.len() < BLOCK_PAGE {
+            return Ok(page);
+        }
+        let last = page[page.len() - 1].conversation_id.clone();
+        if page[0].conversation_id == last {
+            // One conversation fills the page: take all of it.
+            return read(Some(last), usize::MAX).await;
+        }
+        page.retain(|block| block.conversation_id != last);
+        Ok(page)
+    }
+
+    /// One conversation's blocks (in seq order) into `writer`: fetched
+    /// [`READS_IN_FLIGHT`] at a time and cut into blocks at any seq gap and at
+    /// `flush.block_bytes`, so no more than one output block and a few input
+    /// blocks are held at once. Each record's receive time is read back from it.
+    async fn recode(
+        &self,
+        codec: Codec,
+        blocks: &[BlockRow],
+        keys: &HashMap<&str, &str>,
+        writer: &mut segment::Writer,
+    ) -> Result<(), FlushError> {
+        let block_bytes = self.config.block_bytes as usize;
+        let mut pending = Pending::default();
+        for batch in blocks.chunks(READS_IN_FLIGHT) {
+            let mut reads = Vec::with_capacity(batch.len());
+            for block in batch {
+                let key = keys.get(block.segment_id.as_str()).copied().unwrap_or_default();
+                reads.push(self.read_records(block, key));
+            }
+            let fetched: Vec<Vec<Vec<u8>>> = futures::future::try_join_all(reads).await?;
+            for (block, records) in batch.iter().zip(fetched) {
+                for (i, bytes) in records.into_iter().enumerate() {
+                    let seq = block.seq_start as u64 + i as u64;
+                    let ts_ms = decode_record(codec, seq, &bytes)
+                        .map_err(|e| FlushError::Unreadable(format!("{}: {}", block.segment_id, e.message)))?
+                        .ts;
+                    let record = Record { seq, ts_ms, bytes };
+                    if !pending.takes(&record, block_bytes) {
+                        pending.push_into(writer, &block.conversation_id)?;
+                    }
+                    pending.add(record);
+                }
             }
         }
-        Ok(records)
+        match blocks.first() {
+            Some(first) => pending.push_into(writer, &first.conversation_id),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The records of the block being built.
+#[derive(Default)]
+struct Pending {
+    records: Vec<Record>,
+    raw_bytes: usize,
+}
+
+impl Pending {
+    /// Whether `record` may join: it continues the seq and the block stays within `limit` raw bytes.
+    fn takes(&self, record: &Record, limit: usize) -> bool {
+        match self.records.last() {
+            None => true,
+            Some(last) => last.seq + 1 == record.seq && self.raw_bytes + segment::raw_len(&record.bytes) <= limit,
+        }
+    }
+
+    fn add(&mut self, record: Record) {
+        self.raw_bytes += segment::raw_len(&record.bytes);
+        self.records.push(record);
+    }
+
+    /// The block so far into `writer` (nothing when empty); starts the next.
+    fn push_into(&mut self, writer: &mut segment::Writer, conversation_id: &str) -> Result<(), FlushError> {
+        if self.records.is_empty() {
+            return Ok(());
+        }
+        let records = std::mem::take(&mut self.records);
+        self.raw_bytes = 0;
+        let block = segment::BlockInput { conversation_id: conversation_id.to_string(), records };
+        writer.push(&block).map_err(|e| FlushError::Encode(e.to_string()))
     }
 }
 
@@ -286,29 +358,25 @@ fn close(app_id: &str, start: i64, writer: segment::Writer) -> Result<Output, Fl
     Ok(Output { segment_id, object_key, bytes, footer })
 }
 
-/// Records in seq order cut where the seq does not continue by one: each run
-/// can be one block (the index never had a gap, but a block must not invent one).
-fn gap_free_runs(records: Vec<Record>) -> Vec<Vec<Record>> {
-    let mut runs: Vec<Vec<Record>> = Vec::new();
-    for record in records {
-        match runs.last_mut() {
-            Some(run) if run.last().is_some_and(|last| last.seq + 1 == record.seq) => run.push(record),
-            _ => runs.push(vec![record]),
-        }
-    }
-    runs
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn runs_are_cut_where_the_seq_jumps() {
-        let record = |seq| Record { seq, ts_ms: 0, bytes: vec![] };
-        let runs = gap_free_runs([1, 2, 3, 7, 8, 10].into_iter().map(record).collect());
-        let seqs: Vec<Vec<u64>> = runs.iter().map(|run| run.iter().map(|r| r.seq).collect()).collect();
-        assert_eq!(seqs, vec![vec![1, 2, 3], vec![7, 8], vec![10]]);
-        assert!(gap_free_runs(Vec::new()).is_empty());
+    fn a_block_is_cut_at_a_seq_gap_and_at_the_size_limit() {
+        let record = |seq, len| Record { seq, ts_ms: 0, bytes: vec![b'x'; len] };
+        let mut writer = segment::Writer::new(Codec::Raw, Kind::Compaction, 0, 0);
+        let mut pending = Pending::default();
+        for r in [record(1, 10), record(2, 10), record(3, 10), record(7, 10), record(8, 40)] {
+            if !pending.takes(&r, 30) {
+                pending.push_into(&mut writer, "c").unwrap();
+            }
+            pending.add(r);
+        }
+        pending.push_into(&mut writer, "c").unwrap();
+        let (_, footer) = writer.finish("app").unwrap();
+        let ranges: Vec<(u64, u64)> = footer.blocks.iter().map(|b| (b.seq_start, b.seq_end)).collect();
+        // 14 raw bytes a record of 10: two fit in 30; 7 starts after the gap; 8 (44 bytes) alone.
+        assert_eq!(ranges, vec![(1, 2), (3, 3), (7, 7), (8, 8)]);
     }
 }

@@ -893,6 +893,40 @@ impl Metadata {
         Ok(rows)
     }
 
+    /// Up to `limit` block rows of the segments `ids` whose conversation sorts
+    /// after `after` (and at or before `through`, when given), in
+    /// (conversation, seq) order.
+    pub async fn blocks_of_segments(
+        &self,
+        ids: &[String],
+        after: &str,
+        through: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<BlockRow>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list: Vec<String> = (4..4 + ids.len()).map(|n| format!("${n}")).collect();
+        let sql = format!(
+            "SELECT {BLOCK_COLUMNS} FROM segment_blocks \
+             WHERE conversation_id > $1 AND ($2 = '' OR conversation_id <= $2) AND segment_id IN ({}) \
+             ORDER BY conversation_id, seq_start LIMIT $3",
+            list.join(", ")
+        );
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = on_db!(self, pool => {
+            let mut query = sqlx::query_as::<_, BlockRow>(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(after)
+                .bind(through.unwrap_or(""))
+                .bind(limit);
+            for id in ids {
+                query = query.bind(id);
+            }
+            query.fetch_all(pool).await
+        })?;
+        Ok(rows)
+    }
+
     /// In one transaction, the segments `old` (rows and blocks) are replaced by
     /// `new`, which index the same messages. A conflict when any of `old` is
     /// gone already (retention or another compaction got there first): then
