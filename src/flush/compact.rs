@@ -29,6 +29,10 @@ use crate::timeline::{block_meta, index_rows};
 
 /// Windows one run compacts at most (the worker's next run takes the rest).
 const WINDOWS_PER_RUN: usize = 16;
+/// Candidate windows one run looks at: a window that cannot be compacted
+/// (an unreadable segment; one segment per record codec) must not hold up
+/// the ones after it.
+const CANDIDATES_PER_RUN: usize = 4 * WINDOWS_PER_RUN;
 /// A compaction object is closed once its blocks reach this many bytes; a
 /// window with more becomes several objects. It bounds the memory a run holds.
 pub const OBJECT_BYTES: usize = 16 * 1024 * 1024;
@@ -54,6 +58,8 @@ pub struct CompactReport {
     pub records: u64,
     /// Windows whose commit was refused (a segment went away meanwhile); retried next run.
     pub conflicts: u64,
+    /// Windows left as they are because a segment in them is unreadable (logged with its key).
+    pub skipped: u64,
 }
 
 /// One compaction object, encoded.
@@ -76,11 +82,28 @@ impl Flusher {
         let before = (now - SETTLE_MS).div_euclid(window_ms) * window_ms;
         let metadata = &self.stores.metadata;
         let windows = metadata
-            .compaction_windows(window_ms, before, WINDOWS_PER_RUN)
+            .compaction_windows(window_ms, before, CANDIDATES_PER_RUN)
             .await
             .map_err(store_error("compact-plan"))?;
         for (app_id, start) in windows {
-            self.compact_window(&mut report, &app_id, start, start + window_ms).await?;
+            if report.windows >= WINDOWS_PER_RUN as u64 {
+                break;
+            }
+            match self.compact_window(&mut report, &app_id, start, start + window_ms).await {
+                Ok(()) => {}
+                Err(e @ (FlushError::Unreadable(_) | FlushError::Encode(_))) => {
+                    report.skipped += 1;
+                    compaction_event!(
+                        error,
+                        stage = e.stage(),
+                        "app-id" = %app_id,
+                        "window-start" = %crate::clock::format_ms(start),
+                        "error.message" = %e.detail(),
+                        "window left uncompacted"
+                    );
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(report)
     }

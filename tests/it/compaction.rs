@@ -166,3 +166,29 @@ backend_test! {
         assert_eq!(read_all(&history, &conversations).await, before);
     }
 }
+
+backend_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreadable_segment_holds_up_only_its_own_window(backend: Backend) {
+        let now = now_ms();
+        let mut history = History::new(backend, &[("MSGD_FLUSH__COMPACT_WINDOW", "2h")]).await;
+        let (conversations, start) = a_window_of_flushes(&mut history, now).await;
+        // An earlier window of two flushes, one of them unreadable.
+        let early = start - 4 * HOUR;
+        let other = conversation();
+        for at in [early, early + 30 * 60_000] {
+            history.append(&other, &[at]).await;
+            history.flush_at(at + 60_000).await;
+        }
+        let broken = history.segments().await.into_iter().find(|s| s.created_at < start).unwrap();
+        history.stores.objects.put(&broken.object_key, b"not a segment".to_vec()).await.unwrap();
+
+        let out = history.env.run(&["flush", "--compact", "--json"], "");
+        assert_eq!(out.code, 1, "{backend:?}: {}", out.stderr);
+        let report = out.json();
+        assert_eq!((report["windows"].as_u64(), report["skipped"].as_u64()), (Some(1), Some(1)), "{report}");
+        assert!(out.stderr.contains("left uncompacted"), "{}", out.stderr);
+        assert_eq!(history.segments().await.len(), 2 + 1 + 1, "{backend:?}: the early window as it was");
+        read_all(&history, &conversations).await;
+    }
+}
