@@ -102,6 +102,7 @@ async fn month(services: &support::Services, conversations: u64, after: bool) ->
     let deployment = Deployment::services(services).await;
     let config = deployment.config(&[]);
     let stores = Stores::open(&config, &Metrics::new("services")).await.expect("open the stores");
+    stores.metadata.ping().await.expect("postgres answers (and is migrated)");
     stores.metadata.insert_app(&AppRow { id: APP_ID.into(), name: "month".into(), created_at: 0 }).await.unwrap();
     let start = msgd::clock::now_ms() - DAYS * DAY_MS;
     let flush = 15 * MINUTE_MS;
