@@ -172,7 +172,7 @@ pub async fn run(args: &Args, config: Config) -> Result<(), Failure> {
 async fn compact_all(flusher: &Flusher) -> Result<CompactReport, msgd::flush::FlushError> {
     let mut total = CompactReport::default();
     loop {
-        let run = flusher.compact(now_ms()).await?;
+        let run = flusher.compact(now_ms(), 16).await?;
         total.windows += run.windows;
         total.segments_in += run.segments_in;
         total.segments_out += run.segments_out;

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{Config, ConfigError};
 use crate::context::Context;
-use crate::flush::{FlushWorker, Flusher};
+use crate::flush::{CompactionWorker, FlushWorker, Flusher};
 use crate::http::{self, AppState};
 use crate::membership::MembershipListener;
 use crate::readiness::{DependencyWatcher, Readiness, CHECK_TIMEOUT};
@@ -174,6 +174,10 @@ fn start_workers(ctx: &Arc<Context>, readiness: Arc<Readiness>, stop: watch::Rec
     workers.spawn(StatsWorker::new(ctx.stores.clone(), ctx.metrics.clone()));
     let flusher = Flusher::new(ctx.stores.clone(), ctx.metrics.clone(), ctx.config.flush.clone());
     workers.spawn(FlushWorker::new(flusher, ctx.config.retention.period_ms()));
+    if !ctx.config.flush.compact_window.is_zero() {
+        let flusher = Flusher::new(ctx.stores.clone(), ctx.metrics.clone(), ctx.config.flush.clone());
+        workers.spawn(CompactionWorker::new(flusher, CompactionWorker::FIRST_AFTER));
+    }
     let retention = Retention::new(ctx.stores.clone(), ctx.metrics.clone(), &ctx.config);
     workers.spawn(RetentionWorker::new(retention));
     workers.spawn(MembershipListener::new(ctx.membership.clone()));

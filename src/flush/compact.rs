@@ -27,12 +27,10 @@ use crate::segment::{self, Codec, Kind, Record};
 use crate::store::{BlockRow, SegmentRow, StoreError};
 use crate::timeline::{block_meta, index_rows};
 
-/// Windows one run compacts at most (the worker's next run takes the rest).
-const WINDOWS_PER_RUN: usize = 16;
-/// Candidate windows one run looks at: a window that cannot be compacted
-/// (an unreadable segment; one segment per record codec) must not hold up
-/// the ones after it.
-const CANDIDATES_PER_RUN: usize = 4 * WINDOWS_PER_RUN;
+/// Candidate windows one run looks at beyond the ones it may compact: a
+/// window that cannot be compacted (an unreadable segment; one segment per
+/// record codec) must not hold up the ones after it.
+const EXTRA_CANDIDATES: usize = 48;
 /// A compaction object is closed once its blocks reach this many bytes; a
 /// window with more becomes several objects. It bounds the memory a run holds.
 pub const OBJECT_BYTES: usize = 16 * 1024 * 1024;
@@ -71,9 +69,9 @@ struct Output {
 }
 
 impl Flusher {
-    /// One compaction run at `now`: up to [`WINDOWS_PER_RUN`] windows that
-    /// ended before `now` and hold more than one segment, oldest first.
-    pub async fn compact(&self, now: i64) -> Result<CompactReport, FlushError> {
+    /// One compaction run at `now`: up to `max_windows` windows that ended
+    /// before `now` and hold more than one segment, oldest first.
+    pub async fn compact(&self, now: i64, max_windows: usize) -> Result<CompactReport, FlushError> {
         let mut report = CompactReport::default();
         let window_ms = self.config.compact_window.as_millis() as i64;
         if window_ms == 0 {
@@ -82,11 +80,11 @@ impl Flusher {
         let before = (now - SETTLE_MS).div_euclid(window_ms) * window_ms;
         let metadata = &self.stores.metadata;
         let windows = metadata
-            .compaction_windows(window_ms, before, CANDIDATES_PER_RUN)
+            .compaction_windows(window_ms, before, max_windows + EXTRA_CANDIDATES)
             .await
             .map_err(store_error("compact-plan"))?;
         for (app_id, start) in windows {
-            if report.windows >= WINDOWS_PER_RUN as u64 {
+            if report.windows >= max_windows as u64 {
                 break;
             }
             match self.compact_window(&mut report, &app_id, start, start + window_ms).await {

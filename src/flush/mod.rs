@@ -50,7 +50,7 @@ use crate::telemetry::Metrics;
 
 pub use compact::{CompactReport, OBJECT_BYTES as COMPACTION_OBJECT_BYTES};
 pub use index::segment_key;
-pub use ticker::FlushWorker;
+pub use ticker::{CompactionWorker, FlushWorker};
 
 /// How long a shard lease lasts without renewal. A crashed instance's shards
 /// wait this long for another instance; a long tick renews its leases.

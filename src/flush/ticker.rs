@@ -1,10 +1,12 @@
-//! The flush worker `serve` runs: a tick every `flush.interval` (the worker
-//! runner backs off exponentially, up to a minute, while ticks fail), a
-//! recovery pass at start and every ten minutes, a compaction run every five
-//! minutes (the first five minutes after start) by the instance holding the
-//! compaction lease, and one more tick at shutdown so whatever is due goes
-//! out rather than waiting in the tail.
-//! (Expired tail state is purged by the retention worker.)
+//! The workers `serve` runs for segments. [`FlushWorker`]: a tick every
+//! `flush.interval` (the worker runner backs off exponentially, up to a
+//! minute, while ticks fail), a recovery pass at start and every ten minutes,
+//! and one more tick at shutdown so whatever is due goes out rather than
+//! waiting in the tail. (Expired tail state is purged by the retention
+//! worker.) [`CompactionWorker`]: every five minutes (the first five minutes
+//! after start), on the instance holding the compaction lease, one window
+//! per step until none is left — a worker of its own, so a long compaction
+//! never holds up the flush, and a shutdown waits for one window at most.
 
 use std::time::{Duration, Instant};
 
@@ -18,7 +20,7 @@ const RECOVERY_EVERY: Duration = Duration::from_secs(600);
 /// How often compaction looks for windows to merge.
 const COMPACTION_EVERY: Duration = Duration::from_secs(300);
 /// The lease that lets one instance compact at a time (a second one would
-/// only have its commits refused); longer than a run usually takes.
+/// only have its commits refused); longer than one window usually takes.
 const COMPACTION_LEASE: &str = "compaction";
 const COMPACTION_LEASE_TTL: Duration = Duration::from_secs(900);
 
@@ -28,14 +30,11 @@ pub struct FlushWorker {
     retention_ms: i64,
     /// When the last recovery pass succeeded; `None` before the first.
     last_recovery: Option<Instant>,
-    /// When compaction last ran (whatever its outcome), or the worker started:
-    /// the first run waits [`COMPACTION_EVERY`], so a start is not also a compaction.
-    last_compaction: Instant,
 }
 
 impl FlushWorker {
     pub fn new(flusher: Flusher, retention_ms: i64) -> FlushWorker {
-        FlushWorker { flusher, retention_ms, last_recovery: None, last_compaction: Instant::now() }
+        FlushWorker { flusher, retention_ms, last_recovery: None }
     }
 
     /// A recovery pass when one is due. A failure is logged and retried on
@@ -71,41 +70,6 @@ impl FlushWorker {
     }
 }
 
-impl FlushWorker {
-    /// A compaction run when one is due and this instance gets the lease. A
-    /// failure is logged and retried at the next run; it does not stop the flush.
-    async fn compact_if_due(&mut self) {
-        if self.flusher.config.compact_window.is_zero() || self.last_compaction.elapsed() < COMPACTION_EVERY {
-            return;
-        }
-        self.last_compaction = Instant::now();
-        let coordination = &self.flusher.stores.coordination;
-        let holder = &self.flusher.holder;
-        match coordination.acquire_lease(COMPACTION_LEASE, holder, COMPACTION_LEASE_TTL).await {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(e) => {
-                compaction_event!(warn, error = %e, "compaction lease unavailable");
-                return;
-            }
-        }
-        let started = Instant::now();
-        let compacted = self.flusher.compact(crate::clock::now_ms()).await;
-        crate::worker::record_step(&self.flusher.metrics, "compaction", compacted.is_ok(), started.elapsed());
-        if let Err(e) = &compacted {
-            compaction_event!(
-                warn,
-                stage = e.stage(),
-                error = %e.detail(),
-                "compaction failed; retrying at the next run"
-            );
-        }
-        if let Err(e) = coordination.release_lease(COMPACTION_LEASE, holder).await {
-            compaction_event!(warn, error = %e, "compaction lease not released; it expires by itself");
-        }
-    }
-}
-
 #[async_trait]
 impl Worker for FlushWorker {
     fn name(&self) -> &'static str {
@@ -123,7 +87,6 @@ impl Worker for FlushWorker {
     async fn work(&mut self) -> anyhow::Result<WorkerState> {
         self.recover_if_due().await;
         self.flusher.tick(FlushOptions::default(), crate::clock::now_ms()).await?;
-        self.compact_if_due().await;
         Ok(WorkerState::Idle)
     }
 
@@ -140,5 +103,52 @@ impl Worker for FlushWorker {
                 "final flush failed; messages stay in the tail"
             );
         }
+    }
+}
+
+pub struct CompactionWorker {
+    flusher: Flusher,
+    /// No step compacts before this: a start is not also a compaction.
+    not_before: Instant,
+}
+
+impl CompactionWorker {
+    /// `serve` waits [`CompactionWorker::FIRST_AFTER`] before the first step.
+    pub const FIRST_AFTER: Duration = COMPACTION_EVERY;
+
+    pub fn new(flusher: Flusher, first_after: Duration) -> CompactionWorker {
+        CompactionWorker { flusher, not_before: Instant::now() + first_after }
+    }
+}
+
+#[async_trait]
+impl Worker for CompactionWorker {
+    fn name(&self) -> &'static str {
+        "compaction"
+    }
+
+    fn component(&self) -> &'static str {
+        "segment-compaction"
+    }
+
+    fn interval(&self) -> Option<Duration> {
+        Some(COMPACTION_EVERY)
+    }
+
+    /// One window, under the lease; `Busy` while windows remain.
+    async fn work(&mut self) -> anyhow::Result<WorkerState> {
+        if Instant::now() < self.not_before {
+            return Ok(WorkerState::Idle);
+        }
+        let coordination = &self.flusher.stores.coordination;
+        let holder = &self.flusher.holder;
+        if !coordination.acquire_lease(COMPACTION_LEASE, holder, COMPACTION_LEASE_TTL).await? {
+            return Ok(WorkerState::Idle);
+        }
+        let compacted = self.flusher.compact(crate::clock::now_ms(), 1).await;
+        if let Err(e) = coordination.release_lease(COMPACTION_LEASE, holder).await {
+            compaction_event!(warn, error = %e, "compaction lease not released; it expires by itself");
+        }
+        Ok(if compacted?.windows > 0 { WorkerState::Busy } else { WorkerState::Idle })
     }
 }

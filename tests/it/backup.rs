@@ -328,7 +328,7 @@ backend_test! {
         }
         let first = backup_ok(&history.env, &["run"]);
         assert_eq!(first["objects"].as_u64(), Some(8), "{first}");
-        let compacted = history.flusher(history.config.flush.clone()).compact(now).await.unwrap();
+        let compacted = history.flusher(history.config.flush.clone()).compact(now, 16).await.unwrap();
         assert_eq!((compacted.segments_in, compacted.segments_out), (8, 1), "{compacted:?}");
         let second = backup_ok(&history.env, &["run"]);
         assert_eq!((second["objects"].as_u64(), second["objects_copied"].as_u64()), (Some(1), Some(1)), "{second}");

@@ -3,7 +3,9 @@
 //! `flush.block_bytes`) and reads back identically; a second run finds nothing;
 //! reindex and recovery with a replaced object left behind index every message
 //! once; SIGKILL of a real `msgd flush --compact` between its PUT and the swap
-//! loses nothing, and recovery deletes its object only once it is an hour old.
+//! loses nothing, and recovery deletes its object only once it is an hour old;
+//! an unreadable segment holds up only its own window; `serve`'s worker waits
+//! for its first run and the lease, then takes a window a step.
 
 use std::time::{Duration, SystemTime};
 
@@ -84,7 +86,7 @@ backend_test! {
         let replaced_bytes = history.stores.objects.get(&replaced.object_key).await.unwrap();
 
         let flusher = history.flusher(history.config.flush.clone());
-        let report = flusher.compact(now).await.unwrap();
+        let report = flusher.compact(now, 16).await.unwrap();
         assert_eq!((report.windows, report.segments_in, report.segments_out, report.conflicts), (1, 8, 1, 0), "{report:?}");
         assert_eq!((report.records, report.block_rows_in), (80 + 8 + 3, 17), "{backend:?}: {report:?}");
         let rows_after = blocks_of(&history, &conversations).await;
@@ -105,7 +107,7 @@ backend_test! {
         assert_eq!(segment::Segment::parse(&bytes).unwrap().header.kind, Kind::Compaction);
         assert!(compacted.object_key.contains(&msgd::clock::format_ms(start)[..10].replace('-', "/")));
 
-        let again = flusher.compact(now).await.unwrap();
+        let again = flusher.compact(now, 16).await.unwrap();
         assert_eq!((again.windows, again.segments_in), (0, 0), "{backend:?}: nothing left to merge");
 
         // Compaction committed but the replaced object stayed (a crash before its delete).
@@ -190,5 +192,32 @@ backend_test! {
         assert!(out.stderr.contains("left uncompacted"), "{}", out.stderr);
         assert_eq!(history.segments().await.len(), 2 + 1 + 1, "{backend:?}: the early window as it was");
         read_all(&history, &conversations).await;
+    }
+}
+
+backend_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_worker_compacts_a_window_a_step_under_its_lease(backend: Backend) {
+        use msgd::worker::{Worker, WorkerState};
+        let now = now_ms();
+        let mut history = History::new(backend, &[("MSGD_FLUSH__COMPACT_WINDOW", "2h")]).await;
+        let (conversations, _) = a_window_of_flushes(&mut history, now).await;
+        let before = read_all(&history, &conversations).await;
+        let flusher = || history.flusher(history.config.flush.clone());
+        let mut waiting = msgd::flush::CompactionWorker::new(flusher(), Duration::from_secs(300));
+        assert!(matches!(waiting.work().await.unwrap(), WorkerState::Idle), "{backend:?}: not before its first run");
+        assert_eq!(history.segments().await.len(), 9, "{backend:?}: nothing compacted before the first run");
+        let mut worker = msgd::flush::CompactionWorker::new(flusher(), Duration::ZERO);
+
+        let coordination = &history.stores.coordination;
+        assert!(coordination.acquire_lease("compaction", "another-instance", Duration::from_secs(60)).await.unwrap());
+        assert!(matches!(worker.work().await.unwrap(), WorkerState::Idle), "{backend:?}: the lease is held");
+        assert_eq!(history.segments().await.len(), 9, "{backend:?}: nothing compacted without the lease");
+        coordination.release_lease("compaction", "another-instance").await.unwrap();
+
+        assert!(matches!(worker.work().await.unwrap(), WorkerState::Busy), "{backend:?}: one window, maybe more");
+        assert_eq!(history.segments().await.len(), 2);
+        assert!(matches!(worker.work().await.unwrap(), WorkerState::Idle), "{backend:?}: none left");
+        assert_eq!(read_all(&history, &conversations).await, before);
     }
 }
