@@ -200,25 +200,50 @@ pub fn raw_len(record: &[u8]) -> usize {
     4 + record.len()
 }
 
-/// Cuts one conversation's records (gap-free, in seq order) into blocks of at
-/// most `max_raw_bytes` of raw records each; a record larger than that gets a
-/// block of its own.
-pub fn split(conversation_id: &str, records: Vec<Record>, max_raw_bytes: usize) -> Vec<BlockInput> {
-    let mut blocks: Vec<BlockInput> = Vec::new();
-    let mut size = 0;
-    for record in records {
-        let len = raw_len(&record.bytes);
-        match blocks.last_mut() {
-            Some(block) if size + len <= max_raw_bytes => {
-                block.records.push(record);
-                size += len;
-            }
-            _ => {
-                blocks.push(BlockInput { conversation_id: conversation_id.to_string(), records: vec![record] });
-                size = len;
-            }
-        }
+/// Cuts one conversation's records, pushed in seq order, into blocks: a block
+/// ends where the seq does not continue by one, or before a record that would
+/// take it past `max_raw_bytes` of raw records (a larger record gets a block
+/// of its own). The one rule for every writer, whole ([`split`]) or streaming
+/// (compaction).
+pub struct Cutter {
+    conversation_id: String,
+    max_raw_bytes: usize,
+    records: Vec<Record>,
+    raw_bytes: usize,
+}
+
+impl Cutter {
+    pub fn new(conversation_id: &str, max_raw_bytes: usize) -> Cutter {
+        Cutter { conversation_id: conversation_id.to_string(), max_raw_bytes, records: Vec::new(), raw_bytes: 0 }
     }
+
+    /// Adds `record`; returns the block it closed, if any.
+    pub fn push(&mut self, record: Record) -> Option<BlockInput> {
+        let len = raw_len(&record.bytes);
+        let closed = match self.records.last() {
+            Some(last) if last.seq + 1 != record.seq || self.raw_bytes + len > self.max_raw_bytes => self.finish(),
+            _ => None,
+        };
+        self.raw_bytes += len;
+        self.records.push(record);
+        closed
+    }
+
+    /// The block being built, if it has records; the next starts empty.
+    pub fn finish(&mut self) -> Option<BlockInput> {
+        if self.records.is_empty() {
+            return None;
+        }
+        self.raw_bytes = 0;
+        Some(BlockInput { conversation_id: self.conversation_id.clone(), records: std::mem::take(&mut self.records) })
+    }
+}
+
+/// One conversation's records (in seq order) as blocks, cut by [`Cutter`].
+pub fn split(conversation_id: &str, records: Vec<Record>, max_raw_bytes: usize) -> Vec<BlockInput> {
+    let mut cutter = Cutter::new(conversation_id, max_raw_bytes);
+    let mut blocks: Vec<BlockInput> = records.into_iter().filter_map(|record| cutter.push(record)).collect();
+    blocks.extend(cutter.finish());
     blocks
 }
 
@@ -674,6 +699,16 @@ mod tests {
         let blocks = split("c1", vec![big.clone(), Record { seq: 2, ..big }], 64);
         assert_eq!(blocks.iter().map(|b| b.records.len()).collect::<Vec<_>>(), vec![1, 1]);
         assert!(split("c1", Vec::new(), 64).is_empty());
+    }
+
+    #[test]
+    fn a_block_is_cut_at_a_seq_gap_and_at_the_size_limit() {
+        let record = |seq, len| Record { seq, ts_ms: 0, bytes: vec![b'x'; len] };
+        let records = vec![record(1, 10), record(2, 10), record(3, 10), record(7, 10), record(8, 40)];
+        let ranges: Vec<(u64, u64)> =
+            split("c", records, 30).iter().map(|b| (b.records[0].seq, b.records[b.records.len() - 1].seq)).collect();
+        // 14 raw bytes a record of 10: two fit in 30; 7 starts after the gap; 8 (44 bytes) alone.
+        assert_eq!(ranges, vec![(1, 2), (3, 3), (7, 7), (8, 8)]);
     }
 
     #[test]

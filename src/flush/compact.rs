@@ -298,8 +298,9 @@ impl Flusher {
         keys: &HashMap<&str, &str>,
         writer: &mut segment::Writer,
     ) -> Result<(), FlushError> {
-        let block_bytes = self.config.block_bytes as usize;
-        let mut pending = Pending::default();
+        let Some(first) = blocks.first() else { return Ok(()) };
+        let mut cutter = segment::Cutter::new(&first.conversation_id, self.config.block_bytes as usize);
+        let mut push = |block: segment::BlockInput| writer.push(&block).map_err(|e| FlushError::Encode(e.to_string()));
         for batch in blocks.chunks(READS_IN_FLIGHT) {
             let mut reads = Vec::with_capacity(batch.len());
             for block in batch {
@@ -313,51 +314,13 @@ impl Flusher {
                     let ts_ms = decode_record(codec, seq, &bytes)
                         .map_err(|e| FlushError::Unreadable(format!("{}: {}", block.segment_id, e.message)))?
                         .ts;
-                    let record = Record { seq, ts_ms, bytes };
-                    if !pending.takes(&record, block_bytes) {
-                        pending.push_into(writer, &block.conversation_id)?;
+                    if let Some(closed) = cutter.push(Record { seq, ts_ms, bytes }) {
+                        push(closed)?;
                     }
-                    pending.add(record);
                 }
             }
         }
-        match blocks.first() {
-            Some(first) => pending.push_into(writer, &first.conversation_id),
-            None => Ok(()),
-        }
-    }
-}
-
-/// The records of the block being built.
-#[derive(Default)]
-struct Pending {
-    records: Vec<Record>,
-    raw_bytes: usize,
-}
-
-impl Pending {
-    /// Whether `record` may join: it continues the seq and the block stays within `limit` raw bytes.
-    fn takes(&self, record: &Record, limit: usize) -> bool {
-        match self.records.last() {
-            None => true,
-            Some(last) => last.seq + 1 == record.seq && self.raw_bytes + segment::raw_len(&record.bytes) <= limit,
-        }
-    }
-
-    fn add(&mut self, record: Record) {
-        self.raw_bytes += segment::raw_len(&record.bytes);
-        self.records.push(record);
-    }
-
-    /// The block so far into `writer` (nothing when empty); starts the next.
-    fn push_into(&mut self, writer: &mut segment::Writer, conversation_id: &str) -> Result<(), FlushError> {
-        if self.records.is_empty() {
-            return Ok(());
-        }
-        let records = std::mem::take(&mut self.records);
-        self.raw_bytes = 0;
-        let block = segment::BlockInput { conversation_id: conversation_id.to_string(), records };
-        writer.push(&block).map_err(|e| FlushError::Encode(e.to_string()))
+        cutter.finish().map_or(Ok(()), push)
     }
 }
 
@@ -377,27 +340,4 @@ fn close(app_id: &str, start: i64, writer: segment::Writer) -> Result<Output, Fl
     let segment_id = uuid::Uuid::now_v7().to_string();
     let object_key = segment_key(app_id, start, &segment_id);
     Ok(Output { segment_id, object_key, bytes, footer })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_block_is_cut_at_a_seq_gap_and_at_the_size_limit() {
-        let record = |seq, len| Record { seq, ts_ms: 0, bytes: vec![b'x'; len] };
-        let mut writer = segment::Writer::new(Codec::Raw, Kind::Compaction, 0, 0);
-        let mut pending = Pending::default();
-        for r in [record(1, 10), record(2, 10), record(3, 10), record(7, 10), record(8, 40)] {
-            if !pending.takes(&r, 30) {
-                pending.push_into(&mut writer, "c").unwrap();
-            }
-            pending.add(r);
-        }
-        pending.push_into(&mut writer, "c").unwrap();
-        let (_, footer) = writer.finish("app").unwrap();
-        let ranges: Vec<(u64, u64)> = footer.blocks.iter().map(|b| (b.seq_start, b.seq_end)).collect();
-        // 14 raw bytes a record of 10: two fit in 30; 7 starts after the gap; 8 (44 bytes) alone.
-        assert_eq!(ranges, vec![(1, 2), (3, 3), (7, 7), (8, 8)]);
-    }
 }
