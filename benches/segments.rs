@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 use msgd::segment::{self, BlockInput, Codec, Record};
 
+mod support;
+use support::{envelope, Rng};
+
 const USERS: u64 = 1_000;
 const MESSAGES_PER_USER_PER_MINUTE: u64 = 10;
 const CONVERSATIONS: usize = 10_000;
@@ -26,40 +29,6 @@ const MAX_BYTES: usize = 1024 * 1024;
 const COMPACT_WINDOW_MS: i64 = 6 * 3600 * 1000;
 const BLOCK_BYTES: usize = 256 * 1024;
 const COMPACT_OBJECT_BYTES: usize = msgd::flush::COMPACTION_OBJECT_BYTES;
-const WORDS: &[&str] = &[
-    "the", "meeting", "moved", "to", "tomorrow", "at", "ten", "can", "you", "send", "me", "draft", "thanks", "ok",
-    "sounds", "good", "see", "later", "lunch", "?", "I", "think", "we", "should", "ship", "it", "review", "please",
-    "done", "on", "my", "way", "call", "now", "budget", "numbers", "look", "fine", "great", "news", "!", "sure",
-];
-
-/// xorshift64*: deterministic and fast.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn envelope(rng: &mut Rng, conversation: &str, seq: u64, ts: i64) -> Vec<u8> {
-    let mut text = String::new();
-    while text.len() < 150 + rng.below(100) as usize {
-        text.push_str(WORDS[rng.below(WORDS.len() as u64) as usize]);
-        text.push(' ');
-    }
-    format!(
-        r#"{{"v":1,"id":"01a2{:04x}-{:04x}-7{:03x}-8{:03x}-{:012x}","conversation_id":"{conversation}","seq":{seq},"ts":{ts},"sender":{{"kind":"user","id":"user-{}"}},"payload":{{"text":"{}"}},"attachments":[],"client_msg_id":"c-{:x}"}}"#,
-        rng.below(0xffff), rng.below(0xffff), rng.below(0xfff), rng.below(0xfff), rng.next() & 0xffff_ffff_ffff,
-        rng.below(USERS), text.trim_end(), rng.next()
-    )
-    .into_bytes()
-}
-
 struct Conversation {
     id: String,
     next_seq: u64,
@@ -94,7 +63,7 @@ fn main() {
         for i in 0..per_tick {
             let c = &mut conversations[rng.below(CONVERSATIONS as u64) as usize];
             let ts = now + (i as i64 * TICK_MS) / per_tick as i64;
-            let bytes = envelope(&mut rng, &c.id, c.next_seq, ts);
+            let bytes = envelope(&mut rng, &c.id, c.next_seq, ts, USERS);
             raw_envelope_bytes += bytes.len() as u64;
             if now < 600_000 {
                 sample_raw.extend_from_slice(&bytes);

@@ -65,13 +65,14 @@ pub async fn run(args: &Args, config: Config) -> Result<(), Failure> {
         } else {
             let in_out = |a: u64, b: u64| format!("{a} → {b}");
             output::table(
-                &["windows", "segments", "block rows", "bytes", "messages", "refused", "skipped"],
+                &["windows", "segments", "block rows", "bytes", "messages", "reads", "refused", "skipped"],
                 [vec![
                     report.windows.to_string(),
                     in_out(report.segments_in, report.segments_out),
                     in_out(report.block_rows_in, report.block_rows_out),
                     in_out(report.bytes_in, report.bytes_out),
                     report.records.to_string(),
+                    report.reads.to_string(),
                     report.conflicts.to_string(),
                     report.skipped.to_string(),
                 ]],
@@ -181,6 +182,7 @@ async fn compact_all(flusher: &Flusher) -> Result<CompactReport, msgd::flush::Fl
         total.bytes_in += run.bytes_in;
         total.bytes_out += run.bytes_out;
         total.records += run.records;
+        total.reads += run.reads;
         total.conflicts += run.conflicts;
         // Each run meets the same unreadable windows again: the last run's count is theirs.
         total.skipped = run.skipped;

@@ -217,6 +217,10 @@ impl Cutter {
         Cutter { conversation_id: conversation_id.to_string(), max_raw_bytes, records: Vec::new(), raw_bytes: 0 }
     }
 
+    pub fn conversation_id(&self) -> &str {
+        &self.conversation_id
+    }
+
     /// Adds `record`; returns the block it closed, if any.
     pub fn push(&mut self, record: Record) -> Option<BlockInput> {
         let len = raw_len(&record.bytes);

@@ -107,3 +107,38 @@ impl Deployment {
         }
     }
 }
+
+const WORDS: &[&str] = &[
+    "the", "meeting", "moved", "to", "tomorrow", "at", "ten", "can", "you", "send", "me", "draft", "thanks", "ok",
+    "sounds", "good", "see", "later", "lunch", "?", "I", "think", "we", "should", "ship", "it", "review", "please",
+    "done", "on", "my", "way", "call", "now", "budget", "numbers", "look", "fine", "great", "news", "!", "sure",
+];
+
+/// xorshift64*: deterministic and fast.
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A seed-load message envelope as JSON: ~150–250 bytes of text from a small vocabulary.
+pub fn envelope(rng: &mut Rng, conversation: &str, seq: u64, ts: i64, users: u64) -> Vec<u8> {
+    let mut text = String::new();
+    while text.len() < 150 + rng.below(100) as usize {
+        text.push_str(WORDS[rng.below(WORDS.len() as u64) as usize]);
+        text.push(' ');
+    }
+    format!(
+        r#"{{"v":1,"id":"01a2{:04x}-{:04x}-7{:03x}-8{:03x}-{:012x}","conversation_id":"{conversation}","seq":{seq},"ts":{ts},"sender":{{"kind":"user","id":"user-{}"}},"payload":{{"text":"{}"}},"attachments":[],"client_msg_id":"c-{:x}"}}"#,
+        rng.below(0xffff), rng.below(0xffff), rng.below(0xfff), rng.below(0xfff), rng.next() & 0xffff_ffff_ffff,
+        rng.below(users), text.trim_end(), rng.next()
+    )
+    .into_bytes()
+}

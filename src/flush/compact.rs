@@ -19,6 +19,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
+use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use super::{segment_key, store_error, FlushError, Flusher};
@@ -34,8 +35,10 @@ const EXTRA_CANDIDATES: usize = 48;
 /// A compaction object is closed once its blocks reach this many bytes; a
 /// window with more becomes several objects. It bounds the memory a run holds.
 pub const OBJECT_BYTES: usize = 16 * 1024 * 1024;
-/// Block reads in flight while gathering one conversation's blocks.
+/// Ranged GETs in flight while fetching a run of blocks.
 const READS_IN_FLIGHT: usize = 8;
+/// Compressed bytes of input blocks fetched and held at once.
+const FETCH_BYTES: u64 = 4 * 1024 * 1024;
 /// Block rows read from the index at a time (whole conversations).
 const BLOCK_PAGE: usize = 10_000;
 /// A window is compacted once it ended this long ago: a flush that read the
@@ -54,18 +57,12 @@ pub struct CompactReport {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub records: u64,
+    /// Ranged GETs of input blocks (blocks that lie end to end in an object are one GET).
+    pub reads: u64,
     /// Windows whose commit was refused (a segment went away meanwhile); retried next run.
     pub conflicts: u64,
     /// Windows left as they are because a segment in them is unreadable (logged with its key).
     pub skipped: u64,
-}
-
-/// One compaction object, encoded.
-struct Output {
-    segment_id: String,
-    object_key: String,
-    bytes: Vec<u8>,
-    footer: segment::Footer,
 }
 
 impl Flusher {
@@ -151,50 +148,24 @@ impl Flusher {
         old: Vec<SegmentRow>,
     ) -> Result<(), FlushError> {
         let started = Instant::now();
-        let keys: HashMap<&str, &str> = old.iter().map(|row| (row.id.as_str(), row.object_key.as_str())).collect();
         let ids: Vec<String> = old.iter().map(|row| row.id.clone()).collect();
-        let (mut rows_in, mut records_in) = (0u64, 0u64);
-        let new_writer = || segment::Writer::new(codec, Kind::Compaction, start, OBJECT_BYTES + OBJECT_BYTES / 8);
-        let mut outputs = Vec::new();
-        let mut writer = new_writer();
-        let mut after = String::new();
-        loop {
-            let page = self.conversations_page(&ids, &after).await?;
-            let Some(last) = page.last() else { break };
-            after = last.conversation_id.clone();
-            rows_in += page.len() as u64;
-            records_in += page.iter().map(|block| block.record_count as u64).sum::<u64>();
-            for blocks in page.chunk_by(|a, b| a.conversation_id == b.conversation_id) {
-                self.recode(codec, blocks, &keys, &mut writer).await?;
-                // Objects close between conversations only: a flush block is in one of them, whole.
-                if writer.len() >= OBJECT_BYTES {
-                    outputs.push(close(app_id, start, std::mem::replace(&mut writer, new_writer()))?);
-                }
+        // Each object is PUT as soon as it closes, so a run holds one open object at most.
+        let mut rows = Vec::new();
+        let (rows_in, records_in) = match self.write_objects(report, app_id, start, codec, &old, &mut rows).await {
+            Ok(read) => read,
+            Err(e) => {
+                self.delete_objects(&rows).await;
+                return Err(e);
             }
-        }
-        if !writer.is_empty() {
-            outputs.push(close(app_id, start, writer)?);
-        }
-        let records_out: u64 = outputs.iter().flat_map(|o| &o.footer.blocks).map(|b| u64::from(b.record_count)).sum();
+        };
+        let records_out: u64 = rows.iter().flat_map(|(_, blocks)| blocks).map(|b| b.record_count as u64).sum();
         if records_out != records_in {
+            self.delete_objects(&rows).await;
             return Err(FlushError::Encode(format!(
                 "compaction of {app_id} at {start} read {records_in} records but encoded {records_out}"
             )));
         }
 
-        let mut rows = Vec::with_capacity(outputs.len());
-        for output in &outputs {
-            let size = output.bytes.len() as u64;
-            rows.push(index_rows(app_id, &output.segment_id, &output.object_key, size, start, &output.footer));
-        }
-        for output in outputs.iter_mut() {
-            let bytes = std::mem::take(&mut output.bytes);
-            self.stores
-                .objects
-                .put_object(&output.object_key, bytes, super::MULTIPART_THRESHOLD)
-                .await
-                .map_err(store_error("compact-put"))?;
-        }
         if self.config.failpoint.as_deref() == Some("compact-after-put") {
             compaction_event!(
                 warn,
@@ -208,9 +179,7 @@ impl Flusher {
             Err(StoreError::Conflict(why)) => {
                 report.conflicts += 1;
                 compaction_event!(warn, "app-id" = %app_id, reason = %why, "compaction refused; its objects deleted");
-                for output in &outputs {
-                    self.stores.objects.delete(&output.object_key).await.map_err(store_error("compact-delete"))?;
-                }
+                self.delete_objects(&rows).await;
                 return Ok(());
             }
             Err(e) => return Err(FlushError::Store { stage: "compact-swap", source: e }),
@@ -264,6 +233,110 @@ impl Flusher {
         Ok(())
     }
 
+    /// Reads `old`'s blocks conversation by conversation and writes them
+    /// into compaction objects, each PUT when it closes; their index rows go
+    /// to `rows` (so the caller can delete what was PUT if this fails).
+    /// Returns the block rows and records read.
+    async fn write_objects(
+        &self,
+        report: &mut CompactReport,
+        app_id: &str,
+        start: i64,
+        codec: Codec,
+        old: &[SegmentRow],
+        rows: &mut Vec<(SegmentRow, Vec<BlockRow>)>,
+    ) -> Result<(u64, u64), FlushError> {
+        let keys: HashMap<&str, &str> = old.iter().map(|row| (row.id.as_str(), row.object_key.as_str())).collect();
+        let ids: Vec<String> = old.iter().map(|row| row.id.clone()).collect();
+        let (mut rows_in, mut records_in) = (0u64, 0u64);
+        let new_writer = || segment::Writer::new(codec, Kind::Compaction, start, OBJECT_BYTES + OBJECT_BYTES / 8);
+        let mut writer = new_writer();
+        let mut after = String::new();
+        let mut cutter: Option<segment::Cutter> = None;
+        let block_bytes = self.config.block_bytes as usize;
+        let push = |writer: &mut segment::Writer, block: segment::BlockInput| {
+            writer.push(&block).map_err(|e| FlushError::Encode(e.to_string()))
+        };
+        loop {
+            let page = self.conversations_page(&ids, &after).await?;
+            let Some(last) = page.last() else { break };
+            after = last.conversation_id.clone();
+            rows_in += page.len() as u64;
+            records_in += page.iter().map(|block| block.record_count as u64).sum::<u64>();
+            for run in fetch_runs(&page) {
+                let (fetched, reads) = self.fetch_blocks(run, &keys).await?;
+                report.reads += reads as u64;
+                for (block, compressed) in run.iter().zip(fetched) {
+                    if cutter.as_ref().is_some_and(|c| c.conversation_id() != block.conversation_id) {
+                        if let Some(closed) = cutter.take().and_then(|mut c| c.finish()) {
+                            push(&mut writer, closed)?;
+                        }
+                        // Objects close between conversations only: a flush block is in one of them, whole.
+                        if writer.len() >= OBJECT_BYTES {
+                            rows.push(
+                                self.put_object(app_id, start, std::mem::replace(&mut writer, new_writer())).await?,
+                            );
+                        }
+                    }
+                    let cutter =
+                        cutter.get_or_insert_with(|| segment::Cutter::new(&block.conversation_id, block_bytes));
+                    let key = keys.get(block.segment_id.as_str()).copied().unwrap_or_default();
+                    let records = segment::decode_block(&compressed, &block_meta(block))
+                        .map_err(|e| FlushError::Unreadable(format!("{key}: {e}")))?;
+                    for (i, bytes) in records.into_iter().enumerate() {
+                        let seq = block.seq_start as u64 + i as u64;
+                        let ts_ms = decode_record(codec, seq, &bytes)
+                            .map_err(|e| FlushError::Unreadable(format!("{}: {}", block.segment_id, e.message)))?
+                            .ts;
+                        if let Some(closed) = cutter.push(Record { seq, ts_ms, bytes }) {
+                            push(&mut writer, closed)?;
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(closed) = cutter.and_then(|mut c| c.finish()) {
+            push(&mut writer, closed)?;
+        }
+        if !writer.is_empty() {
+            rows.push(self.put_object(app_id, start, writer).await?);
+        }
+        Ok((rows_in, records_in))
+    }
+
+    /// Finishes a compaction object and PUTs it; its index rows.
+    async fn put_object(
+        &self,
+        app_id: &str,
+        start: i64,
+        writer: segment::Writer,
+    ) -> Result<(SegmentRow, Vec<BlockRow>), FlushError> {
+        let (bytes, footer) = writer.finish(app_id).map_err(|e| FlushError::Encode(e.to_string()))?;
+        let segment_id = uuid::Uuid::now_v7().to_string();
+        let object_key = segment_key(app_id, start, &segment_id);
+        let rows = index_rows(app_id, &segment_id, &object_key, bytes.len() as u64, start, &footer);
+        // One PUT, not multipart: an object is at most OBJECT_BYTES and one
+        // block, and a multipart upload would copy it into parts.
+        self.stores.objects.put(&object_key, bytes).await.map_err(store_error("compact-put"))?;
+        release_freed_memory();
+        Ok(rows)
+    }
+
+    /// Deletes the objects of a compaction that did not commit. A failure is
+    /// logged: recovery deletes such an object once it is an hour old.
+    async fn delete_objects(&self, rows: &[(SegmentRow, Vec<BlockRow>)]) {
+        for (segment, _) in rows {
+            if let Err(e) = self.stores.objects.delete(&segment.object_key).await {
+                compaction_event!(
+                    warn,
+                    "storage.key" = %segment.object_key,
+                    error = %e,
+                    "uncommitted compaction object not deleted; recovery deletes it"
+                );
+            }
+        }
+    }
+
     /// The next block rows of `ids` after conversation `after`, whole
     /// conversations only, in (conversation, seq) order; empty at the end.
     async fn conversations_page(&self, ids: &[String], after: &str) -> Result<Vec<BlockRow>, FlushError> {
@@ -287,57 +360,80 @@ impl Flusher {
         Ok(page)
     }
 
-    /// One conversation's blocks (in seq order) into `writer`: fetched
-    /// [`READS_IN_FLIGHT`] at a time and cut into blocks at any seq gap and at
-    /// `flush.block_bytes`, so no more than one output block and a few input
-    /// blocks are held at once. Each record's receive time is read back from it.
-    async fn recode(
+    /// The compressed bytes of `run`'s blocks, in `run`'s order. Blocks that lie
+    /// end to end in one object are read with one ranged GET: a flush writes
+    /// its blocks in conversation order, so a run of conversations is about
+    /// one GET per segment of the window instead of one per block.
+    /// Also returns the number of GETs.
+    async fn fetch_blocks(
         &self,
-        codec: Codec,
-        blocks: &[BlockRow],
+        run: &[BlockRow],
         keys: &HashMap<&str, &str>,
-        writer: &mut segment::Writer,
-    ) -> Result<(), FlushError> {
-        let Some(first) = blocks.first() else { return Ok(()) };
-        let mut cutter = segment::Cutter::new(&first.conversation_id, self.config.block_bytes as usize);
-        let mut push = |block: segment::BlockInput| writer.push(&block).map_err(|e| FlushError::Encode(e.to_string()));
-        for batch in blocks.chunks(READS_IN_FLIGHT) {
-            let mut reads = Vec::with_capacity(batch.len());
-            for block in batch {
-                let key = keys.get(block.segment_id.as_str()).copied().unwrap_or_default();
-                reads.push(self.read_records(block, key));
-            }
-            let fetched: Vec<Vec<Vec<u8>>> = futures::future::try_join_all(reads).await?;
-            for (block, records) in batch.iter().zip(fetched) {
-                for (i, bytes) in records.into_iter().enumerate() {
-                    let seq = block.seq_start as u64 + i as u64;
-                    let ts_ms = decode_record(codec, seq, &bytes)
-                        .map_err(|e| FlushError::Unreadable(format!("{}: {}", block.segment_id, e.message)))?
-                        .ts;
-                    if let Some(closed) = cutter.push(Record { seq, ts_ms, bytes }) {
-                        push(closed)?;
-                    }
+    ) -> Result<(Vec<Vec<u8>>, usize), FlushError> {
+        let mut order: Vec<usize> = (0..run.len()).collect();
+        order.sort_unstable_by_key(|&i| (run[i].segment_id.as_str(), run[i].byte_offset));
+        // (object key, start, end, the blocks in it as indexes into `run`).
+        let mut stretches: Vec<(&str, i64, i64, Vec<usize>)> = Vec::new();
+        for i in order {
+            let block = &run[i];
+            let key = keys.get(block.segment_id.as_str()).copied().unwrap_or_default();
+            match stretches.last_mut() {
+                Some((k, _, end, members)) if *k == key && *end == block.byte_offset => {
+                    *end += block.byte_length;
+                    members.push(i);
                 }
+                _ => stretches.push((key, block.byte_offset, block.byte_offset + block.byte_length, vec![i])),
             }
         }
-        cutter.finish().map_or(Ok(()), push)
+        let objects = &self.stores.objects;
+        let requests: Vec<_> =
+            stretches.iter().map(|(key, start, end, _)| objects.get_range(key, *start as u64, *end as u64)).collect();
+        let fetched: Vec<Vec<u8>> = futures::stream::iter(requests)
+            .buffered(READS_IN_FLIGHT)
+            .try_collect()
+            .await
+            .map_err(store_error("compact-read"))?;
+        let mut out = vec![Vec::new(); run.len()];
+        for ((_, start, _, members), bytes) in stretches.iter().zip(fetched) {
+            for &i in members {
+                let from = (run[i].byte_offset - start) as usize;
+                // A short read leaves the block short; its checksum then names the object.
+                out[i] =
+                    bytes.get(from..).unwrap_or_default().iter().take(run[i].byte_length as usize).copied().collect();
+            }
+        }
+        Ok((out, stretches.len()))
     }
 }
 
-impl Flusher {
-    /// One block's records, fetched with a ranged GET and checked.
-    async fn read_records(&self, block: &BlockRow, key: &str) -> Result<Vec<Vec<u8>>, FlushError> {
-        let start = block.byte_offset as u64;
-        let end = start + block.byte_length as u64;
-        let bytes = self.stores.objects.get_range(key, start, end).await.map_err(store_error("compact-read"))?;
-        segment::decode_block(&bytes, &block_meta(block)).map_err(|e| FlushError::Unreadable(format!("{key}: {e}")))
+/// `page` in runs of consecutive block rows of at most [`FETCH_BYTES`]
+/// compressed bytes (a larger block is a run of its own): what one
+/// [`Flusher::fetch_blocks`] holds.
+fn fetch_runs(page: &[BlockRow]) -> Vec<&[BlockRow]> {
+    let mut runs = Vec::new();
+    let (mut first, mut bytes) = (0, 0u64);
+    for (i, block) in page.iter().enumerate() {
+        let length = block.byte_length as u64;
+        if i > first && bytes + length > FETCH_BYTES {
+            runs.push(&page[first..i]);
+            (first, bytes) = (i, 0);
+        }
+        bytes += length;
     }
+    if first < page.len() {
+        runs.push(&page[first..]);
+    }
+    runs
 }
 
-/// The footer and trailer of a finished compaction object, and where it goes.
-fn close(app_id: &str, start: i64, writer: segment::Writer) -> Result<Output, FlushError> {
-    let (bytes, footer) = writer.finish(app_id).map_err(|e| FlushError::Encode(e.to_string()))?;
-    let segment_id = uuid::Uuid::now_v7().to_string();
-    let object_key = segment_key(app_id, start, &segment_id);
-    Ok(Output { segment_id, object_key, bytes, footer })
+/// Hands the heap freed since the last object back to the OS. glibc keeps
+/// freed memory for reuse, and the buffers of each 16 MiB object would
+/// otherwise pile up, during a run and in a long-running `serve` after it
+/// (load/README.md, "Compaction of one window").
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap pages; no pointer is involved.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }

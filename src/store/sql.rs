@@ -860,15 +860,19 @@ impl Metadata {
 
     /// Up to `limit` compaction windows, oldest first: (app, window start) for
     /// every `window_ms`-aligned window that ends at or before `before` and
-    /// holds more than one segment.
+    /// holds more than one segment, one of them a flush's.
     pub async fn compaction_windows(
         &self,
         window_ms: i64,
         before: i64,
         limit: usize,
     ) -> Result<Vec<(String, i64)>, StoreError> {
+        // A compaction's segments are dated at their window's start: a window
+        // whose segments are all its own (one was closed at 16 MiB) is done.
         let sql = "SELECT app_id, (created_at / $1) * $1 AS window_start FROM segments WHERE created_at < $2 \
-                   GROUP BY app_id, window_start HAVING COUNT(*) > 1 ORDER BY window_start, app_id LIMIT $3";
+                   GROUP BY app_id, window_start \
+                   HAVING COUNT(*) > 1 AND MAX(created_at % $1) > 0 \
+                   ORDER BY window_start, app_id LIMIT $3";
         let rows = on_db!(self, pool => sqlx::query_as::<_, (String, i64)>(sql)
             .bind(window_ms)
             .bind(before)

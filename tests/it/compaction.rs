@@ -81,6 +81,12 @@ backend_test! {
         let before = read_all(&history, &conversations).await;
         let rows_before = blocks_of(&history, &conversations).await;
         assert_eq!((history.segments().await.len(), rows_before.len()), (9, 18), "{backend:?}");
+        for flushed in history.segments().await {
+            let bytes = history.stores.objects.get(&flushed.object_key).await.unwrap();
+            let order: Vec<String> =
+                segment::Segment::parse(&bytes).unwrap().footer.blocks.into_iter().map(|b| b.conversation_id).collect();
+            assert!(order.is_sorted(), "{backend:?}: a flush writes its blocks in conversation order: {order:?}");
+        }
         // Kept to put back later: an object compaction replaces.
         let replaced = history.segments().await.into_iter().find(|s| s.created_at < start + HOUR).unwrap();
         let replaced_bytes = history.stores.objects.get(&replaced.object_key).await.unwrap();
@@ -89,6 +95,7 @@ backend_test! {
         let report = flusher.compact(now, 16).await.unwrap();
         assert_eq!((report.windows, report.segments_in, report.segments_out, report.conflicts), (1, 8, 1, 0), "{report:?}");
         assert_eq!((report.records, report.block_rows_in), (80 + 8 + 3, 17), "{backend:?}: {report:?}");
+        assert_eq!(report.reads, 8, "{backend:?}: one GET per segment, its blocks end to end: {report:?}");
         let rows_after = blocks_of(&history, &conversations).await;
         assert_eq!(report.block_rows_out as usize, rows_after.len() - 1, "{report:?}");
         // busy: 80 messages split by the block size; steady: one block in the window and the next window's; once: one.
@@ -219,5 +226,43 @@ backend_test! {
         assert_eq!(history.segments().await.len(), 2);
         assert!(matches!(worker.work().await.unwrap(), WorkerState::Idle), "{backend:?}: none left");
         assert_eq!(read_all(&history, &conversations).await, before);
+    }
+}
+
+backend_test! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_window_compacted_into_several_objects_is_not_compacted_again(backend: Backend) {
+        // A compaction closes an object at 16 MiB, so a busy window becomes several segments, all
+        // dated at the window's start; only a flush's segment among them makes it a candidate again.
+        let history = History::new(backend, &[("MSGD_FLUSH__COMPACT_WINDOW", "2h")]).await;
+        let metadata = &history.stores.metadata;
+        let start = (now_ms() - 10 * HOUR).div_euclid(2 * HOUR) * 2 * HOUR;
+        let app_id = history.app_id.as_str();
+        let index = |created_at: i64| async move {
+            let block = segment::BlockMeta {
+                conversation_id: conversation(),
+                seq_start: 1,
+                seq_end: 1,
+                ts_start: start,
+                ts_end: start,
+                record_count: 1,
+                offset: 16,
+                length: 10,
+                raw_bytes: 10,
+                checksum: 0,
+            };
+            let footer = segment::Footer { app_id: app_id.to_string(), blocks: vec![block] };
+            let id = uuid::Uuid::now_v7().to_string();
+            let key = msgd::flush::segment_key(app_id, created_at, &id);
+            let (row, blocks) = msgd::timeline::index_rows(app_id, &id, &key, 26, created_at, &footer);
+            metadata.commit_segment(&row, &blocks, &[]).await.unwrap();
+        };
+        index(start).await;
+        index(start).await;
+        let windows = metadata.compaction_windows(2 * HOUR, now_ms(), 10).await.unwrap();
+        assert_eq!(windows, vec![], "{backend:?}: a compaction's own objects");
+        index(start + 60_000).await;
+        let windows = metadata.compaction_windows(2 * HOUR, now_ms(), 10).await.unwrap();
+        assert_eq!(windows, vec![(history.app_id.clone(), start)], "{backend:?}: a flush joined them");
     }
 }
