@@ -67,7 +67,7 @@ async fn write_window(deployment: &Deployment, conversations: u64, sorted: bool)
         let key = msgd::flush::segment_key(APP_ID, created_at, &id);
         let size = bytes.len() as u64;
         bytes_written += size;
-        stores.objects.put_object(&key, bytes, 8 * 1024 * 1024).await.expect("put the segment");
+        stores.objects.put_object(&key, bytes, msgd::flush::MULTIPART_THRESHOLD).await.expect("put the segment");
         let (row, block_rows) = msgd::timeline::index_rows(APP_ID, &id, &key, size, created_at, &footer);
         stores.metadata.commit_segment(&row, &block_rows, &[]).await.expect("index the segment");
     }

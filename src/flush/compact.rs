@@ -4,9 +4,10 @@
 //! conversation per window instead of one per flush — or a few, each at most
 //! `flush.block_bytes` of raw records. Fewer block rows, larger zstd frames.
 //!
-//! Steps per window: read the window's block rows, fetch each conversation's
-//! blocks (ranged GETs), re-encode them in seq order, PUT the new objects,
-//! then in one metadata transaction delete the old segments' rows and insert
+//! Steps per window: read the window's block rows in conversation order,
+//! fetch them in runs (one ranged GET per stretch of blocks that lie end to
+//! end in an object), re-encode them in seq order, PUT each new object as it
+//! closes, then in one metadata transaction delete the old segments' rows and insert
 //! the new ones — refused, and the new objects deleted, if any old segment
 //! is gone meanwhile (retention, another compactor). Only after the commit
 //! are the old objects deleted; a reader that looked up an old block just
@@ -67,7 +68,8 @@ pub struct CompactReport {
 
 impl Flusher {
     /// One compaction run at `now`: up to `max_windows` windows that ended
-    /// before `now` and hold more than one segment, oldest first.
+    /// before `now` and hold more than one segment, one of them a flush's,
+    /// oldest first.
     pub async fn compact(&self, now: i64, max_windows: usize) -> Result<CompactReport, FlushError> {
         let mut report = CompactReport::default();
         let window_ms = self.config.compact_window.as_millis() as i64;
