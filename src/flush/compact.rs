@@ -156,13 +156,13 @@ impl Flusher {
         let (rows_in, records_in) = match self.write_objects(report, app_id, start, codec, &old, &mut rows).await {
             Ok(read) => read,
             Err(e) => {
-                self.delete_objects(&rows).await;
+                self.delete_uncommitted(&rows).await;
                 return Err(e);
             }
         };
         let records_out: u64 = rows.iter().flat_map(|(_, blocks)| blocks).map(|b| b.record_count as u64).sum();
         if records_out != records_in {
-            self.delete_objects(&rows).await;
+            self.delete_uncommitted(&rows).await;
             return Err(FlushError::Encode(format!(
                 "compaction of {app_id} at {start} read {records_in} records but encoded {records_out}"
             )));
@@ -181,21 +181,13 @@ impl Flusher {
             Err(StoreError::Conflict(why)) => {
                 report.conflicts += 1;
                 compaction_event!(warn, "app-id" = %app_id, reason = %why, "compaction refused; its objects deleted");
-                self.delete_objects(&rows).await;
+                self.delete_uncommitted(&rows).await;
                 return Ok(());
             }
             Err(e) => return Err(FlushError::Store { stage: "compact-swap", source: e }),
         }
-        for row in &old {
-            if let Err(e) = self.stores.objects.delete(&row.object_key).await {
-                compaction_event!(
-                    warn,
-                    "storage.key" = %row.object_key,
-                    error = %e,
-                    "replaced segment not deleted; recovery deletes it as an orphan"
-                );
-            }
-        }
+        let replaced = old.iter().map(|row| row.object_key.as_str());
+        self.delete_objects(replaced, "replaced segment not deleted; recovery deletes it as an orphan").await;
 
         let rows_out: u64 = rows.iter().map(|(_, blocks)| blocks.len() as u64).sum();
         let bytes_in: u64 = old.iter().map(|row| row.byte_length as u64).sum();
@@ -324,17 +316,19 @@ impl Flusher {
         Ok(rows)
     }
 
-    /// Deletes the objects of a compaction that did not commit. A failure is
-    /// logged: recovery deletes such an object once it is an hour old.
-    async fn delete_objects(&self, rows: &[(SegmentRow, Vec<BlockRow>)]) {
-        for (segment, _) in rows {
-            if let Err(e) = self.stores.objects.delete(&segment.object_key).await {
-                compaction_event!(
-                    warn,
-                    "storage.key" = %segment.object_key,
-                    error = %e,
-                    "uncommitted compaction object not deleted; recovery deletes it"
-                );
+    /// Deletes the objects of a compaction that did not commit; recovery
+    /// deletes one left behind once it is an hour old.
+    async fn delete_uncommitted(&self, rows: &[(SegmentRow, Vec<BlockRow>)]) {
+        let keys = rows.iter().map(|(segment, _)| segment.object_key.as_str());
+        self.delete_objects(keys, "uncommitted compaction object not deleted; recovery deletes it").await;
+    }
+
+    /// Deletes `keys`, best effort: a failure is logged as `failed` and the
+    /// rest are still deleted.
+    async fn delete_objects<'a>(&self, keys: impl Iterator<Item = &'a str>, failed: &str) {
+        for key in keys {
+            if let Err(e) = self.stores.objects.delete(key).await {
+                compaction_event!(warn, "storage.key" = %key, error = %e, "{failed}");
             }
         }
     }
