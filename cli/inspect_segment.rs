@@ -17,7 +17,8 @@ use crate::{output, Failure};
 pub struct Args {
     /// A local file, or an object key such as segments/<app>/…/<id>.seg
     object: String,
-    /// Print the envelopes as JSON lines
+    /// Print the envelopes as JSON lines, as reads show them (edits and deletes applied) when the segment is
+    /// in the deployment's store
     #[arg(long)]
     records: bool,
     /// Only this conversation's block (exit 1 when the segment has none)
@@ -52,7 +53,9 @@ pub async fn run(args: &Args, config: Config) -> Result<(), Failure> {
     let local = path.is_file();
     // The key the index knows the object by, when there is one.
     let key = if local { embedded_key(path, &config) } else { Some(args.object.clone()) };
-    let stores = if !local || (args.verify && key.is_some()) {
+    // The store is opened for an object, and for a local file it indexes when
+    // the index is compared or records are shown (with edits and deletes applied).
+    let stores = if !local || ((args.verify || args.records) && key.is_some()) {
         Some(Stores::open(&config, &Metrics::new(config.backend.name())).await?)
     } else {
         None
@@ -68,7 +71,8 @@ pub async fn run(args: &Args, config: Config) -> Result<(), Failure> {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
         // A closed pipe (`| head`) ends the listing quietly.
-        return inspect::records(&source, &opened, conversation, |envelope| {
+        let changes = stores.as_ref().map(|stores| stores.metadata.as_ref());
+        return inspect::records(&source, &opened, conversation, changes, |envelope| {
             writeln!(out, "{}", serde_json::to_string(&envelope).expect("envelopes serialize")).is_ok()
         })
         .await

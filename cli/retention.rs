@@ -72,6 +72,8 @@ fn print_summary(report: &RetentionReport, config: &Config) {
             vec!["expired idempotency claims".into(), counted(report.idempotency_claims)],
             vec!["expired state entries".into(), counted(report.state_entries)],
             vec!["expired idempotency records".into(), counted(report.idempotency_records)],
+            vec!["edits and deletes of expired messages".into(), counted(report.message_changes)],
+            vec!["reactions to expired messages".into(), counted(report.reactions)],
             vec!["reclaimed file bytes".into(), counted(report.reclaimed_bytes)],
         ],
     );

@@ -233,6 +233,15 @@ apiKey = { api_key = "\${MSGDST_ADMIN_KEY}" }
 # Receipts belong to a user: the app itself gets 400 user_required.
 include-operation-id = "postReceipt"
 checks.positive_data_acceptance.enabled = false
+
+[[operations]]
+# So do reactions.
+include-operation-id = "addReaction"
+checks.positive_data_acceptance.enabled = false
+
+[[operations]]
+include-operation-id = "removeReaction"
+checks.positive_data_acceptance.enabled = false
 TOML
     else
       cat <<TOML

@@ -107,6 +107,9 @@ def before_call(context, case, kwargs):
     elif operation_id == "sendBatch" and isinstance(body, dict):
         for item in body.get("messages") or []:
             _send_request(item)
+    elif operation_id in ("addReaction", "removeReaction") and "reaction" in case.path_parameters:
+        # At most 64 UTF-8 bytes after NFC, which the pattern cannot count.
+        case.path_parameters["reaction"] = _utf8_at_most(case.path_parameters["reaction"], 64, normalize=True)
     elif operation_id == "postReceipt" and isinstance(body, dict):
         # The seeded conversation's last seq is at least SEEDED_MESSAGES.
         seq = _integer(body.get("seq"))

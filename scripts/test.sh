@@ -17,6 +17,7 @@ cargo test --locked "$@"
 # The whole suite (no test filter) also runs the contract tests against the
 # binary cargo test just built.
 if [ "$#" -eq 0 ]; then
+  scripts/deploy-check.sh # deploy/: systemd-analyze verify, compose, Dockerfile, proxies (deploy/README.md)
   scripts/schemathesis.sh
   scripts/fuzz.sh # bounded runs of every fuzz target (fuzz/README.md)
 fi

@@ -57,10 +57,79 @@ pub struct Envelope {
     pub attachments: Vec<Attachment>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_msg_id: Option<String>,
+    /// A change event's kind; absent for a message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<EventKind>,
+    /// The seq a change event edits or deletes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_seq: Option<u64>,
+    /// Set by reads, never stored: when the message (or an edit event's
+    /// target) was last edited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_at: Option<i64>,
+    /// Set by reads, never stored: the message (or an edit event's target)
+    /// was deleted, and its content is not returned.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub deleted: bool,
+    /// Set by reads, never stored: the message's reactions, in the order
+    /// each was first given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reactions: Vec<Reaction>,
+}
+
+/// One reaction to a message as reads show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reaction {
+    pub reaction: String,
+    /// How many users gave it.
+    pub count: i64,
+    /// Whether the reader gave it.
+    pub mine: bool,
+}
+
+/// What a change event in a conversation's log does to its `target_seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    Edit,
+    Delete,
+}
+
+/// The content an edit sets, as the edit event carries it and as the
+/// latest state of an edited message is kept (`crate::edits`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EditedContent {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_base64: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+}
+
+impl EditedContent {
+    pub fn of(envelope: &Envelope) -> EditedContent {
+        EditedContent {
+            payload: envelope.payload.clone(),
+            payload_base64: envelope.payload_base64.clone(),
+            content_type: envelope.content_type.clone(),
+        }
+    }
+
+    /// Replaces `envelope`'s content with this one (attachments stay).
+    pub fn apply_to(self, envelope: &mut Envelope) {
+        envelope.payload = self.payload;
+        envelope.payload_base64 = self.payload_base64;
+        envelope.content_type = self.content_type;
+    }
 }
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Envelope {
@@ -72,6 +141,26 @@ impl Envelope {
         })?;
         envelope.seq = entry.seq;
         Ok(envelope)
+    }
+
+    /// The WebSocket op that carries it: `message`, or `message.updated` /
+    /// `message.deleted` for a change event.
+    pub fn op(&self) -> &'static str {
+        match self.kind {
+            None => "message",
+            Some(EventKind::Edit) => "message.updated",
+            Some(EventKind::Delete) => "message.deleted",
+        }
+    }
+
+    /// Drops the content (a deleted message's, or an edit of one).
+    pub fn redact(&mut self) {
+        self.payload = None;
+        self.payload_base64 = None;
+        self.content_type = None;
+        self.attachments.clear();
+        self.reactions.clear();
+        self.deleted = true;
     }
 }
 
@@ -117,6 +206,11 @@ mod tests {
             content_type: None,
             attachments: vec![],
             client_msg_id: Some("c-1".into()),
+            kind: None,
+            target_seq: None,
+            edited_at: None,
+            deleted: false,
+            reactions: Vec::new(),
         };
         let body = serde_json::to_vec(&envelope).unwrap();
         assert!(!String::from_utf8_lossy(&body).contains("\"seq\""));

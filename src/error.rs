@@ -85,11 +85,15 @@ codes! {
     /// learn which ones do.
     NotMember = "not_member", Forbidden;
     NotOwner = "not_owner", Forbidden;
+    /// Editing someone else's message, or deleting it without being an owner.
+    NotSender = "not_sender", Forbidden;
     NotFound = "not_found", NotFound;
     /// Removing someone who is not a member.
     NotAMember = "not_a_member", NotFound;
     /// No attachment with this id in this conversation, or not uploaded yet.
     AttachmentNotFound = "attachment_not_found", NotFound;
+    /// No message at this seq, or it is past the retention window.
+    MessageNotFound = "message_not_found", NotFound;
     MethodNotAllowed = "method_not_allowed", MethodNotAllowed;
     RequestTimeout = "request_timeout", TimedOut;
     InvalidRequest = "invalid_request", Invalid;
@@ -99,6 +103,7 @@ codes! {
     InvalidClientMsgId = "invalid_client_msg_id", Invalid;
     InvalidBatch = "invalid_batch", Invalid;
     InvalidUserId = "invalid_user_id", Invalid;
+    InvalidReaction = "invalid_reaction", Invalid;
     InvalidTitle = "invalid_title", Invalid;
     InvalidMetadata = "invalid_metadata", Invalid;
     TooManyMembers = "too_many_members", Invalid;
@@ -108,6 +113,13 @@ codes! {
     WebsocketRequired = "websocket_required", Invalid;
     IdempotencyKeyNotSupported = "idempotency_key_not_supported", Invalid;
     IdempotencyOriginalUnavailable = "idempotency_original_unavailable", Conflict;
+    /// Editing a deleted message.
+    MessageDeleted = "message_deleted", Conflict;
+    /// Editing or deleting an edit or delete event instead of a message.
+    NotEditable = "not_editable", Conflict;
+    /// A reaction past the distinct reactions a message may hold, or the
+    /// reactions one user may give it (`crate::reactions`).
+    TooManyReactions = "too_many_reactions", Conflict;
     PayloadTooLarge = "payload_too_large", TooLarge;
     MetadataTooLarge = "metadata_too_large", TooLarge;
     /// Over `limits.max_attachment_bytes`.

@@ -85,13 +85,34 @@ pub async fn page(
     };
     let cutoff = ctx.timeline.retention_cutoff(now);
     let last_seq = ctx.timeline.last_seq(&conv).await?;
-    let (messages, more) = collect(ctx, &conv, &state, last_seq, cutoff).await?;
+    let (mut messages, more) = collect(ctx, &conv, &state, last_seq, cutoff).await?;
+    ctx.timeline.apply_changes(&conv, &mut messages).await?;
+    crate::reactions::attach(ctx, &conv, caller.user_id.as_deref(), &mut messages).await?;
     let next_cursor = match (more, messages.last()) {
         (true, Some(last)) => Some(encode_cursor(key, &CursorState { pos: last.seq, ..state })),
         _ => None,
     };
     ctx.metrics.history_duration_seconds.observe(started.elapsed().as_secs_f64());
     Ok(Page { messages, next_cursor })
+}
+
+/// The message `message` names (its seq or its id) as the caller's reads
+/// show it: changes applied, with its reactions.
+pub async fn message(
+    ctx: &Context,
+    caller: &Caller,
+    conversation_id: &str,
+    message: &str,
+    now: i64,
+) -> Result<Envelope, Error> {
+    caller.require_scope(Scope::Read)?;
+    let conversation_id = ctx.membership.require_access(caller, conversation_id).await?.conversation_id;
+    let conv = ConvKey::new(&caller.app_id, &conversation_id);
+    let mut found = [crate::edits::locate(ctx, &conv, message, now).await?];
+    ctx.timeline.apply_changes(&conv, &mut found).await?;
+    crate::reactions::attach(ctx, &conv, caller.user_id.as_deref(), &mut found).await?;
+    let [found] = found;
+    Ok(found)
 }
 
 fn invalid_cursor() -> Error {

@@ -127,6 +127,11 @@ mod tests {
             content_type: None,
             attachments: Vec::new(),
             client_msg_id: key.map(str::to_string),
+            kind: None,
+            target_seq: None,
+            edited_at: None,
+            deleted: false,
+            reactions: Vec::new(),
         };
         TailEntry { seq, ts_ms: envelope.ts, body: serde_json::to_vec(&envelope).unwrap() }
     }

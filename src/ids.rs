@@ -11,6 +11,12 @@
 //! - **Display text** (a conversation title, an app or key name) is at most a
 //!   given number of characters with no control characters: it is one line,
 //!   and Postgres cannot store U+0000 in text, so both backends refuse it alike.
+//! - **Reactions** (an emoji, or a short name such as `+1`) are NFC text of
+//!   1 to 64 bytes and at most 16 characters, with no control characters,
+//!   whitespace, bidirectional controls or `/ ? # % \\ "`, and not `.` or `..`; zero-width joiners
+//!   and variation selectors stay (emoji are built from them).
+//! - **Message references** in paths are a seq (digits, no leading zero) or
+//!   a message id (a hyphenated UUIDv7, either case).
 //! - **Conversation ids** are UUIDs in any form the `uuid` crate reads
 //!   (hyphenated, simple, braced, `urn:uuid:`, any case), always used and
 //!   answered in the canonical lowercase hyphenated form.
@@ -81,9 +87,114 @@ pub fn conversation_id(raw: &str) -> Option<String> {
     uuid::Uuid::parse_str(raw).ok().map(|id| id.hyphenated().to_string())
 }
 
+/// The longest reaction, in bytes of its NFC form, and in characters.
+pub const MAX_REACTION_BYTES: usize = 64;
+pub const MAX_REACTION_CHARS: usize = 16;
+
+/// The canonical form of a reaction, or `invalid_reaction` saying why not.
+pub fn reaction(raw: &str) -> Result<String, Error> {
+    let canonical: String = raw.nfc().collect();
+    let refuse = |why: &str| {
+        let shown: String = raw.chars().take(16).collect();
+        Error::new(
+            Code::InvalidReaction,
+            format!(
+                "a reaction is 1 to {MAX_REACTION_BYTES} bytes and {MAX_REACTION_CHARS} characters of visible text: \
+                 {why}: {shown:?}"
+            ),
+        )
+    };
+    if canonical.is_empty() {
+        return Err(refuse("empty"));
+    }
+    if canonical.len() > MAX_REACTION_BYTES || canonical.chars().count() > MAX_REACTION_CHARS {
+        return Err(refuse("too long"));
+    }
+    let refused = |c: char| {
+        c.is_control()
+            || c.is_whitespace()
+            || matches!(c as u32, 0x061C | 0x200E | 0x200F | 0x202A..=0x202E | 0x2066..=0x2069)
+            || "/?#%\\\"".contains(c)
+    };
+    if let Some(c) = canonical.chars().find(|&c| refused(c)) {
+        return Err(refuse(&format!("U+{:04X} is not allowed", c as u32)));
+    }
+    if canonical == "." || canonical == ".." {
+        return Err(refuse("a path segment of its own"));
+    }
+    Ok(canonical)
+}
+
+/// A message named in a path: by its seq or by its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MessageRef {
+    /// Digits without a leading zero, at most 19: a seq past 2^63 - 1 names
+    /// no message (seqs are stored as signed 64-bit integers).
+    Seq(u64),
+    /// A UUIDv7 in its hyphenated form (either case), kept lowercase, with
+    /// its timestamp: within a moment of the message's receive time.
+    Id { id: String, ts_ms: i64 },
+}
+
+/// Parses a message reference; anything else is `None` (one spelling each:
+/// no leading zero, no other UUID form or version).
+pub fn message_ref(raw: &str) -> Option<MessageRef> {
+    let digits = raw.bytes().all(|b| b.is_ascii_digit());
+    if digits && (1..=19).contains(&raw.len()) && !raw.starts_with('0') {
+        return raw.parse::<u64>().ok().map(MessageRef::Seq);
+    }
+    if raw.len() != 36 {
+        return None;
+    }
+    let id = uuid::Uuid::try_parse(raw).ok()?;
+    if id.get_version_num() != 7 || id.get_variant() != uuid::Variant::RFC4122 {
+        return None;
+    }
+    let (secs, nanos) = id.get_timestamp()?.to_unix();
+    let ts_ms = i64::try_from(secs).ok()?.checked_mul(1000)? + i64::from(nanos / 1_000_000);
+    Some(MessageRef::Id { id: id.hyphenated().to_string(), ts_ms })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reactions_have_one_spelling() {
+        for ok in ["👍", "👍🏽", "❤\u{fe0f}", "👩\u{200d}💻", "+1", ":tada:", "ok"] {
+            assert_eq!(reaction(ok).unwrap(), ok, "{ok:?}");
+        }
+        assert_eq!(reaction("e\u{301}").unwrap(), "\u{e9}", "NFC");
+        let bad =
+            ["", " ", "a b", "\u{202e}x", "a/b", "50%", "x\u{0}", ".", "..", "12345678901234567", &"👍".repeat(17)];
+        for bad in bad {
+            assert_eq!(reaction(bad).unwrap_err().code, Code::InvalidReaction, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_message_is_named_by_seq_or_by_uuid_v7() {
+        assert_eq!(message_ref("1"), Some(MessageRef::Seq(1)));
+        assert_eq!(message_ref("9999999999999999999"), Some(MessageRef::Seq(9_999_999_999_999_999_999)));
+        let bad =
+            ["0", "01", "10000000000000000000", "", "-1", "+1", "1.0", "x", "00000000-0000-4000-8000-000000000000"];
+        let v7 = "0190c0de-0000-7000-8000-000000000001";
+        let other_forms = ["0190c0de00007000800000000000000a", "{0190c0de-0000-7000-8000-000000000001}"];
+        let wrong_variant = "0190c0de-0000-7000-c000-000000000001";
+        assert!(matches!(message_ref(v7), Some(MessageRef::Id { .. })));
+        for bad in bad.into_iter().chain(other_forms).chain([wrong_variant]) {
+            assert_eq!(message_ref(bad), None, "{bad:?}");
+        }
+        let id = uuid::Uuid::now_v7();
+        let now = crate::clock::now_ms();
+        match message_ref(&id.to_string().to_uppercase()) {
+            Some(MessageRef::Id { id: parsed, ts_ms }) => {
+                assert_eq!(parsed, id.to_string());
+                assert!((now - ts_ms).abs() < 1000, "{ts_ms} vs {now}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn user_ids_have_one_spelling() {

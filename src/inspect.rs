@@ -17,8 +17,8 @@ use crate::segment::{
     decode_block, decode_footer, decode_header, decode_trailer, BlockMeta, Footer, Header, HEADER_LEN, MAGIC,
     TRAILER_LEN, TRAILER_MAGIC,
 };
-use crate::store::{Metadata, Objects};
-use crate::timeline::index_rows;
+use crate::store::{ConvKey, Metadata, Objects};
+use crate::timeline::{apply_changes, index_rows};
 
 /// A footer larger than this is refused without being read: at ~110 bytes a
 /// block it would describe over half a million conversations, far beyond what
@@ -204,17 +204,31 @@ pub async fn inspect(
 
 /// Hands each envelope of a segment (optionally one conversation's) to
 /// `each`, in block order, one block in memory at a time; `each` returns
-/// false to stop early.
+/// false to stop early. With the metadata store, records are shown as reads
+/// show them: edits and deletes applied, a deleted payload never printed.
 pub async fn records(
     source: &SegmentSource<'_>,
     opened: &Opened,
     conversation: Option<&str>,
+    changes: Option<&Metadata>,
     mut each: impl FnMut(Envelope) -> bool,
 ) -> Result<(), String> {
     for meta in selected(&opened.footer, conversation)? {
+        let mut envelopes = Vec::with_capacity(meta.record_count as usize);
         for (i, record) in read_block(source, meta).await?.iter().enumerate() {
-            let envelope =
-                decode_record(opened.header.codec, meta.seq_start + i as u64, record).map_err(|e| e.to_string())?;
+            let seq = meta.seq_start + i as u64;
+            envelopes.push(decode_record(opened.header.codec, seq, record).map_err(|e| e.to_string())?);
+        }
+        if let Some(metadata) = changes {
+            let conv = ConvKey::new(&opened.footer.app_id, &meta.conversation_id);
+            apply_changes(metadata, &conv, &mut envelopes).await.map_err(|e| {
+                format!(
+                    "edits and deletes could not be read from the index ({}); no records are shown without them",
+                    e.message
+                )
+            })?;
+        }
+        for envelope in envelopes {
             if !each(envelope) {
                 return Ok(());
             }

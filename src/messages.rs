@@ -209,17 +209,7 @@ fn prepare(
     now: i64,
 ) -> Result<Pending, Error> {
     let key = validate(ctx, &request, idempotency_header)?;
-    let sender = match &caller.user_id {
-        Some(user) => Sender { kind: "user".into(), id: user.clone() },
-        None => Sender { kind: "app".into(), id: caller.app_id.clone() },
-    };
     let envelope = Envelope {
-        v: ENVELOPE_VERSION,
-        id: uuid::Uuid::now_v7().to_string(),
-        conversation_id: conversation_id.to_string(),
-        seq: 0,
-        ts: now,
-        sender,
         payload: request.payload,
         payload_base64: request.payload_base64,
         content_type: request.content_type,
@@ -227,9 +217,55 @@ fn prepare(
         // The key the client gave, by header or body: a flush finds it here
         // to record it durably.
         client_msg_id: key,
+        ..new_envelope(caller, conversation_id, now)
     };
     let key = envelope.client_msg_id.as_ref().map(|key| (claim_key(&envelope.sender, key), fingerprint(&envelope)));
     Ok(Pending { envelope, key })
+}
+
+/// An envelope from the caller, without content (seq 0 until appended).
+pub(crate) fn new_envelope(caller: &Caller, conversation_id: &str, now: i64) -> Envelope {
+    Envelope {
+        v: ENVELOPE_VERSION,
+        id: uuid::Uuid::now_v7().to_string(),
+        conversation_id: conversation_id.to_string(),
+        seq: 0,
+        ts: now,
+        sender: sender_of(caller),
+        payload: None,
+        payload_base64: None,
+        content_type: None,
+        attachments: Vec::new(),
+        client_msg_id: None,
+        kind: None,
+        target_seq: None,
+        edited_at: None,
+        deleted: false,
+        reactions: Vec::new(),
+    }
+}
+
+/// Who the caller sends as: its user, or the app for an admin key.
+pub(crate) fn sender_of(caller: &Caller) -> Sender {
+    match &caller.user_id {
+        Some(user) => Sender { kind: "user".into(), id: user.clone() },
+        None => Sender { kind: "app".into(), id: caller.app_id.clone() },
+    }
+}
+
+/// Appends a change event (an edit or a delete, built by `crate::edits`) to
+/// a conversation the caller was checked to access: rate-limited and
+/// appended like a message, without an idempotency key. Returns it with its seq.
+pub(crate) async fn append_event(
+    ctx: &Context,
+    caller: &Caller,
+    conversation_id: &str,
+    envelope: Envelope,
+    now: i64,
+) -> Result<Envelope, Error> {
+    let item = Ok(Pending { envelope, key: None });
+    let mut results = send_checked(ctx, caller, conversation_id, vec![item], now).await?;
+    results.pop().expect("one result per message").map(|sent| sent.envelope)
 }
 
 /// Sends prepared messages of one conversation, in order: one rate-limit
@@ -433,8 +469,9 @@ async fn check_records(
         };
         ctx.metrics.idempotency_record_lookups_total.with_label_values(&["found"]).inc();
         answers.push(Some(match ctx.timeline.message(conv, seq).await? {
-            Some(original) if fingerprint(&original) == claim.fingerprint => {
+            Some(mut original) if fingerprint(&original) == claim.fingerprint => {
                 ctx.metrics.idempotent_replays_total.inc();
+                ctx.timeline.apply_changes(conv, std::slice::from_mut(&mut original)).await?;
                 Ok(Sent { envelope: original, replayed: true })
             }
             Some(_) => Err(key_reused(seq)),
@@ -453,7 +490,10 @@ fn key_reused(seq: u64) -> Error {
 async fn replayed(ctx: &Context, conv: &ConvKey, seq: u64) -> Result<Sent, Error> {
     ctx.metrics.idempotent_replays_total.inc();
     match ctx.timeline.message(conv, seq).await? {
-        Some(envelope) => Ok(Sent { envelope, replayed: true }),
+        Some(mut envelope) => {
+            ctx.timeline.apply_changes(conv, std::slice::from_mut(&mut envelope)).await?;
+            Ok(Sent { envelope, replayed: true })
+        }
         None => Err(original_unavailable(seq)),
     }
 }

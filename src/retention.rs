@@ -17,7 +17,9 @@
 //!    stay whatever their age: deleting them would leave a hole the flush
 //!    refuses; once flushed they expire with their segment.
 //! 4. `state`: expired idempotency claims and TTL'd state where the store
-//!    does not expire them by itself (the embedded tail; Redis does).
+//!    does not expire them by itself (the embedded tail; Redis does), the
+//!    durable idempotency records past their window, and the edits, deletes
+//!    and reactions of messages past the history window.
 //! 5. `vacuum`: embedded mode hands the freed SQLite pages back to the file
 //!    system; deleted object files are removed with their empty directories.
 //!
@@ -35,7 +37,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::config::{Config, RetentionConfig};
-use crate::store::{ConvKey, StoreError, Stores};
+use crate::store::{ConvKey, Expiring, StoreError, Stores};
 use crate::telemetry::Metrics;
 use crate::worker::{Worker, WorkerState};
 
@@ -49,7 +51,7 @@ const CONVERSATION_PAGE: usize = 500;
 const TAIL_PAGE: usize = 100;
 /// Object deletions in flight at once.
 const DELETE_CONCURRENCY: usize = 8;
-/// Durable idempotency records deleted per statement.
+/// Rows of the tables that expire with their message deleted per statement.
 const DELETE_BATCH: i64 = 10_000;
 
 /// Logs a retention event with the `component` and `worker` fields every
@@ -107,6 +109,11 @@ pub struct RetentionReport {
     /// Durable idempotency records (rows of flushed messages' keys) past
     /// `limits.idempotency_ttl`; a dry run does not count them.
     pub idempotency_records: u64,
+    /// Edits and deletes of messages past the history window; a dry run
+    /// does not count them.
+    pub message_changes: u64,
+    /// Reactions to messages past the history window; a dry run does not count them.
+    pub reactions: u64,
     /// Bytes the SQLite file shrank by (embedded).
     pub reclaimed_bytes: u64,
 }
@@ -413,30 +420,42 @@ impl Retention {
     }
 
     /// `state`: expired idempotency claims and TTL'd state, where the store
-    /// keeps them until purged, and the durable idempotency records past
-    /// the idempotency window (in batches, so no statement runs long).
+    /// keeps them until purged, the durable idempotency records past the
+    /// idempotency window, and the edits, deletes and reactions of messages
+    /// past the history window (in batches, so no statement runs long).
     async fn purge_state(&self, report: &mut RetentionReport, now: i64) -> Result<(), RetentionError> {
         let stage_started = Instant::now();
         report.idempotency_claims = self.stores.tail.purge_expired().await.map_err(stage("state-purge"))?;
         report.state_entries = self.stores.state.purge_expired().await.map_err(stage("state-purge"))?;
-        let cutoff = now.saturating_sub(self.idempotency_ttl_ms);
-        loop {
-            let metadata = &self.stores.metadata;
-            let deleted =
-                metadata.delete_idempotency_records(cutoff, DELETE_BATCH).await.map_err(stage("state-purge"))?;
-            report.idempotency_records += deleted;
-            if deleted < DELETE_BATCH as u64 {
-                break;
+        let idempotency_cutoff = now.saturating_sub(self.idempotency_ttl_ms);
+        let history_cutoff = report.cutoff_ms;
+        for (table, cutoff, count) in [
+            (Expiring::IdempotencyRecords, idempotency_cutoff, &mut report.idempotency_records),
+            (Expiring::MessageChanges, history_cutoff, &mut report.message_changes),
+            (Expiring::Reactions, history_cutoff, &mut report.reactions),
+        ] {
+            loop {
+                let metadata = &self.stores.metadata;
+                let deleted =
+                    metadata.delete_expired(table, cutoff, DELETE_BATCH).await.map_err(stage("state-purge"))?;
+                *count += deleted;
+                if deleted < DELETE_BATCH as u64 {
+                    break;
+                }
             }
         }
         let deleted = &self.metrics.retention_deleted_total;
         deleted.with_label_values(&["idempotency_claims"]).inc_by(report.idempotency_claims);
         deleted.with_label_values(&["state_entries"]).inc_by(report.state_entries);
         deleted.with_label_values(&["idempotency_records"]).inc_by(report.idempotency_records);
+        deleted.with_label_values(&["message_changes"]).inc_by(report.message_changes);
+        deleted.with_label_values(&["reactions"]).inc_by(report.reactions);
         let counts = [
             ("idempotency-claims", report.idempotency_claims),
             ("state-entries", report.state_entries),
             ("idempotency-records", report.idempotency_records),
+            ("message-changes", report.message_changes),
+            ("reactions", report.reactions),
         ];
         self.stage_done("state", stage_started, &counts);
         Ok(())

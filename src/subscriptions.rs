@@ -206,6 +206,7 @@ fn event_delivery(bytes: &[u8]) -> Option<Delivery> {
     let op = match frame["op"].as_str() {
         Some("receipt") => "receipt",
         Some("typing") => "typing",
+        Some("reaction") => "reaction",
         _ => return None,
     };
     Some(Delivery::Event { op, frame })
@@ -219,7 +220,12 @@ async fn replay(ctx: &Context, to: &impl Receiver, conv: &ConvKey, after: u64, t
     let mut delivered = after;
     while delivered < through {
         let end = (delivered + CATCH_UP_CHUNK).min(through);
-        let batch = match ctx.timeline.read(conv, delivered + 1, end, cutoff).await {
+        let read = async {
+            let mut batch = ctx.timeline.read(conv, delivered + 1, end, cutoff).await?;
+            ctx.timeline.apply_changes(conv, &mut batch).await?;
+            Ok::<_, Error>(batch)
+        };
+        let batch = match read.await {
             Ok(batch) => batch,
             Err(e) => {
                 to.ended(&e, json!({"conversation_id": conv.conversation_id}));

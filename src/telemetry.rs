@@ -31,6 +31,10 @@ pub struct Metrics {
     pub redis_errors_total: IntCounterVec,
     pub auth_failures_total: IntCounterVec,
     pub messages_ingested_total: IntCounter,
+    /// Messages edited or deleted, by kind (`edit`, `delete`).
+    pub message_changes_total: IntCounterVec,
+    /// Reactions added or removed, by action (`add`, `remove`).
+    pub reactions_total: IntCounterVec,
     pub ingest_duration_seconds: Histogram,
     pub store_group_items: HistogramVec,
     pub idempotent_replays_total: IntCounter,
@@ -125,7 +129,7 @@ pub const WORKERS: [&str; 7] =
     ["segment-flush", "recovery", "compaction", "retention", "dependency-watcher", "membership-invalidation", "stats"];
 
 /// The `kind` label values of `msgd_retention_deleted_total`.
-pub const RETENTION_KINDS: [&str; 7] = [
+pub const RETENTION_KINDS: [&str; 9] = [
     "objects",
     "block_rows",
     "attachments",
@@ -133,6 +137,8 @@ pub const RETENTION_KINDS: [&str; 7] = [
     "idempotency_claims",
     "state_entries",
     "idempotency_records",
+    "message_changes",
+    "reactions",
 ];
 
 const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -207,6 +213,16 @@ impl Metrics {
             .expect("metric"),
             messages_ingested_total: IntCounter::new("msgd_messages_ingested_total", "Messages accepted into the tail")
                 .expect("metric"),
+            message_changes_total: IntCounterVec::new(
+                Opts::new("msgd_message_changes_total", "Messages edited or deleted, by kind (edit, delete)"),
+                &["kind"],
+            )
+            .expect("metric"),
+            reactions_total: IntCounterVec::new(
+                Opts::new("msgd_reactions_total", "Reactions added or removed, by action (add, remove)"),
+                &["action"],
+            )
+            .expect("metric"),
             ingest_duration_seconds: Histogram::with_opts(
                 HistogramOpts::new("msgd_ingest_duration_seconds", "Time to accept one message (auth excluded)")
                     .buckets(LATENCY_BUCKETS.to_vec()),
@@ -479,6 +495,12 @@ impl Metrics {
             metrics.compaction_block_rows_total.with_label_values(&[direction]);
             metrics.compaction_bytes_total.with_label_values(&[direction]);
         }
+        for kind in ["edit", "delete"] {
+            metrics.message_changes_total.with_label_values(&[kind]);
+        }
+        for action in ["add", "remove"] {
+            metrics.reactions_total.with_label_values(&[action]);
+        }
         for kind in RETENTION_KINDS {
             metrics.retention_deleted_total.with_label_values(&[kind]);
         }
@@ -505,6 +527,8 @@ impl Metrics {
             Box::new(metrics.redis_errors_total.clone()),
             Box::new(metrics.auth_failures_total.clone()),
             Box::new(metrics.messages_ingested_total.clone()),
+            Box::new(metrics.message_changes_total.clone()),
+            Box::new(metrics.reactions_total.clone()),
             Box::new(metrics.ingest_duration_seconds.clone()),
             Box::new(metrics.store_group_items.clone()),
             Box::new(metrics.idempotent_replays_total.clone()),

@@ -15,10 +15,10 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use crate::envelope::{decode_record, Envelope};
+use crate::envelope::{decode_record, EditedContent, Envelope, EventKind};
 use crate::error::{Code, Error};
 use crate::segment::{self, Codec};
-use crate::store::{BlockRow, ConvKey, SegmentRow, Stores};
+use crate::store::{BlockRow, ConvKey, MessageChangeRow, Metadata, SegmentRow, Stores};
 use crate::telemetry::Metrics;
 
 /// Reads conversations for one instance; holds the decoded-block cache.
@@ -113,6 +113,12 @@ impl Timeline {
         Ok(found.into_iter().next().filter(|envelope| envelope.seq == seq))
     }
 
+    /// Applies the recorded edits and deletes to messages read from the log:
+    /// [`apply_changes`].
+    pub async fn apply_changes(&self, conv: &ConvKey, messages: &mut [Envelope]) -> Result<(), Error> {
+        apply_changes(&self.stores.metadata, conv, messages).await
+    }
+
     /// The first seq at or after `from` that may hold a message received at
     /// or after `ts`: the start of the first block reaching `ts`, or, when no
     /// block does, the first seq after the segments (the tail).
@@ -161,6 +167,46 @@ impl Timeline {
         self.cache.put(key, block.clone(), meta.raw_bytes as usize);
         Ok(block)
     }
+}
+
+/// Applies the recorded edits and deletes (`crate::edits`) to messages
+/// read from the log (history, catch-up, replays, inspection), in one
+/// metadata query: an edited message gets the
+/// newest content and `edited_at`; a deleted one, and every edit event
+/// of it, loses its content; an edit event shows its target's current
+/// content, never an older version.
+pub async fn apply_changes(metadata: &Metadata, conv: &ConvKey, messages: &mut [Envelope]) -> Result<(), Error> {
+    let target = |m: &Envelope| match m.kind {
+        None => Some(m.seq),
+        Some(EventKind::Edit) => m.target_seq,
+        Some(EventKind::Delete) => None,
+    };
+    let mut seqs: Vec<u64> = messages.iter().filter_map(target).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    let changes: HashMap<u64, MessageChangeRow> =
+        metadata.message_changes(conv, &seqs).await?.into_iter().map(|row| (row.seq as u64, row)).collect();
+    if changes.is_empty() {
+        return Ok(());
+    }
+    for message in messages.iter_mut() {
+        let Some(change) = target(message).and_then(|seq| changes.get(&seq)) else { continue };
+        if change.deleted_at.is_some() {
+            message.redact();
+            continue;
+        }
+        let (Some(edit_seq), Some(content)) = (change.edit_seq, &change.content) else { continue };
+        // A message, or an edit event older than the newest edit, takes the newest content.
+        if message.kind.is_none() || (edit_seq as u64) > message.seq {
+            let content: EditedContent = serde_json::from_str(content).map_err(|e| {
+                tracing::error!(component = "messages", error = %e, "undecodable edited content");
+                Error::new(Code::Internal, "internal error")
+            })?;
+            content.apply_to(message);
+        }
+        message.edited_at = change.edited_at;
+    }
+    Ok(())
 }
 
 /// The index rows that describe a segment, from its footer.

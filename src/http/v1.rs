@@ -18,7 +18,7 @@ use crate::auth::Caller;
 use crate::clock::now_ms;
 use crate::error::{Code, Error};
 use crate::keys::Scope;
-use crate::{attachments, conversations, history, messages, receipts};
+use crate::{attachments, conversations, edits, history, messages, reactions, receipts};
 
 /// Parses a JSON body; a body over the size limit is a 413, anything else
 /// malformed a 400, both in the API's error shape.
@@ -116,6 +116,51 @@ pub(super) async fn history(
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| Error::new(Code::InvalidRequest, e.body_text()))?;
     Ok(Json(history::page(&state.ctx, &caller, &id, query, now_ms()).await?).into_response())
+}
+
+pub(super) async fn message(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, message)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    Ok(Json(history::message(&state.ctx, &caller, &id, &message, now_ms()).await?).into_response())
+}
+
+pub(super) async fn edit(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, message)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let request: edits::EditRequest = json_body(body)?;
+    Ok(Json(edits::edit(&state.ctx, &caller, &id, &message, request, now_ms()).await?).into_response())
+}
+
+pub(super) async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, message)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    edits::delete(&state.ctx, &caller, &id, &message, now_ms()).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub(super) async fn react(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, message, reaction)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    let change = reactions::add(&state.ctx, &caller, &id, &message, &reaction).await?;
+    let status = if change.changed { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(change)).into_response())
+}
+
+pub(super) async fn unreact(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, message, reaction)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    Ok(Json(reactions::remove(&state.ctx, &caller, &id, &message, &reaction).await?).into_response())
 }
 
 #[derive(Deserialize)]

@@ -276,14 +276,16 @@ impl Outbox {
 /// wait for the replay budget, live ones never wait.
 impl Receiver for Outbox {
     async fn replayed(&self, message: Envelope) -> bool {
-        self.send_replayed("message", json!({"op": "message", "message": message})).await
+        let op = message.op();
+        self.send_replayed(op, json!({"op": op, "message": message})).await
     }
 
     fn live(&self, delivery: Delivery) -> bool {
         match delivery {
             Delivery::Message(message) => {
-                let frame = message.frame(|envelope| json!({"op": "message", "message": envelope}).to_string());
-                self.send_text("message", frame.to_string())
+                let op = message.envelope.op();
+                let frame = message.frame(|envelope| json!({"op": op, "message": envelope}).to_string());
+                self.send_text(op, frame.to_string())
             }
             Delivery::Event { op, frame } => self.send(op, frame),
         }

@@ -96,6 +96,47 @@ pub struct IdempotencyRecordRow {
     pub entries: Vec<u8>,
 }
 
+/// A message edited or deleted after it was sent: what reads apply to its
+/// immutable record (`crate::edits`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, sqlx::FromRow)]
+pub struct MessageChangeRow {
+    pub app_id: String,
+    pub conversation_id: String,
+    pub seq: i64,
+    /// The message's receive time: the row expires with it.
+    pub ts: i64,
+    pub edit_seq: Option<i64>,
+    pub edited_at: Option<i64>,
+    /// The content the newest edit set, as JSON.
+    pub content: Option<String>,
+    pub deleted_at: Option<i64>,
+    /// The delete event's seq, once it is in the log.
+    pub delete_seq: Option<i64>,
+}
+
+/// One user's reaction to a message.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, sqlx::FromRow)]
+pub struct ReactionRow {
+    pub app_id: String,
+    pub conversation_id: String,
+    pub seq: i64,
+    pub reaction: String,
+    pub user_id: String,
+    /// The message's receive time: the row expires with it.
+    pub ts: i64,
+    pub created_at: i64,
+}
+
+/// The reactions of one message by reaction: how many users, and whether
+/// the asking user is one of them.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ReactionCount {
+    pub seq: i64,
+    pub reaction: String,
+    pub count: i64,
+    pub mine: i64,
+}
+
 /// A guarded move of one conversation's flushed seq: it only happens if the
 /// stored value still equals `from` (0 when there is no row yet).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,6 +183,12 @@ pub struct MetadataSnapshot {
     /// Absent in backups taken before attachments existed.
     #[serde(default)]
     pub attachments: Vec<AttachmentRow>,
+    /// Absent in backups taken before edits and deletes existed.
+    #[serde(default)]
+    pub message_changes: Vec<MessageChangeRow>,
+    /// Absent in backups taken before reactions existed.
+    #[serde(default)]
+    pub reactions: Vec<ReactionRow>,
 }
 
 impl MetadataSnapshot {
@@ -155,6 +202,8 @@ impl MetadataSnapshot {
             ("flush_state", self.flush_state.len()),
             ("server_secrets", self.server_secrets.len()),
             ("attachments", self.attachments.len()),
+            ("message_changes", self.message_changes.len()),
+            ("message_reactions", self.reactions.len()),
         ]
         .into_iter()
         .map(|(table, rows)| (table.to_string(), rows as u64))

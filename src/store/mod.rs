@@ -31,10 +31,11 @@ pub use coordination::Coordination;
 pub use live::{Live, LiveEvent, LiveMessage, LiveSubscription};
 pub use metadata::{
     ApiKeyRow, AppRow, AttachmentRow, BlockRow, ConversationRow, FlushAdvance, FlushStateRow, IdempotencyRecordRow,
-    MemberRow, MetadataSnapshot, SegmentRow, ServerSecretRow, SnapshotMember,
+    MemberRow, MessageChangeRow, MetadataSnapshot, ReactionCount, ReactionRow, SegmentRow, ServerSecretRow,
+    SnapshotMember,
 };
 pub use objects::Objects;
-pub use sql::{ExpiredTotals, Metadata, SQLITE_FILE};
+pub use sql::{ExpiredTotals, Expiring, Metadata, SQLITE_FILE};
 pub use state::TtlState;
 pub use tail::{
     AppendOutcome, AppendRequest, ConvKey, DirtyConversation, IdempotencyClaim, Tail, TailEntry, TailMemory,

@@ -17,7 +17,7 @@ use sqlx::{Connection, PgConnection, PgPool, SqlitePool};
 
 use super::metadata::{
     ApiKeyRow, AppRow, AttachmentRow, BlockRow, ConversationRow, FlushAdvance, IdempotencyRecordRow, MemberRow,
-    MetadataSnapshot, SegmentRow,
+    MessageChangeRow, MetadataSnapshot, ReactionCount, ReactionRow, SegmentRow,
 };
 use super::tail::ConvKey;
 use super::StoreError;
@@ -745,12 +745,182 @@ impl Metadata {
             .await)
     }
 
-    /// Deletes the idempotency records whose newest message was received
-    /// before `cutoff` (Unix ms), at most `limit` rows; returns how many.
-    pub async fn delete_idempotency_records(&self, cutoff: i64, limit: i64) -> Result<u64, StoreError> {
-        let delete = "DELETE FROM idempotency_records WHERE (app_id, conversation_id, seq_end) IN \
-                      (SELECT app_id, conversation_id, seq_end FROM idempotency_records WHERE ts_end < $1 LIMIT $2)";
+    /// The changes recorded for these seqs of a conversation (at most a page's worth).
+    pub async fn message_changes(&self, conv: &ConvKey, seqs: &[u64]) -> Result<Vec<MessageChangeRow>, StoreError> {
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list: Vec<String> = seqs.iter().map(|seq| (*seq as i64).to_string()).collect();
+        // Integers formatted here, never client text: safe to inline.
+        let select = format!(
+            "SELECT {CHANGE_COLUMNS} FROM message_changes WHERE app_id = $1 AND conversation_id = $2 AND seq IN ({})",
+            list.join(", ")
+        );
+        on_db!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(select))
+            .bind(&conv.app_id)
+            .bind(&conv.conversation_id)
+            .fetch_all(pool)
+            .await)
+    }
+
+    /// Records an edit of message `seq` (received at `ts`) by the event at
+    /// `edit_seq`: kept only when newer than the edit recorded, and never
+    /// for a deleted message. True when it was recorded.
+    pub async fn record_edit(
+        &self,
+        conv: &ConvKey,
+        seq: u64,
+        ts: i64,
+        edit_seq: u64,
+        edited_at: i64,
+        content: &str,
+    ) -> Result<bool, StoreError> {
+        let upsert = "INSERT INTO message_changes (app_id, conversation_id, seq, ts, edit_seq, edited_at, content) \
+                      VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (app_id, conversation_id, seq) DO UPDATE \
+                      SET edit_seq = excluded.edit_seq, edited_at = excluded.edited_at, content = excluded.content \
+                      WHERE message_changes.deleted_at IS NULL \
+                      AND (message_changes.edit_seq IS NULL OR message_changes.edit_seq < excluded.edit_seq)";
+        on_db!(self, pool => sqlx::query(upsert)
+            .bind(&conv.app_id)
+            .bind(&conv.conversation_id)
+            .bind(seq as i64)
+            .bind(ts)
+            .bind(edit_seq as i64)
+            .bind(edited_at)
+            .bind(content)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected() > 0))
+    }
+
+    /// Marks message `seq` (received at `ts`) deleted at `at` and drops any
+    /// edited content; a message deleted already keeps its first time.
+    pub async fn record_delete(&self, conv: &ConvKey, seq: u64, ts: i64, at: i64) -> Result<(), StoreError> {
+        let upsert = "INSERT INTO message_changes (app_id, conversation_id, seq, ts, deleted_at) \
+                      VALUES ($1, $2, $3, $4, $5) ON CONFLICT (app_id, conversation_id, seq) DO UPDATE \
+                      SET content = NULL, deleted_at = COALESCE(message_changes.deleted_at, excluded.deleted_at)";
+        on_db!(self, pool => sqlx::query(upsert)
+            .bind(&conv.app_id)
+            .bind(&conv.conversation_id)
+            .bind(seq as i64)
+            .bind(ts)
+            .bind(at)
+            .execute(pool)
+            .await
+            .map(|_| ()))
+    }
+
+    /// Notes that message `seq`'s delete event is in the log at `delete_seq`.
+    pub async fn record_delete_seq(&self, conv: &ConvKey, seq: u64, delete_seq: u64) -> Result<(), StoreError> {
+        let update = "UPDATE message_changes SET delete_seq = $4 \
+                      WHERE app_id = $1 AND conversation_id = $2 AND seq = $3 AND delete_seq IS NULL";
+        on_db!(self, pool => sqlx::query(update)
+            .bind(&conv.app_id)
+            .bind(&conv.conversation_id)
+            .bind(seq as i64)
+            .bind(delete_seq as i64)
+            .execute(pool)
+            .await
+            .map(|_| ()))
+    }
+
+    /// Adds `row` (one user's reaction) unless the message would then hold
+    /// more than `max_per_message` reactions or the user more than
+    /// `max_per_user` on it: `Ok(None)` when it was there already,
+    /// `Ok(Some(true))` when added, `Ok(Some(false))` when over a bound.
+    pub async fn add_reaction(
+        &self,
+        row: &ReactionRow,
+        max_per_message: i64,
+        max_per_user: i64,
+    ) -> Result<Option<bool>, StoreError> {
+        // The bounds are checked by the insert itself, against the rows it sees.
+        let insert = "INSERT INTO message_reactions \
+                      (app_id, conversation_id, seq, reaction, user_id, ts, created_at) \
+                      SELECT $1, $2, $3, $4, $5, $6, $7 \
+                      WHERE (EXISTS (SELECT 1 FROM message_reactions \
+                                     WHERE app_id = $1 AND conversation_id = $2 AND seq = $3 AND reaction = $4) \
+                             OR (SELECT COUNT(DISTINCT reaction) FROM message_reactions \
+                                 WHERE app_id = $1 AND conversation_id = $2 AND seq = $3) < $8) \
+                      AND (SELECT COUNT(*) FROM message_reactions \
+                           WHERE app_id = $1 AND conversation_id = $2 AND seq = $3 AND user_id = $5) < $9 \
+                      ON CONFLICT DO NOTHING";
+        let exists = "SELECT COUNT(*) FROM message_reactions \
+                      WHERE app_id = $1 AND conversation_id = $2 AND seq = $3 AND reaction = $4 AND user_id = $5";
+        on_db!(self, pool => async {
+            let present: i64 = sqlx::query_scalar(exists)
+                .bind(&row.app_id).bind(&row.conversation_id).bind(row.seq).bind(&row.reaction).bind(&row.user_id)
+                .fetch_one(pool).await?;
+            if present > 0 {
+                return Ok(None);
+            }
+            let inserted = sqlx::query(insert)
+                .bind(&row.app_id).bind(&row.conversation_id).bind(row.seq).bind(&row.reaction).bind(&row.user_id)
+                .bind(row.ts).bind(row.created_at).bind(max_per_message).bind(max_per_user)
+                .execute(pool).await?.rows_affected();
+            Ok(Some(inserted > 0))
+        }.await)
+    }
+
+    /// Removes one user's reaction; true when it was there.
+    pub async fn remove_reaction(
+        &self,
+        conv: &ConvKey,
+        seq: u64,
+        reaction: &str,
+        user_id: &str,
+    ) -> Result<bool, StoreError> {
+        let delete = "DELETE FROM message_reactions \
+                      WHERE app_id = $1 AND conversation_id = $2 AND seq = $3 AND reaction = $4 AND user_id = $5";
         on_db!(self, pool => sqlx::query(delete)
+            .bind(&conv.app_id)
+            .bind(&conv.conversation_id)
+            .bind(seq as i64)
+            .bind(reaction)
+            .bind(user_id)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected() > 0))
+    }
+
+    /// The reactions of these seqs by reaction, in the order each was first
+    /// given, with whether `user` gave it.
+    pub async fn reaction_counts(
+        &self,
+        conv: &ConvKey,
+        seqs: &[u64],
+        user: &str,
+    ) -> Result<Vec<ReactionCount>, StoreError> {
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list: Vec<String> = seqs.iter().map(|seq| (*seq as i64).to_string()).collect();
+        // Integers formatted here, never client text: safe to inline.
+        let select = format!(
+            "SELECT seq, reaction, COUNT(*) AS count, \
+             CAST(MAX(CASE WHEN user_id = $3 THEN 1 ELSE 0 END) AS BIGINT) AS mine FROM message_reactions \
+             WHERE app_id = $1 AND conversation_id = $2 AND seq IN ({}) \
+             GROUP BY seq, reaction ORDER BY seq, MIN(created_at), reaction",
+            list.join(", ")
+        );
+        on_db!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(select))
+            .bind(&conv.app_id)
+            .bind(&conv.conversation_id)
+            .bind(user)
+            .fetch_all(pool)
+            .await)
+    }
+
+    /// Deletes at most `limit` rows of `table` whose message was received
+    /// before `cutoff` (Unix ms); returns how many.
+    pub async fn delete_expired(&self, table: Expiring, cutoff: i64, limit: i64) -> Result<u64, StoreError> {
+        let (name, key, ts) = match table {
+            Expiring::IdempotencyRecords => ("idempotency_records", "app_id, conversation_id, seq_end", "ts_end"),
+            Expiring::MessageChanges => ("message_changes", "app_id, conversation_id, seq", "ts"),
+            Expiring::Reactions => ("message_reactions", "app_id, conversation_id, seq, reaction, user_id", "ts"),
+        };
+        let delete = format!("DELETE FROM {name} WHERE ({key}) IN (SELECT {key} FROM {name} WHERE {ts} < $1 LIMIT $2)");
+        on_db!(self, pool => sqlx::query(sqlx::AssertSqlSafe(delete))
             .bind(cutoff)
             .bind(limit)
             .execute(pool)
@@ -775,6 +945,17 @@ impl Metadata {
             .fetch_one(pool)
             .await)
     }
+}
+
+/// The tables whose rows expire with their message (retention's `state` stage).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiring {
+    /// Flushed messages' idempotency keys, past `limits.idempotency_ttl`.
+    IdempotencyRecords,
+    /// Edits and deletes, past the history window.
+    MessageChanges,
+    /// Reactions, past the history window.
+    Reactions,
 }
 
 /// What a retention run would delete from the index: segments older than a
@@ -1007,7 +1188,7 @@ impl Metadata {
 }
 
 /// The snapshot's tables in insert order (parents first), with their columns.
-const SNAPSHOT_TABLES: [(&str, &str); 7] = [
+const SNAPSHOT_TABLES: [(&str, &str); 9] = [
     ("apps", "id, name, created_at"),
     ("api_keys", KEY_COLUMNS),
     ("conversations", "app_id, id, title, metadata, created_by, created_at"),
@@ -1015,7 +1196,11 @@ const SNAPSHOT_TABLES: [(&str, &str); 7] = [
     ("flush_state", "app_id, conversation_id, flushed_seq, updated_at"),
     ("server_secrets", "name, value, created_at"),
     ("attachments", ATTACHMENT_COLUMNS),
+    ("message_changes", CHANGE_COLUMNS),
+    ("message_reactions", "app_id, conversation_id, seq, reaction, user_id, ts, created_at"),
 ];
+
+const CHANGE_COLUMNS: &str = "app_id, conversation_id, seq, ts, edit_seq, edited_at, content, deleted_at, delete_seq";
 
 const ATTACHMENT_COLUMNS: &str = "app_id, conversation_id, id, object_key, content_type, size, sha256, filename, \
                                   uploaded_by, created_at, upload_expires_at, verified_at, referenced_at";
@@ -1023,7 +1208,15 @@ const ATTACHMENT_COLUMNS: &str = "app_id, conversation_id, id, object_key, conte
 /// `SELECT <columns> FROM <table>` for the snapshot's `index`-th table, in a stable order.
 fn snapshot_select(index: usize) -> String {
     let (table, columns) = SNAPSHOT_TABLES[index];
-    let order = columns.split(", ").take(if table == "members" { 3 } else { 2 }).collect::<Vec<_>>().join(", ");
+    let order = columns
+        .split(", ")
+        .take(match table {
+            "members" | "message_changes" => 3,
+            "message_reactions" => 5,
+            _ => 2,
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
     format!("SELECT {columns} FROM {table} ORDER BY {order}")
 }
 
@@ -1051,6 +1244,8 @@ macro_rules! read_snapshot {
                 flush_state: rows!(4),
                 server_secrets: rows!(5),
                 attachments: rows!(6),
+                message_changes: rows!(7),
+                reactions: rows!(8),
             })
         }
     };
@@ -1142,6 +1337,18 @@ impl Metadata {
             }
             for attachment in &snapshot.attachments {
                 bind_attachment(sqlx::query(sqlx::AssertSqlSafe(snapshot_insert(6))), attachment)
+                    .execute(&mut *tx).await?;
+            }
+            for r in &snapshot.reactions {
+                sqlx::query(sqlx::AssertSqlSafe(snapshot_insert(8)))
+                    .bind(&r.app_id).bind(&r.conversation_id).bind(r.seq).bind(&r.reaction).bind(&r.user_id)
+                    .bind(r.ts).bind(r.created_at)
+                    .execute(&mut *tx).await?;
+            }
+            for c in &snapshot.message_changes {
+                sqlx::query(sqlx::AssertSqlSafe(snapshot_insert(7)))
+                    .bind(&c.app_id).bind(&c.conversation_id).bind(c.seq).bind(c.ts).bind(c.edit_seq)
+                    .bind(c.edited_at).bind(&c.content).bind(c.deleted_at).bind(c.delete_seq)
                     .execute(&mut *tx).await?;
             }
             tx.commit().await?;

@@ -41,6 +41,10 @@ backend_test! {
         let send_missing = format!("/v1/conversations/{missing}/messages");
         let add_dave = format!("/v1/conversations/{conversation}/members/dave");
         let receipts = format!("/v1/conversations/{conversation}/receipts");
+        // Sent by the cases below: 1 by the app, 2 by alice (the owner), 3 by bob.
+        let message = |seq: u64| format!("/v1/conversations/{conversation}/messages/{seq}");
+        let (by_app, by_alice, by_bob) = (message(1), message(2), message(3));
+        let thumbs = format!("{by_app}/reactions/%F0%9F%91%8D");
 
         let cases: Vec<Case> = vec![
             ("no key", None, Some(&alice), Method::POST, &send, 401, "missing_api_key"),
@@ -88,6 +92,27 @@ backend_test! {
                 "not_member",
             ),
             ("read key reads", Some(&api.read_key), Some(&bob), Method::GET, &get, 200, ""),
+            ("a member reads one message", Some(&api.read_key), Some(&bob), Method::GET, &by_app, 200, ""),
+            ("non-member cannot read one", Some(&api.read_key), Some(&carol), Method::GET, &by_app, 403, "not_member"),
+            ("another app's admin, one message", Some(&other_admin), None, Method::GET, &by_app, 404, "not_found"),
+            ("a member reacts", Some(&api.read_key), Some(&bob), Method::PUT, &thumbs, 201, ""),
+            ("non-member cannot react", Some(&api.write_key), Some(&carol), Method::PUT, &thumbs, 403, "not_member"),
+            ("the app cannot react", Some(&api.admin_key), None, Method::PUT, &thumbs, 400, "user_required"),
+            ("another app's admin cannot react", Some(&other_admin), None, Method::PUT, &thumbs, 404, "not_found"),
+            ("non-member cannot unreact", Some(&api.write_key), Some(&carol), Method::DELETE, &thumbs, 403, "not_member"),
+            ("a member unreacts", Some(&api.read_key), Some(&bob), Method::DELETE, &thumbs, 200, ""),
+            ("the owner cannot edit bob's", Some(&api.write_key), Some(&alice), Method::PATCH, &by_bob, 403, "not_sender"),
+            ("the sender edits", Some(&api.read_key), Some(&bob), Method::PATCH, &by_bob, 200, ""),
+            ("the app edits its own", Some(&api.admin_key), None, Method::PATCH, &by_app, 200, ""),
+            ("the app cannot edit a user's", Some(&api.admin_key), None, Method::PATCH, &by_alice, 403, "not_sender"),
+            ("non-member cannot edit", Some(&api.write_key), Some(&carol), Method::PATCH, &by_bob, 403, "not_member"),
+            ("write key needs a user to edit", Some(&api.write_key), None, Method::PATCH, &by_bob, 401, "missing_token"),
+            ("a member cannot delete another's", Some(&api.write_key), Some(&bob), Method::DELETE, &by_app, 403, "not_sender"),
+            ("non-member cannot delete", Some(&api.write_key), Some(&carol), Method::DELETE, &by_bob, 403, "not_member"),
+            ("another app's admin cannot delete", Some(&other_admin), None, Method::DELETE, &by_bob, 404, "not_found"),
+            ("the sender deletes", Some(&api.read_key), Some(&alice), Method::DELETE, &by_alice, 204, ""),
+            ("the owner deletes a member's", Some(&api.write_key), Some(&alice), Method::DELETE, &by_bob, 204, ""),
+            ("the app deletes any", Some(&api.admin_key), None, Method::DELETE, &by_app, 204, ""),
             // A publishable key with a user token can do what the user's membership allows.
             ("publishable key sends as a member", Some(&api.read_key), Some(&bob), Method::POST, &send, 201, ""),
             (
@@ -157,7 +182,7 @@ backend_test! {
         let body = json!({"payload": {"text": "hi"}});
         let mut failures = Vec::new();
         for (name, key, token, method, path, status, code) in cases {
-            let body = (method == Method::POST).then_some(&body);
+            let body = (method == Method::POST || method == Method::PATCH).then_some(&body);
             let reply = api.request(method, path, key, token, body, &[]).await;
             if reply.status != status || (!code.is_empty() && reply.code() != code) {
                 failures.push(format!("{name}: expected {status} {code}, got {} {}", reply.status, reply.body));

@@ -135,6 +135,16 @@ backend_test! {
         assert!(!metrics.contains("msgd_http"), "only the backup's metrics: {metrics}");
         assert_eq!(first["tables"]["conversations"], 3);
 
+        // A delete and an edit of flushed messages: both stay in force after the restore.
+        let path = |seq: u64| format!("/v1/conversations/{}/messages/{seq}", conversations[1]);
+        let deleted = api.request(Method::DELETE, &path(1), Some(&api.write_key), Some(&alice), None, &[]).await;
+        assert_eq!(deleted.status, 204, "{}", deleted.body);
+        let edit = json!({"payload": "edited before the backup"});
+        let edited = api.request(Method::PATCH, &path(2), Some(&api.write_key), Some(&alice), Some(&edit), &[]).await;
+        assert_eq!(edited.status, 200, "{}", edited.body);
+        let thumbs = format!("{}/reactions/%F0%9F%91%8D", path(2));
+        let reacted = api.request(Method::PUT, &thumbs, Some(&api.write_key), Some(&alice), None, &[]).await;
+        assert_eq!(reacted.status, 201, "{}", reacted.body);
         send_and_flush(&api, &alice, &conversations[1], 2).await;
         let second = backup_ok(&api.env, &["run"]);
         assert_eq!((second["objects"].as_u64(), second["objects_copied"].as_u64()), (Some(6), Some(1)), "{second}");
@@ -146,6 +156,7 @@ backend_test! {
             before.push(messages(&api, &api.msgd, &alice, conversation).await);
         }
         assert_eq!(before[0].len(), 7);
+        assert_eq!((&before[1][0].2, &before[1][1].2), (&Value::Null, &edit["payload"]), "{:?}", before[1]);
         // Destroyed: the old serve is gone; a fresh database, Redis prefix and bucket (or data dir) replace it.
         api.msgd.child.kill().unwrap();
         api.msgd.child.wait().unwrap();
@@ -156,6 +167,8 @@ backend_test! {
         for (conversation, expected) in conversations.iter().zip(&before) {
             assert_eq!(&messages(&api, &api.msgd, &alice, conversation).await, expected, "{backend:?}");
         }
+        let one = api.request(Method::GET, &path(2), Some(&api.read_key), Some(&alice), None, &[]).await;
+        assert_eq!(one.body["reactions"], json!([{"reaction": "👍", "count": 1, "mine": true}]), "{backend:?}");
         let next = api.send(&alice, &conversations[0], &json!({"payload": "after the restore"})).await;
         assert_eq!((next.status, next.body["seq"].as_u64()), (201, Some(8)), "{backend:?}: {}", next.body);
         let path = format!("/v1/conversations/{}/attachments/{attachment}", conversations[0]);

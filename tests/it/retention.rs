@@ -73,8 +73,29 @@ backend_test! {
         assert!(yielded.skipped && yielded.objects == 0, "{backend:?}: {yielded:?}");
         coordination.release_lease("retention", "another-instance").await.unwrap();
 
+        // A delete of busy's first message (day 40) and an edit of one inside the window.
+        let (metadata, busy_conv) = (&history.stores.metadata, history.conv(&busy));
+        metadata.record_delete(&busy_conv, 1, now - 40 * DAY, now).await.unwrap();
+        metadata.record_edit(&busy_conv, 120, now - DAY, 124, now, "{}").await.unwrap();
+        for (seq, ts) in [(1, now - 40 * DAY), (120, now - DAY)] {
+            let row = msgd::store::ReactionRow {
+                app_id: busy_conv.app_id.clone(),
+                conversation_id: busy_conv.conversation_id.clone(),
+                seq,
+                reaction: "👍".into(),
+                user_id: "u".into(),
+                ts,
+                created_at: now,
+            };
+            assert_eq!(metadata.add_reaction(&row, 32, 8).await.unwrap(), Some(true));
+        }
         let stored_before = history.assert_index_matches_objects().await;
         let report = retention.run(&RetentionOptions::default(), now).await.unwrap();
+        assert_eq!((report.message_changes, report.reactions), (1, 1), "{backend:?}");
+        let reactions = metadata.reaction_counts(&busy_conv, &[1, 120], "u").await.unwrap();
+        assert_eq!(reactions.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![120], "{backend:?}");
+        let kept = metadata.message_changes(&busy_conv, &[1, 120]).await.unwrap();
+        assert_eq!(kept.iter().map(|row| row.seq).collect::<Vec<_>>(), vec![120], "{backend:?}");
         assert_eq!((report.objects, report.bytes, report.block_rows, report.tail_entries), (11, bytes, 22, 4));
         assert!(!report.skipped);
         let segments = history.segments().await;
@@ -89,7 +110,8 @@ backend_test! {
         assert_eq!(edge_tail.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2], "{backend:?}");
 
         let again = retention.run(&RetentionOptions::default(), now).await.unwrap();
-        assert_eq!((again.objects, again.block_rows, again.tail_entries), (0, 0, 0), "{backend:?}: not idempotent");
+        let repeated = (again.objects, again.block_rows, again.tail_entries, again.message_changes, again.reactions);
+        assert_eq!(repeated, (0, 0, 0, 0, 0), "{backend:?}: not idempotent");
         if backend == Backend::Embedded {
             assert_sqlite_returns_free_pages(&history).await;
         }
