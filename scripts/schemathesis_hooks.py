@@ -3,7 +3,8 @@
 The OpenAPI document states some of msgd's rules in words because JSON Schema
 cannot express them: lengths counted in UTF-8 bytes, a header that must equal
 a body field, an idempotency key that may not be reused for other content, a
-receipt seq that must not pass the conversation's last seq, a history cursor
+receipt seq that must not pass the conversation's last seq, a reply that must
+name a message of the conversation, a history cursor
 that only the server can mint, an attachment reference that must name a real
 upload, integers written without a fraction (JSON
 Schema counts 1.0 as an integer). Schemathesis generates "valid" requests from
@@ -72,6 +73,10 @@ def _send_request(body):
         # An attachment must name an upload of this conversation whose bytes
         # are in place: generated references never do.
         body["attachments"] = []
+    reply_to = _integer(body.get("reply_to"))
+    if isinstance(reply_to, int) and not isinstance(reply_to, bool) and reply_to >= 1:
+        # A reply names a message of the conversation: one of the seeded ones.
+        body["reply_to"] = 1 + (reply_to - 1) % SEEDED_MESSAGES
 
 
 @schemathesis.hook
@@ -117,6 +122,9 @@ def before_call(context, case, kwargs):
             seq = 1 + (seq - 1) % SEEDED_MESSAGES
         if seq is not None:
             body["seq"] = seq
+    elif operation_id == "thread" and case.query and "cursor" in case.query:
+        # Only the server mints cursors, and the seeded messages have no thread long enough for one.
+        del case.query["cursor"]
     elif operation_id == "history" and case.query:
         query = case.query
         if "cursor" in query:

@@ -69,6 +69,7 @@ pub async fn edit(
         content_type: request.content_type,
         attachments: Vec::new(),
         client_msg_id: None,
+        reply_to: None,
     };
     validate(ctx, &request, None)?;
     if deleted(&ctx.stores.metadata, &conv, seq).await?.is_some() {

@@ -57,6 +57,9 @@ pub struct Envelope {
     pub attachments: Vec<Attachment>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_msg_id: Option<String>,
+    /// The seq of the message this one replies to (its thread's parent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<u64>,
     /// A change event's kind; absent for a message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<EventKind>,
@@ -75,6 +78,10 @@ pub struct Envelope {
     /// each was first given.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reactions: Vec<Reaction>,
+    /// Set by history pages and one message, never stored: how many
+    /// messages reply to this one.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reply_count: u64,
 }
 
 /// One reaction to a message as reads show it.
@@ -205,12 +212,14 @@ mod tests {
             payload_base64: None,
             content_type: None,
             attachments: vec![],
+            reply_to: None,
             client_msg_id: Some("c-1".into()),
             kind: None,
             target_seq: None,
             edited_at: None,
             deleted: false,
             reactions: Vec::new(),
+            reply_count: 0,
         };
         let body = serde_json::to_vec(&envelope).unwrap();
         assert!(!String::from_utf8_lossy(&body).contains("\"seq\""));

@@ -104,6 +104,8 @@ codes! {
     InvalidBatch = "invalid_batch", Invalid;
     InvalidUserId = "invalid_user_id", Invalid;
     InvalidReaction = "invalid_reaction", Invalid;
+    /// A `reply_to` that names no message of the conversation.
+    InvalidReplyTo = "invalid_reply_to", Invalid;
     InvalidTitle = "invalid_title", Invalid;
     InvalidMetadata = "invalid_metadata", Invalid;
     TooManyMembers = "too_many_members", Invalid;

@@ -58,6 +58,9 @@ pub struct CursorState {
     limit: u32,
     /// The last seq returned: the next page continues past it.
     pos: u64,
+    /// A thread's page: the parent's seq (absent on a history page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    t: Option<u64>,
 }
 
 /// One page of history for the caller.
@@ -76,7 +79,7 @@ pub async fn page(
     let state = match &query.cursor {
         Some(cursor) => {
             let state = decode_cursor(key, cursor).ok_or_else(invalid_cursor)?;
-            if state.c != conversation_id || !same_query(&state, &query) {
+            if state.c != conversation_id || state.t.is_some() || !same_query(&state, &query) {
                 return Err(invalid_cursor());
             }
             state
@@ -86,8 +89,7 @@ pub async fn page(
     let cutoff = ctx.timeline.retention_cutoff(now);
     let last_seq = ctx.timeline.last_seq(&conv).await?;
     let (mut messages, more) = collect(ctx, &conv, &state, last_seq, cutoff).await?;
-    ctx.timeline.apply_changes(&conv, &mut messages).await?;
-    crate::reactions::attach(ctx, &conv, caller.user_id.as_deref(), &mut messages).await?;
+    present(ctx, &conv, caller, &mut messages).await?;
     let next_cursor = match (more, messages.last()) {
         (true, Some(last)) => Some(encode_cursor(key, &CursorState { pos: last.seq, ..state })),
         _ => None,
@@ -109,10 +111,104 @@ pub async fn message(
     let conversation_id = ctx.membership.require_access(caller, conversation_id).await?.conversation_id;
     let conv = ConvKey::new(&caller.app_id, &conversation_id);
     let mut found = [crate::edits::locate(ctx, &conv, message, now).await?];
-    ctx.timeline.apply_changes(&conv, &mut found).await?;
-    crate::reactions::attach(ctx, &conv, caller.user_id.as_deref(), &mut found).await?;
+    present(ctx, &conv, caller, &mut found).await?;
     let [found] = found;
     Ok(found)
+}
+
+/// The query parameters of `GET /v1/conversations/{id}/messages/{message}/thread`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThreadQuery {
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+/// A message and a page of the messages that reply to it, in seq order.
+#[derive(Debug, Serialize)]
+pub struct Thread {
+    pub parent: Envelope,
+    pub replies: Vec<Envelope>,
+    pub next_cursor: Option<String>,
+}
+
+/// One page of the replies to the message `message` names.
+pub async fn thread(
+    ctx: &Context,
+    caller: &Caller,
+    conversation_id: &str,
+    message: &str,
+    query: ThreadQuery,
+    now: i64,
+) -> Result<Thread, Error> {
+    caller.require_scope(Scope::Read)?;
+    let conversation_id = ctx.membership.require_access(caller, conversation_id).await?.conversation_id;
+    let conv = ConvKey::new(&caller.app_id, &conversation_id);
+    let mut parent = [crate::edits::locate(ctx, &conv, message, now).await?];
+    let parent_seq = parent[0].seq;
+    let key = ctx.cursor_key().await?;
+    let (limit, after) = match &query.cursor {
+        Some(cursor) => {
+            let state = decode_cursor(key, cursor).ok_or_else(invalid_cursor)?;
+            let same = state.c == conversation_id && state.t == Some(parent_seq);
+            if !same || query.limit.is_some_and(|limit| limit != state.limit) {
+                return Err(invalid_cursor());
+            }
+            (state.limit, state.pos)
+        }
+        None => {
+            let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
+            if limit == 0 || limit > MAX_LIMIT {
+                return Err(Error::new(Code::InvalidRequest, format!("limit must be 1 to {MAX_LIMIT}")));
+            }
+            (limit, 0)
+        }
+    };
+    let mut seqs = ctx.stores.metadata.replies(&conv, parent_seq, after, i64::from(limit) + 1).await?;
+    let more = seqs.len() > limit as usize;
+    seqs.truncate(limit as usize);
+    let cutoff = ctx.timeline.retention_cutoff(now);
+    let mut replies = Vec::with_capacity(seqs.len());
+    for &seq in &seqs {
+        let seq = seq as u64;
+        replies.extend(ctx.timeline.read(&conv, seq, seq, cutoff).await?.into_iter().filter(|m| m.seq == seq));
+    }
+    present(ctx, &conv, caller, &mut parent).await?;
+    present(ctx, &conv, caller, &mut replies).await?;
+    let next_cursor = match (more, seqs.last()) {
+        (true, Some(&last)) => Some(encode_cursor(
+            key,
+            &CursorState {
+                v: CURSOR_VERSION,
+                c: conversation_id,
+                desc: false,
+                after: None,
+                before: None,
+                from: None,
+                to: None,
+                limit,
+                pos: last as u64,
+                t: Some(parent_seq),
+            },
+        )),
+        _ => None,
+    };
+    let [parent] = parent;
+    Ok(Thread { parent, replies, next_cursor })
+}
+
+/// What reads show beyond the log: the recorded edits and deletes,
+/// reactions as the caller sees them, and reply counts.
+async fn present(ctx: &Context, conv: &ConvKey, caller: &Caller, messages: &mut [Envelope]) -> Result<(), Error> {
+    ctx.timeline.apply_changes(conv, messages).await?;
+    crate::reactions::attach(ctx, conv, caller.user_id.as_deref(), messages).await?;
+    let seqs: Vec<u64> = messages.iter().filter(|m| m.kind.is_none()).map(|m| m.seq).collect();
+    let counts: std::collections::HashMap<i64, i64> =
+        ctx.stores.metadata.reply_counts(conv, &seqs).await?.into_iter().collect();
+    for message in messages.iter_mut().filter(|m| m.kind.is_none()) {
+        message.reply_count = counts.get(&(message.seq as i64)).map_or(0, |n| *n as u64);
+    }
+    Ok(())
 }
 
 fn invalid_cursor() -> Error {
@@ -150,6 +246,7 @@ fn new_state(conversation_id: &str, query: &HistoryQuery) -> Result<CursorState,
         to: query.to_ts,
         limit,
         pos: 0,
+        t: None,
     })
 }
 

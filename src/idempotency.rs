@@ -28,13 +28,18 @@ pub fn claim_key(sender: &Sender, key: &str) -> String {
 /// What makes two sends "the same request": sender and content, not the
 /// server-assigned id or time. 32 hex characters.
 pub fn fingerprint(envelope: &Envelope) -> String {
-    let canonical = serde_json::json!({
+    let mut canonical = serde_json::json!({
         "sender": envelope.sender,
         "payload": envelope.payload,
         "payload_base64": envelope.payload_base64,
         "content_type": envelope.content_type,
         "attachments": envelope.attachments,
     });
+    // Only when present, so that every key claimed before replies existed
+    // keeps its fingerprint.
+    if let Some(parent) = envelope.reply_to {
+        canonical["reply_to"] = parent.into();
+    }
     let digest = Sha256::digest(canonical.to_string().as_bytes());
     digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
@@ -126,12 +131,14 @@ mod tests {
             payload_base64: None,
             content_type: None,
             attachments: Vec::new(),
+            reply_to: None,
             client_msg_id: key.map(str::to_string),
             kind: None,
             target_seq: None,
             edited_at: None,
             deleted: false,
             reactions: Vec::new(),
+            reply_count: 0,
         };
         TailEntry { seq, ts_ms: envelope.ts, body: serde_json::to_vec(&envelope).unwrap() }
     }

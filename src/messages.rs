@@ -13,7 +13,7 @@ use crate::envelope::{Attachment, Envelope, Sender, ENVELOPE_VERSION};
 use crate::error::{Code, Error, RateLimitInfo};
 use crate::idempotency::{claim_key, find_recorded, fingerprint};
 use crate::ratelimit::Bucket;
-use crate::store::{AppendOutcome, AppendRequest, ConvKey, IdempotencyClaim};
+use crate::store::{AppendOutcome, AppendRequest, ConvKey, IdempotencyClaim, ReplyRow};
 
 const MAX_ATTACHMENTS: usize = 32;
 const MAX_CLIENT_MSG_ID: usize = 255;
@@ -36,6 +36,9 @@ pub struct SendRequest {
     pub attachments: Vec<Attachment>,
     #[serde(default)]
     pub client_msg_id: Option<String>,
+    /// The seq of a message of this conversation this one replies to.
+    #[serde(default)]
+    pub reply_to: Option<u64>,
 }
 
 /// The outcome of a send.
@@ -90,6 +93,9 @@ pub fn validate(
             }
         }
     }
+    if request.reply_to.is_some_and(|seq| seq == 0 || seq > i64::MAX as u64) {
+        return Err(invalid_reply_to());
+    }
     if request.attachments.len() > MAX_ATTACHMENTS {
         return Err(Error::new(Code::InvalidAttachments, format!("at most {MAX_ATTACHMENTS} attachments")));
     }
@@ -125,6 +131,23 @@ pub fn validate(
         }
     }
     Ok(idempotency_header.map(str::to_string).or_else(|| request.client_msg_id.clone()))
+}
+
+fn invalid_reply_to() -> Error {
+    Error::new(
+        Code::InvalidReplyTo,
+        "reply_to names no message of this conversation (or one past retention, or an edit or delete event)",
+    )
+}
+
+/// Refuses a `reply_to` that names no message of the conversation.
+async fn check_reply_to(ctx: &Context, conv: &ConvKey, seq: u64, now: i64) -> Result<(), Error> {
+    let cutoff = ctx.timeline.retention_cutoff(now);
+    let found = ctx.timeline.read(conv, seq, seq, cutoff).await?;
+    match found.iter().find(|message| message.seq == seq) {
+        Some(message) if message.kind.is_none() => Ok(()),
+        _ => Err(invalid_reply_to()),
+    }
 }
 
 fn too_large(size: usize, max: usize) -> Error {
@@ -214,6 +237,7 @@ fn prepare(
         payload_base64: request.payload_base64,
         content_type: request.content_type,
         attachments: request.attachments,
+        reply_to: request.reply_to,
         // The key the client gave, by header or body: a flush finds it here
         // to record it durably.
         client_msg_id: key,
@@ -237,11 +261,13 @@ pub(crate) fn new_envelope(caller: &Caller, conversation_id: &str, now: i64) -> 
         content_type: None,
         attachments: Vec::new(),
         client_msg_id: None,
+        reply_to: None,
         kind: None,
         target_seq: None,
         edited_at: None,
         deleted: false,
         reactions: Vec::new(),
+        reply_count: 0,
     }
 }
 
@@ -312,13 +338,18 @@ async fn send_checked(
     let mut checked = Vec::with_capacity(pending.len());
     for (index, item) in pending {
         let attachments = &item.envelope.attachments;
-        if attachments.is_empty() {
-            checked.push((index, item));
-        } else {
-            match crate::attachments::check_references(ctx, &caller.app_id, conversation_id, attachments, now).await {
-                Ok(()) => checked.push((index, item)),
-                Err(e) => results[index] = Some(Err(e)),
+        let check = async {
+            if let Some(seq) = item.envelope.reply_to {
+                check_reply_to(ctx, &conv, seq, now).await?;
             }
+            if !attachments.is_empty() {
+                crate::attachments::check_references(ctx, &caller.app_id, conversation_id, attachments, now).await?;
+            }
+            Ok::<_, Error>(())
+        };
+        match check.await {
+            Ok(()) => checked.push((index, item)),
+            Err(e) => results[index] = Some(Err(e)),
         }
     }
     for (index, result) in append(ctx, caller, &conv, checked, now, started).await? {
@@ -428,6 +459,24 @@ async fn append(
     }
     for (index, _) in waiting {
         done.push((index, Err(Error::new(Code::SeqUnavailable, "could not assign a seq; retry"))));
+    }
+    // Thread entries of the replies, replays too: a retry after a failure
+    // here records what the first attempt did not.
+    let replies: Vec<ReplyRow> = done
+        .iter()
+        .filter_map(|(_, result)| result.as_ref().ok())
+        .filter_map(|sent| {
+            sent.envelope.reply_to.map(|parent| ReplyRow {
+                app_id: conv.app_id.clone(),
+                conversation_id: conv.conversation_id.clone(),
+                parent_seq: parent as i64,
+                seq: sent.envelope.seq as i64,
+                ts: sent.envelope.ts,
+            })
+        })
+        .collect();
+    if !replies.is_empty() {
+        ctx.stores.metadata.insert_replies(&replies).await?;
     }
     if let (Some(user), true) = (&caller.user_id, last_seq > 0) {
         // The messages are durable already; a failure here only costs an unread count.

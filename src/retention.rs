@@ -18,8 +18,8 @@
 //!    refuses; once flushed they expire with their segment.
 //! 4. `state`: expired idempotency claims and TTL'd state where the store
 //!    does not expire them by itself (the embedded tail; Redis does), the
-//!    durable idempotency records past their window, and the edits, deletes
-//!    and reactions of messages past the history window.
+//!    durable idempotency records past their window, and the edits, deletes,
+//!    reactions and thread entries of messages past the history window.
 //! 5. `vacuum`: embedded mode hands the freed SQLite pages back to the file
 //!    system; deleted object files are removed with their empty directories.
 //!
@@ -114,6 +114,8 @@ pub struct RetentionReport {
     pub message_changes: u64,
     /// Reactions to messages past the history window; a dry run does not count them.
     pub reactions: u64,
+    /// Thread entries of replies past the history window; a dry run does not count them.
+    pub replies: u64,
     /// Bytes the SQLite file shrank by (embedded).
     pub reclaimed_bytes: u64,
 }
@@ -433,6 +435,7 @@ impl Retention {
             (Expiring::IdempotencyRecords, idempotency_cutoff, &mut report.idempotency_records),
             (Expiring::MessageChanges, history_cutoff, &mut report.message_changes),
             (Expiring::Reactions, history_cutoff, &mut report.reactions),
+            (Expiring::Replies, history_cutoff, &mut report.replies),
         ] {
             loop {
                 let metadata = &self.stores.metadata;
@@ -450,12 +453,14 @@ impl Retention {
         deleted.with_label_values(&["idempotency_records"]).inc_by(report.idempotency_records);
         deleted.with_label_values(&["message_changes"]).inc_by(report.message_changes);
         deleted.with_label_values(&["reactions"]).inc_by(report.reactions);
+        deleted.with_label_values(&["replies"]).inc_by(report.replies);
         let counts = [
             ("idempotency-claims", report.idempotency_claims),
             ("state-entries", report.state_entries),
             ("idempotency-records", report.idempotency_records),
             ("message-changes", report.message_changes),
             ("reactions", report.reactions),
+            ("replies", report.replies),
         ];
         self.stage_done("state", stage_started, &counts);
         Ok(())

@@ -54,6 +54,7 @@ fn to_json(frame: &ClientFrame) -> Value {
             "content_type": request.content_type,
             "attachments": request.attachments,
             "client_msg_id": request.client_msg_id,
+            "reply_to": request.reply_to,
         }),
         ClientFrame::Receipt { conversation_id, request } => {
             json!({"op": "receipt", "conversation_id": conversation_id, "seq": request.seq, "kind": request.kind})

@@ -61,6 +61,7 @@ enum WireFrame {
         /// Read as JSON first: a bad list is `invalid_attachments`, not `invalid_frame`.
         attachments: Option<Value>,
         client_msg_id: Option<String>,
+        reply_to: Option<u64>,
     },
     Receipt {
         conversation_id: String,
@@ -131,13 +132,22 @@ impl ClientFrame {
             WireFrame::Typing { conversation_id } => {
                 ClientFrame::Typing { conversation_id: canonical(&conversation_id) }
             }
-            WireFrame::Send { conversation_id, payload, payload_base64, content_type, attachments, client_msg_id } => {
+            WireFrame::Send {
+                conversation_id,
+                payload,
+                payload_base64,
+                content_type,
+                attachments,
+                client_msg_id,
+                reply_to,
+            } => {
                 let attachments = match attachments {
                     None => Vec::new(),
                     Some(value) => serde_json::from_value(value)
                         .map_err(|e| Error::new(Code::InvalidAttachments, e.to_string()))?,
                 };
-                let request = SendRequest { payload, payload_base64, content_type, attachments, client_msg_id };
+                let request =
+                    SendRequest { payload, payload_base64, content_type, attachments, client_msg_id, reply_to };
                 ClientFrame::Send { conversation_id: canonical(&conversation_id), request }
             }
             WireFrame::Receipt { conversation_id, seq, kind } => ClientFrame::Receipt {

@@ -73,6 +73,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/conversations/{id}/messages/batch", post(v1::send_batch))
         .route("/v1/conversations/{id}/messages/{message}", get(v1::message).patch(v1::edit).delete(v1::delete))
         .route("/v1/conversations/{id}/messages/{message}/reactions/{reaction}", put(v1::react).delete(v1::unreact))
+        .route("/v1/conversations/{id}/messages/{message}/thread", get(v1::thread))
         .route("/v1/conversations/{id}/receipts", post(v1::post_receipt).get(v1::get_receipts))
         .route("/v1/dev/token", post(v1::dev_token))
         .route("/v1/conversations/{id}/attachments", post(v1::create_upload))

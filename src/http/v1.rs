@@ -126,6 +126,16 @@ pub(super) async fn message(
     Ok(Json(history::message(&state.ctx, &caller, &id, &message, now_ms()).await?).into_response())
 }
 
+pub(super) async fn thread(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, message)): Path<(String, String)>,
+    query: Result<Query<history::ThreadQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| Error::new(Code::InvalidRequest, e.body_text()))?;
+    Ok(Json(history::thread(&state.ctx, &caller, &id, &message, query, now_ms()).await?).into_response())
+}
+
 pub(super) async fn edit(
     State(state): State<AppState>,
     caller: Caller,

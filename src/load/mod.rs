@@ -70,6 +70,7 @@ const KNOWN_CODES: &[&str] = &[
     "message_deleted",
     "not_editable",
     "invalid_reaction",
+    "invalid_reply_to",
     "too_many_reactions",
     "not_found",
     "not_a_member",

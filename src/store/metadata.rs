@@ -114,6 +114,17 @@ pub struct MessageChangeRow {
     pub delete_seq: Option<i64>,
 }
 
+/// A message sent in reply to another (its thread's parent).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, sqlx::FromRow)]
+pub struct ReplyRow {
+    pub app_id: String,
+    pub conversation_id: String,
+    pub parent_seq: i64,
+    pub seq: i64,
+    /// The reply's receive time: the row expires with it.
+    pub ts: i64,
+}
+
 /// One user's reaction to a message.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, sqlx::FromRow)]
 pub struct ReactionRow {
@@ -189,6 +200,9 @@ pub struct MetadataSnapshot {
     /// Absent in backups taken before reactions existed.
     #[serde(default)]
     pub reactions: Vec<ReactionRow>,
+    /// Absent in backups taken before replies existed.
+    #[serde(default)]
+    pub replies: Vec<ReplyRow>,
 }
 
 impl MetadataSnapshot {
@@ -204,6 +218,7 @@ impl MetadataSnapshot {
             ("attachments", self.attachments.len()),
             ("message_changes", self.message_changes.len()),
             ("message_reactions", self.reactions.len()),
+            ("message_replies", self.replies.len()),
         ]
         .into_iter()
         .map(|(table, rows)| (table.to_string(), rows as u64))

@@ -31,7 +31,7 @@ pub use coordination::Coordination;
 pub use live::{Live, LiveEvent, LiveMessage, LiveSubscription};
 pub use metadata::{
     ApiKeyRow, AppRow, AttachmentRow, BlockRow, ConversationRow, FlushAdvance, FlushStateRow, IdempotencyRecordRow,
-    MemberRow, MessageChangeRow, MetadataSnapshot, ReactionCount, ReactionRow, SegmentRow, ServerSecretRow,
+    MemberRow, MessageChangeRow, MetadataSnapshot, ReactionCount, ReactionRow, ReplyRow, SegmentRow, ServerSecretRow,
     SnapshotMember,
 };
 pub use objects::Objects;

@@ -17,7 +17,7 @@ use sqlx::{Connection, PgConnection, PgPool, SqlitePool};
 
 use super::metadata::{
     ApiKeyRow, AppRow, AttachmentRow, BlockRow, ConversationRow, FlushAdvance, IdempotencyRecordRow, MemberRow,
-    MessageChangeRow, MetadataSnapshot, ReactionCount, ReactionRow, SegmentRow,
+    MessageChangeRow, MetadataSnapshot, ReactionCount, ReactionRow, ReplyRow, SegmentRow,
 };
 use super::tail::ConvKey;
 use super::StoreError;
@@ -76,6 +76,12 @@ fn db_error(dependency: &'static str, err: sqlx::Error) -> StoreError {
         }
         other => StoreError::unavailable(dependency, other),
     }
+}
+
+/// Seqs as an SQL list, `1, 2, 3`: integers formatted here, never client
+/// text, so safe to inline in a statement.
+fn seq_list(seqs: &[u64]) -> String {
+    seqs.iter().map(|seq| (*seq as i64).to_string()).collect::<Vec<_>>().join(", ")
 }
 
 impl Metadata {
@@ -750,11 +756,9 @@ impl Metadata {
         if seqs.is_empty() {
             return Ok(Vec::new());
         }
-        let list: Vec<String> = seqs.iter().map(|seq| (*seq as i64).to_string()).collect();
-        // Integers formatted here, never client text: safe to inline.
         let select = format!(
             "SELECT {CHANGE_COLUMNS} FROM message_changes WHERE app_id = $1 AND conversation_id = $2 AND seq IN ({})",
-            list.join(", ")
+            seq_list(seqs)
         );
         on_db!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(select))
             .bind(&conv.app_id)
@@ -894,19 +898,70 @@ impl Metadata {
         if seqs.is_empty() {
             return Ok(Vec::new());
         }
-        let list: Vec<String> = seqs.iter().map(|seq| (*seq as i64).to_string()).collect();
-        // Integers formatted here, never client text: safe to inline.
         let select = format!(
             "SELECT seq, reaction, COUNT(*) AS count, \
              CAST(MAX(CASE WHEN user_id = $3 THEN 1 ELSE 0 END) AS BIGINT) AS mine FROM message_reactions \
              WHERE app_id = $1 AND conversation_id = $2 AND seq IN ({}) \
              GROUP BY seq, reaction ORDER BY seq, MIN(created_at), reaction",
-            list.join(", ")
+            seq_list(seqs)
         );
         on_db!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(select))
             .bind(&conv.app_id)
             .bind(&conv.conversation_id)
             .bind(user)
+            .fetch_all(pool)
+            .await)
+    }
+
+    /// Records replies (a thread entry each); one already there is kept.
+    pub async fn insert_replies(&self, rows: &[ReplyRow]) -> Result<(), StoreError> {
+        let insert = "INSERT INTO message_replies (app_id, conversation_id, parent_seq, seq, ts) \
+                      VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
+        on_db!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            for row in rows {
+                sqlx::query(insert)
+                    .bind(&row.app_id)
+                    .bind(&row.conversation_id)
+                    .bind(row.parent_seq)
+                    .bind(row.seq)
+                    .bind(row.ts)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await
+        }.await)
+    }
+
+    /// How many replies each of these seqs has, for those with any: (seq, count).
+    pub async fn reply_counts(&self, conv: &ConvKey, seqs: &[u64]) -> Result<Vec<(i64, i64)>, StoreError> {
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let select = format!(
+            "SELECT parent_seq, COUNT(*) FROM message_replies \
+             WHERE app_id = $1 AND conversation_id = $2 AND parent_seq IN ({}) GROUP BY parent_seq",
+            seq_list(seqs)
+        );
+        on_db!(self, pool => sqlx::query_as(sqlx::AssertSqlSafe(select))
+            .bind(&conv.app_id)
+            .bind(&conv.conversation_id)
+            .fetch_all(pool)
+            .await)
+    }
+
+    /// The seqs of the replies to `parent` after seq `after`, in seq order,
+    /// at most `limit`.
+    pub async fn replies(&self, conv: &ConvKey, parent: u64, after: u64, limit: i64) -> Result<Vec<i64>, StoreError> {
+        let select = "SELECT seq FROM message_replies \
+                      WHERE app_id = $1 AND conversation_id = $2 AND parent_seq = $3 AND seq > $4 \
+                      ORDER BY seq LIMIT $5";
+        on_db!(self, pool => sqlx::query_scalar(select)
+            .bind(&conv.app_id)
+            .bind(&conv.conversation_id)
+            .bind(parent as i64)
+            .bind(after as i64)
+            .bind(limit)
             .fetch_all(pool)
             .await)
     }
@@ -918,6 +973,7 @@ impl Metadata {
             Expiring::IdempotencyRecords => ("idempotency_records", "app_id, conversation_id, seq_end", "ts_end"),
             Expiring::MessageChanges => ("message_changes", "app_id, conversation_id, seq", "ts"),
             Expiring::Reactions => ("message_reactions", "app_id, conversation_id, seq, reaction, user_id", "ts"),
+            Expiring::Replies => ("message_replies", "app_id, conversation_id, parent_seq, seq", "ts"),
         };
         let delete = format!("DELETE FROM {name} WHERE ({key}) IN (SELECT {key} FROM {name} WHERE {ts} < $1 LIMIT $2)");
         on_db!(self, pool => sqlx::query(sqlx::AssertSqlSafe(delete))
@@ -956,6 +1012,8 @@ pub enum Expiring {
     MessageChanges,
     /// Reactions, past the history window.
     Reactions,
+    /// Thread entries, past the history window.
+    Replies,
 }
 
 /// What a retention run would delete from the index: segments older than a
@@ -1188,7 +1246,7 @@ impl Metadata {
 }
 
 /// The snapshot's tables in insert order (parents first), with their columns.
-const SNAPSHOT_TABLES: [(&str, &str); 9] = [
+const SNAPSHOT_TABLES: [(&str, &str); 10] = [
     ("apps", "id, name, created_at"),
     ("api_keys", KEY_COLUMNS),
     ("conversations", "app_id, id, title, metadata, created_by, created_at"),
@@ -1198,6 +1256,7 @@ const SNAPSHOT_TABLES: [(&str, &str); 9] = [
     ("attachments", ATTACHMENT_COLUMNS),
     ("message_changes", CHANGE_COLUMNS),
     ("message_reactions", "app_id, conversation_id, seq, reaction, user_id, ts, created_at"),
+    ("message_replies", "app_id, conversation_id, parent_seq, seq, ts"),
 ];
 
 const CHANGE_COLUMNS: &str = "app_id, conversation_id, seq, ts, edit_seq, edited_at, content, deleted_at, delete_seq";
@@ -1212,6 +1271,7 @@ fn snapshot_select(index: usize) -> String {
         .split(", ")
         .take(match table {
             "members" | "message_changes" => 3,
+            "message_replies" => 4,
             "message_reactions" => 5,
             _ => 2,
         })
@@ -1246,6 +1306,7 @@ macro_rules! read_snapshot {
                 attachments: rows!(6),
                 message_changes: rows!(7),
                 reactions: rows!(8),
+                replies: rows!(9),
             })
         }
     };
@@ -1337,6 +1398,11 @@ impl Metadata {
             }
             for attachment in &snapshot.attachments {
                 bind_attachment(sqlx::query(sqlx::AssertSqlSafe(snapshot_insert(6))), attachment)
+                    .execute(&mut *tx).await?;
+            }
+            for r in &snapshot.replies {
+                sqlx::query(sqlx::AssertSqlSafe(snapshot_insert(9)))
+                    .bind(&r.app_id).bind(&r.conversation_id).bind(r.parent_seq).bind(r.seq).bind(r.ts)
                     .execute(&mut *tx).await?;
             }
             for r in &snapshot.reactions {

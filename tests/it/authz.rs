@@ -45,6 +45,7 @@ backend_test! {
         let message = |seq: u64| format!("/v1/conversations/{conversation}/messages/{seq}");
         let (by_app, by_alice, by_bob) = (message(1), message(2), message(3));
         let thumbs = format!("{by_app}/reactions/%F0%9F%91%8D");
+        let thread = format!("{by_app}/thread");
 
         let cases: Vec<Case> = vec![
             ("no key", None, Some(&alice), Method::POST, &send, 401, "missing_api_key"),
@@ -95,6 +96,9 @@ backend_test! {
             ("a member reads one message", Some(&api.read_key), Some(&bob), Method::GET, &by_app, 200, ""),
             ("non-member cannot read one", Some(&api.read_key), Some(&carol), Method::GET, &by_app, 403, "not_member"),
             ("another app's admin, one message", Some(&other_admin), None, Method::GET, &by_app, 404, "not_found"),
+            ("a member reads a thread", Some(&api.read_key), Some(&bob), Method::GET, &thread, 200, ""),
+            ("non-member cannot read a thread", Some(&api.read_key), Some(&carol), Method::GET, &thread, 403, "not_member"),
+            ("another app's admin, a thread", Some(&other_admin), None, Method::GET, &thread, 404, "not_found"),
             ("a member reacts", Some(&api.read_key), Some(&bob), Method::PUT, &thumbs, 201, ""),
             ("non-member cannot react", Some(&api.write_key), Some(&carol), Method::PUT, &thumbs, 403, "not_member"),
             ("the app cannot react", Some(&api.admin_key), None, Method::PUT, &thumbs, 400, "user_required"),

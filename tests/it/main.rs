@@ -22,6 +22,7 @@ mod segments;
 mod serve;
 mod storage;
 mod support;
+mod threads;
 mod tidy;
 mod tokens;
 mod ws;
