@@ -1,6 +1,7 @@
-//! Emoji reactions to messages (README, "Reactions"): a member adds or
-//! removes their reaction; reads show each message's reactions aggregated,
-//! with whether the caller gave each; every change is published live as a
+//! Emoji reactions to messages (README, "Edits, deletes, replies and
+//! reactions"): a member adds or removes their reaction; reads show each
+//! message's reactions aggregated, with whether the caller gave each; every
+//! change is published live as a
 //! `reaction` event. Kept in the metadata table `message_reactions` (not in
 //! the log: a reaction is state, not a message), deleted by retention with
 //! their message and carried by backups.
