@@ -103,7 +103,7 @@ async fn main() {
             user_id: Some(uuid::Uuid::now_v7().to_string()),
             token_expires_at_ms: None,
         };
-        let create = CreateConversation { members: Vec::new(), title: None, metadata: None };
+        let create = CreateConversation { members: Vec::new(), title: None, metadata: None, owner: None };
         let id = conversations::create(&ctx, &caller, create, now).await.expect("create a conversation").id;
         senders.push((caller, id));
     }

@@ -75,6 +75,7 @@ fn print_summary(report: &RetentionReport, config: &Config) {
             vec!["edits and deletes of expired messages".into(), counted(report.message_changes)],
             vec!["reactions to expired messages".into(), counted(report.reactions)],
             vec!["thread entries of expired replies".into(), counted(report.replies)],
+            vec!["deleted conversations".into(), counted(report.conversations)],
             vec!["reclaimed file bytes".into(), counted(report.reclaimed_bytes)],
         ],
     );

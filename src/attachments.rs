@@ -90,7 +90,7 @@ pub async fn create_upload(
 ) -> Result<UploadTarget, Error> {
     // As for sending: a browser's publishable key with its user's token may upload.
     caller.require_participant()?;
-    let conversation_id = ctx.membership.require_access(caller, conversation_id).await?.conversation_id;
+    let conversation_id = ctx.membership.require_access(caller, conversation_id).await?.writable()?.conversation_id;
     validate(ctx, &request)?;
     rate_limit(ctx, caller).await?;
     let id = uuid::Uuid::now_v7().to_string();

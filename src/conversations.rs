@@ -1,5 +1,8 @@
-//! Conversations and their members (README, "HTTP API"): create, list, get,
-//! add and remove members. Who may do what is decided by [`crate::membership`].
+//! Conversations and their members (README, "Conversations and roles"):
+//! create, list, get, change (title, metadata, archive), delete, add and
+//! remove members and set their roles. Who may do what is decided by
+//! [`crate::membership`]; a change is published to the conversation's live
+//! subscribers.
 
 use serde::{Deserialize, Serialize};
 
@@ -7,10 +10,9 @@ use crate::auth::Caller;
 use crate::context::Context;
 use crate::error::{Code, Error};
 use crate::keys::Scope;
-use crate::membership::Role;
-use crate::store::{ConvKey, ConversationRow, MemberRow};
+use crate::membership::{not_found, Access, Role};
+use crate::store::{ConvKey, ConversationRow, ConversationUpdate, MemberChange, MemberOutcome, MemberRow};
 
-/// How long a cached membership answer may be used without an invalidation.
 const MAX_MEMBERS_AT_CREATION: usize = 1000;
 const MAX_TITLE_CHARS: usize = 200;
 const MAX_METADATA_BYTES: usize = 8 * 1024;
@@ -24,6 +26,26 @@ pub struct CreateConversation {
     pub members: Vec<String>,
     pub title: Option<String>,
     pub metadata: Option<serde_json::Value>,
+    /// The owner of a conversation the app creates (an admin key without a
+    /// user); a user who creates one owns it.
+    pub owner: Option<String>,
+}
+
+/// `PATCH /v1/conversations/{id}`: each field present is changed; `null`
+/// clears a title or metadata.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateConversation {
+    #[serde(default, deserialize_with = "present")]
+    pub title: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    pub metadata: Option<Option<serde_json::Value>>,
+    pub archived: Option<bool>,
+}
+
+/// A field that is present, even as `null` (`Some(None)`), as against absent (`None`).
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 #[derive(Debug, Serialize)]
@@ -34,6 +56,10 @@ pub struct ConversationView {
     /// The creating user; `null` when an admin key created it as the app.
     pub created_by: Option<String>,
     pub created_at: i64,
+    /// When it was archived (read-only); `null` while active.
+    pub archived_at: Option<i64>,
+    /// The last change of title, metadata or archive state.
+    pub updated_at: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub members: Option<Vec<MemberView>>,
 }
@@ -53,6 +79,8 @@ impl ConversationView {
             metadata: row.metadata.and_then(|text| serde_json::from_str(&text).ok()),
             created_by: row.created_by,
             created_at: row.created_at,
+            archived_at: row.archived_at,
+            updated_at: row.updated_at,
             members: members.map(|rows| {
                 rows.into_iter()
                     .map(|m| MemberView { user_id: m.user_id, role: m.role, joined_at: m.joined_at })
@@ -69,31 +97,24 @@ pub async fn create(
     now: i64,
 ) -> Result<ConversationView, Error> {
     caller.require_scope(Scope::Write)?;
-    if let Some(why) = request.title.as_deref().and_then(|t| crate::ids::display_text_problem(t, MAX_TITLE_CHARS)) {
-        return Err(Error::new(Code::InvalidTitle, format!("a title {why}")));
-    }
-    let metadata = match &request.metadata {
-        None => None,
-        Some(value) if !value.is_object() => {
-            return Err(Error::new(Code::InvalidMetadata, "metadata must be a JSON object"));
-        }
-        Some(value) => {
-            let text = value.to_string();
-            if text.len() > MAX_METADATA_BYTES {
-                return Err(Error::new(
-                    Code::MetadataTooLarge,
-                    format!("metadata is at most {MAX_METADATA_BYTES} bytes"),
-                ));
-            }
-            Some(text)
-        }
-    };
+    check_title(request.title.as_deref())?;
+    let metadata = request.metadata.as_ref().map(metadata_text).transpose()?;
     if request.members.len() > MAX_MEMBERS_AT_CREATION {
         return Err(Error::new(Code::TooManyMembers, format!("at most {MAX_MEMBERS_AT_CREATION} members at creation")));
     }
+    let owner = match (&caller.user_id, &request.owner) {
+        (Some(_), Some(_)) => {
+            return Err(Error::new(
+                Code::InvalidRequest,
+                "owner is for the app; a user who creates a conversation owns it",
+            ))
+        }
+        (Some(user), None) => Some(user.clone()),
+        (None, owner) => owner.as_deref().map(crate::ids::user_id).transpose()?,
+    };
     let mut members: Vec<MemberRow> = Vec::new();
-    if let Some(user) = &caller.user_id {
-        members.push(MemberRow { user_id: user.clone(), role: Role::Owner.as_str().into(), joined_at: now });
+    if let Some(user) = owner {
+        members.push(MemberRow { user_id: user, role: Role::Owner.as_str().into(), joined_at: now });
     }
     for user in &request.members {
         let user = crate::ids::user_id(user)?;
@@ -108,6 +129,9 @@ pub async fn create(
         metadata,
         created_by: caller.user_id.clone(),
         created_at: now,
+        archived_at: None,
+        deleted_at: None,
+        updated_at: None,
     };
     ctx.stores.metadata.insert_conversation(&row, &members).await?;
     tracing::info!(
@@ -138,38 +162,178 @@ pub async fn get(ctx: &Context, caller: &Caller, id: &str) -> Result<Conversatio
     Ok(ConversationView::from_row(row, Some(members)))
 }
 
-/// Adds `user_id` (answered in its canonical form); says whether they were
-/// added (false: already a member).
-pub async fn add_member(
+fn check_title(title: Option<&str>) -> Result<(), Error> {
+    match title.and_then(|t| crate::ids::display_text_problem(t, MAX_TITLE_CHARS)) {
+        Some(why) => Err(Error::new(Code::InvalidTitle, format!("a title {why}"))),
+        None => Ok(()),
+    }
+}
+
+/// Metadata as stored: a JSON object of at most [`MAX_METADATA_BYTES`].
+fn metadata_text(value: &serde_json::Value) -> Result<String, Error> {
+    if !value.is_object() {
+        return Err(Error::new(Code::InvalidMetadata, "metadata must be a JSON object"));
+    }
+    let text = value.to_string();
+    if text.len() > MAX_METADATA_BYTES {
+        return Err(Error::new(Code::MetadataTooLarge, format!("metadata is at most {MAX_METADATA_BYTES} bytes")));
+    }
+    Ok(text)
+}
+
+/// Changes the title or metadata (owners, moderators, the app) or the
+/// archive state (owners, the app); answers the conversation as it is now.
+pub async fn update(
+    ctx: &Context,
+    caller: &Caller,
+    id: &str,
+    request: UpdateConversation,
+    now: i64,
+) -> Result<ConversationView, Error> {
+    caller.require_participant()?;
+    let access = ctx.membership.require_access(caller, id).await?;
+    if request.title.is_some() || request.metadata.is_some() {
+        access.require_role(caller, Role::Moderator, "change the title and metadata")?;
+    }
+    if request.archived.is_some() {
+        access.require_role(caller, Role::Owner, "archive and unarchive")?;
+    }
+    if let Some(title) = &request.title {
+        check_title(title.as_deref())?;
+    }
+    let update = ConversationUpdate {
+        title: request.title,
+        metadata: request.metadata.map(|value| value.as_ref().map(metadata_text).transpose()).transpose()?,
+        archived: request.archived,
+    };
+    let conv = ConvKey::new(&caller.app_id, &access.conversation_id);
+    let row = ctx.stores.metadata.update_conversation(&conv, &update, now).await?.ok_or_else(not_found)?;
+    if update.archived.is_some() {
+        ctx.membership.changed(&caller.app_id, &conv.conversation_id).await;
+    }
+    let view = ConversationView::from_row(row, None);
+    let event = serde_json::json!({"op": "conversation.updated", "conversation_id": view.id, "conversation": view});
+    ctx.stores.live.publish(&conv, event.to_string().as_bytes()).await?;
+    tracing::info!(
+        component = "conversations",
+        "conversation-id" = %view.id,
+        archived = view.archived_at.is_some(),
+        "conversation updated"
+    );
+    Ok(view)
+}
+
+/// Deletes a conversation (owners, the app): its members are removed and it
+/// is never answered again, so its messages are unreadable at once; the
+/// bytes go with retention (README, "Conversations and roles").
+pub async fn delete(ctx: &Context, caller: &Caller, id: &str, now: i64) -> Result<(), Error> {
+    caller.require_participant()?;
+    let access = ctx.membership.require_access(caller, id).await?;
+    access.require_role(caller, Role::Owner, "delete a conversation")?;
+    let conv = ConvKey::new(&caller.app_id, &access.conversation_id);
+    if !ctx.stores.metadata.delete_conversation(&conv, now).await? {
+        return Err(not_found());
+    }
+    ctx.membership.changed(&caller.app_id, &conv.conversation_id).await;
+    let event = serde_json::json!({"op": "conversation.deleted", "conversation_id": conv.conversation_id});
+    ctx.stores.live.publish(&conv, event.to_string().as_bytes()).await?;
+    tracing::info!(component = "conversations", "conversation-id" = %conv.conversation_id, "conversation deleted");
+    Ok(())
+}
+
+/// `PUT .../members/{user_id}`: the role to give; absent adds as a member
+/// (or keeps an existing member's role).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutMember {
+    pub role: Option<String>,
+}
+
+/// A member as a change left them.
+#[derive(Debug, Serialize)]
+pub struct MemberChanged {
+    pub user_id: String,
+    /// The member's role now.
+    pub role: String,
+    /// True when they were not a member before.
+    pub added: bool,
+}
+
+/// Adds `user_id` or sets their role. Owners, moderators and the app add
+/// members; only owners and the app give or take the moderator and owner
+/// roles.
+pub async fn put_member(
     ctx: &Context,
     caller: &Caller,
     id: &str,
     user_id: &str,
+    request: PutMember,
     now: i64,
-) -> Result<(String, bool), Error> {
+) -> Result<MemberChanged, Error> {
     caller.require_participant()?;
     let user_id = crate::ids::user_id(user_id)?;
+    let role = request.role.as_deref().map(Role::from_request).transpose()?;
     let access = ctx.membership.require_access(caller, id).await?;
-    access.require_manager(caller, None)?;
-    let id = access.conversation_id;
-    let member = MemberRow { user_id: user_id.clone(), role: Role::Member.as_str().into(), joined_at: now };
-    let added = ctx.stores.metadata.add_member(&ConvKey::new(&caller.app_id, &id), &member).await?;
-    if added {
-        ctx.membership.changed(&caller.app_id, &id).await;
-    }
-    Ok((user_id, added))
+    access.require_role(caller, Role::Moderator, "add members")?;
+    let owner = access.holds(caller, Role::Owner);
+    // A moderator adds members and leaves roles as they are.
+    let allowed = |before: Option<&str>| owner || role.is_none_or(|r| Some(r.as_str()) == before.or(Some("member")));
+    let change = MemberChange::Put { role: role.map(Role::as_str), joined_at: now };
+    let (before, after) = change_member(ctx, caller, &access, &user_id, change, &allowed, "give roles").await?;
+    let role = after.unwrap_or_else(|| Role::Member.as_str().to_string());
+    Ok(MemberChanged { user_id, role, added: before.is_none() })
 }
 
-/// Removes `user_id`; answers whether they were a member.
+/// Removes `user_id`; answers whether they were a member. Anyone may leave;
+/// owners and the app remove anyone, moderators remove members.
 pub async fn remove_member(ctx: &Context, caller: &Caller, id: &str, user_id: &str) -> Result<bool, Error> {
     caller.require_participant()?;
     let user_id = crate::ids::user_id(user_id)?;
     let access = ctx.membership.require_access(caller, id).await?;
-    access.require_manager(caller, Some(&user_id))?;
-    let id = access.conversation_id;
-    let removed = ctx.stores.metadata.remove_member(&ConvKey::new(&caller.app_id, &id), &user_id).await?;
-    if removed {
-        ctx.membership.changed(&caller.app_id, &id).await;
+    let leaving = caller.user_id.as_deref() == Some(user_id.as_str());
+    if !leaving {
+        access.require_role(caller, Role::Moderator, "remove members")?;
     }
-    Ok(removed)
+    let owner = leaving || access.holds(caller, Role::Owner);
+    let allowed = |before: Option<&str>| owner || matches!(before, None | Some("member"));
+    let what = "remove owners and moderators";
+    let (before, _) = change_member(ctx, caller, &access, &user_id, MemberChange::Remove, &allowed, what).await?;
+    Ok(before.is_some())
+}
+
+/// Applies a member change the caller's rule allows; answers the member's
+/// role before and after it.
+async fn change_member(
+    ctx: &Context,
+    caller: &Caller,
+    access: &Access,
+    user_id: &str,
+    change: MemberChange<'_>,
+    allowed: &(dyn Fn(Option<&str>) -> bool + Sync),
+    refused: &str,
+) -> Result<(Option<String>, Option<String>), Error> {
+    let conv = ConvKey::new(&caller.app_id, &access.conversation_id);
+    match ctx.stores.metadata.change_member(&conv, user_id, change, allowed).await? {
+        MemberOutcome::Done { before, after } => {
+            if before != after {
+                ctx.membership.changed(&caller.app_id, &conv.conversation_id).await;
+                tracing::info!(
+                    component = "conversations",
+                    "conversation-id" = %conv.conversation_id,
+                    before = before.as_deref().unwrap_or("none"),
+                    after = after.as_deref().unwrap_or("none"),
+                    "membership changed"
+                );
+            }
+            Ok((before, after))
+        }
+        MemberOutcome::Refused { .. } => {
+            Err(Error::new(Code::NotOwner, format!("only the conversation's owners and the app {refused}")))
+        }
+        MemberOutcome::LastOwner => Err(Error::new(
+            Code::LastOwner,
+            "the conversation's other members would have no owner: make another member an owner first",
+        )),
+        MemberOutcome::NoConversation => Err(not_found()),
+    }
 }

@@ -56,7 +56,7 @@ pub async fn edit(
     now: i64,
 ) -> Result<Envelope, Error> {
     caller.require_participant()?;
-    let conversation_id = ctx.membership.require_access(caller, conversation_id).await?.conversation_id;
+    let conversation_id = ctx.membership.require_access(caller, conversation_id).await?.writable()?.conversation_id;
     let conv = ConvKey::new(&caller.app_id, &conversation_id);
     let target = changeable(ctx, &conv, message, now).await?;
     let seq = target.seq;
@@ -103,8 +103,9 @@ pub async fn edit(
     Ok(message)
 }
 
-/// Deletes a message: the sender's own, or any as an owner or the app.
-/// Deleting a deleted message succeeds again.
+/// Deletes a message: the sender's own, or any as a moderator, an owner or
+/// the app, also in an archived conversation (moderation goes on). Deleting
+/// a deleted message succeeds again.
 pub async fn delete(
     ctx: &Context,
     caller: &Caller,
@@ -117,9 +118,9 @@ pub async fn delete(
     let conv = ConvKey::new(&caller.app_id, &access.conversation_id);
     let target = changeable(ctx, &conv, message, now).await?;
     let seq = target.seq;
-    let may = caller.is_app() || access.role == Some(Role::Owner) || target.sender == sender_of(caller);
+    let may = access.holds(caller, Role::Moderator) || target.sender == sender_of(caller);
     if !may {
-        return Err(Error::new(Code::NotSender, "only the sender or a conversation owner may delete a message"));
+        return Err(Error::new(Code::NotSender, "only the sender, a moderator or an owner may delete a message"));
     }
     let metadata = &ctx.stores.metadata;
     match deleted(metadata, &conv, seq).await? {

@@ -84,8 +84,9 @@ codes! {
     /// Also for a conversation that does not exist: a non-member must not
     /// learn which ones do.
     NotMember = "not_member", Forbidden;
+    /// The caller's role does not allow the action (it names who may).
     NotOwner = "not_owner", Forbidden;
-    /// Editing someone else's message, or deleting it without being an owner.
+    /// Editing someone else's message, or deleting it without being a moderator or owner.
     NotSender = "not_sender", Forbidden;
     NotFound = "not_found", NotFound;
     /// Removing someone who is not a member.
@@ -107,6 +108,8 @@ codes! {
     /// A `reply_to` that names no message of the conversation.
     InvalidReplyTo = "invalid_reply_to", Invalid;
     InvalidTitle = "invalid_title", Invalid;
+    /// A member role other than owner, moderator or member.
+    InvalidRole = "invalid_role", Invalid;
     InvalidMetadata = "invalid_metadata", Invalid;
     TooManyMembers = "too_many_members", Invalid;
     UserRequired = "user_required", Invalid;
@@ -119,6 +122,10 @@ codes! {
     MessageDeleted = "message_deleted", Conflict;
     /// Editing or deleting an edit or delete event instead of a message.
     NotEditable = "not_editable", Conflict;
+    /// Writing to an archived conversation (it is read-only until unarchived).
+    ConversationArchived = "conversation_archived", Conflict;
+    /// Demoting or removing the last owner while other members remain.
+    LastOwner = "last_owner", Conflict;
     /// A reaction past the distinct reactions a message may hold, or the
     /// reactions one user may give it (`crate::reactions`).
     TooManyReactions = "too_many_reactions", Conflict;

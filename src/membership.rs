@@ -3,11 +3,14 @@
 //! membership cache. A shared domain primitive under every use case.
 //!
 //! Who may do what: a user sees and writes only conversations they are a
-//! member of; owners and admin keys manage members; a member may remove
-//! themselves. A non-member gets the same `not_member` answer whether the
-//! conversation exists or not. Membership answers are cached per instance and
-//! invalidated on change through the tail's live channel `_msgd/membership`
-//! (Redis Pub/Sub in services mode), so a removed member is refused
+//! member of, and what else they may do follows their [`Role`] (README,
+//! "Conversations and roles"); an admin key acting as the app may do
+//! everything; a member may remove themselves. An archived conversation is
+//! read-only; a deleted one has no members and is not found. A non-member
+//! gets the same `not_member` answer whether the conversation exists or not.
+//! Membership and archive answers are cached per instance and invalidated
+//! on change through the tail's live channel `_msgd/membership` (Redis
+//! Pub/Sub in services mode), so a removed member is refused
 //! everywhere within a second; the cache TTL bounds staleness if an
 //! invalidation is ever missed. A subscription asks again only when its
 //! conversation's [`Membership::version`] moved, or a minute passed, not
@@ -30,12 +33,14 @@ const MEMBERSHIP_CACHE_MAX: usize = 100_000;
 /// makes the subscriptions of the others in its slot check again, no more.
 const CHANGE_SLOTS: usize = 1024;
 
-/// A member's role in a conversation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A member's role in a conversation, in increasing powers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
-    /// Manages members (the creator, when a user created it).
-    Owner,
     Member,
+    /// Adds and removes members, edits the title and metadata, deletes anyone's message.
+    Moderator,
+    /// All of a moderator's powers, plus roles, archiving and deleting the conversation.
+    Owner,
 }
 
 impl Role {
@@ -43,15 +48,32 @@ impl Role {
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Owner => "owner",
+            Role::Moderator => "moderator",
             Role::Member => "member",
         }
     }
 
     /// A stored role; anything unknown grants no more than a member's rights.
     pub fn parse(text: &str) -> Role {
+        Role::from_request(text).unwrap_or(Role::Member)
+    }
+
+    /// A role a client asks for: exactly one of the three names.
+    pub fn from_request(text: &str) -> Result<Role, Error> {
         match text {
-            "owner" => Role::Owner,
-            _ => Role::Member,
+            "owner" => Ok(Role::Owner),
+            "moderator" => Ok(Role::Moderator),
+            "member" => Ok(Role::Member),
+            _ => Err(Error::new(Code::InvalidRole, "role must be owner, moderator or member")),
+        }
+    }
+
+    /// Who holds `self` or more, for messages.
+    fn holders(self) -> &'static str {
+        match self {
+            Role::Owner => "owners",
+            Role::Moderator => "owners and moderators",
+            Role::Member => "members",
         }
     }
 }
@@ -63,34 +85,77 @@ pub struct Access {
     pub conversation_id: String,
     /// The caller's role; `None` for an admin key acting as the app.
     pub role: Option<Role>,
+    /// Archived: readable, but nothing new is written to it.
+    pub archived: bool,
 }
 
 impl Access {
-    /// Owners and admin keys acting as the app manage members; anyone may
-    /// remove themselves. When a user token is present the user's role
-    /// decides, whatever the key's scope: an admin key lends no powers to a
-    /// user.
-    pub fn require_manager(&self, caller: &Caller, removing: Option<&str>) -> Result<(), Error> {
-        let is_self = removing.is_some() && removing == caller.user_id.as_deref();
-        if caller.is_app() || self.role == Some(Role::Owner) || is_self {
+    /// Whether the caller acts with `role`'s powers or more: an admin key
+    /// acting as the app has every power; when a user token is present the
+    /// user's role decides, whatever the key's scope (an admin key lends no
+    /// powers to a user).
+    pub fn holds(&self, caller: &Caller, role: Role) -> bool {
+        caller.is_app() || self.role.is_some_and(|mine| mine >= role)
+    }
+
+    /// [`Access::holds`], or `not_owner` naming who may `what`.
+    pub fn require_role(&self, caller: &Caller, role: Role, what: &str) -> Result<(), Error> {
+        if self.holds(caller, role) {
             return Ok(());
         }
-        Err(Error::new(Code::NotOwner, "only the conversation's owners and admin keys manage members"))
+        Err(Error::new(Code::NotOwner, format!("only the conversation's {} and the app {what}", role.holders())))
+    }
+
+    /// The access, when the conversation takes new writes (it is not archived).
+    pub fn writable(self) -> Result<Access, Error> {
+        if self.archived {
+            return Err(Error::new(Code::ConversationArchived, "the conversation is archived: it is read-only"));
+        }
+        Ok(self)
     }
 }
 
-fn not_found() -> Error {
+/// A conversation that does not exist, as the app is told (a user is told `not_member`).
+pub fn not_found() -> Error {
     Error::new(Code::NotFound, "no such conversation")
 }
 
 /// (app, conversation, user).
 type MemberKey = (String, String, String);
+/// (app, conversation).
+type ConversationKey = (String, String);
+
+/// Answers read from the metadata store, each usable for [`MEMBERSHIP_TTL`].
+struct TtlCache<K, V> {
+    entries: HashMap<K, (V, Instant)>,
+}
+
+impl<K: std::hash::Hash + Eq, V: Copy> TtlCache<K, V> {
+    fn get(&self, key: &K) -> Option<V> {
+        self.entries.get(key).filter(|(_, at)| at.elapsed() < MEMBERSHIP_TTL).map(|(value, _)| *value)
+    }
+
+    fn insert(&mut self, key: K, value: V) {
+        if self.entries.len() >= MEMBERSHIP_CACHE_MAX {
+            self.entries.clear();
+        }
+        self.entries.insert(key, (value, Instant::now()));
+    }
+}
+
+impl<K, V> Default for TtlCache<K, V> {
+    fn default() -> Self {
+        TtlCache { entries: HashMap::new() }
+    }
+}
 
 /// The per-instance membership cache.
 pub struct Membership {
     stores: Stores,
-    /// (app, conversation, user) → role (`None`: not a member), and when it was read.
-    cache: Mutex<HashMap<MemberKey, (Option<Role>, Instant)>>,
+    /// (app, conversation, user) → role (`None`: not a member).
+    roles: Mutex<TtlCache<MemberKey, Option<Role>>>,
+    /// (app, conversation) → whether it is archived (`None`: no such conversation).
+    conversations: Mutex<TtlCache<ConversationKey, Option<bool>>>,
     /// Bumped by every invalidation: an answer read from the database while an
     /// invalidation happened is not cached (it may predate the change).
     generation: std::sync::atomic::AtomicU64,
@@ -114,7 +179,13 @@ fn invalidation_channel() -> ConvKey {
 impl Membership {
     pub fn new(stores: Stores) -> Membership {
         let changes = (0..CHANGE_SLOTS).map(|_| Default::default()).collect();
-        Membership { stores, cache: Mutex::default(), generation: Default::default(), changes }
+        Membership {
+            stores,
+            roles: Mutex::default(),
+            conversations: Mutex::default(),
+            generation: Default::default(),
+            changes,
+        }
     }
 
     /// A number that moves whenever the conversation's membership may have
@@ -124,55 +195,67 @@ impl Membership {
         self.changes[change_slot(app_id, conversation_id)].load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Resolves a conversation the caller may access: its canonical id and
-    /// the caller's role.
+    /// Resolves a conversation the caller may access: its canonical id, the
+    /// caller's role and whether it is archived. A deleted conversation has
+    /// no members and is not found.
     pub async fn require_access(&self, caller: &Caller, id: &str) -> Result<Access, Error> {
-        let Some(id) = crate::ids::conversation_id(id) else {
-            return Err(if caller.is_app() { not_found() } else { Error::not_member() });
-        };
+        let refused = || if caller.is_app() { not_found() } else { Error::not_member() };
+        let Some(id) = crate::ids::conversation_id(id) else { return Err(refused()) };
         let role = match &caller.user_id {
-            None => match self.stores.metadata.get_conversation(&ConvKey::new(&caller.app_id, &id)).await? {
-                Some(_) => None,
-                None => return Err(not_found()),
-            },
-            Some(user) => match self.role(&caller.app_id, &id, user).await? {
-                Some(role) => Some(role),
-                None => return Err(Error::not_member()),
-            },
+            None => None,
+            Some(user) => Some(self.role(&caller.app_id, &id, user).await?.ok_or_else(Error::not_member)?),
         };
-        Ok(Access { conversation_id: id, role })
+        let Some(archived) = self.archived(&caller.app_id, &id).await? else { return Err(refused()) };
+        Ok(Access { conversation_id: id, role, archived })
     }
 
     /// The user's role in the conversation, `None` when not a member.
     pub async fn role(&self, app_id: &str, conversation_id: &str, user_id: &str) -> Result<Option<Role>, Error> {
         let key = (app_id.to_string(), conversation_id.to_string(), user_id.to_string());
-        if let Some((role, at)) = self.cache.lock().expect("membership lock").get(&key) {
-            if at.elapsed() < MEMBERSHIP_TTL {
-                return Ok(*role);
-            }
+        let conv = ConvKey::new(app_id, conversation_id);
+        self.cached(&self.roles, key, async {
+            Ok(self.stores.metadata.get_member(&conv, user_id).await?.map(|m| Role::parse(&m.role)))
+        })
+        .await
+    }
+
+    /// Whether the conversation is archived, `None` when it does not exist.
+    async fn archived(&self, app_id: &str, conversation_id: &str) -> Result<Option<bool>, Error> {
+        let key = (app_id.to_string(), conversation_id.to_string());
+        let conv = ConvKey::new(app_id, conversation_id);
+        self.cached(&self.conversations, key, async {
+            Ok(self.stores.metadata.get_conversation(&conv).await?.map(|row| row.archived_at.is_some()))
+        })
+        .await
+    }
+
+    /// The cached answer for `key`, else `load`'s, cached unless an
+    /// invalidation happened while it was read.
+    async fn cached<K: std::hash::Hash + Eq, V: Copy>(
+        &self,
+        cache: &Mutex<TtlCache<K, V>>,
+        key: K,
+        load: impl std::future::Future<Output = Result<V, Error>>,
+    ) -> Result<V, Error> {
+        if let Some(value) = cache.lock().expect("membership lock").get(&key) {
+            return Ok(value);
         }
         let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
-        let conv = ConvKey::new(app_id, conversation_id);
-        let role = self.stores.metadata.get_member(&conv, user_id).await?.map(|m| Role::parse(&m.role));
-        let mut cache = self.cache.lock().expect("membership lock");
-        if self.generation.load(std::sync::atomic::Ordering::SeqCst) != generation {
-            return Ok(role);
+        let value = load.await?;
+        let mut cache = cache.lock().expect("membership lock");
+        if self.generation.load(std::sync::atomic::Ordering::SeqCst) == generation {
+            cache.insert(key, value);
         }
-        if cache.len() >= MEMBERSHIP_CACHE_MAX {
-            cache.clear();
-        }
-        cache.insert(key, (role, Instant::now()));
-        Ok(role)
+        Ok(value)
     }
 
     /// The version moves after the cached answers are gone, so an answer
     /// read under the new version is never a cached old one.
     fn forget(&self, app_id: &str, conversation_id: &str) {
         self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.cache
-            .lock()
-            .expect("membership lock")
-            .retain(|(app, conv, _), _| !(app == app_id && conv == conversation_id));
+        let mine = |app: &String, conv: &String| app == app_id && conv == conversation_id;
+        self.roles.lock().expect("membership lock").entries.retain(|(app, conv, _), _| !mine(app, conv));
+        self.conversations.lock().expect("membership lock").entries.retain(|(app, conv), _| !mine(app, conv));
         self.changes[change_slot(app_id, conversation_id)].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
@@ -192,7 +275,8 @@ impl Membership {
     /// Clears the whole cache: invalidations may have been missed.
     fn forget_all(&self) {
         self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.cache.lock().expect("membership lock").clear();
+        self.roles.lock().expect("membership lock").entries.clear();
+        self.conversations.lock().expect("membership lock").entries.clear();
         for slot in &self.changes {
             slot.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }

@@ -164,7 +164,7 @@ pub async fn send(
     now: i64,
 ) -> Result<Sent, Error> {
     caller.require_participant()?;
-    let conversation_id = ctx.membership.require_access(caller, conversation_id).await?.conversation_id;
+    let conversation_id = ctx.membership.require_access(caller, conversation_id).await?.writable()?.conversation_id;
     let item = prepare(ctx, caller, &conversation_id, request, idempotency_header, now);
     let mut results = send_checked(ctx, caller, &conversation_id, vec![item], now).await?;
     results.pop().expect("one result per message")
@@ -206,7 +206,7 @@ pub async fn send_many(
     now: i64,
 ) -> Result<Vec<Result<Sent, Error>>, Error> {
     caller.require_participant()?;
-    let conversation_id = ctx.membership.require_access(caller, conversation_id).await?.conversation_id;
+    let conversation_id = ctx.membership.require_access(caller, conversation_id).await?.writable()?.conversation_id;
     let items = requests
         .into_iter()
         .map(|request| request.and_then(|request| prepare(ctx, caller, &conversation_id, request, None, now)))

@@ -112,7 +112,7 @@ async fn prepare(
     reaction: &str,
 ) -> Result<(ConvKey, String, Envelope, String), Error> {
     caller.require_participant()?;
-    let conversation_id = ctx.membership.require_access(caller, conversation_id).await?.conversation_id;
+    let conversation_id = ctx.membership.require_access(caller, conversation_id).await?.writable()?.conversation_id;
     let user = caller
         .user_id
         .clone()

@@ -116,6 +116,8 @@ pub struct RetentionReport {
     pub reactions: u64,
     /// Thread entries of replies past the history window; a dry run does not count them.
     pub replies: u64,
+    /// Rows of conversations deleted a history window ago; a dry run does not count them.
+    pub conversations: u64,
     /// Bytes the SQLite file shrank by (embedded).
     pub reclaimed_bytes: u64,
 }
@@ -436,6 +438,7 @@ impl Retention {
             (Expiring::MessageChanges, history_cutoff, &mut report.message_changes),
             (Expiring::Reactions, history_cutoff, &mut report.reactions),
             (Expiring::Replies, history_cutoff, &mut report.replies),
+            (Expiring::DeletedConversations, history_cutoff, &mut report.conversations),
         ] {
             loop {
                 let metadata = &self.stores.metadata;
@@ -454,6 +457,7 @@ impl Retention {
         deleted.with_label_values(&["message_changes"]).inc_by(report.message_changes);
         deleted.with_label_values(&["reactions"]).inc_by(report.reactions);
         deleted.with_label_values(&["replies"]).inc_by(report.replies);
+        deleted.with_label_values(&["conversations"]).inc_by(report.conversations);
         let counts = [
             ("idempotency-claims", report.idempotency_claims),
             ("state-entries", report.state_entries),
@@ -461,6 +465,7 @@ impl Retention {
             ("message-changes", report.message_changes),
             ("reactions", report.reactions),
             ("replies", report.replies),
+            ("conversations", report.conversations),
         ];
         self.stage_done("state", stage_started, &counts);
         Ok(())

@@ -137,6 +137,13 @@ impl Subscription {
                 }
                 Err(RecvError::Closed) => return,
             };
+            if let LiveEvent::Event(bytes) = &event {
+                // Its members are gone with it: the frame says why the subscription ends.
+                if let Some(delivery @ Delivery::Event { op: "conversation.deleted", .. }) = event_delivery(bytes) {
+                    to.live(delivery);
+                    return;
+                }
+            }
             if !self.still_member(&ctx).await {
                 to.ended(&Error::not_member(), details);
                 return;
@@ -207,6 +214,8 @@ fn event_delivery(bytes: &[u8]) -> Option<Delivery> {
         Some("receipt") => "receipt",
         Some("typing") => "typing",
         Some("reaction") => "reaction",
+        Some("conversation.updated") => "conversation.updated",
+        Some("conversation.deleted") => "conversation.deleted",
         _ => return None,
     };
     Some(Delivery::Event { op, frame })

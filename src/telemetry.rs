@@ -129,7 +129,7 @@ pub const WORKERS: [&str; 7] =
     ["segment-flush", "recovery", "compaction", "retention", "dependency-watcher", "membership-invalidation", "stats"];
 
 /// The `kind` label values of `msgd_retention_deleted_total`.
-pub const RETENTION_KINDS: [&str; 10] = [
+pub const RETENTION_KINDS: [&str; 11] = [
     "objects",
     "block_rows",
     "attachments",
@@ -140,6 +140,7 @@ pub const RETENTION_KINDS: [&str; 10] = [
     "message_changes",
     "reactions",
     "replies",
+    "conversations",
 ];
 
 const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];

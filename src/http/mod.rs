@@ -3,6 +3,7 @@
 //! request timeout, access log, JSON for every error). Handlers parse, call
 //! the domain, and answer; nothing here talks to a database directly.
 
+mod conv;
 mod error;
 mod frames;
 mod health;
@@ -65,9 +66,9 @@ pub fn router(state: AppState) -> Router {
     let body_limit = limits.max_batch * (limits.max_payload_bytes * 2 + 1024) + 64 * 1024;
     let attachment_limit = usize::try_from(limits.max_attachment_bytes).unwrap_or(usize::MAX);
     Router::new()
-        .route("/v1/conversations", post(v1::create_conversation).get(v1::list_conversations))
-        .route("/v1/conversations/{id}", get(v1::get_conversation))
-        .route("/v1/conversations/{id}/members/{user_id}", put(v1::add_member).delete(v1::remove_member))
+        .route("/v1/conversations", post(conv::create).get(conv::list))
+        .route("/v1/conversations/{id}", get(conv::get).patch(conv::update).delete(conv::delete))
+        .route("/v1/conversations/{id}/members/{user_id}", put(conv::add_member).delete(conv::remove_member))
         .route("/v1/conversations/{id}/messages", post(v1::send_message).get(v1::history))
         .route("/v1/ws", get(ws::upgrade))
         .route("/v1/conversations/{id}/messages/batch", post(v1::send_batch))

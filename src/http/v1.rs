@@ -18,11 +18,11 @@ use crate::auth::Caller;
 use crate::clock::now_ms;
 use crate::error::{Code, Error};
 use crate::keys::Scope;
-use crate::{attachments, conversations, edits, history, messages, reactions, receipts};
+use crate::{attachments, edits, history, messages, reactions, receipts};
 
 /// Parses a JSON body; a body over the size limit is a 413, anything else
 /// malformed a 400, both in the API's error shape.
-fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+pub(super) fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
     let bytes = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Error::new(Code::PayloadTooLarge, "the request body is too large")
@@ -32,59 +32,6 @@ fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result
     })?;
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError(Error::new(Code::InvalidRequest, format!("invalid JSON body: {e}"))))
-}
-
-pub(super) async fn create_conversation(
-    State(state): State<AppState>,
-    caller: Caller,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let request: conversations::CreateConversation = json_body(body)?;
-    let view = conversations::create(&state.ctx, &caller, request, now_ms()).await?;
-    Ok((StatusCode::CREATED, Json(view)).into_response())
-}
-
-#[derive(Deserialize)]
-pub(super) struct ListQuery {
-    limit: Option<u32>,
-}
-
-pub(super) async fn list_conversations(
-    State(state): State<AppState>,
-    caller: Caller,
-    Query(query): Query<ListQuery>,
-) -> Result<Response, ApiError> {
-    let conversations = conversations::list(&state.ctx, &caller, query.limit).await?;
-    Ok(Json(serde_json::json!({"conversations": conversations})).into_response())
-}
-
-pub(super) async fn get_conversation(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    Ok(Json(conversations::get(&state.ctx, &caller, &id).await?).into_response())
-}
-
-pub(super) async fn add_member(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path((id, user_id)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
-    let (user_id, added) = conversations::add_member(&state.ctx, &caller, &id, &user_id, now_ms()).await?;
-    let status = if added { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(serde_json::json!({"user_id": user_id, "added": added}))).into_response())
-}
-
-pub(super) async fn remove_member(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path((id, user_id)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
-    if !conversations::remove_member(&state.ctx, &caller, &id, &user_id).await? {
-        return Err(Error::new(Code::NotAMember, format!("{user_id} is not a member")).into());
-    }
-    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 pub(super) async fn send_message(

@@ -40,15 +40,62 @@ pub struct ConversationRow {
     pub metadata: Option<String>,
     pub created_by: Option<String>,
     pub created_at: i64,
+    /// When it was archived (read-only); `None` while active.
+    #[serde(default)]
+    pub archived_at: Option<i64>,
+    /// When it was deleted; a deleted conversation is never answered again
+    /// and its row goes with retention. Absent in older backups.
+    #[serde(default)]
+    pub deleted_at: Option<i64>,
+    /// The last change of title, metadata or archive state.
+    #[serde(default)]
+    pub updated_at: Option<i64>,
+}
+
+/// A change to a conversation's title, metadata or archive state; `None`
+/// leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConversationUpdate {
+    /// `Some(None)` clears the title.
+    pub title: Option<Option<String>>,
+    /// JSON text; `Some(None)` clears the metadata.
+    pub metadata: Option<Option<String>>,
+    /// `Some(true)` archives (keeping the first archive time), `Some(false)` unarchives.
+    pub archived: Option<bool>,
 }
 
 /// One member of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct MemberRow {
     pub user_id: String,
-    /// `owner` or `member`.
+    /// `owner`, `moderator` or `member`.
     pub role: String,
     pub joined_at: i64,
+}
+
+/// A change to one member: added or given a role, or removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberChange<'a> {
+    /// Adds the user (as `role`, else `member`) or sets an existing member's
+    /// role (`None` keeps it).
+    Put {
+        role: Option<&'a str>,
+        joined_at: i64,
+    },
+    Remove,
+}
+
+/// What [`MemberChange`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberOutcome {
+    /// The member's role before (`None`: was not a member) and after (`None`: is not one now).
+    Done { before: Option<String>, after: Option<String> },
+    /// The caller's rule refused the change, given the member's role before it.
+    Refused { before: Option<String> },
+    /// Refused: the conversation's other members would be left without an owner.
+    LastOwner,
+    /// No such conversation, or it was deleted.
+    NoConversation,
 }
 
 /// One segment object.

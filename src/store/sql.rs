@@ -16,8 +16,9 @@ use sqlx::sqlite::{SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, Sq
 use sqlx::{Connection, PgConnection, PgPool, SqlitePool};
 
 use super::metadata::{
-    ApiKeyRow, AppRow, AttachmentRow, BlockRow, ConversationRow, FlushAdvance, IdempotencyRecordRow, MemberRow,
-    MessageChangeRow, MetadataSnapshot, ReactionCount, ReactionRow, ReplyRow, SegmentRow,
+    ApiKeyRow, AppRow, AttachmentRow, BlockRow, ConversationRow, ConversationUpdate, FlushAdvance,
+    IdempotencyRecordRow, MemberChange, MemberOutcome, MemberRow, MessageChangeRow, MetadataSnapshot, ReactionCount,
+    ReactionRow, ReplyRow, SegmentRow,
 };
 use super::tail::ConvKey;
 use super::StoreError;
@@ -195,7 +196,8 @@ impl Metadata {
     }
 }
 
-const CONVERSATION_COLUMNS: &str = "c.app_id, c.id, c.title, c.metadata, c.created_by, c.created_at";
+const CONVERSATION_COLUMNS: &str =
+    "app_id, id, title, metadata, created_by, created_at, archived_at, deleted_at, updated_at";
 const INSERT_MEMBER: &str = "INSERT INTO members (app_id, conversation_id, user_id, role, joined_at) \
                              VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
 
@@ -408,9 +410,6 @@ impl Metadata {
     }
 
     /// Inserts a conversation and its first members in one transaction.
-    /// Conversations of an app, newest first; only those `user_id` is a member of when given.
-    /// Adds a member; returns false when already a member (nothing changes).
-    /// Removes a member; returns false when not a member.
     pub async fn insert_conversation(
         &self,
         conversation: &ConversationRow,
@@ -446,7 +445,9 @@ impl Metadata {
     }
 
     pub async fn get_conversation(&self, conv: &ConvKey) -> Result<Option<ConversationRow>, StoreError> {
-        let sql = format!("SELECT {CONVERSATION_COLUMNS} FROM conversations c WHERE c.app_id = $1 AND c.id = $2");
+        let sql = format!(
+            "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE app_id = $1 AND id = $2 AND deleted_at IS NULL"
+        );
         let row = on_db!(self, pool => sqlx::query_as::<_, ConversationRow>(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(&conv.app_id)
             .bind(&conv.conversation_id)
@@ -463,7 +464,8 @@ impl Metadata {
         limit: u32,
     ) -> Result<Vec<ConversationRow>, StoreError> {
         let sql = format!(
-            "SELECT {CONVERSATION_COLUMNS} FROM conversations c WHERE c.app_id = $1 AND ($2 IS NULL OR EXISTS \
+            "SELECT {CONVERSATION_COLUMNS} FROM conversations c WHERE c.app_id = $1 AND c.deleted_at IS NULL AND \
+             ($2 IS NULL OR EXISTS \
              (SELECT 1 FROM members m WHERE m.app_id = c.app_id AND m.conversation_id = c.id AND m.user_id = $2)) \
              ORDER BY c.created_at DESC, c.id LIMIT $3"
         );
@@ -500,32 +502,142 @@ impl Metadata {
         Ok(row)
     }
 
-    /// Adds a member; returns false when already a member (nothing changes).
-    pub async fn add_member(&self, conv: &ConvKey, member: &MemberRow) -> Result<bool, StoreError> {
-        let added = on_db!(self, pool => sqlx::query(INSERT_MEMBER)
+    /// Changes a title, metadata or archive state; answers the conversation as
+    /// it is now, `None` when it does not exist (or was deleted).
+    pub async fn update_conversation(
+        &self,
+        conv: &ConvKey,
+        update: &ConversationUpdate,
+        now: i64,
+    ) -> Result<Option<ConversationRow>, StoreError> {
+        let archive: i32 = match update.archived {
+            None => 0,
+            Some(true) => 1,
+            Some(false) => 2,
+        };
+        let sql = format!(
+            "UPDATE conversations SET title = CASE WHEN $3 THEN $4 ELSE title END, \
+             metadata = CASE WHEN $5 THEN $6 ELSE metadata END, \
+             archived_at = CASE $7 WHEN 1 THEN COALESCE(archived_at, $8) WHEN 2 THEN NULL ELSE archived_at END, \
+             updated_at = $8 WHERE app_id = $1 AND id = $2 AND deleted_at IS NULL RETURNING {CONVERSATION_COLUMNS}"
+        );
+        let row = on_db!(self, pool => sqlx::query_as::<_, ConversationRow>(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(&conv.app_id)
             .bind(&conv.conversation_id)
-            .bind(&member.user_id)
-            .bind(&member.role)
-            .bind(member.joined_at)
-            .execute(pool)
-            .await
-            .map(|r| r.rows_affected()))?;
-        Ok(added == 1)
+            .bind(update.title.is_some())
+            .bind(update.title.clone().flatten())
+            .bind(update.metadata.is_some())
+            .bind(update.metadata.clone().flatten())
+            .bind(archive)
+            .bind(now)
+            .fetch_optional(pool)
+            .await)?;
+        Ok(row)
     }
 
-    /// Removes a member; returns false when not a member.
-    pub async fn remove_member(&self, conv: &ConvKey, user_id: &str) -> Result<bool, StoreError> {
-        let removed = on_db!(self, pool => sqlx::query(
-            "DELETE FROM members WHERE app_id = $1 AND conversation_id = $2 AND user_id = $3",
-        )
-        .bind(&conv.app_id)
-        .bind(&conv.conversation_id)
-        .bind(user_id)
-        .execute(pool)
-        .await
-        .map(|r| r.rows_affected()))?;
-        Ok(removed == 1)
+    /// Marks a conversation deleted and removes its members, in one
+    /// transaction; false when it does not exist (or was deleted already).
+    pub async fn delete_conversation(&self, conv: &ConvKey, now: i64) -> Result<bool, StoreError> {
+        on_db!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            let marked = sqlx::query(
+                "UPDATE conversations SET deleted_at = $3, updated_at = $3 \
+                 WHERE app_id = $1 AND id = $2 AND deleted_at IS NULL",
+            )
+            .bind(&conv.app_id)
+            .bind(&conv.conversation_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if marked == 0 {
+                return Ok(false);
+            }
+            sqlx::query("DELETE FROM members WHERE app_id = $1 AND conversation_id = $2")
+                .bind(&conv.app_id)
+                .bind(&conv.conversation_id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(true)
+        }.await)
+    }
+
+    /// Applies `change` to `user_id`'s membership when `allowed` accepts the
+    /// member's current role, in one transaction that holds the conversation
+    /// (a row lock on Postgres, the write lock on SQLite), so two concurrent
+    /// changes cannot both take away the last owner.
+    pub async fn change_member(
+        &self,
+        conv: &ConvKey,
+        user_id: &str,
+        change: MemberChange<'_>,
+        allowed: &(dyn Fn(Option<&str>) -> bool + Sync),
+    ) -> Result<MemberOutcome, StoreError> {
+        on_db!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            let held = sqlx::query(
+                "UPDATE conversations SET updated_at = updated_at WHERE app_id = $1 AND id = $2 AND deleted_at IS NULL",
+            )
+            .bind(&conv.app_id)
+            .bind(&conv.conversation_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if held == 0 {
+                return Ok(MemberOutcome::NoConversation);
+            }
+            let before: Option<String> = sqlx::query_scalar(
+                "SELECT role FROM members WHERE app_id = $1 AND conversation_id = $2 AND user_id = $3",
+            )
+            .bind(&conv.app_id)
+            .bind(&conv.conversation_id)
+            .bind(user_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if !allowed(before.as_deref()) {
+                return Ok(MemberOutcome::Refused { before });
+            }
+            let after = match change {
+                MemberChange::Put { role, .. } => Some(role.or(before.as_deref()).unwrap_or("member").to_string()),
+                MemberChange::Remove => None,
+            };
+            if after == before {
+                return Ok(MemberOutcome::Done { before, after });
+            }
+            let write = match (change, &after) {
+                (MemberChange::Put { joined_at, .. }, Some(role)) => sqlx::query(
+                    "INSERT INTO members (app_id, conversation_id, user_id, role, joined_at) \
+                     VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (app_id, conversation_id, user_id) DO UPDATE SET role = excluded.role",
+                )
+                .bind(&conv.app_id)
+                .bind(&conv.conversation_id)
+                .bind(user_id)
+                .bind(role)
+                .bind(joined_at),
+                _ => sqlx::query("DELETE FROM members WHERE app_id = $1 AND conversation_id = $2 AND user_id = $3")
+                    .bind(&conv.app_id)
+                    .bind(&conv.conversation_id)
+                    .bind(user_id),
+            };
+            write.execute(&mut *tx).await?;
+            if before.as_deref() == Some("owner") {
+                let (owners, members): (i64, i64) = sqlx::query_as(
+                    "SELECT COALESCE(SUM(CASE WHEN role = 'owner' THEN 1 ELSE 0 END), 0), COUNT(*) \
+                     FROM members WHERE app_id = $1 AND conversation_id = $2",
+                )
+                .bind(&conv.app_id)
+                .bind(&conv.conversation_id)
+                .fetch_one(&mut *tx)
+                .await?;
+                if owners == 0 && members > 0 {
+                    return Ok(MemberOutcome::LastOwner);
+                }
+            }
+            tx.commit().await?;
+            Ok(MemberOutcome::Done { before, after })
+        }.await)
     }
 
     /// The highest seq of a conversation durably in a segment (0 when none).
@@ -974,6 +1086,7 @@ impl Metadata {
             Expiring::MessageChanges => ("message_changes", "app_id, conversation_id, seq", "ts"),
             Expiring::Reactions => ("message_reactions", "app_id, conversation_id, seq, reaction, user_id", "ts"),
             Expiring::Replies => ("message_replies", "app_id, conversation_id, parent_seq, seq", "ts"),
+            Expiring::DeletedConversations => ("conversations", "app_id, id", "deleted_at"),
         };
         let delete = format!("DELETE FROM {name} WHERE ({key}) IN (SELECT {key} FROM {name} WHERE {ts} < $1 LIMIT $2)");
         on_db!(self, pool => sqlx::query(sqlx::AssertSqlSafe(delete))
@@ -1014,6 +1127,9 @@ pub enum Expiring {
     Reactions,
     /// Thread entries, past the history window.
     Replies,
+    /// Deleted conversations' rows, a history window after the deletion (their
+    /// messages have gone with their segments by then).
+    DeletedConversations,
 }
 
 /// What a retention run would delete from the index: segments older than a
@@ -1249,7 +1365,7 @@ impl Metadata {
 const SNAPSHOT_TABLES: [(&str, &str); 10] = [
     ("apps", "id, name, created_at"),
     ("api_keys", KEY_COLUMNS),
-    ("conversations", "app_id, id, title, metadata, created_by, created_at"),
+    ("conversations", CONVERSATION_COLUMNS),
     ("members", "app_id, conversation_id, user_id, role, joined_at"),
     ("flush_state", "app_id, conversation_id, flushed_seq, updated_at"),
     ("server_secrets", "name, value, created_at"),
@@ -1378,7 +1494,7 @@ impl Metadata {
             for c in &snapshot.conversations {
                 sqlx::query(sqlx::AssertSqlSafe(snapshot_insert(2)))
                     .bind(&c.app_id).bind(&c.id).bind(&c.title).bind(&c.metadata).bind(&c.created_by)
-                    .bind(c.created_at)
+                    .bind(c.created_at).bind(c.archived_at).bind(c.deleted_at).bind(c.updated_at)
                     .execute(&mut *tx).await?;
             }
             for m in &snapshot.members {

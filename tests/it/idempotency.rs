@@ -49,7 +49,7 @@ impl Harness {
             user_id: Some("alice".into()),
             token_expires_at_ms: None,
         };
-        let create = CreateConversation { members: Vec::new(), title: None, metadata: None };
+        let create = CreateConversation { members: Vec::new(), title: None, metadata: None, owner: None };
         let conversation = conversations::create(&ctx, &caller, create, now_ms()).await.unwrap().id;
         Harness { _env: env, ctx, caller, conversation, flusher }
     }

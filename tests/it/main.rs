@@ -12,6 +12,7 @@ mod edits;
 mod history;
 mod idempotency;
 mod keys;
+mod lifecycle;
 mod load;
 mod logging;
 mod messages;
