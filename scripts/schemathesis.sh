@@ -242,6 +242,15 @@ checks.positive_data_acceptance.enabled = false
 [[operations]]
 include-operation-id = "removeReaction"
 checks.positive_data_acceptance.enabled = false
+
+[[operations]]
+# And mute flags.
+include-operation-id = "muteConversation"
+checks.positive_data_acceptance.enabled = false
+
+[[operations]]
+include-operation-id = "unmuteConversation"
+checks.positive_data_acceptance.enabled = false
 TOML
     else
       cat <<TOML

@@ -20,5 +20,6 @@ if [ "$#" -eq 0 ]; then
   scripts/deploy-check.sh # deploy/: systemd-analyze verify, compose, Dockerfile, proxies (deploy/README.md)
   scripts/schemathesis.sh
   scripts/sdk-test.sh # the TypeScript SDK: unit tests and a live msgd (clients/js/README.md)
+  scripts/demo-test.sh # the demo page in headless Chromium (clients/demo-test/README.md)
   scripts/fuzz.sh # bounded runs of every fuzz target (fuzz/README.md)
 fi

@@ -494,6 +494,10 @@ pub struct HttpConfig {
     /// Lowered at start to fit the process's file limit.
     #[serde(deserialize_with = "lenient")]
     pub max_connections: usize,
+    /// Serve the demo chat page at `/demo` (README, "Demo page"): for
+    /// development; off by default.
+    #[serde(deserialize_with = "lenient")]
+    pub demo: bool,
 }
 
 impl Default for HttpConfig {
@@ -504,6 +508,7 @@ impl Default for HttpConfig {
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             max_connections: 10_000,
+            demo: false,
         }
     }
 }
@@ -1811,7 +1816,7 @@ mod tests {
     fn an_empty_file_means_the_documented_defaults() {
         let documented = "data_dir = \"./msgd-data\"\n\
             [http]\nlisten = \"127.0.0.1:8080\"\nshutdown_timeout = \"10s\"\nheader_read_timeout = \"10s\"\n\
-            request_timeout = \"30s\"\nmax_connections = 10000\n\
+            request_timeout = \"30s\"\nmax_connections = 10000\ndemo = false\n\
             [retention]\nperiod = \"30days\"\ninterval = \"1h\"\nbatch = 100\n\
             [observability.logging]\nlevel = \"info\"\nformat = \"json\"\naccess = false\ncomponents = []\n\
             workers = []\ninclude_stacktraces = false\n\

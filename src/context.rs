@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use crate::activity::Activity;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::membership::Membership;
@@ -20,6 +21,8 @@ pub struct Context {
     pub auth: Authenticator,
     pub membership: Arc<Membership>,
     pub timeline: Timeline,
+    /// Pending last-activity notes for the inbox, written by [`crate::activity::ActivityWriter`].
+    pub activity: Arc<Activity>,
     /// The HMAC key of history cursors, shared by every instance through the
     /// metadata store so a cursor from one instance works on another; read on
     /// first use, so `serve` starts while Postgres is down.
@@ -36,7 +39,8 @@ impl Context {
             config.history.block_cache_bytes as usize,
             config.retention.period_ms(),
         );
-        Ok(Context { config, stores, metrics, auth, membership, timeline, cursor_key: Default::default() })
+        let activity = Arc::default();
+        Ok(Context { config, stores, metrics, auth, membership, timeline, activity, cursor_key: Default::default() })
     }
 
     pub async fn cursor_key(&self) -> Result<&[u8], crate::error::Error> {

@@ -8,10 +8,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::Caller;
 use crate::context::Context;
+use crate::envelope::Envelope;
 use crate::error::{Code, Error};
 use crate::keys::Scope;
 use crate::membership::{not_found, Access, Role};
-use crate::store::{ConvKey, ConversationRow, ConversationUpdate, MemberChange, MemberOutcome, MemberRow};
+use crate::store::{ConvKey, ConversationRow, ConversationUpdate, InboxRow, MemberChange, MemberOutcome, MemberRow};
 
 const MAX_MEMBERS_AT_CREATION: usize = 1000;
 const MAX_TITLE_CHARS: usize = 200;
@@ -132,6 +133,7 @@ pub async fn create(
         archived_at: None,
         deleted_at: None,
         updated_at: None,
+        last_activity_at: None,
     };
     ctx.stores.metadata.insert_conversation(&row, &members).await?;
     tracing::info!(
@@ -143,15 +145,143 @@ pub async fn create(
     Ok(ConversationView::from_row(row, Some(members)))
 }
 
-/// The caller's conversations (all of the app's for an admin key acting as the app), newest first.
-pub async fn list(ctx: &Context, caller: &Caller, limit: Option<u32>) -> Result<Vec<ConversationView>, Error> {
+/// One conversation of the inbox: the conversation, its last activity,
+/// last seq and last message, and for a user their role, read mark, unread
+/// count and mute flag.
+#[derive(Debug, Serialize)]
+pub struct InboxEntry {
+    #[serde(flatten)]
+    pub conversation: ConversationView,
+    /// The time of its newest message (its creation time before the first),
+    /// as the activity worker last wrote it: up to a second behind.
+    pub last_activity_at: i64,
+    pub last_seq: u64,
+    /// The newest message (not an edit or delete event) in its current state;
+    /// `null` when there is none within the retention window.
+    pub last_message: Option<Envelope>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unread: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub muted: Option<bool>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Inbox {
+    pub conversations: Vec<InboxEntry>,
+    pub next_cursor: Option<String>,
+}
+
+/// Where an inbox page ends: the last entry's activity and id, bound to the caller.
+#[derive(Debug, Serialize, Deserialize)]
+struct InboxCursor {
+    /// `inbox`, so no other cursor passes for one.
+    k: String,
+    /// The user, or empty for the app.
+    u: String,
+    a: i64,
+    i: String,
+}
+
+/// Seqs read back from the last one to find the newest message that is not
+/// an edit or delete event.
+const LAST_MESSAGE_SCAN: u64 = 20;
+
+/// The inbox: the caller's conversations (all of the app's for an admin key
+/// acting as the app), by last activity, newest first, a page at a time.
+pub async fn list(
+    ctx: &Context,
+    caller: &Caller,
+    limit: Option<u32>,
+    cursor: Option<&str>,
+    now: i64,
+) -> Result<Inbox, Error> {
     caller.require_scope(Scope::Read)?;
     let limit = limit.unwrap_or(DEFAULT_LIST);
     if limit == 0 || limit > MAX_LIST {
         return Err(Error::new(Code::InvalidRequest, format!("limit must be 1 to {MAX_LIST}")));
     }
-    let rows = ctx.stores.metadata.list_conversations(&caller.app_id, caller.user_id.as_deref(), limit).await?;
-    Ok(rows.into_iter().map(|row| ConversationView::from_row(row, None)).collect())
+    let key = ctx.cursor_key().await?;
+    let user = caller.user_id.clone().unwrap_or_default();
+    let after = match cursor {
+        None => None,
+        Some(cursor) => {
+            let state = crate::mac::verify(key, cursor)
+                .and_then(|body| serde_json::from_slice::<InboxCursor>(&body).ok())
+                .filter(|state| state.k == "inbox" && state.u == user)
+                .ok_or_else(|| Error::new(Code::InvalidCursor, "the cursor is not one of this caller's inbox pages"))?;
+            Some((state.a, state.i))
+        }
+    };
+    let after = after.as_ref().map(|(at, id)| (*at, id.as_str()));
+    let mut rows = ctx.stores.metadata.inbox(&caller.app_id, caller.user_id.as_deref(), after, limit + 1).await?;
+    let next_cursor = if rows.len() > limit as usize {
+        rows.truncate(limit as usize);
+        rows.last().map(|row| {
+            let c = &row.conversation;
+            let state = InboxCursor {
+                k: "inbox".into(),
+                u: user.clone(),
+                a: c.last_activity_at.unwrap_or(c.created_at),
+                i: c.id.clone(),
+            };
+            crate::mac::sign(key, &serde_json::to_vec(&state).expect("cursor serializes"))
+        })
+    } else {
+        None
+    };
+    let mut conversations = Vec::with_capacity(rows.len());
+    for row in rows {
+        conversations.push(inbox_entry(ctx, caller, row, now).await?);
+    }
+    Ok(Inbox { conversations, next_cursor })
+}
+
+async fn inbox_entry(ctx: &Context, caller: &Caller, row: InboxRow, now: i64) -> Result<InboxEntry, Error> {
+    let conv = ConvKey::new(&caller.app_id, &row.conversation.id);
+    let last_seq = ctx.timeline.last_seq(&conv).await?;
+    let cutoff = ctx.timeline.retention_cutoff(now);
+    let mut recent =
+        ctx.timeline.read(&conv, last_seq.saturating_sub(LAST_MESSAGE_SCAN - 1).max(1), last_seq, cutoff).await?;
+    recent.retain(|message| message.kind.is_none());
+    let mut last_message = recent.pop();
+    if let Some(message) = &mut last_message {
+        ctx.timeline.apply_changes(&conv, std::slice::from_mut(message)).await?;
+    }
+    let marks = match &caller.user_id {
+        Some(user) => Some(crate::receipts::unread(ctx, &conv, user, last_seq).await?),
+        None => None,
+    };
+    let c = &row.conversation;
+    Ok(InboxEntry {
+        last_activity_at: c.last_activity_at.unwrap_or(c.created_at),
+        last_seq,
+        last_message,
+        role: row.role,
+        read_seq: marks.map(|(read, _)| read),
+        unread: marks.map(|(_, unread)| unread),
+        muted: row.muted,
+        conversation: ConversationView::from_row(row.conversation, None),
+    })
+}
+
+/// Mutes or unmutes the conversation for the calling user: a flag the inbox
+/// shows (apps use it to silence notifications); delivery is unchanged.
+pub async fn set_muted(ctx: &Context, caller: &Caller, id: &str, muted: bool) -> Result<(), Error> {
+    caller.require_participant()?;
+    let user = caller
+        .user_id
+        .as_deref()
+        .ok_or_else(|| Error::new(Code::UserRequired, "muting belongs to a user; send a user token"))?;
+    let access = ctx.membership.require_access(caller, id).await?;
+    let conv = ConvKey::new(&caller.app_id, &access.conversation_id);
+    if !ctx.stores.metadata.set_muted(&conv, user, muted).await? {
+        return Err(Error::not_member());
+    }
+    Ok(())
 }
 
 pub async fn get(ctx: &Context, caller: &Caller, id: &str) -> Result<ConversationView, Error> {

@@ -2,6 +2,7 @@
 //! every subcommand of the `msgd` binary (in `cli/`); the module map and the
 //! rules between modules are in ARCHITECTURE.md.
 
+pub mod activity;
 pub mod attachments;
 pub mod auth;
 pub mod backup;
@@ -24,6 +25,7 @@ pub mod logging;
 pub mod mac;
 pub mod membership;
 pub mod messages;
+pub mod presence;
 pub mod ratelimit;
 pub mod reactions;
 pub mod readiness;

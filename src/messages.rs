@@ -478,6 +478,10 @@ async fn append(
     if !replies.is_empty() {
         ctx.stores.metadata.insert_replies(&replies).await?;
     }
+    let newest = done.iter().filter_map(|(_, result)| result.as_ref().ok()).filter(|sent| !sent.replayed);
+    if let Some(ts) = newest.map(|sent| sent.envelope.ts).max() {
+        ctx.activity.touch(conv, ts);
+    }
     if let (Some(user), true) = (&caller.user_id, last_seq > 0) {
         // The messages are durable already; a failure here only costs an unread count.
         if let Err(e) = crate::receipts::note_sent(ctx, conv, user, last_seq).await {

@@ -90,6 +90,21 @@ pub async fn mark(
     Ok(marks)
 }
 
+/// `user`'s read mark and unread count in a conversation whose last seq is
+/// `last_seq` (as [`list`] counts it).
+pub async fn unread(ctx: &Context, conv: &ConvKey, user: &str, last_seq: u64) -> Result<(u64, u64), Error> {
+    let (marks, sent) = all_marks(ctx, &state_key(conv)).await?;
+    Ok(marks_of(&marks, &sent, user, last_seq))
+}
+
+/// `user`'s read mark, and the messages after both it and the last message
+/// they sent.
+fn marks_of(marks: &[Marks], sent: &[(String, u64)], user: &str, last_seq: u64) -> (u64, u64) {
+    let read = marks.iter().find(|m| m.user_id == user).map_or(0, |m| m.read_seq);
+    let sent = sent.iter().find(|(u, _)| u == user).map_or(0, |(_, seq)| *seq);
+    (read, last_seq.saturating_sub(read.max(sent)))
+}
+
 /// Remembers the last seq `user` sent, so their own messages never count as
 /// unread for them. Not published: the message itself says as much.
 pub async fn note_sent(ctx: &Context, conv: &ConvKey, user: &str, seq: u64) -> Result<(), Error> {
@@ -146,10 +161,6 @@ pub async fn list(ctx: &Context, caller: &Caller, conversation_id: &str) -> Resu
     let conv = ConvKey::new(&caller.app_id, &conversation_id);
     let last_seq = ctx.timeline.last_seq(&conv).await?;
     let (receipts, sent) = all_marks(ctx, &state_key(&conv)).await?;
-    let unread = caller.user_id.as_ref().map(|user| {
-        let read = receipts.iter().find(|m| &m.user_id == user).map_or(0, |m| m.read_seq);
-        let sent = sent.iter().find(|(u, _)| u == user).map_or(0, |(_, seq)| *seq);
-        last_seq.saturating_sub(read.max(sent))
-    });
+    let unread = caller.user_id.as_ref().map(|user| marks_of(&receipts, &sent, user, last_seq).1);
     Ok(ReceiptsView { last_seq, receipts, unread })
 }

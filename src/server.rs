@@ -14,6 +14,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
+use crate::activity::ActivityWriter;
 use crate::config::{Config, ConfigError};
 use crate::context::Context;
 use crate::flush::{CompactionWorker, FlushWorker, Flusher};
@@ -181,5 +182,6 @@ fn start_workers(ctx: &Arc<Context>, readiness: Arc<Readiness>, stop: watch::Rec
     let retention = Retention::new(ctx.stores.clone(), ctx.metrics.clone(), &ctx.config);
     workers.spawn(RetentionWorker::new(retention));
     workers.spawn(MembershipListener::new(ctx.membership.clone()));
+    workers.spawn(ActivityWriter::new(ctx.activity.clone(), ctx.stores.metadata.clone()));
     workers
 }

@@ -214,6 +214,7 @@ fn event_delivery(bytes: &[u8]) -> Option<Delivery> {
         Some("receipt") => "receipt",
         Some("typing") => "typing",
         Some("reaction") => "reaction",
+        Some("presence") => "presence",
         Some("conversation.updated") => "conversation.updated",
         Some("conversation.deleted") => "conversation.deleted",
         _ => return None,

@@ -101,7 +101,7 @@ pub struct RedisMemory {
 }
 
 /// The `command` label values of the Redis metrics: every name the Redis tail times.
-pub const REDIS_COMMANDS: [&str; 16] = [
+pub const REDIS_COMMANDS: [&str; 17] = [
     "append",
     "clear_dirty",
     "dirty",
@@ -115,6 +115,7 @@ pub const REDIS_COMMANDS: [&str; 16] = [
     "seed",
     "state_get",
     "state_raise",
+    "state_remove",
     "state_set",
     "xrange",
     "xtrim",
@@ -125,8 +126,16 @@ pub const OBJECT_STORE_OPS: [&str; 8] =
     ["list", "head", "put", "put_multipart", "get", "get_range", "delete", "presign"];
 
 /// The `worker` label values of the `msgd_worker_*` metrics: one per worker type.
-pub const WORKERS: [&str; 7] =
-    ["segment-flush", "recovery", "compaction", "retention", "dependency-watcher", "membership-invalidation", "stats"];
+pub const WORKERS: [&str; 8] = [
+    "segment-flush",
+    "recovery",
+    "compaction",
+    "retention",
+    "dependency-watcher",
+    "membership-invalidation",
+    "stats",
+    "activity",
+];
 
 /// The `kind` label values of `msgd_retention_deleted_total`.
 pub const RETENTION_KINDS: [&str; 11] = [

@@ -30,6 +30,7 @@ pub(super) async fn create(
 #[derive(Deserialize)]
 pub(super) struct ListQuery {
     limit: Option<u32>,
+    cursor: Option<String>,
 }
 
 pub(super) async fn list(
@@ -37,8 +38,8 @@ pub(super) async fn list(
     caller: Caller,
     Query(query): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let conversations = conversations::list(&state.ctx, &caller, query.limit).await?;
-    Ok(Json(serde_json::json!({"conversations": conversations})).into_response())
+    let inbox = conversations::list(&state.ctx, &caller, query.limit, query.cursor.as_deref(), now_ms()).await?;
+    Ok(Json(inbox).into_response())
 }
 
 pub(super) async fn get(
@@ -92,5 +93,23 @@ pub(super) async fn remove_member(
     if !conversations::remove_member(&state.ctx, &caller, &id, &user_id).await? {
         return Err(Error::new(Code::NotAMember, format!("{user_id} is not a member")).into());
     }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub(super) async fn mute(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    conversations::set_muted(&state.ctx, &caller, &id, true).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub(super) async fn unmute(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    conversations::set_muted(&state.ctx, &caller, &id, false).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -100,9 +100,10 @@ pub(super) async fn into_api_shape(response: Response) -> Response {
     let text =
         axum::body::to_bytes(body, 2048).await.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
     let message = match parts.status {
+        // axum adds `Allow` after this layer has run, so the header is the
+        // one place that lists the methods.
         StatusCode::METHOD_NOT_ALLOWED => {
-            let allowed = parts.headers.get("allow").and_then(|v| v.to_str().ok()).unwrap_or("");
-            format!("this route does not take that method (allowed: {allowed})")
+            "this route does not take that method; Allow lists those it takes".to_string()
         }
         status if status.is_server_error() || text.trim().is_empty() => {
             status.canonical_reason().unwrap_or("error").to_string()

@@ -69,6 +69,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/conversations", post(conv::create).get(conv::list))
         .route("/v1/conversations/{id}", get(conv::get).patch(conv::update).delete(conv::delete))
         .route("/v1/conversations/{id}/members/{user_id}", put(conv::add_member).delete(conv::remove_member))
+        .route("/v1/conversations/{id}/mute", put(conv::mute).delete(conv::unmute))
+        .route("/v1/conversations/{id}/presence", get(v1::presence))
         .route("/v1/conversations/{id}/messages", post(v1::send_message).get(v1::history))
         .route("/v1/ws", get(ws::upgrade))
         .route("/v1/conversations/{id}/messages/batch", post(v1::send_batch))
@@ -86,6 +88,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .route("/openapi.json", get(openapi))
+        .route("/demo", get(demo))
         .fallback(error::not_found)
         .layer(middleware::from_fn_with_state(state.clone(), record_request))
         .with_state(state)
@@ -94,6 +97,23 @@ pub fn router(state: AppState) -> Router {
 /// The OpenAPI document of every route (kept in step with `router` by a tidy test).
 async fn openapi() -> impl axum::response::IntoResponse {
     ([(axum::http::header::CONTENT_TYPE, "application/json")], include_str!("openapi.json"))
+}
+
+/// The demo chat page (README, "Demo page") when `http.demo` is on: one
+/// self-contained file that talks to this server's API like any client.
+async fn demo(State(state): State<AppState>) -> Result<Response, ApiError> {
+    if !state.ctx.config.http.demo {
+        return Err(Error::new(Code::NotFound, "the demo page is off (http.demo = false)").into());
+    }
+    let headers = [
+        (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+        (
+            axum::http::header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; \
+             img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        ),
+    ];
+    Ok((headers, include_str!("demo.html")).into_response())
 }
 
 /// The method as a metric label: one of a fixed set, never the raw string

@@ -18,7 +18,7 @@ use crate::auth::Caller;
 use crate::clock::now_ms;
 use crate::error::{Code, Error};
 use crate::keys::Scope;
-use crate::{attachments, edits, history, messages, reactions, receipts};
+use crate::{attachments, edits, history, messages, presence, reactions, receipts};
 
 /// Parses a JSON body; a body over the size limit is a 413, anything else
 /// malformed a 400, both in the API's error shape.
@@ -249,4 +249,12 @@ pub(super) async fn download(
         )
             .into_response()),
     }
+}
+
+pub(super) async fn presence(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(presence::list(&state.ctx, &caller, &id).await?).into_response())
 }

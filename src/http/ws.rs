@@ -56,8 +56,9 @@ use crate::context::Context;
 use crate::envelope::Envelope;
 use crate::error::{Code, Error};
 use crate::keys::Scope;
+use crate::store::ConvKey;
 use crate::subscriptions::{Delivery, Receiver, Subscription};
-use crate::{messages, receipts, typing};
+use crate::{messages, presence, receipts, typing};
 
 pub const CLOSE_IDLE: u16 = 4000;
 pub const CLOSE_CREDENTIALS: u16 = 4001;
@@ -337,6 +338,9 @@ async fn session(
     let outbox = Outbox { queue, slow, replay_budget };
 
     let mut subscriptions: HashMap<String, JoinHandle<()>> = HashMap::new();
+    // This session's presence in its subscribed conversations (users only).
+    let presence = caller.user_id.clone().map(|user| PresenceSession { user, id: uuid::Uuid::new_v4().to_string() });
+    let mut next_presence = Instant::now() + presence::REFRESH;
     let mut last_seen = Instant::now();
     // Heartbeat and credential re-check each keep their own deadline, so each
     // runs exactly at its interval (a revoked key or an expired token ends the
@@ -350,7 +354,7 @@ async fn session(
     // past WRITE_TIMEOUT, like a queue that overflows, marks a slow consumer.
     let close = loop {
         let idle_at = last_seen + config.idle_timeout;
-        let timer_at = next_ping.min(next_check);
+        let timer_at = next_ping.min(next_check).min(next_presence);
         tokio::select! {
             _ = async { shutdown.wait_for(|s| *s).await.map(|_| ()) } => break Some((1001, "server shutting down")),
             // Only a real overflow counts; the outbox outlives this loop, so the
@@ -377,6 +381,14 @@ async fn session(
                 if now >= next_ping {
                     next_ping = now + config.heartbeat_interval;
                     let _ = outbox.queue.try_send(Outbound::Ping);
+                }
+                if now >= next_presence {
+                    next_presence = now + presence::REFRESH;
+                    if let Some(session) = &presence {
+                        let live = subscriptions.iter().filter(|(_, task)| !task.is_finished());
+                        let conversations: Vec<String> = live.map(|(id, _)| id.clone()).collect();
+                        tokio::spawn(session.clone().refresh(ctx.clone(), caller.app_id.clone(), conversations));
+                    }
                 }
                 if now >= next_check {
                     next_check = now + recheck_every;
@@ -417,7 +429,9 @@ async fn session(
                         }
                         // Boxed: the handlers' futures are large, and an idle connection
                         // should not carry their state in its task.
-                        Box::pin(handle_frames(&ctx, &caller, &outbox, &mut subscriptions, &texts)).await;
+                        let session = presence.as_ref();
+                        let frames = handle_frames(&ctx, &caller, &outbox, &mut subscriptions, session, &texts);
+                        Box::pin(frames).await;
                     }
                     Some(Ok(Message::Binary(_))) => {
                         outbox.error(&Error::new(Code::InvalidFrame, "frames are JSON text"), Value::Null);
@@ -427,8 +441,14 @@ async fn session(
             }
         }
     };
-    for (_, task) in subscriptions.drain() {
+    let mut subscribed = Vec::with_capacity(subscriptions.len());
+    for (id, task) in subscriptions.drain() {
         task.abort();
+        subscribed.push(id);
+    }
+    if let Some(session) = presence {
+        // In the background: the close frame does not wait on the state store.
+        tokio::spawn(session.leave_all(ctx.clone(), caller.app_id.clone(), subscribed));
     }
     drop(outbox);
     // Say goodbye within a bounded time: what is still queued (an error frame
@@ -483,13 +503,14 @@ async fn handle_frames(
     caller: &Caller,
     outbox: &Outbox,
     subscriptions: &mut HashMap<String, JoinHandle<()>>,
+    presence: Option<&PresenceSession>,
     texts: &[Utf8Bytes],
 ) {
     let frames: Vec<_> = texts.iter().map(|text| ClientFrame::parse_with_echo(text.as_str())).collect();
     let mut frames = frames.into_iter().peekable();
     while let Some((frame, echo)) = frames.next() {
         let Ok(ClientFrame::Send { conversation_id, request }) = frame else {
-            handle_frame(ctx, caller, outbox, subscriptions, frame, echo).await;
+            handle_frame(ctx, caller, outbox, subscriptions, presence, frame, echo).await;
             continue;
         };
         let mut run = vec![(request, echo)];
@@ -543,6 +564,7 @@ async fn handle_frame(
     caller: &Caller,
     outbox: &Outbox,
     subscriptions: &mut HashMap<String, JoinHandle<()>>,
+    presence: Option<&PresenceSession>,
     frame: Result<ClientFrame, Error>,
     echo: Echo,
 ) {
@@ -564,17 +586,23 @@ async fn handle_frame(
                 }
                 let last_seq = subscription.last_seq;
                 outbox.send("subscribed", json!({"op": "subscribed", "conversation_id": id, "last_seq": last_seq}));
-                let (ctx, outbox) = (ctx.clone(), outbox.clone());
+                let (task_ctx, outbox) = (ctx.clone(), outbox.clone());
                 let task = tokio::spawn(async move {
-                    let _subscription = Gauged::new(&ctx.metrics.ws_subscriptions);
-                    subscription.run(ctx, since_seq, outbox).await
+                    let _subscription = Gauged::new(&task_ctx.metrics.ws_subscriptions);
+                    subscription.run(task_ctx, since_seq, outbox).await
                 });
-                subscriptions.insert(id, task);
+                subscriptions.insert(id.clone(), task);
+                if let Some(session) = presence {
+                    session.join(ctx, &caller.app_id, &id).await;
+                }
                 Ok(())
             }
             ClientFrame::Unsubscribe { conversation_id } => {
                 if let Some(task) = subscriptions.remove(&conversation_id) {
                     task.abort();
+                    if let Some(session) = presence {
+                        session.leave(ctx, &caller.app_id, &conversation_id).await;
+                    }
                 }
                 outbox.send("unsubscribed", json!({"op": "unsubscribed", "conversation_id": conversation_id}));
                 Ok(())
@@ -593,5 +621,44 @@ async fn handle_frame(
     .await;
     if let Err(e) = result {
         outbox.error(&e, echo.fields());
+    }
+}
+
+/// A user's WebSocket session as presence sees it (`crate::presence`).
+#[derive(Clone)]
+struct PresenceSession {
+    user: String,
+    id: String,
+}
+
+impl PresenceSession {
+    /// Presence is best effort: a failure is logged and the subscription goes on.
+    fn logged(result: Result<(), Error>, what: &str) {
+        if let Err(e) = result {
+            tracing::warn!(component = "fanout", error = %e.message, "presence not {what}");
+        }
+    }
+
+    async fn join(&self, ctx: &Context, app_id: &str, conversation_id: &str) {
+        let conv = ConvKey::new(app_id, conversation_id);
+        Self::logged(presence::join(ctx, &conv, &self.user, &self.id).await, "recorded");
+    }
+
+    async fn leave(&self, ctx: &Context, app_id: &str, conversation_id: &str) {
+        let conv = ConvKey::new(app_id, conversation_id);
+        Self::logged(presence::leave(ctx, &conv, &self.user, &self.id).await, "removed");
+    }
+
+    async fn leave_all(self, ctx: Arc<Context>, app_id: String, conversations: Vec<String>) {
+        for conversation_id in conversations {
+            self.leave(&ctx, &app_id, &conversation_id).await;
+        }
+    }
+
+    async fn refresh(self, ctx: Arc<Context>, app_id: String, conversations: Vec<String>) {
+        for conversation_id in conversations {
+            let conv = ConvKey::new(&app_id, &conversation_id);
+            Self::logged(presence::refresh(&ctx, &conv, &self.user, &self.id).await, "refreshed");
+        }
     }
 }

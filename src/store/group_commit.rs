@@ -269,6 +269,10 @@ impl TtlState for Grouped {
         self.raises.call(key.to_string(), items, run).await
     }
 
+    async fn state_remove(&self, key: &str, fields: &[String]) -> Result<(), StoreError> {
+        self.state.state_remove(key, fields).await
+    }
+
     async fn state_get(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         self.state.state_get(key).await
     }

@@ -50,6 +50,19 @@ pub struct ConversationRow {
     /// The last change of title, metadata or archive state.
     #[serde(default)]
     pub updated_at: Option<i64>,
+    /// The time of its newest message, as the activity worker last wrote it.
+    #[serde(default)]
+    pub last_activity_at: Option<i64>,
+}
+
+/// One conversation of an inbox page, with the caller's membership.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct InboxRow {
+    #[sqlx(flatten)]
+    pub conversation: ConversationRow,
+    /// The user's role; `None` for the app's own listing.
+    pub role: Option<String>,
+    pub muted: Option<bool>,
 }
 
 /// A change to a conversation's title, metadata or archive state; `None`
@@ -281,6 +294,9 @@ pub struct SnapshotMember {
     pub user_id: String,
     pub role: String,
     pub joined_at: i64,
+    /// Absent in backups taken before the inbox existed.
+    #[serde(default)]
+    pub muted: bool,
 }
 
 /// How far a conversation is durably in segments.

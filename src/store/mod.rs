@@ -31,8 +31,8 @@ pub use coordination::Coordination;
 pub use live::{Live, LiveEvent, LiveMessage, LiveSubscription};
 pub use metadata::{
     ApiKeyRow, AppRow, AttachmentRow, BlockRow, ConversationRow, ConversationUpdate, FlushAdvance, FlushStateRow,
-    IdempotencyRecordRow, MemberChange, MemberOutcome, MemberRow, MessageChangeRow, MetadataSnapshot, ReactionCount,
-    ReactionRow, ReplyRow, SegmentRow, ServerSecretRow, SnapshotMember,
+    IdempotencyRecordRow, InboxRow, MemberChange, MemberOutcome, MemberRow, MessageChangeRow, MetadataSnapshot,
+    ReactionCount, ReactionRow, ReplyRow, SegmentRow, ServerSecretRow, SnapshotMember,
 };
 pub use objects::Objects;
 pub use sql::{ExpiredTotals, Expiring, Metadata, SQLITE_FILE};

@@ -725,6 +725,15 @@ impl TtlState for RedisTail {
         self.timed("state_raise", invocation).await
     }
 
+    async fn state_remove(&self, key: &str, fields: &[String]) -> Result<(), StoreError> {
+        if fields.is_empty() {
+            return Ok(());
+        }
+        let mut connection = self.connection();
+        let _: () = self.timed("state_remove", connection.hdel(self.keys.state(key), fields)).await?;
+        Ok(())
+    }
+
     async fn state_get(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let mut connection = self.connection();
         let fields: std::collections::BTreeMap<String, Vec<u8>> =

@@ -17,8 +17,8 @@ use sqlx::{Connection, PgConnection, PgPool, SqlitePool};
 
 use super::metadata::{
     ApiKeyRow, AppRow, AttachmentRow, BlockRow, ConversationRow, ConversationUpdate, FlushAdvance,
-    IdempotencyRecordRow, MemberChange, MemberOutcome, MemberRow, MessageChangeRow, MetadataSnapshot, ReactionCount,
-    ReactionRow, ReplyRow, SegmentRow,
+    IdempotencyRecordRow, InboxRow, MemberChange, MemberOutcome, MemberRow, MessageChangeRow, MetadataSnapshot,
+    ReactionCount, ReactionRow, ReplyRow, SegmentRow,
 };
 use super::tail::ConvKey;
 use super::StoreError;
@@ -197,7 +197,7 @@ impl Metadata {
 }
 
 const CONVERSATION_COLUMNS: &str =
-    "app_id, id, title, metadata, created_by, created_at, archived_at, deleted_at, updated_at";
+    "app_id, id, title, metadata, created_by, created_at, archived_at, deleted_at, updated_at, last_activity_at";
 const INSERT_MEMBER: &str = "INSERT INTO members (app_id, conversation_id, user_id, role, joined_at) \
                              VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
 
@@ -638,6 +638,79 @@ impl Metadata {
             tx.commit().await?;
             Ok(MemberOutcome::Done { before, after })
         }.await)
+    }
+
+    /// Raises conversations' last activity to the given times (Unix ms), in
+    /// one transaction; deleted and unknown conversations are skipped.
+    pub async fn record_activity(&self, notes: &[(ConvKey, i64)]) -> Result<(), StoreError> {
+        on_db!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            for (conv, at) in notes {
+                sqlx::query(
+                    "UPDATE conversations SET last_activity_at = $3 WHERE app_id = $1 AND id = $2 \
+                     AND deleted_at IS NULL AND (last_activity_at IS NULL OR last_activity_at < $3)",
+                )
+                .bind(&conv.app_id)
+                .bind(&conv.conversation_id)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await
+        }.await)
+    }
+
+    /// One page of the inbox: an app's conversations (`user_id`'s only, with
+    /// their role and mute flag, when given), by last activity (else creation
+    /// time), newest first, after `after` (an activity time and id).
+    pub async fn inbox(
+        &self,
+        app_id: &str,
+        user_id: Option<&str>,
+        after: Option<(i64, &str)>,
+        limit: u32,
+    ) -> Result<Vec<InboxRow>, StoreError> {
+        const ACTIVITY: &str = "COALESCE(c.last_activity_at, c.created_at)";
+        let columns: String =
+            CONVERSATION_COLUMNS.split(", ").map(|column| format!("c.{column}")).collect::<Vec<_>>().join(", ");
+        let (member_columns, from) = match user_id {
+            Some(_) => (
+                "m.role AS role, m.muted AS muted",
+                "members m JOIN conversations c ON c.app_id = m.app_id AND c.id = m.conversation_id \
+                 WHERE m.app_id = $1 AND m.user_id = $2",
+            ),
+            None => ("NULL AS role, NULL AS muted", "conversations c WHERE c.app_id = $1 AND CAST($2 AS TEXT) IS NULL"),
+        };
+        let sql = format!(
+            "SELECT {columns}, {member_columns} FROM {from} AND c.deleted_at IS NULL \
+             AND ($3 IS NULL OR {ACTIVITY} < $3 OR ({ACTIVITY} = $3 AND c.id < $4)) \
+             ORDER BY {ACTIVITY} DESC, c.id DESC LIMIT $5"
+        );
+        let (at, id) = after.unzip();
+        let rows = on_db!(self, pool => sqlx::query_as::<_, InboxRow>(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(app_id)
+            .bind(user_id)
+            .bind(at)
+            .bind(id)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await)?;
+        Ok(rows)
+    }
+
+    /// Sets a member's mute flag; false when they are not a member.
+    pub async fn set_muted(&self, conv: &ConvKey, user_id: &str, muted: bool) -> Result<bool, StoreError> {
+        let changed = on_db!(self, pool => sqlx::query(
+            "UPDATE members SET muted = $4 WHERE app_id = $1 AND conversation_id = $2 AND user_id = $3",
+        )
+        .bind(&conv.app_id)
+        .bind(&conv.conversation_id)
+        .bind(user_id)
+        .bind(muted)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(changed == 1)
     }
 
     /// The highest seq of a conversation durably in a segment (0 when none).
@@ -1366,7 +1439,7 @@ const SNAPSHOT_TABLES: [(&str, &str); 10] = [
     ("apps", "id, name, created_at"),
     ("api_keys", KEY_COLUMNS),
     ("conversations", CONVERSATION_COLUMNS),
-    ("members", "app_id, conversation_id, user_id, role, joined_at"),
+    ("members", "app_id, conversation_id, user_id, role, joined_at, muted"),
     ("flush_state", "app_id, conversation_id, flushed_seq, updated_at"),
     ("server_secrets", "name, value, created_at"),
     ("attachments", ATTACHMENT_COLUMNS),
@@ -1495,11 +1568,13 @@ impl Metadata {
                 sqlx::query(sqlx::AssertSqlSafe(snapshot_insert(2)))
                     .bind(&c.app_id).bind(&c.id).bind(&c.title).bind(&c.metadata).bind(&c.created_by)
                     .bind(c.created_at).bind(c.archived_at).bind(c.deleted_at).bind(c.updated_at)
+                    .bind(c.last_activity_at)
                     .execute(&mut *tx).await?;
             }
             for m in &snapshot.members {
                 sqlx::query(sqlx::AssertSqlSafe(snapshot_insert(3)))
                     .bind(&m.app_id).bind(&m.conversation_id).bind(&m.user_id).bind(&m.role).bind(m.joined_at)
+                    .bind(m.muted)
                     .execute(&mut *tx).await?;
             }
             for f in &snapshot.flush_state {

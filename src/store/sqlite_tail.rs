@@ -316,6 +316,19 @@ impl TtlState for SqliteTail {
         Ok(raised)
     }
 
+    async fn state_remove(&self, key: &str, fields: &[String]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(failed)?;
+        for field in fields {
+            sqlx::query("DELETE FROM tail_state WHERE state_key = $1 AND field = $2")
+                .bind(key)
+                .bind(field)
+                .execute(&mut *tx)
+                .await
+                .map_err(failed)?;
+        }
+        tx.commit().await.map_err(failed)
+    }
+
     async fn state_get(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let rows =
             sqlx::query("SELECT field, value FROM tail_state WHERE state_key = $1 AND expires_at > $2 ORDER BY field")

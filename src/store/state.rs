@@ -30,6 +30,9 @@ pub trait TtlState: Send + Sync {
         raised.first().copied().ok_or_else(|| StoreError::Corrupt { dependency: "state", message: "no raise".into() })
     }
 
+    /// Removes fields of a TTL'd hash (absent ones are no error).
+    async fn state_remove(&self, key: &str, fields: &[String]) -> Result<(), StoreError>;
+
     /// All live fields of a TTL'd hash, sorted by field.
     async fn state_get(&self, key: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
 

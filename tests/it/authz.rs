@@ -46,6 +46,8 @@ backend_test! {
         let (by_app, by_alice, by_bob) = (message(1), message(2), message(3));
         let thumbs = format!("{by_app}/reactions/%F0%9F%91%8D");
         let thread = format!("{by_app}/thread");
+        let mute = format!("{get}/mute");
+        let presence = format!("{get}/presence");
 
         let cases: Vec<Case> = vec![
             ("no key", None, Some(&alice), Method::POST, &send, 401, "missing_api_key"),
@@ -151,6 +153,16 @@ backend_test! {
             ("publishable key, the owner adds", Some(&api.read_key), Some(&alice), Method::PUT, &add_dave, 201, ""),
             ("owner adds a member again", Some(&api.write_key), Some(&alice), Method::PUT, &add_dave, 200, ""),
             ("admin manages members", Some(&api.admin_key), None, Method::PUT, &add_dave, 200, ""),
+            ("a member cannot rename", Some(&api.write_key), Some(&bob), Method::PATCH, &get, 403, "not_owner"),
+            ("a non-member cannot rename", Some(&api.write_key), Some(&carol), Method::PATCH, &get, 403, "not_member"),
+            ("the owner renames", Some(&api.read_key), Some(&alice), Method::PATCH, &get, 200, ""),
+            ("the app renames", Some(&api.admin_key), None, Method::PATCH, &get, 200, ""),
+            ("a member mutes", Some(&api.read_key), Some(&bob), Method::PUT, &mute, 204, ""),
+            ("a non-member cannot mute", Some(&api.read_key), Some(&carol), Method::PUT, &mute, 403, "not_member"),
+            ("the app has nothing to mute", Some(&api.admin_key), None, Method::PUT, &mute, 400, "user_required"),
+            ("a member sees presence", Some(&api.read_key), Some(&bob), Method::GET, &presence, 200, ""),
+            ("a non-member sees no presence", Some(&api.read_key), Some(&carol), Method::GET, &presence, 403, "not_member"),
+            ("the app sees presence", Some(&api.admin_key), None, Method::GET, &presence, 200, ""),
             ("a member cannot delete the conversation", Some(&api.write_key), Some(&bob), Method::DELETE, &get, 403, "not_owner"),
             ("a non-member cannot delete it", Some(&api.write_key), Some(&carol), Method::DELETE, &get, 403, "not_member"),
             ("a read key alone cannot delete it", Some(&api.read_key), None, Method::DELETE, &get, 401, "missing_token"),
@@ -188,9 +200,11 @@ backend_test! {
             ),
         ];
         let body = json!({"payload": {"text": "hi"}});
+        let rename = json!({"title": "renamed"});
         let mut failures = Vec::new();
         for (name, key, token, method, path, status, code) in cases {
-            let body = (method == Method::POST || method == Method::PATCH).then_some(&body);
+            let body = if path == get { &rename } else { &body };
+            let body = (method == Method::POST || method == Method::PATCH).then_some(body);
             let reply = api.request(method, path, key, token, body, &[]).await;
             if reply.status != status || (!code.is_empty() && reply.code() != code) {
                 failures.push(format!("{name}: expected {status} {code}, got {} {}", reply.status, reply.body));

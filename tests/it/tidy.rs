@@ -102,7 +102,10 @@ fn the_openapi_document_lists_every_route() {
 const LAYERS: &[(&str, &[&str])] = &[
     ("pure", &["clock", "config", "error", "ids", "logging", "mac", "ratelimit", "segment", "telemetry", "worker"]),
     ("storage", &["store"]),
-    ("domain primitives", &["keys", "auth", "envelope", "idempotency", "timeline", "membership", "context"]),
+    (
+        "domain primitives",
+        &["keys", "auth", "envelope", "idempotency", "timeline", "membership", "activity", "context"],
+    ),
     (
         "use cases",
         &[
@@ -113,6 +116,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "history",
             "receipts",
             "typing",
+            "presence",
             "subscriptions",
             "flush",
             "retention",

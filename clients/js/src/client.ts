@@ -14,9 +14,11 @@ import type {
   Envelope,
   HistoryPage,
   HistoryQuery,
+  InboxEntry,
   ListConversationsQuery,
   Marks,
   MemberChange,
+  Presence,
   PutMember,
   UpdateConversation,
   MessageRef,
@@ -100,8 +102,30 @@ export class MsgdClient {
     return this.#call({ method: "POST", path: "/v1/conversations", json: body, idempotent: false });
   }
 
+  /** One page of the inbox: conversations by last activity, with last message, unread count and mute flag. */
   listConversations(query: ListConversationsQuery = {}): Promise<ConversationList> {
     return this.#call({ method: "GET", path: "/v1/conversations", query, idempotent: true });
+  }
+
+  /** The whole inbox, page after page until `next_cursor` is null. */
+  async *inbox(query: Omit<ListConversationsQuery, "cursor"> = {}): AsyncGenerator<InboxEntry> {
+    for await (const page of pages((cursor) => this.listConversations(cursor ? { ...query, cursor } : query))) {
+      yield* page.conversations;
+    }
+  }
+
+  /** Mutes the conversation for the calling user (a flag the inbox shows). */
+  muteConversation(conversationId: string): Promise<void> {
+    return this.#call({ method: "PUT", path: `${conversation(conversationId)}/mute`, idempotent: true });
+  }
+
+  unmuteConversation(conversationId: string): Promise<void> {
+    return this.#call({ method: "DELETE", path: `${conversation(conversationId)}/mute`, idempotent: true });
+  }
+
+  /** Who is online in the conversation (live subscriptions on any instance); `presence` frames follow changes. */
+  presence(conversationId: string): Promise<Presence> {
+    return this.#call({ method: "GET", path: `${conversation(conversationId)}/presence`, idempotent: true });
   }
 
   getConversation(conversationId: string): Promise<Conversation> {

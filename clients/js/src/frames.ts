@@ -1,7 +1,7 @@
 // The WebSocket frames of GET /v1/ws (README "WebSocket frames"). The OpenAPI
 // document describes them only in prose, so they are written out here; the
 // message they carry is the generated Envelope.
-import type { Envelope, ReceiptKind } from "./types.js";
+import type { Conversation, Envelope, ReceiptKind } from "./types.js";
 
 export interface SubscribedFrame {
   op: "subscribed";
@@ -41,6 +41,27 @@ export interface TypingFrame {
   user_id: string;
 }
 
+/** A user's first session subscribing (`online`), or their last one leaving (`offline`). */
+export interface PresenceFrame {
+  op: "presence";
+  conversation_id: string;
+  user_id: string;
+  status: "online" | "offline";
+}
+
+/** The conversation changed (title, metadata, archive state). */
+export interface ConversationUpdatedFrame {
+  op: "conversation.updated";
+  conversation_id: string;
+  conversation: Conversation;
+}
+
+/** The conversation was deleted; its subscription ends with this frame. */
+export interface ConversationDeletedFrame {
+  op: "conversation.deleted";
+  conversation_id: string;
+}
+
 export interface ErrorFrame {
   op: "error";
   code: string;
@@ -55,7 +76,7 @@ export interface ErrorFrame {
 
 /**
  * A frame the SDK passes through as it came: `ack`, `unsubscribed`, and any
- * op it does not know (presence, say, once the server has it).
+ * op it does not know.
  */
 export interface UnknownFrame {
   op: string;

@@ -3,8 +3,11 @@ import { Emitter } from "./emitter.js";
 import { MsgdError } from "./errors.js";
 import type {
   ClientFrame,
+  ConversationDeletedFrame,
+  ConversationUpdatedFrame,
   ErrorFrame,
   MessageFrame,
+  PresenceFrame,
   ReactionFrame,
   ReceiptFrame,
   SubscribedFrame,
@@ -53,6 +56,9 @@ export interface LiveEvents {
   reaction: [ReactionFrame];
   receipt: [ReceiptFrame];
   typing: [TypingFrame];
+  presence: [PresenceFrame];
+  "conversation.updated": [ConversationUpdatedFrame];
+  "conversation.deleted": [ConversationDeletedFrame];
   /** A message frame skipped seqs; the SDK dropped it and resubscribed from `lastSeq`. */
   gap: [{ conversationId: string; lastSeq: number; receivedSeq: number }];
   /**
@@ -297,6 +303,14 @@ export class LiveClient extends Emitter<LiveEvents> {
         return this.emit("receipt", frame as unknown as ReceiptFrame);
       case "typing":
         return this.emit("typing", frame as unknown as TypingFrame);
+      case "presence":
+        return this.emit("presence", frame as unknown as PresenceFrame);
+      case "conversation.updated":
+        return this.emit("conversation.updated", frame as unknown as ConversationUpdatedFrame);
+      case "conversation.deleted":
+        // Its subscription ended with it: nothing to resume after a reconnect.
+        this.#subs.delete(canonicalConversationId(frame.conversation_id as string));
+        return this.emit("conversation.deleted", frame as unknown as ConversationDeletedFrame);
       case "pong":
         return;
       default:

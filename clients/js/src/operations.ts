@@ -21,6 +21,9 @@ export const OPERATIONS = {
   updateConversation: { method: "PATCH", path: "/v1/conversations/{id}", sdk: "updateConversation" },
   deleteConversation: { method: "DELETE", path: "/v1/conversations/{id}", sdk: "deleteConversation" },
   addMember: { method: "PUT", path: "/v1/conversations/{id}/members/{user_id}", sdk: "addMember" },
+  muteConversation: { method: "PUT", path: "/v1/conversations/{id}/mute", sdk: "muteConversation" },
+  unmuteConversation: { method: "DELETE", path: "/v1/conversations/{id}/mute", sdk: "unmuteConversation" },
+  presence: { method: "GET", path: "/v1/conversations/{id}/presence", sdk: "presence" },
   removeMember: { method: "DELETE", path: "/v1/conversations/{id}/members/{user_id}", sdk: "removeMember" },
   sendMessage: { method: "POST", path: "/v1/conversations/{id}/messages", sdk: "sendMessage" },
   history: { method: "GET", path: "/v1/conversations/{id}/messages", sdk: "historyPage" },
@@ -63,5 +66,10 @@ export const OPERATIONS = {
     method: "GET",
     path: "/openapi.json",
     notForClients: "The document itself: the SDK's types are generated from it at build time.",
+  },
+  demo: {
+    method: "GET",
+    path: "/demo",
+    notForClients: "The demo chat page (http.demo = true): HTML for a browser, itself a client of this API.",
   },
 } as const satisfies { [Op in OperationId]: OperationEntry };

@@ -174,10 +174,12 @@ describe("LiveClient", () => {
     live.close();
   });
 
-  it("sends receipts and typing, and passes unknown frames through", async () => {
+  it("sends receipts and typing, emits presence, and passes unknown frames through", async () => {
     const { live, sockets } = setup();
     const frames: unknown[] = [];
+    const presence: unknown[] = [];
     live.on("frame", (frame) => frames.push(frame));
+    live.on("presence", (frame) => presence.push(frame));
     assert.equal(live.typing(CONV), false, "nothing is sent before the socket opens");
     live.connect();
     const socket = await nextSocket(sockets, 0);
@@ -190,8 +192,10 @@ describe("LiveClient", () => {
       { op: "receipt", conversation_id: CONV, seq: 2, kind: "delivered" },
       { op: "typing", conversation_id: CONV },
     ]);
-    socket.receive({ op: "presence", user_id: "bob", status: "online" });
-    assert.deepEqual(frames, [{ op: "presence", user_id: "bob", status: "online" }]);
+    socket.receive({ op: "presence", conversation_id: CONV, user_id: "bob", status: "online" });
+    assert.deepEqual(presence, [{ op: "presence", conversation_id: CONV, user_id: "bob", status: "online" }]);
+    socket.receive({ op: "something.new", n: 1 });
+    assert.deepEqual(frames, [{ op: "something.new", n: 1 }]);
     live.close();
   });
 
