@@ -1,16 +1,17 @@
-//! `msgd keys`: issue, list, rotate, revoke and verify application API keys.
+//! `msgd keys`: create and list apps; issue, list, rotate, revoke and verify their API keys.
 //! The rules live in `msgd::keys`; this file parses and prints.
 //!
 //! A key is named by one id form everywhere (`keys list`, the issuing
 //! commands, `verify`) and every command accepts it; with `--json` every
-//! issuing command prints the same key document (see [`issued_json`]).
+//! issuing command prints the same key document as the admin HTTP API
+//! ([`msgd::keys::IssuedKey::document`]).
 
 use std::io::Read;
 use std::time::Duration;
 
 use msgd::clock::{format_ms, now_ms};
 use msgd::config::Config;
-use msgd::keys::{self, IssuedKey, KeyError, KeyInfo, Scope};
+use msgd::keys::{self, IssuedKey, KeyError, Scope};
 use msgd::store::Stores;
 
 use crate::{output, Failure};
@@ -46,6 +47,8 @@ enum KeysCommand {
         #[arg(long, value_parser = parse_duration)]
         expires_in: Option<Duration>,
     },
+    /// List apps
+    ListApps,
     /// List keys (never their secrets)
     List {
         /// Only this app's keys
@@ -85,7 +88,7 @@ pub async fn run(args: &Args, config: Config) -> Result<(), Failure> {
         KeysCommand::CreateApp { name } => {
             let (app, key) = keys::create_app(meta, name, now).await.map_err(failure)?;
             if args.json {
-                let mut issued = issued_json(&key, now);
+                let mut issued = key.document(now);
                 issued["app"] = serde_json::to_value(&app).expect("app serializes");
                 output::json(&issued);
             } else {
@@ -99,15 +102,26 @@ pub async fn run(args: &Args, config: Config) -> Result<(), Failure> {
         KeysCommand::Create { app, scope, name, expires_in } => {
             let key = keys::create_key(meta, app, *scope, name.as_deref(), *expires_in, now).await.map_err(failure)?;
             if args.json {
-                output::json(&issued_json(&key, now));
+                output::json(&key.document(now));
             } else {
                 print_issued(&key);
+            }
+        }
+        KeysCommand::ListApps => {
+            let apps = keys::list_apps(meta).await.map_err(failure)?;
+            if args.json {
+                output::json(&serde_json::json!({"apps": apps}));
+            } else {
+                output::table(
+                    &["app id", "name", "created"],
+                    apps.iter().map(|app| vec![app.id.clone(), app.name.clone(), format_ms(app.created_at)]),
+                );
             }
         }
         KeysCommand::List { app } => {
             let keys = keys::list_keys(meta, app.as_deref()).await.map_err(failure)?;
             if args.json {
-                let listed: Vec<_> = keys.iter().map(|k| with_status(k, now)).collect();
+                let listed: Vec<_> = keys.iter().map(|k| k.document(now)).collect();
                 output::json(&serde_json::json!({"keys": listed}));
             } else {
                 output::table(
@@ -131,7 +145,7 @@ pub async fn run(args: &Args, config: Config) -> Result<(), Failure> {
             let old_id = keys::parse_key_id(key_id).map_err(failure)?;
             let (key, old_valid_until) = keys::rotate_key(meta, &old_id, *grace, now).await.map_err(failure)?;
             if args.json {
-                let mut issued = issued_json(&key, now);
+                let mut issued = key.document(now);
                 issued["replaces"] = serde_json::json!({"id": old_id, "valid_until": old_valid_until});
                 output::json(&issued);
             } else {
@@ -142,7 +156,7 @@ pub async fn run(args: &Args, config: Config) -> Result<(), Failure> {
         KeysCommand::Revoke { key_id } => {
             let info = keys::revoke_key(meta, key_id, now).await.map_err(failure)?;
             if args.json {
-                output::json(&with_status(&info, now));
+                output::json(&info.document(now));
             } else {
                 println!("revoked {} ({}) of {}", info.id, info.scope.as_str(), info.app_id);
             }
@@ -182,21 +196,6 @@ pub async fn run(args: &Args, config: Config) -> Result<(), Failure> {
         }
     }
     Ok(())
-}
-
-fn with_status(info: &KeyInfo, now: i64) -> serde_json::Value {
-    let mut value = serde_json::to_value(info).expect("key info serializes");
-    value["status"] = info.status(now).into();
-    value
-}
-
-/// A newly issued key as JSON, one shape for `create-app`, `create` and
-/// `rotate`: the key's fields as `list` shows them (with `status`), plus
-/// `key`, the secret, shown this once. The commands add `app` and `replaces`.
-fn issued_json(key: &IssuedKey, now: i64) -> serde_json::Value {
-    let mut value = with_status(&key.info, now);
-    value["key"] = key.key.clone().into();
-    value
 }
 
 fn print_issued(key: &IssuedKey) {

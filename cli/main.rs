@@ -38,7 +38,7 @@ struct Cli {
 enum Command {
     /// Run the server: HTTP and WebSocket API, the flush and retention workers, /healthz, /readyz, /metrics
     Serve(serve::Args),
-    /// Issue, list, rotate, revoke and verify application API keys
+    /// Apps and their API keys: create, list, rotate, revoke, verify
     Keys(keys::Args),
     /// Flush the tail into segments now, or rebuild the segment index
     Flush(flush::Args),

@@ -33,10 +33,11 @@
 #     build stage, EXPOSE matching MSGD_HTTP__LISTEN, a HEALTHCHECK on a route msgd serves.
 #     Not covered: that the image builds (no engine).
 #  6. deploy/Caddyfile: `caddy validate` and `caddy fmt` clean (Debian's caddy package, extracted,
-#     not installed); its adapted JSON proxies to load/vps.toml's http.listen and hides /metrics.
+#     not installed); its adapted JSON proxies to load/vps.toml's http.listen and hides /metrics
+#     and /v1/admin.
 #  7. deploy/nginx-msgd.conf: `nginx -t` inside a test nginx.conf with throwaway certificates
 #     (Debian's nginx, extracted, not installed); /v1/ws upgrades, with proxy timeouts above
-#     ws.idle_timeout.
+#     ws.idle_timeout; /metrics and /v1/admin are hidden.
 #  8. deploy/minio-setup.sh: `sh -n`, then run against a stub `mc` that records its calls: the
 #     bucket, the policy (valid JSON, naming the bucket), the user, the attachment; a rerun
 #     succeeds; an unexpected mc error fails it.
@@ -577,6 +578,8 @@ check(ws and "proxy_set_header Upgrade $http_upgrade;" in body and "proxy_set_he
       and len(timeouts) == 2 and min(timeouts) > max(idle_timeout, heartbeat)
       and re.search(rf"server {re.escape(listen)};", nginx),
       f"deploy/nginx-msgd.conf: /v1/ws upgraded, timeouts > ws.idle_timeout ({idle_timeout:g}s), upstream {listen}")
+hidden = [re.search(rf"location {where} \{{\s*return 404;\s*\}}", nginx) for where in (r"= /metrics", r"\^~ /v1/admin")]
+check(all(hidden), "deploy/nginx-msgd.conf: /metrics and /v1/admin answer 404 from outside")
 
 sys.exit(1 if failed else 0)
 PYEOF
@@ -603,12 +606,13 @@ cfg = json.load(open(sys.argv[1]))
 listen = tomllib.load(open("load/vps.toml", "rb")).get("http", {}).get("listen", "127.0.0.1:8080")
 text = json.dumps(cfg)
 dials = re.findall(r'"dial": "([^"]+)"', text)
-hidden = re.search(r'"path": \["/metrics"\]', text) and '"static_response"' in text
+paths = [json.loads("[" + m + "]") for m in re.findall(r'"path": \[([^\]]*)\]', text)]
+hidden = any({"/metrics", "/v1/admin", "/v1/admin/*"} <= set(p) for p in paths) and '"static_response"' in text
 sys.exit(0 if listen in dials and hidden else 1)
 PYEOF
-  ok "deploy/Caddyfile proxies to load/vps.toml's http.listen and hides /metrics"
+  ok "deploy/Caddyfile proxies to load/vps.toml's http.listen and hides /metrics and /v1/admin"
 else
-  fail "deploy/Caddyfile: no reverse_proxy to load/vps.toml's http.listen, or /metrics not hidden"
+  fail "deploy/Caddyfile: no reverse_proxy to load/vps.toml's http.listen, or /metrics or /v1/admin not hidden"
 fi
 
 # ---- 7. nginx -------------------------------------------------------------------------------

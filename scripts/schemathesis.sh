@@ -3,7 +3,8 @@
 # (src/http/openapi.json, which the server must serve at /openapi.json) and sends
 # them to a live `msgd serve` (target/debug/msgd; `cargo test` builds it) on
 # both backends, once as an admin key acting as the app and once as a user
-# (a write key with a dev token). Every response must be a non-5xx that the
+# (a write key with a dev token), with the admin API on and its operator token in
+# both runs. Every response must be a non-5xx that the
 # document describes (status, content type, headers, body schema); every
 # request the document calls valid must be accepted and every request it
 # calls invalid refused; unlisted methods must answer 405.
@@ -97,6 +98,9 @@ start_msgd() {
   WORK="$(mktemp -d)"
   export MSGD_DATA_DIR="$WORK/data" MSGD_HTTP__LISTEN="127.0.0.1:0" MSGD_OBSERVABILITY__LOGGING__FORMAT=json
   export MSGD_AUTH__DEV_TOKENS__ENABLED=true MSGD_FLUSH__INTERVAL=1s
+  # The admin API is on, with a fresh operator token per run.
+  MSGDST_OPERATOR_TOKEN="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+  export MSGD_AUTH__OPERATOR_TOKEN="$MSGDST_OPERATOR_TOKEN" MSGDST_OPERATOR_TOKEN
   # Rate limits are tested elsewhere (tests/it/messages.rs); here they would
   # only turn most sends into 429s.
   export MSGD_LIMITS__USER_RATE=100000 MSGD_LIMITS__USER_BURST=100000
@@ -228,6 +232,7 @@ TOML
 
 [auth.openapi]
 apiKey = { api_key = "\${MSGDST_ADMIN_KEY}" }
+operatorToken = { bearer = "\${MSGDST_OPERATOR_TOKEN}" }
 
 [[operations]]
 # Receipts belong to a user: the app itself gets 400 user_required.
@@ -258,6 +263,7 @@ TOML
 [auth.openapi]
 apiKey = { api_key = "\${MSGDST_WRITE_KEY}" }
 bearer = { bearer = "\${MSGDST_USER_TOKEN}" }
+operatorToken = { bearer = "\${MSGDST_OPERATOR_TOKEN}" }
 
 [[operations]]
 # Schemathesis 4.32 sends a schema-valid reaction (12 precomposed characters)

@@ -26,7 +26,8 @@ pub const ENV_PREFIX: &str = "MSGD_";
 pub const ENV_CONFIG_FILE: &str = "MSGD_CONFIG";
 
 /// Keys whose values are secrets in full.
-const SECRET_KEYS: &[&str] = &["s3.secret_access_key", "backup.secret_access_key", "auth.dev_tokens.signing_key"];
+const SECRET_KEYS: &[&str] =
+    &["s3.secret_access_key", "backup.secret_access_key", "auth.dev_tokens.signing_key", "auth.operator_token"];
 /// Keys a release replaced, and what replaced them (named in the refusal).
 const RENAMED: &[(&str, &str)] = &[
     ("retention.days", "`retention.period`, a duration such as \"30d\""),
@@ -376,11 +377,20 @@ pub struct AuthConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keycloak: Option<KeycloakConfig>,
     pub dev_tokens: DevTokensConfig,
+    /// The bearer token of the admin HTTP API (`/v1/admin`, README "Admin
+    /// API"); the API is off (404) while this is unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operator_token: Option<Secret>,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig { key_cache_ttl: Duration::from_secs(5), keycloak: None, dev_tokens: DevTokensConfig::default() }
+        AuthConfig {
+            key_cache_ttl: Duration::from_secs(5),
+            keycloak: None,
+            dev_tokens: DevTokensConfig::default(),
+            operator_token: None,
+        }
     }
 }
 
@@ -1452,12 +1462,13 @@ impl AuthConfig {
         if let Some(keycloak) = &self.keycloak {
             keycloak.validate()?;
         }
-        if self.dev_tokens.signing_key.as_ref().is_some_and(|key| key.expose().len() < 32) {
-            return Err(ConfigError::new(
-                "auth.dev_tokens.signing_key",
-                Some(REDACTED.into()),
-                "must be at least 32 characters",
-            ));
+        for (key, secret) in [
+            ("auth.dev_tokens.signing_key", &self.dev_tokens.signing_key),
+            ("auth.operator_token", &self.operator_token),
+        ] {
+            if secret.as_ref().is_some_and(|secret| secret.expose().len() < 32) {
+                return Err(ConfigError::new(key, Some(REDACTED.into()), "must be at least 32 characters"));
+            }
         }
         Ok(())
     }

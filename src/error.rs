@@ -78,6 +78,8 @@ codes! {
     TokenExpired = "token_expired", Unauthenticated;
     WrongIssuer = "wrong_issuer", Unauthenticated;
     WrongAudience = "wrong_audience", Unauthenticated;
+    /// A missing or wrong operator token on `/v1/admin` (`auth.operator_token`).
+    InvalidOperatorToken = "invalid_operator_token", Unauthenticated;
     InsufficientScope = "insufficient_scope", Forbidden;
     /// An upload URL that is forged, or past its expiry.
     InvalidUploadUrl = "invalid_upload_url", Forbidden;
@@ -126,6 +128,8 @@ codes! {
     ConversationArchived = "conversation_archived", Conflict;
     /// Demoting or removing the last owner while other members remain.
     LastOwner = "last_owner", Conflict;
+    /// Rotating a revoked key, or one already rotated (rotate its successor).
+    KeyNotRotatable = "key_not_rotatable", Conflict;
     /// A reaction past the distinct reactions a message may hold, or the
     /// reactions one user may give it (`crate::reactions`).
     TooManyReactions = "too_many_reactions", Conflict;

@@ -1,6 +1,8 @@
 //! Application API keys: format, issuing, rotation, revocation and
-//! authentication (README, "HTTP API"). The CLI and (later) the admin HTTP API both
-//! call these functions; nothing here prints or parses arguments.
+//! authentication (README, "HTTP API"). `msgd keys` and the admin HTTP API
+//! (`/v1/admin`) both call these functions and show the same documents
+//! ([`KeyInfo::document`], [`IssuedKey::document`]); nothing here prints or
+//! parses arguments.
 //!
 //! A key reads `msgd_sk_<id><secret><check>`:
 //! - `msgd_sk_` (server-secret: admin and write scopes) or `msgd_pk_`
@@ -16,7 +18,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::error::Code;
+use crate::error::{Code, Error};
 use crate::store::{ApiKeyRow, AppRow, Metadata, StoreError};
 
 const ID_LEN: usize = 12;
@@ -29,6 +31,9 @@ const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnop
 const TOUCH_INTERVAL_MS: i64 = 60_000;
 /// The longest app or key name, in characters.
 const MAX_NAME_CHARS: usize = 200;
+/// The longest key lifetime and rotation grace period: ten years, far past
+/// any sensible value and far from overflowing a millisecond timestamp.
+pub const MAX_KEY_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -114,10 +119,26 @@ pub enum KeyError {
     NoSuchKey(String),
     #[error("API key `{0}` is revoked")]
     KeyRevoked(String),
+    #[error("key `{key}` was already rotated to `{successor}`; rotate that one")]
+    AlreadyRotated { key: String, successor: String },
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<KeyError> for Error {
+    /// How the admin HTTP API answers each failure.
+    fn from(err: KeyError) -> Error {
+        let code = match err {
+            KeyError::Store(e) => return e.into(),
+            KeyError::Rejected(rejection) => rejection.code(),
+            KeyError::NoSuchApp(_) | KeyError::NoSuchKey(_) => Code::NotFound,
+            KeyError::KeyRevoked(_) | KeyError::AlreadyRotated { .. } => Code::KeyNotRotatable,
+            KeyError::Invalid(_) => Code::InvalidRequest,
+        };
+        Error::new(code, err.to_string())
+    }
 }
 
 /// A key just issued. `key` is the only time the secret exists outside the
@@ -158,6 +179,14 @@ impl KeyInfo {
         }
     }
 
+    /// The key as `msgd keys --json` and the admin API show it: its fields
+    /// and its `status` at `now`.
+    pub fn document(&self, now: i64) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).expect("key info serializes");
+        value["status"] = self.status(now).into();
+        value
+    }
+
     fn from_row(row: ApiKeyRow) -> Result<KeyInfo, StoreError> {
         let scope = row.scope.parse().map_err(|e| StoreError::Corrupt { dependency: "metadata", message: e })?;
         Ok(KeyInfo {
@@ -172,6 +201,17 @@ impl KeyInfo {
             last_used_at: row.last_used_at,
             rotated_to: row.rotated_to,
         })
+    }
+}
+
+impl IssuedKey {
+    /// A newly issued key as a document, one shape wherever a key is issued:
+    /// its [`KeyInfo::document`] plus `key`, the secret, shown this once.
+    /// Callers add `app` (a new app) and `replaces` (a rotation).
+    pub fn document(&self, now: i64) -> serde_json::Value {
+        let mut value = self.info.document(now);
+        value["key"] = self.key.clone().into();
+        value
     }
 }
 
@@ -237,6 +277,19 @@ pub fn new_app_id() -> String {
     format!("app_{}", random_base62(12))
 }
 
+/// Every app, oldest first.
+pub async fn list_apps(meta: &Metadata) -> Result<Vec<AppRow>, KeyError> {
+    Ok(meta.list_apps().await?)
+}
+
+/// Refuses a lifetime or grace period past [`MAX_KEY_DURATION`].
+fn check_duration(what: &str, duration: Duration) -> Result<i64, KeyError> {
+    if duration > MAX_KEY_DURATION {
+        return Err(KeyError::Invalid(format!("{what} is at most ten years")));
+    }
+    Ok(duration.as_millis() as i64)
+}
+
 /// Creates an app and its first admin key.
 pub async fn create_app(meta: &Metadata, name: &str, now: i64) -> Result<(AppRow, IssuedKey), KeyError> {
     let name = name.trim();
@@ -264,10 +317,14 @@ pub async fn create_key(
     if let Some(why) = name.and_then(|n| crate::ids::display_text_problem(n, MAX_NAME_CHARS)) {
         return Err(KeyError::Invalid(format!("a key name {why}")));
     }
+    if expires_in.is_some_and(|d| d.is_zero()) {
+        return Err(KeyError::Invalid("a key's lifetime must be more than zero".into()));
+    }
+    let expires_at = expires_in.map(|d| check_duration("a key's lifetime", d)).transpose()?.map(|ms| now + ms);
     if meta.get_app(app_id).await?.is_none() {
         return Err(KeyError::NoSuchApp(app_id.to_string()));
     }
-    let (key, row) = new_key_row(app_id, scope, name, expires_in.map(|d| now + d.as_millis() as i64), now);
+    let (key, row) = new_key_row(app_id, scope, name, expires_at, now);
     meta.insert_api_key(&row).await?;
     Ok(IssuedKey { key, info: KeyInfo::from_row(row)? })
 }
@@ -293,17 +350,17 @@ pub async fn rotate_key(
     now: i64,
 ) -> Result<(IssuedKey, i64), KeyError> {
     let key_id = &parse_key_id(key_id)?;
+    let grace_end = now + check_duration("the grace period", grace)?;
     let old = meta.get_api_key(key_id).await?.ok_or_else(|| KeyError::NoSuchKey(key_id.to_string()))?;
     if old.revoked_at.is_some() {
         return Err(KeyError::KeyRevoked(key_id.to_string()));
     }
-    if let Some(successor) = &old.rotated_to {
-        return Err(KeyError::Invalid(format!("key `{key_id}` was already rotated to `{successor}`; rotate that one")));
+    if let Some(successor) = old.rotated_to {
+        return Err(KeyError::AlreadyRotated { key: key_id.to_string(), successor });
     }
     let scope: Scope = old.scope.parse().map_err(KeyError::Invalid)?;
     // The successor keeps the remaining lifetime of a key that had one.
     let (key, row) = new_key_row(&old.app_id, scope, old.name.as_deref(), old.expires_at, now);
-    let grace_end = now + grace.as_millis() as i64;
     meta.rotate_api_key(key_id, grace_end, &row).await?;
     let old_valid_until = old.expires_at.map_or(grace_end, |at| at.min(grace_end));
     Ok((IssuedKey { key, info: KeyInfo::from_row(row)? }, old_valid_until))
@@ -371,7 +428,7 @@ fn hash_key(key: &str) -> Vec<u8> {
 }
 
 /// Equality whose running time does not depend on where the inputs differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

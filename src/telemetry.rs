@@ -30,6 +30,8 @@ pub struct Metrics {
     pub redis_command_duration_seconds: HistogramVec,
     pub redis_errors_total: IntCounterVec,
     pub auth_failures_total: IntCounterVec,
+    /// Admin API calls by action ([`ADMIN_ACTIONS`]) and outcome ([`ADMIN_OUTCOMES`]).
+    pub admin_requests_total: IntCounterVec,
     pub messages_ingested_total: IntCounter,
     /// Messages edited or deleted, by kind (`edit`, `delete`).
     pub message_changes_total: IntCounterVec,
@@ -137,6 +139,15 @@ pub const WORKERS: [&str; 8] = [
     "activity",
 ];
 
+/// The `action` label values of `msgd_admin_requests_total`: one per admin
+/// route, and `other` for anything else under `/v1/admin`.
+pub const ADMIN_ACTIONS: [&str; 7] =
+    ["create_app", "list_apps", "create_key", "list_keys", "rotate_key", "revoke_key", "other"];
+
+/// The `outcome` label values of `msgd_admin_requests_total`: 2xx, 401,
+/// other 4xx, 5xx.
+pub const ADMIN_OUTCOMES: [&str; 4] = ["ok", "unauthenticated", "refused", "failed"];
+
 /// The `kind` label values of `msgd_retention_deleted_total`.
 pub const RETENTION_KINDS: [&str; 11] = [
     "objects",
@@ -220,6 +231,11 @@ impl Metrics {
             auth_failures_total: IntCounterVec::new(
                 Opts::new("msgd_auth_failures_total", "Refused requests by reason (the error code)"),
                 &["reason"],
+            )
+            .expect("metric"),
+            admin_requests_total: IntCounterVec::new(
+                Opts::new("msgd_admin_requests_total", "Admin API calls by action and outcome"),
+                &["action", "outcome"],
             )
             .expect("metric"),
             messages_ingested_total: IntCounter::new("msgd_messages_ingested_total", "Messages accepted into the tail")
@@ -512,6 +528,11 @@ impl Metrics {
         for action in ["add", "remove"] {
             metrics.reactions_total.with_label_values(&[action]);
         }
+        for action in ADMIN_ACTIONS {
+            for outcome in ADMIN_OUTCOMES {
+                metrics.admin_requests_total.with_label_values(&[action, outcome]);
+            }
+        }
         for kind in RETENTION_KINDS {
             metrics.retention_deleted_total.with_label_values(&[kind]);
         }
@@ -537,6 +558,7 @@ impl Metrics {
             Box::new(metrics.redis_command_duration_seconds.clone()),
             Box::new(metrics.redis_errors_total.clone()),
             Box::new(metrics.auth_failures_total.clone()),
+            Box::new(metrics.admin_requests_total.clone()),
             Box::new(metrics.messages_ingested_total.clone()),
             Box::new(metrics.message_changes_total.clone()),
             Box::new(metrics.reactions_total.clone()),

@@ -88,6 +88,8 @@ pub struct Authenticator {
     token_cache: Mutex<HashMap<[u8; 32], (VerifiedToken, Instant)>>,
     keycloak: Option<KeycloakVerifier>,
     dev: Option<DevTokens>,
+    /// SHA-256 of `auth.operator_token`; `None` keeps the admin API off.
+    operator_token: Option<[u8; 32]>,
 }
 
 /// A verified token is trusted from the cache at most this long (and never
@@ -107,6 +109,7 @@ impl Authenticator {
             token_cache: Mutex::default(),
             keycloak: config.auth.keycloak.as_ref().map(KeycloakVerifier::new).transpose()?,
             dev,
+            operator_token: config.auth.operator_token.as_ref().map(|token| Sha256::digest(token.expose()).into()),
         })
     }
 
@@ -140,6 +143,34 @@ impl Authenticator {
             None => (None, None),
         };
         Ok(Caller { app_id: key.app_id, key_id: key.key_id, scope: key.scope, user_id, token_expires_at_ms })
+    }
+
+    /// Admits the operator of the admin API (`/v1/admin`), whose raw
+    /// `Authorization` header must be `Bearer <auth.operator_token>`. App keys
+    /// and user tokens grant nothing here. `not_found` while the API is off.
+    pub fn operator(&self, authorization: Option<&str>) -> Result<(), Error> {
+        let Some(expected) = &self.operator_token else {
+            return Err(Error::new(Code::NotFound, "the admin API is off (auth.operator_token is not set)"));
+        };
+        let presented = authorization
+            .and_then(|header| header.strip_prefix("Bearer ").or_else(|| header.strip_prefix("bearer ")))
+            .map(str::trim)
+            .ok_or_else(|| {
+                Error::new(Code::InvalidOperatorToken, "send Authorization: Bearer <auth.operator_token>")
+            })?;
+        // Digests of equal length, compared in constant time: neither the
+        // token's length nor its prefix leaks through timing.
+        let digest: [u8; 32] = Sha256::digest(presented).into();
+        if !keys::constant_time_eq(&digest, expected) {
+            return Err(Error::new(Code::InvalidOperatorToken, "that is not this server's operator token"));
+        }
+        Ok(())
+    }
+
+    /// Drops a key from this instance's cache at once (a revocation through
+    /// the admin API); other instances see it within `auth.key_cache_ttl`.
+    pub fn forget_key(&self, key_id: &str) {
+        self.key_cache.lock().expect("key cache lock").retain(|_, (key, _)| key.key_id != key_id);
     }
 
     /// Re-checks an API key already accepted once (cached; a revocation shows

@@ -3,6 +3,7 @@
 //! request timeout, access log, JSON for every error). Handlers parse, call
 //! the domain, and answer; nothing here talks to a database directly.
 
+mod admin;
 mod conv;
 mod error;
 mod frames;
@@ -20,7 +21,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 
 pub use error::{error_body, status_of, ApiError};
@@ -65,6 +66,13 @@ pub fn router(state: AppState) -> Router {
     // larger is refused before it is read.
     let body_limit = limits.max_batch * (limits.max_payload_bytes * 2 + 1024) + 64 * 1024;
     let attachment_limit = usize::try_from(limits.max_attachment_bytes).unwrap_or(usize::MAX);
+    // The operator's routes, behind their own guard (operator token, audit).
+    let admin = Router::new()
+        .route("/v1/admin/apps", post(admin::create_app).get(admin::list_apps))
+        .route("/v1/admin/keys", post(admin::create_key).get(admin::list_keys))
+        .route("/v1/admin/keys/{key_id}", delete(admin::revoke_key))
+        .route("/v1/admin/keys/{key_id}/rotate", post(admin::rotate_key))
+        .route_layer(middleware::from_fn_with_state(state.clone(), admin::guard));
     Router::new()
         .route("/v1/conversations", post(conv::create).get(conv::list))
         .route("/v1/conversations/{id}", get(conv::get).patch(conv::update).delete(conv::delete))
@@ -81,6 +89,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/dev/token", post(v1::dev_token))
         .route("/v1/conversations/{id}/attachments", post(v1::create_upload))
         .route("/v1/conversations/{id}/attachments/{attachment_id}", get(v1::download))
+        .merge(admin)
         .layer(DefaultBodyLimit::max(body_limit))
         // Embedded uploads carry the file itself: up to the attachment limit.
         .route("/v1/uploads/{token}", put(v1::receive_upload).layer(DefaultBodyLimit::max(attachment_limit)))

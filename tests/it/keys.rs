@@ -46,7 +46,7 @@ backend_test! {
         keys::authenticate(meta, &rotated.key, T0 + 25 * HOUR).await.expect("new key works after the grace");
         assert!(matches!(
             keys::rotate_key(meta, &writer.info.id, Duration::ZERO, T0 + 2 * HOUR).await,
-            Err(KeyError::Invalid(_))
+            Err(KeyError::AlreadyRotated { .. })
         ));
 
         keys::revoke_key(meta, &rotated.info.id, T0 + 26 * HOUR).await.unwrap();

@@ -2,6 +2,7 @@
 //! at its boundaries — the CLI, the HTTP server, the storage contracts — on
 //! both backends, against real servers.
 
+mod admin;
 mod attachments;
 mod authz;
 mod backup;

@@ -13,6 +13,9 @@ export type OperationEntry =
   | { method: HttpMethod; path: string; notForClients: string };
 
 const PROBE = "For probes and operators (orchestrators, Prometheus), not for app clients.";
+const ADMIN =
+  "The operator's admin API (auth.operator_token), a root credential for every app: never in a client; " +
+  "operators call it from their own tooling, or use `msgd keys`.";
 
 export const OPERATIONS = {
   createConversation: { method: "POST", path: "/v1/conversations", sdk: "createConversation" },
@@ -59,6 +62,12 @@ export const OPERATIONS = {
   },
   websocket: { method: "GET", path: "/v1/ws", sdk: "live" },
   devToken: { method: "POST", path: "/v1/dev/token", sdk: "devToken" },
+  createApp: { method: "POST", path: "/v1/admin/apps", notForClients: ADMIN },
+  listApps: { method: "GET", path: "/v1/admin/apps", notForClients: ADMIN },
+  createKey: { method: "POST", path: "/v1/admin/keys", notForClients: ADMIN },
+  listKeys: { method: "GET", path: "/v1/admin/keys", notForClients: ADMIN },
+  revokeKey: { method: "DELETE", path: "/v1/admin/keys/{key_id}", notForClients: ADMIN },
+  rotateKey: { method: "POST", path: "/v1/admin/keys/{key_id}/rotate", notForClients: ADMIN },
   healthz: { method: "GET", path: "/healthz", notForClients: PROBE },
   readyz: { method: "GET", path: "/readyz", notForClients: PROBE },
   metrics: { method: "GET", path: "/metrics", notForClients: PROBE },
