@@ -1,12 +1,13 @@
 //! `msgd flush`: one flush tick now (`--all` ignores the thresholds,
 //! `--dry-run` only shows what would be written), `--compact` to merge every
-//! closed compaction window now, or `--reindex` to rebuild the segment index
-//! from the objects' footers. Exits 1 when anything failed.
+//! closed compaction window now, `--reindex` to rebuild the segment index
+//! from the objects' footers, or `--check` to check (and repair) every
+//! conversation's history. Exits 1 when anything failed or was found lost.
 
 use indicatif::{ProgressBar, ProgressStyle};
 use msgd::clock::{format_ms, now_ms};
 use msgd::config::Config;
-use msgd::flush::{CompactReport, FlushOptions, Flusher};
+use msgd::flush::{CheckReport, CompactReport, FlushOptions, Flusher};
 use msgd::telemetry::Metrics;
 
 use crate::{output, Failure};
@@ -25,6 +26,13 @@ pub struct Args {
     /// Merge the segments of every closed `flush.compact_window` now (what serve does every 5 minutes)
     #[arg(long, conflicts_with_all = ["all", "dry_run", "reindex"])]
     compact: bool,
+    /// Check every conversation: flushed seq, index ranges, tail and seq counter agree; repair what
+    /// can be (reindex, seed counters; not with --dry-run) and exit 1 on history that is lost
+    #[arg(long, conflicts_with_all = ["all", "reindex", "compact"])]
+    check: bool,
+    /// With --check: accept what it finds lost (recorded; later checks and the alert no longer report it)
+    #[arg(long, requires = "check", conflicts_with = "dry_run")]
+    accept_loss: bool,
     /// Print one JSON document instead of a table
     #[arg(long)]
     json: bool,
@@ -53,6 +61,27 @@ pub async fn run(args: &Args, config: Config) -> Result<(), Failure> {
             );
         }
         return Ok(());
+    }
+
+    if args.check {
+        spinner.set_message("checking conversations");
+        let expired_before = now_ms().saturating_sub(config.retention.period.as_millis() as i64);
+        let report = flusher.check(expired_before, args.dry_run).await.map_err(|e| Failure::Failed(e.into()));
+        spinner.finish_and_clear();
+        let report = report?;
+        print_check(&report, args.json);
+        if args.accept_loss && !report.lost.is_empty() {
+            flusher.accept_losses(&report.lost, now_ms()).await.map_err(|e| Failure::Failed(e.into()))?;
+            eprintln!("accepted {} lost seq(s): later checks count them as accepted, not lost", report.lost_seqs());
+            return Ok(());
+        }
+        return match report.lost_seqs() {
+            0 => Ok(()),
+            n => Err(Failure::Failed(anyhow::anyhow!(
+                "{n} acknowledged seq(s) are in neither the tail nor the segments \
+                 (see runbooks/flush.md, \"Lost history\"; --accept-loss once accepted)"
+            ))),
+        };
     }
 
     if args.compact {
@@ -167,6 +196,41 @@ pub async fn run(args: &Args, config: Config) -> Result<(), Failure> {
     }
     println!("{summary}");
     outcome
+}
+
+/// The check's findings.
+fn print_check(report: &CheckReport, json: bool) {
+    if json {
+        output::json(report);
+    } else {
+        if !report.lost.is_empty() {
+            println!("lost (in neither the tail nor the segments):");
+            output::table(
+                &["app", "conversation", "seqs", "missing from"],
+                report.lost.iter().map(|range| {
+                    vec![
+                        range.app_id.clone(),
+                        range.conversation_id.clone(),
+                        output::seqs(range.from, range.to),
+                        format!("{:?}", range.lost_in).to_lowercase(),
+                    ]
+                }),
+            );
+        }
+        let (reindex, seed) = if report.dry_run { ("would reindex", "would seed") } else { ("reindexed", "seeded") };
+        let noted = |n: u64, what: &str| if n > 0 { format!("{n} ({what})") } else { n.to_string() };
+        output::table(
+            &["conversations", "index incomplete", "counters behind", "busy", "lost seqs", "accepted ranges"],
+            [vec![
+                report.conversations.to_string(),
+                noted(report.index_incomplete, reindex),
+                noted(report.counters_behind, seed),
+                report.busy.to_string(),
+                report.lost_seqs().to_string(),
+                report.accepted.to_string(),
+            ]],
+        );
+    }
 }
 
 /// Compaction runs until one finds nothing left to merge; the totals.

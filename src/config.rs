@@ -346,6 +346,10 @@ pub struct FlushConfig {
     /// window of this length into one (fewer, larger blocks); `0s` turns it off.
     #[serde(with = "duration")]
     pub compact_window: Duration,
+    /// How often the consistency check of every conversation runs (one
+    /// instance at a time), the first time one interval after start.
+    #[serde(with = "duration")]
+    pub check_interval: Duration,
     /// Testing only: `after-put` stops a flush (or a compaction) between the
     /// object PUT and the index commit, to prove crash recovery.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -362,6 +366,7 @@ impl Default for FlushConfig {
             codec: crate::segment::Codec::Json,
             block_bytes: 256 * 1024,
             compact_window: Duration::from_secs(6 * 3600),
+            check_interval: Duration::from_secs(3600),
             failpoint: None,
         }
     }
@@ -1538,6 +1543,7 @@ impl FlushConfig {
             ));
         }
         more_than_zero("flush.interval", self.interval, "must be longer than zero")?;
+        more_than_zero("flush.check_interval", self.check_interval, "must be longer than zero")?;
         self.max_bytes = self.max_bytes.max(1);
         if !(MIN_BLOCK_BYTES..=MAX_BLOCK_BYTES).contains(&self.block_bytes) {
             let reason = format!("must be between {MIN_BLOCK_BYTES} and {MAX_BLOCK_BYTES} bytes");
@@ -1838,7 +1844,7 @@ mod tests {
             [limits]\nmax_payload_bytes = 32768\nmax_batch = 100\nidempotency_ttl = \"24h\"\nuser_rate = 10\n\
             user_burst = 20\nkey_rate = 1000\nkey_burst = 2000\n\
             [flush]\ninterval = \"10s\"\nmax_bytes = 1048576\nmax_age = \"15m\"\nhot_window = 20\ncodec = \"json\"\n\
-            block_bytes = 262144\ncompact_window = \"6h\"\n\
+            block_bytes = 262144\ncompact_window = \"6h\"\ncheck_interval = \"1h\"\n\
             [history]\nblock_cache_bytes = 67108864\n\
             [ws]\nheartbeat_interval = \"25s\"\nidle_timeout = \"60s\"\nsend_queue = 256\nmax_subscriptions = 100\n\
             max_per_user = 32\nmax_per_ip = 1024\n\

@@ -32,6 +32,10 @@ pub struct Metrics {
     pub auth_failures_total: IntCounterVec,
     /// Admin API calls by action ([`ADMIN_ACTIONS`]) and outcome ([`ADMIN_OUTCOMES`]).
     pub admin_requests_total: IntCounterVec,
+    /// Seqs the last consistency check found in neither the tail nor the segments.
+    pub recovery_lost_seqs: IntGauge,
+    /// Repairs by the consistency check, by kind (`reindexed`, `counter_seeded`).
+    pub recovery_repairs_total: IntCounterVec,
     pub messages_ingested_total: IntCounter,
     /// Messages edited or deleted, by kind (`edit`, `delete`).
     pub message_changes_total: IntCounterVec,
@@ -236,6 +240,19 @@ impl Metrics {
             admin_requests_total: IntCounterVec::new(
                 Opts::new("msgd_admin_requests_total", "Admin API calls by action and outcome"),
                 &["action", "outcome"],
+            )
+            .expect("metric"),
+            recovery_lost_seqs: IntGauge::new(
+                "msgd_recovery_lost_seqs",
+                "Seqs the last consistency check found in neither the tail nor the segments (lost history)",
+            )
+            .expect("metric"),
+            recovery_repairs_total: IntCounterVec::new(
+                Opts::new(
+                    "msgd_recovery_repairs_total",
+                    "Repairs by the consistency check, by kind (reindexed, counter_seeded)",
+                ),
+                &["kind"],
             )
             .expect("metric"),
             messages_ingested_total: IntCounter::new("msgd_messages_ingested_total", "Messages accepted into the tail")
@@ -533,6 +550,9 @@ impl Metrics {
                 metrics.admin_requests_total.with_label_values(&[action, outcome]);
             }
         }
+        for kind in ["reindexed", "counter_seeded"] {
+            metrics.recovery_repairs_total.with_label_values(&[kind]);
+        }
         for kind in RETENTION_KINDS {
             metrics.retention_deleted_total.with_label_values(&[kind]);
         }
@@ -559,6 +579,8 @@ impl Metrics {
             Box::new(metrics.redis_errors_total.clone()),
             Box::new(metrics.auth_failures_total.clone()),
             Box::new(metrics.admin_requests_total.clone()),
+            Box::new(metrics.recovery_lost_seqs.clone()),
+            Box::new(metrics.recovery_repairs_total.clone()),
             Box::new(metrics.messages_ingested_total.clone()),
             Box::new(metrics.message_changes_total.clone()),
             Box::new(metrics.reactions_total.clone()),

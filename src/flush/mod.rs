@@ -33,6 +33,7 @@ macro_rules! compaction_event {
     };
 }
 
+mod check;
 mod compact;
 mod index;
 mod repair;
@@ -48,6 +49,7 @@ use crate::segment;
 use crate::store::{StoreError, Stores};
 use crate::telemetry::Metrics;
 
+pub use check::{CheckReport, LostIn, LostRange};
 pub use compact::{CompactReport, OBJECT_BYTES as COMPACTION_OBJECT_BYTES};
 pub use index::segment_key;
 pub use ticker::{CompactionWorker, FlushWorker};

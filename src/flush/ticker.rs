@@ -1,6 +1,9 @@
 //! The workers `serve` runs for segments. [`FlushWorker`]: a tick every
 //! `flush.interval` (the worker runner backs off exponentially, up to a
-//! minute, while ticks fail), a recovery pass at start and every ten minutes,
+//! minute, while ticks fail), a recovery pass at start and every ten minutes
+//! (orphan segments), the consistency check of every conversation
+//! ([`Flusher::check`], repairing) every `flush.check_interval` from one
+//! interval after start, on the instance holding its lease,
 //! and one more tick at shutdown so whatever is due goes out rather than
 //! waiting in the tail. (Expired tail state is purged by the retention
 //! worker.) [`CompactionWorker`]: every five minutes (the first five minutes
@@ -17,6 +20,9 @@ use crate::worker::{Worker, WorkerState};
 
 /// How often recovery looks for orphan segments.
 const RECOVERY_EVERY: Duration = Duration::from_secs(600);
+/// The lease that lets one instance check at a time.
+const CHECK_LEASE: &str = "check";
+const CHECK_LEASE_TTL: Duration = Duration::from_secs(900);
 /// How often compaction looks for windows to merge.
 const COMPACTION_EVERY: Duration = Duration::from_secs(300);
 /// The lease that lets one instance compact at a time (a second one would
@@ -30,11 +36,16 @@ pub struct FlushWorker {
     retention_ms: i64,
     /// When the last recovery pass succeeded; `None` before the first.
     last_recovery: Option<Instant>,
+    /// When the next consistency check is due.
+    next_check: Instant,
 }
 
 impl FlushWorker {
     pub fn new(flusher: Flusher, retention_ms: i64) -> FlushWorker {
-        FlushWorker { flusher, retention_ms, last_recovery: None }
+        // Not at start: a restart (or a crash loop) adds no load, and the
+        // dependencies have had their interval to come up.
+        let next_check = Instant::now() + flusher.config.check_interval;
+        FlushWorker { flusher, retention_ms, last_recovery: None, next_check }
     }
 
     /// A recovery pass when one is due. A failure is logged and retried on
@@ -68,6 +79,61 @@ impl FlushWorker {
             ),
         }
     }
+
+    /// The consistency check when it is due, repairing, on one instance at a
+    /// time; counted as a `recovery` step. After a failure it is due again
+    /// with the next recovery pass's interval.
+    async fn check_if_due(&mut self) {
+        if self.last_recovery.is_none() || Instant::now() < self.next_check {
+            return;
+        }
+        let interval = self.flusher.config.check_interval;
+        let coordination = &self.flusher.stores.coordination;
+        let holder = &self.flusher.holder;
+        match coordination.acquire_lease(CHECK_LEASE, holder, CHECK_LEASE_TTL).await {
+            Ok(true) => {}
+            Ok(false) => {
+                self.next_check = Instant::now() + interval;
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(component = "recovery", worker = "recovery", error = %e, "check lease unavailable");
+                self.next_check = Instant::now() + interval.min(RECOVERY_EVERY);
+                return;
+            }
+        }
+        let expired_before = crate::clock::now_ms().saturating_sub(self.retention_ms);
+        let started = Instant::now();
+        let checked = self.flusher.check(expired_before, false).await;
+        crate::worker::record_step(&self.flusher.metrics, "recovery", checked.is_ok(), started.elapsed());
+        if let Err(e) = coordination.release_lease(CHECK_LEASE, holder).await {
+            tracing::warn!(component = "recovery", worker = "recovery", error = %e, "check lease not released");
+        }
+        match checked {
+            Ok(report) => {
+                self.next_check = Instant::now() + interval;
+                tracing::info!(
+                    component = "recovery",
+                    worker = "recovery",
+                    conversations = report.conversations,
+                    "index-incomplete" = report.index_incomplete,
+                    "counters-behind" = report.counters_behind,
+                    "lost-seqs" = report.lost_seqs(),
+                    "consistency check"
+                );
+            }
+            Err(e) => {
+                self.next_check = Instant::now() + interval.min(RECOVERY_EVERY);
+                tracing::warn!(
+                    component = "recovery",
+                    worker = "recovery",
+                    stage = e.stage(),
+                    error = %e.detail(),
+                    "consistency check failed; retrying later"
+                )
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -86,6 +152,7 @@ impl Worker for FlushWorker {
 
     async fn work(&mut self) -> anyhow::Result<WorkerState> {
         self.recover_if_due().await;
+        self.check_if_due().await;
         self.flusher.tick(FlushOptions::default(), crate::clock::now_ms()).await?;
         Ok(WorkerState::Idle)
     }

@@ -713,6 +713,41 @@ impl Metadata {
         Ok(changed == 1)
     }
 
+    /// Records lost seq ranges an operator accepted, as (conversation, from,
+    /// to), at `now`; a range already accepted from the same seq only grows.
+    pub async fn accept_losses(&self, ranges: &[(ConvKey, u64, u64)], now: i64) -> Result<(), StoreError> {
+        let sql = "INSERT INTO accepted_losses (app_id, conversation_id, seq_from, seq_to, accepted_at) \
+                   VALUES ($1, $2, $3, $4, $5) ON CONFLICT (app_id, conversation_id, seq_from) DO UPDATE SET \
+                   seq_to = CASE WHEN accepted_losses.seq_to < excluded.seq_to \
+                   THEN excluded.seq_to ELSE accepted_losses.seq_to END";
+        on_db!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            for (conv, from, to) in ranges {
+                sqlx::query(sql)
+                    .bind(&conv.app_id)
+                    .bind(&conv.conversation_id)
+                    .bind(*from as i64)
+                    .bind(*to as i64)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await
+        }.await)
+    }
+
+    /// The accepted lost ranges of a conversation, as (from, to).
+    pub async fn accepted_losses(&self, conv: &ConvKey) -> Result<Vec<(u64, u64)>, StoreError> {
+        let rows: Vec<(i64, i64)> = on_db!(self, pool => sqlx::query_as(
+            "SELECT seq_from, seq_to FROM accepted_losses WHERE app_id = $1 AND conversation_id = $2",
+        )
+        .bind(&conv.app_id)
+        .bind(&conv.conversation_id)
+        .fetch_all(pool)
+        .await)?;
+        Ok(rows.into_iter().map(|(from, to)| (from as u64, to as u64)).collect())
+    }
+
     /// The highest seq of a conversation durably in a segment (0 when none).
     pub async fn flushed_seq(&self, conv: &ConvKey) -> Result<u64, StoreError> {
         let seq: Option<i64> = on_db!(self, pool => sqlx::query_scalar(

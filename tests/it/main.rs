@@ -6,6 +6,7 @@ mod admin;
 mod attachments;
 mod authz;
 mod backup;
+mod check;
 mod cli_config;
 mod compaction;
 mod edges;

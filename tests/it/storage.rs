@@ -10,7 +10,8 @@ use msgd::telemetry::Metrics;
 
 use crate::support::{backend_test, services_test, Backend, ServicesEnv, TestEnv};
 
-const TABLES: &[&str] = &["apps", "api_keys", "conversations", "members", "segments", "segment_blocks", "flush_state"];
+const TABLES: &[&str] =
+    &["apps", "api_keys", "conversations", "members", "segments", "segment_blocks", "flush_state", "accepted_losses"];
 
 backend_test! {
     #[tokio::test]
