@@ -513,6 +513,11 @@ pub struct HttpConfig {
     /// development; off by default.
     #[serde(deserialize_with = "lenient")]
     pub demo: bool,
+    /// Browser origins (`https://app.example.com`) allowed to call the API
+    /// from another origin (CORS; README, "Browsers on another origin"), or
+    /// `*` for any; empty (the default): none.
+    #[serde(deserialize_with = "string_list")]
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for HttpConfig {
@@ -524,6 +529,7 @@ impl Default for HttpConfig {
             request_timeout: Duration::from_secs(30),
             max_connections: 10_000,
             demo: false,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -1342,8 +1348,25 @@ impl HttpConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         more_than_zero("http.header_read_timeout", self.header_read_timeout, "must be more than zero")?;
         more_than_zero("http.request_timeout", self.request_timeout, "must be more than zero")?;
+        for origin in &self.cors_origins {
+            if origin != "*" && !is_origin(origin) {
+                return Err(ConfigError::new(
+                    "http.cors_origins",
+                    Some(origin.clone()),
+                    "each must be `*` or an origin: scheme://host[:port], no path (https://app.example.com)",
+                ));
+            }
+        }
         at_least_one("http.max_connections", self.max_connections)
     }
+}
+
+/// Whether `text` is exactly a serialized web origin: `http` or `https`,
+/// a host, an optional port, nothing else (a browser's `Origin` header).
+fn is_origin(text: &str) -> bool {
+    url::Url::parse(text).is_ok_and(|url| {
+        matches!(url.scheme(), "http" | "https") && url.host().is_some() && url.origin().ascii_serialization() == text
+    })
 }
 
 impl ServicesConfig {
@@ -1833,7 +1856,7 @@ mod tests {
     fn an_empty_file_means_the_documented_defaults() {
         let documented = "data_dir = \"./msgd-data\"\n\
             [http]\nlisten = \"127.0.0.1:8080\"\nshutdown_timeout = \"10s\"\nheader_read_timeout = \"10s\"\n\
-            request_timeout = \"30s\"\nmax_connections = 10000\ndemo = false\n\
+            request_timeout = \"30s\"\nmax_connections = 10000\ndemo = false\ncors_origins = []\n\
             [retention]\nperiod = \"30days\"\ninterval = \"1h\"\nbatch = 100\n\
             [observability.logging]\nlevel = \"info\"\nformat = \"json\"\naccess = false\ncomponents = []\n\
             workers = []\ninclude_stacktraces = false\n\

@@ -63,6 +63,9 @@ pub fn rate_limit_headers(err: &Error) -> HeaderMap {
     headers
 }
 
+/// `Retry-After` on a 503, in seconds (as the listener's `too_many_connections`).
+const UNAVAILABLE_RETRY_AFTER: &str = "1";
+
 /// The error code of a response, for the metrics middleware.
 #[derive(Debug, Clone, Copy)]
 pub struct ErrorCode(pub &'static str);
@@ -70,7 +73,11 @@ pub struct ErrorCode(pub &'static str);
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = status_of(self.0.kind());
-        let headers = rate_limit_headers(&self.0);
+        let mut headers = rate_limit_headers(&self.0);
+        // A dependency outage or an unassigned seq: retrying is right, after a pause.
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(axum::http::header::RETRY_AFTER, HeaderValue::from_static(UNAVAILABLE_RETRY_AFTER));
+        }
         let mut response = (status, headers, Json(serde_json::json!({"error": error_body(&self.0)}))).into_response();
         response.extensions_mut().insert(ErrorCode(self.0.code.as_str()));
         response
@@ -115,4 +122,22 @@ pub(super) async fn into_api_shape(response: Response) -> Response {
     parts.extensions.insert(ErrorCode(code.as_str()));
     let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
     Response::from_parts(parts, axum::body::Body::from(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_unavailable_answer_says_when_to_retry_and_no_other_does() {
+        for code in Code::ALL {
+            let response = ApiError(Error::new(*code, "x")).into_response();
+            let retry_after = response.headers().get(axum::http::header::RETRY_AFTER);
+            match response.status() {
+                StatusCode::SERVICE_UNAVAILABLE => assert_eq!(retry_after.unwrap(), "1", "{code:?}"),
+                // 429s carry theirs with the rate-limit fields, from the decision.
+                _ => assert!(retry_after.is_none(), "{code:?}"),
+            }
+        }
+    }
 }

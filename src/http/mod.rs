@@ -5,6 +5,7 @@
 
 mod admin;
 mod conv;
+mod cors;
 mod error;
 mod frames;
 mod health;
@@ -100,6 +101,9 @@ pub fn router(state: AppState) -> Router {
         .route("/demo", get(demo))
         .fallback(error::not_found)
         .layer(middleware::from_fn_with_state(state.clone(), record_request))
+        // Outermost, so every answer (a timeout's 408 too) carries the CORS headers.
+        // Preflights of allowed origins are answered there, before routing and the metrics.
+        .layer(middleware::from_fn_with_state(state.clone(), cors::cors))
         .with_state(state)
 }
 

@@ -601,3 +601,61 @@ async fn payload_numbers_round_trip_exactly() {
         assert_eq!(api.env.run(&["flush", "--all"], "").code, 0);
     }
 }
+
+backend_test! {
+    #[tokio::test]
+    async fn browsers_on_listed_origins_may_call_the_api(backend: Backend) {
+        let app = "https://app.example.com";
+        let api = Api::start_with(backend, &[("MSGD_HTTP__CORS_ORIGINS", &format!("{app}, http://localhost:5173"))]).await;
+        let token = api.token("alice").await;
+        let client = reqwest::Client::new();
+        let preflight = |origin: &str, path: &str| {
+            client
+                .request(Method::OPTIONS, api.msgd.url(path))
+                .header("origin", origin)
+                .header("access-control-request-method", "POST")
+                .header("access-control-request-headers", "x-api-key, authorization, content-type")
+                .send()
+        };
+        let allowed = |response: &reqwest::Response| {
+            response.headers().get("access-control-allow-origin").map(|v| v.to_str().unwrap().to_string())
+        };
+
+        let answer = preflight(app, "/v1/conversations").await.unwrap();
+        assert_eq!((answer.status().as_u16(), allowed(&answer).as_deref()), (204, Some(app)));
+        let allow_headers = answer.headers()["access-control-allow-headers"].to_str().unwrap().to_lowercase();
+        assert!(allow_headers.contains("x-api-key") && allow_headers.contains("authorization"), "{allow_headers}");
+
+        // Answers, errors included, name the origin and expose what clients act on.
+        let listed = client
+            .get(api.msgd.url("/v1/conversations"))
+            .header("origin", app)
+            .header("x-api-key", &api.read_key)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!((listed.status().as_u16(), allowed(&listed).as_deref()), (200, Some(app)));
+        assert!(listed.headers()["access-control-expose-headers"].to_str().unwrap().contains("Retry-After"));
+        let refused = client.get(api.msgd.url("/v1/conversations")).header("origin", app).send().await.unwrap();
+        assert_eq!((refused.status().as_u16(), allowed(&refused).as_deref()), (401, Some(app)));
+
+        // Not listed, or the operator's API: no CORS, so the browser refuses the answer.
+        let other = preflight("https://evil.example.com", "/v1/conversations").await.unwrap();
+        assert_eq!((other.status().as_u16(), allowed(&other)), (405, None));
+        let admin = preflight(app, "/v1/admin/apps").await.unwrap();
+        assert_eq!(allowed(&admin), None);
+
+        // Off by default.
+        let plain = Api::start(backend).await;
+        let answer = client.get(plain.msgd.url("/healthz")).header("origin", app).send().await.unwrap();
+        assert_eq!(allowed(&answer), None);
+
+        // An origin is scheme, host and port, nothing more.
+        let mut env = TestEnv::new(backend).await;
+        env.set("MSGD_HTTP__CORS_ORIGINS", "https://app.example.com/chat");
+        let check = env.run(&["config", "--check"], "");
+        assert_eq!(check.code, 2, "{}", check.stderr);
+        assert!(check.stderr.contains("http.cors_origins"), "{}", check.stderr);
+    }
+}
