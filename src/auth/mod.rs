@@ -149,9 +149,7 @@ impl Authenticator {
     /// `Authorization` header must be `Bearer <auth.operator_token>`. App keys
     /// and user tokens grant nothing here. `not_found` while the API is off.
     pub fn operator(&self, authorization: Option<&str>) -> Result<(), Error> {
-        let Some(expected) = &self.operator_token else {
-            return Err(Error::new(Code::NotFound, "the admin API is off (auth.operator_token is not set)"));
-        };
+        let Some(expected) = &self.operator_token else { return Err(admin_api_off()) };
         let presented = authorization
             .and_then(|header| header.strip_prefix("Bearer ").or_else(|| header.strip_prefix("bearer ")))
             .map(str::trim)
@@ -165,6 +163,11 @@ impl Authenticator {
             return Err(Error::new(Code::InvalidOperatorToken, "that is not this server's operator token"));
         }
         Ok(())
+    }
+
+    /// `not_found` while the admin API is off, whatever was presented.
+    pub fn require_admin_api(&self) -> Result<(), Error> {
+        self.operator_token.map(|_| ()).ok_or_else(admin_api_off)
     }
 
     /// Drops a key from this instance's cache at once (a revocation through
@@ -246,6 +249,10 @@ impl Authenticator {
         cache.insert(digest, (verified.clone(), until));
         Ok(verified)
     }
+}
+
+fn admin_api_off() -> Error {
+    Error::new(Code::NotFound, "the admin API is off (auth.operator_token is not set)")
 }
 
 fn key_refusal(rejection: keys::KeyRejection) -> Error {

@@ -121,7 +121,7 @@ impl Flusher {
                 accepted = Some((conv, ranges));
             }
             let ranges = accepted.as_ref().map_or(&[][..], |(_, ranges)| ranges.as_slice());
-            if ranges.iter().any(|&(from, to)| from <= range.from && range.to <= to) {
+            if covered(ranges, range.from, range.to) {
                 report.accepted += 1;
             } else {
                 lost.push(range);
@@ -151,7 +151,16 @@ impl Flusher {
                 continue;
             };
             self.examine_tail(conv, &reading, &mut report, dry_run).await?;
-            if !index_gaps(&reading, expired_before).is_empty() {
+            let gaps = index_gaps(&reading, expired_before);
+            if gaps.is_empty() {
+                continue;
+            }
+            // Gaps all accepted are not worth a reindex (it reads every object) each
+            // time: they are reported as found, and `check` counts them accepted.
+            let accepted = self.stores.metadata.accepted_losses(conv).await.map_err(store_error("check-read"))?;
+            if gaps.iter().all(|&(from, to)| covered(&accepted, from, to)) {
+                gaps.into_iter().for_each(|(from, to)| lose(&mut report, conv, from, to, LostIn::Segments));
+            } else {
                 incomplete.push(conv);
             }
         }
@@ -287,6 +296,11 @@ fn index_gaps(reading: &Reading, expired_before: i64) -> Vec<(u64, u64)> {
         }
     }
     gaps
+}
+
+/// Whether one of the accepted `ranges` holds `from..=to`.
+fn covered(ranges: &[(u64, u64)], from: u64, to: u64) -> bool {
+    ranges.iter().any(|&(start, end)| start <= from && to <= end)
 }
 
 fn lose(report: &mut CheckReport, conv: &ConvKey, from: u64, to: u64, lost_in: LostIn) {

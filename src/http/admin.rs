@@ -60,13 +60,11 @@ fn action_of(method: &Method, route: Option<&str>) -> &'static str {
 /// nothing is audited: there is no admin API to call, only a 404.
 pub(super) async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let auth = &state.ctx.auth;
+    if let Err(off) = auth.require_admin_api() {
+        return ApiError(off).into_response();
+    }
     let admitted = super::header_text(request.headers(), "authorization", Code::InvalidOperatorToken)
         .and_then(|authorization| auth.operator(authorization));
-    if let Err(e) = &admitted {
-        if e.code == Code::NotFound {
-            return ApiError(e.clone()).into_response();
-        }
-    }
     let action = action_of(request.method(), request.extensions().get::<MatchedPath>().map(MatchedPath::as_str));
     let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip().to_string());
     let response = match admitted {
@@ -108,14 +106,14 @@ pub(super) async fn create_app(
 ) -> Result<Response, ApiError> {
     let request: CreateApp = json_body(body)?;
     let now = now_ms();
-    let (app, key) = keys::create_app(&state.ctx.stores.metadata, &request.name, now).await.map_err(into_api)?;
+    let (app, key) = keys::create_app(&state.ctx.stores.metadata, &request.name, now).await?;
     let mut document = key.document(now);
     document["app"] = serde_json::to_value(&app).expect("app serializes");
     Ok(audited(StatusCode::CREATED, document, &app.id, Some(&key.info.id)))
 }
 
 pub(super) async fn list_apps(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let apps = keys::list_apps(&state.ctx.stores.metadata).await.map_err(into_api)?;
+    let apps = keys::list_apps(&state.ctx.stores.metadata).await?;
     Ok(Json(serde_json::json!({ "apps": apps })).into_response())
 }
 
@@ -145,8 +143,7 @@ pub(super) async fn create_key(
         expires_in,
         now,
     )
-    .await
-    .map_err(into_api)?;
+    .await?;
     Ok(audited(StatusCode::CREATED, key.document(now), &key.info.app_id, Some(&key.info.id)))
 }
 
@@ -160,7 +157,7 @@ pub(super) async fn list_keys(
     Query(query): Query<ListKeys>,
 ) -> Result<Response, ApiError> {
     let now = now_ms();
-    let listed = keys::list_keys(&state.ctx.stores.metadata, query.app_id.as_deref()).await.map_err(into_api)?;
+    let listed = keys::list_keys(&state.ctx.stores.metadata, query.app_id.as_deref()).await?;
     let documents: Vec<_> = listed.iter().map(|key| key.document(now)).collect();
     Ok(Json(serde_json::json!({ "keys": documents })).into_response())
 }
@@ -184,10 +181,9 @@ pub(super) async fn rotate_key(
         _ => json_body(body)?,
     };
     let grace = request.grace.map_or(DEFAULT_GRACE, Duration::from_secs);
-    let old_id = keys::parse_key_id(&key_id).map_err(into_api)?;
+    let old_id = keys::parse_key_id(&key_id)?;
     let now = now_ms();
-    let (key, old_valid_until) =
-        keys::rotate_key(&state.ctx.stores.metadata, &old_id, grace, now).await.map_err(into_api)?;
+    let (key, old_valid_until) = keys::rotate_key(&state.ctx.stores.metadata, &old_id, grace, now).await?;
     // Cached, the old key would outlive a grace period shorter than the cache's TTL here.
     state.ctx.auth.forget_key(&old_id);
     let mut document = key.document(now);
@@ -201,7 +197,7 @@ pub(super) async fn revoke_key(
     Path(key_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let now = now_ms();
-    let key = keys::revoke_key(&state.ctx.stores.metadata, &key_id, now).await.map_err(into_api)?;
+    let key = keys::revoke_key(&state.ctx.stores.metadata, &key_id, now).await?;
     state.ctx.auth.forget_key(&key.id);
     Ok(audited(StatusCode::OK, key.document(now), &key.app_id, Some(&key.id)))
 }
@@ -216,8 +212,4 @@ fn whole_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, 
         number.as_f64().filter(|f| f.fract() == 0.0 && (0.0..9.0e15).contains(f)).map(|f| f as u64)
     });
     whole.map(Some).ok_or_else(|| serde::de::Error::custom(format!("expected whole seconds, got {number}")))
-}
-
-fn into_api(err: keys::KeyError) -> ApiError {
-    ApiError(err.into())
 }

@@ -18,6 +18,12 @@ impl From<Error> for ApiError {
     }
 }
 
+impl From<crate::keys::KeyError> for ApiError {
+    fn from(err: crate::keys::KeyError) -> Self {
+        ApiError(err.into())
+    }
+}
+
 pub fn status_of(kind: Kind) -> StatusCode {
     match kind {
         Kind::Invalid => StatusCode::BAD_REQUEST,

@@ -194,6 +194,7 @@ backend_test! {
         let (out, accepted) = check(&api, &[]);
         assert_eq!(out.code, 0, "{}", out.stderr);
         assert_eq!((lost(&accepted).len(), accepted["accepted"].as_u64()), (0, Some(3)));
+        assert_eq!(accepted["reindexed"], false, "an accepted gap costs no reindex");
     }
 }
 
