@@ -209,8 +209,7 @@ pub async fn list(
     let after = match cursor {
         None => None,
         Some(cursor) => {
-            let state = crate::mac::verify(key, cursor)
-                .and_then(|body| serde_json::from_slice::<InboxCursor>(&body).ok())
+            let state = crate::mac::verify_json::<InboxCursor>(key, cursor)
                 .filter(|state| state.k == "inbox" && state.u == user)
                 .ok_or_else(|| Error::new(Code::InvalidCursor, "the cursor is not one of this caller's inbox pages"))?;
             Some((state.a, state.i))
@@ -228,7 +227,7 @@ pub async fn list(
                 a: c.last_activity_at.unwrap_or(c.created_at),
                 i: c.id.clone(),
             };
-            crate::mac::sign(key, &serde_json::to_vec(&state).expect("cursor serializes"))
+            crate::mac::sign_json(key, &state)
         })
     } else {
         None

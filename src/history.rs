@@ -348,13 +348,13 @@ async fn collect(
 /// The opaque cursor string for `state`: a token signed with the
 /// deployment's cursor key (`crate::mac`).
 pub fn encode_cursor(key: &[u8], state: &CursorState) -> String {
-    crate::mac::sign(key, &serde_json::to_vec(state).expect("cursor serializes"))
+    crate::mac::sign_json(key, state)
 }
 
 /// The state in a cursor made by [`encode_cursor`] with the same key; `None`
 /// for anything else (forged, tampered, another version, an out-of-range limit).
 pub fn decode_cursor(key: &[u8], cursor: &str) -> Option<CursorState> {
-    let state: CursorState = serde_json::from_slice(&crate::mac::verify(key, cursor)?).ok()?;
+    let state: CursorState = crate::mac::verify_json(key, cursor)?;
     (state.v == CURSOR_VERSION && state.limit >= 1 && state.limit <= MAX_LIMIT).then_some(state)
 }
 

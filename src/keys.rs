@@ -380,7 +380,7 @@ pub async fn revoke_key(meta: &Metadata, key_id: &str, now: i64) -> Result<KeyIn
 pub async fn authenticate(meta: &Metadata, presented: &str, now: i64) -> Result<AuthenticatedKey, KeyError> {
     let parsed = parse_key(presented)?;
     let row = meta.get_api_key(parsed.id).await?.ok_or(KeyRejection::Unknown)?;
-    if !constant_time_eq(&row.secret_hash, &hash_key(presented)) || row.prefix != parsed.prefix {
+    if !crate::mac::constant_time_eq(&row.secret_hash, &hash_key(presented)) || row.prefix != parsed.prefix {
         return Err(KeyRejection::Unknown.into());
     }
     if row.revoked_at.is_some() {
@@ -425,11 +425,6 @@ fn new_key_row(
 
 fn hash_key(key: &str) -> Vec<u8> {
     Sha256::digest(key.as_bytes()).to_vec()
-}
-
-/// Equality whose running time does not depend on where the inputs differ.
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// `len` characters drawn uniformly from base62 with the OS CSPRNG.

@@ -1,7 +1,8 @@
 //! Signed tokens for values msgd hands out and must recognise when they come
-//! back (history cursors, embedded upload URLs): `base64url(body).base64url(mac)`
-//! with a truncated HMAC-SHA256 (RFC 2104) under a key every instance shares.
-//! Pure functions; the callers own the body's format and its checks.
+//! back (history and inbox cursors, embedded upload URLs): `base64url(body).base64url(mac)`
+//! with a truncated HMAC-SHA256 (RFC 2104) under a key every instance shares;
+//! and the one constant-time comparison of secrets (API keys, the operator
+//! token, MACs). Pure functions; the callers own the body's format and its checks.
 
 use base64::Engine;
 use sha2::{Digest, Sha256};
@@ -24,10 +25,27 @@ pub fn verify(key: &[u8], token: &str) -> Option<Vec<u8>> {
     let (body, mac) = token.split_once('.')?;
     let expected = hmac_sha256(key, body.as_bytes());
     let given = engine.decode(mac).ok()?;
-    if given.len() != MAC_LEN || given.iter().zip(&expected[..MAC_LEN]).fold(0u8, |acc, (a, b)| acc | (a ^ b)) != 0 {
+    if !constant_time_eq(&given, &expected[..MAC_LEN]) {
         return None;
     }
     engine.decode(body).ok()
+}
+
+/// `value`, as JSON, in a token signed with `key`.
+pub fn sign_json<T: serde::Serialize>(key: &[u8], value: &T) -> String {
+    sign(key, &serde_json::to_vec(value).expect("a token body serializes"))
+}
+
+/// The value in a token [`sign_json`] made with the same key; `None` for
+/// anything else (forged, tampered, malformed, another shape).
+pub fn verify_json<T: serde::de::DeserializeOwned>(key: &[u8], token: &str) -> Option<T> {
+    serde_json::from_slice(&verify(key, token)?).ok()
+}
+
+/// Equality whose running time does not depend on where the inputs differ
+/// (only on their lengths): every comparison of a secret or a MAC uses it.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// HMAC-SHA256 (RFC 2104) over sha2.

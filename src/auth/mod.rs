@@ -150,16 +150,13 @@ impl Authenticator {
     /// and user tokens grant nothing here. `not_found` while the API is off.
     pub fn operator(&self, authorization: Option<&str>) -> Result<(), Error> {
         let Some(expected) = &self.operator_token else { return Err(admin_api_off()) };
-        let presented = authorization
-            .and_then(|header| header.strip_prefix("Bearer ").or_else(|| header.strip_prefix("bearer ")))
-            .map(str::trim)
-            .ok_or_else(|| {
-                Error::new(Code::InvalidOperatorToken, "send Authorization: Bearer <auth.operator_token>")
-            })?;
+        let presented = authorization.and_then(bearer).ok_or_else(|| {
+            Error::new(Code::InvalidOperatorToken, "send Authorization: Bearer <auth.operator_token>")
+        })?;
         // Digests of equal length, compared in constant time: neither the
         // token's length nor its prefix leaks through timing.
         let digest: [u8; 32] = Sha256::digest(presented).into();
-        if !keys::constant_time_eq(&digest, expected) {
+        if !crate::mac::constant_time_eq(&digest, expected) {
             return Err(Error::new(Code::InvalidOperatorToken, "that is not this server's operator token"));
         }
         Ok(())
@@ -210,11 +207,7 @@ impl Authenticator {
     }
 
     async fn user(&self, header: &str, app_id: &str, now: i64) -> Result<VerifiedToken, Error> {
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .map(str::trim)
-            .ok_or_else(|| invalid_token("the Authorization header must be `Bearer <token>`"))?;
+        let token = bearer(header).ok_or_else(|| invalid_token("the Authorization header must be `Bearer <token>`"))?;
         if token.len() > MAX_TOKEN_BYTES {
             return Err(invalid_token("the token is too large"));
         }
@@ -249,6 +242,11 @@ impl Authenticator {
         cache.insert(digest, (verified.clone(), until));
         Ok(verified)
     }
+}
+
+/// The credentials of an `Authorization: Bearer <credentials>` header value.
+fn bearer(header: &str) -> Option<&str> {
+    header.strip_prefix("Bearer ").or_else(|| header.strip_prefix("bearer ")).map(str::trim)
 }
 
 fn admin_api_off() -> Error {

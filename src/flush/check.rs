@@ -28,8 +28,6 @@ use crate::store::{ConvKey, TAIL_SHARDS};
 
 /// Conversations read from the metadata per page.
 const PAGE: usize = 500;
-/// Tail entries read per call.
-const READ_PAGE: usize = 1000;
 
 /// Where a lost range was missing from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -216,16 +214,8 @@ impl Flusher {
             let flushed = self.stores.metadata.flushed_seq(conv).await.map_err(&read)?;
             let blocks = self.stores.metadata.blocks_of_conversation(conv).await.map_err(&read)?;
             let counter = self.stores.tail.last_seq(conv).await.map_err(&read)?;
-            let mut tail: Vec<u64> = Vec::new();
-            loop {
-                let after = tail.last().copied().unwrap_or(flushed);
-                let page = self.stores.tail.read(conv, after, READ_PAGE).await.map_err(&read)?;
-                let done = page.len() < READ_PAGE;
-                tail.extend(page.iter().map(|entry| entry.seq));
-                if done {
-                    break;
-                }
-            }
+            let tail: Vec<u64> =
+                self.tail_after(conv, flushed, "check-read").await?.iter().map(|entry| entry.seq).collect();
             if self.stores.metadata.flushed_seq(conv).await.map_err(&read)? != flushed {
                 continue;
             }

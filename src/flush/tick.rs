@@ -514,20 +514,31 @@ impl Flusher {
         let _ = self.stores.objects.delete(object_key).await;
     }
 
+    /// Every tail entry of `conv` after seq `after`, a page at a time; a
+    /// failure is reported as `stage`.
+    pub(super) async fn tail_after(
+        &self,
+        conv: &ConvKey,
+        after: u64,
+        stage: &'static str,
+    ) -> Result<Vec<TailEntry>, FlushError> {
+        let mut entries: Vec<TailEntry> = Vec::new();
+        loop {
+            let from = entries.last().map_or(after, |e| e.seq);
+            let page = self.stores.tail.read(conv, from, READ_PAGE).await.map_err(store_error(stage))?;
+            let done = page.len() < READ_PAGE;
+            entries.extend(page);
+            if done {
+                return Ok(entries);
+            }
+        }
+    }
+
     /// The tail of `conv` after `flushed`, which must continue exactly where
     /// the segments stop: a hole would be written into history forever, so it
     /// is refused as [`FlushError::Hole`].
     async fn read_unflushed(&self, conv: &ConvKey, flushed: u64) -> Result<Vec<TailEntry>, FlushError> {
-        let mut entries: Vec<TailEntry> = Vec::new();
-        loop {
-            let after = entries.last().map_or(flushed, |e| e.seq);
-            let page = self.stores.tail.read(conv, after, READ_PAGE).await.map_err(store_error("buffer-snapshot"))?;
-            let done = page.len() < READ_PAGE;
-            entries.extend(page);
-            if done {
-                break;
-            }
-        }
+        let entries = self.tail_after(conv, flushed, "buffer-snapshot").await?;
         if let Some(first) = entries.first() {
             if first.seq != flushed + 1 || entries.windows(2).any(|w| w[1].seq != w[0].seq + 1) {
                 return Err(FlushError::Hole { conversation_id: conv.conversation_id.clone(), flushed });
