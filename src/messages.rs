@@ -187,6 +187,10 @@ pub async fn send_batch(
     let requests = requests
         .into_iter()
         .map(|item| {
+            // serde reads a struct from an array too; a message is an object.
+            if !item.is_object() {
+                return Err(Error::new(Code::InvalidRequest, "not a message: a batch item is a JSON object"));
+            }
             serde_json::from_value::<SendRequest>(item)
                 .map_err(|e| Error::new(Code::InvalidRequest, format!("not a message: {e}")))
         })

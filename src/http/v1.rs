@@ -21,7 +21,9 @@ use crate::keys::Scope;
 use crate::{attachments, edits, history, messages, presence, reactions, receipts};
 
 /// Parses a JSON body; a body over the size limit is a 413, anything else
-/// malformed a 400, both in the API's error shape.
+/// malformed a 400, both in the API's error shape. Every body of this API is
+/// a JSON object: serde would read a struct from an array too (`[]` as a
+/// struct of defaults), so anything but an object is refused first.
 pub(super) fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
     let bytes = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -30,6 +32,9 @@ pub(super) fn json_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>
             Error::new(Code::InvalidRequest, rejection.body_text())
         }
     })?;
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError(Error::new(Code::InvalidRequest, "the request body must be a JSON object")));
+    }
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError(Error::new(Code::InvalidRequest, format!("invalid JSON body: {e}"))))
 }
@@ -257,4 +262,29 @@ pub(super) async fn presence(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     Ok(Json(presence::list(&state.ctx, &caller, &id).await?).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize, Default, Debug)]
+    struct Defaulted {
+        #[serde(default)]
+        n: Option<u64>,
+    }
+
+    fn parse(body: &'static str) -> Result<Defaulted, ApiError> {
+        json_body(Ok(Bytes::from_static(body.as_bytes())))
+    }
+
+    #[test]
+    fn only_objects_are_bodies() {
+        for refused in ["[]", "[7]", " [ ]", "7", "null", "\"x\"", ""] {
+            let ApiError(e) = parse(refused).unwrap_err();
+            assert_eq!(e.code, Code::InvalidRequest, "{refused}");
+        }
+        assert_eq!(parse(" \n{}").unwrap().n, None);
+        assert_eq!(parse(r#"{"n": 7}"#).unwrap().n, Some(7));
+    }
 }

@@ -139,6 +139,9 @@ backend_test! {
         let missing = admin(&api, Method::GET, "/v1/admin/keys?app_id=app_nope", None).await;
         assert_eq!((missing.status, missing.code()), (404, "not_found"));
 
+        // A body that is not an object rotates nothing (serde would read `[]` as "all defaults").
+        let array = admin(&api, Method::POST, &format!("/v1/admin/keys/{write_id}/rotate"), Some(&json!([]))).await;
+        assert_eq!((array.status, array.code()), (400, "invalid_request"), "{}", array.body);
         // Rotate with a grace period: both keys work; the old one cannot be rotated again.
         // 3600.0 is the integer 3600 to JSON.
         let rotated = admin(&api, Method::POST, &format!("/v1/admin/keys/{write_id}/rotate"), Some(&json!({"grace": 3600.0})))

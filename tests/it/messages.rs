@@ -196,6 +196,8 @@ backend_test! {
             ),
             ("long client id", json!({"payload": 1, "client_msg_id": "c".repeat(256)}), 400, "invalid_client_msg_id"),
             ("control char id", json!({"payload": 1, "client_msg_id": "a\u{7}b"}), 400, "invalid_client_msg_id"),
+            // serde would read `[payload]` as the struct's first field.
+            ("an array", json!([{"text": "hi"}]), 400, "invalid_request"),
         ];
         for (name, body, status, code) in cases {
             let reply = api.request(Method::POST, &path, Some(&api.write_key), Some(&token), Some(&body), &[]).await;
@@ -225,13 +227,13 @@ backend_test! {
         );
 
         let batch_path = format!("{path}/batch");
-        let batch = json!({"messages": [{"payload": 2}, {"payload": {"text": big}}, {"nope": 1}, {"payload": 3}]});
+        let batch = json!({"messages": [{"payload": 2}, {"payload": {"text": big}}, {"nope": 1}, [9], {"payload": 3}]});
         let reply = api.request(Method::POST, &batch_path, Some(&api.write_key), Some(&token), Some(&batch), &[]).await;
         assert_eq!(reply.status, 200, "{}", reply.body);
         let statuses: Vec<_> =
             reply.body["results"].as_array().unwrap().iter().map(|r| r["status"].as_u64().unwrap()).collect();
-        assert_eq!(statuses, [201, 413, 400, 201]);
-        assert_eq!(reply.body["results"][3]["message"]["seq"], 3);
+        assert_eq!(statuses, [201, 413, 400, 400, 201]);
+        assert_eq!(reply.body["results"][4]["message"]["seq"], 3);
         let too_many = json!({"messages": vec![json!({"payload": 1}); 101]});
         let reply =
             api.request(Method::POST, &batch_path, Some(&api.write_key), Some(&token), Some(&too_many), &[]).await;
