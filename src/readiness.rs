@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::sync::watch;
 
 use crate::store::{DependencyStatus, Stores};
 use crate::telemetry::Metrics;
@@ -29,11 +30,20 @@ pub struct Readiness {
     metrics: Metrics,
     /// The last known state of each dependency; absent before the first check.
     last: Mutex<HashMap<&'static str, bool>>,
+    /// Counts recoveries (a dependency down, then up again), so workers
+    /// backing off after failures retry at once instead of waiting out up to
+    /// a minute of backoff.
+    recoveries: watch::Sender<u64>,
 }
 
 impl Readiness {
     pub fn new(stores: Stores, metrics: Metrics) -> Readiness {
-        Readiness { stores, metrics, last: Mutex::default() }
+        Readiness { stores, metrics, last: Mutex::default(), recoveries: watch::Sender::new(0) }
+    }
+
+    /// Changes each time a dependency recovers.
+    pub fn recoveries(&self) -> watch::Receiver<u64> {
+        self.recoveries.subscribe()
     }
 
     pub async fn check(&self, timeout: Duration) -> Vec<DependencyStatus> {
@@ -45,7 +55,11 @@ impl Readiness {
                 .dependency_check_duration_seconds
                 .with_label_values(&[check.name])
                 .set(check.latency_ms / 1000.0);
-            log_change(check, last.insert(check.name, check.ok));
+            let previous = last.insert(check.name, check.ok);
+            if previous == Some(false) && check.ok {
+                self.recoveries.send_modify(|n| *n += 1);
+            }
+            log_change(check, previous);
         }
         checks
     }

@@ -170,7 +170,7 @@ pub fn reload(ctx: &Context, loaded: Result<Config, ConfigError>) {
 /// Every background worker of a serving instance; all stop when `stop`
 /// becomes true, and `serve` joins them before it returns.
 fn start_workers(ctx: &Arc<Context>, readiness: Arc<Readiness>, stop: watch::Receiver<bool>) -> Workers {
-    let mut workers = Workers::new(stop, ctx.metrics.clone());
+    let mut workers = Workers::new(stop, readiness.recoveries(), ctx.metrics.clone());
     workers.spawn(DependencyWatcher::new(readiness));
     workers.spawn(StatsWorker::new(ctx.stores.clone(), ctx.metrics.clone()));
     let flusher = Flusher::new(ctx.stores.clone(), ctx.metrics.clone(), ctx.config.flush.clone());

@@ -102,19 +102,23 @@ pub fn exponential_backoff(base: Duration, failures: u32) -> Duration {
 /// The workers of one process, stopped together by one stop channel.
 pub struct Workers {
     stop: watch::Receiver<bool>,
+    /// Changes when a dependency recovers: ends every backoff early.
+    recoveries: watch::Receiver<u64>,
     metrics: Metrics,
     running: Vec<JoinHandle<()>>,
 }
 
 impl Workers {
-    /// Workers that stop once `stop` becomes true and record into `metrics`.
-    pub fn new(stop: watch::Receiver<bool>, metrics: Metrics) -> Workers {
-        Workers { stop, metrics, running: Vec::new() }
+    /// Workers that stop once `stop` becomes true, retry at once (instead of
+    /// waiting out a backoff) when `recoveries` changes, and record into `metrics`.
+    pub fn new(stop: watch::Receiver<bool>, recoveries: watch::Receiver<u64>, metrics: Metrics) -> Workers {
+        Workers { stop, recoveries, metrics, running: Vec::new() }
     }
 
     /// Starts `worker` now.
     pub fn spawn(&mut self, worker: impl Worker) {
-        self.running.push(tokio::spawn(run(worker, self.stop.clone(), self.metrics.clone())));
+        let run = run(worker, self.stop.clone(), self.recoveries.clone(), self.metrics.clone());
+        self.running.push(tokio::spawn(run));
     }
 
     /// Waits until every worker has finished (after the stop signal, each
@@ -129,7 +133,12 @@ impl Workers {
 }
 
 /// One worker's loop: step, then wait (for work, or out a backoff) until stop.
-async fn run(mut worker: impl Worker, mut stop: watch::Receiver<bool>, metrics: Metrics) {
+async fn run(
+    mut worker: impl Worker,
+    mut stop: watch::Receiver<bool>,
+    mut recoveries: watch::Receiver<u64>,
+    metrics: Metrics,
+) {
     let (component, name) = (worker.component(), worker.name());
     let interval = worker.interval();
     let interval_ms = interval.map(|interval| interval.as_millis() as u64);
@@ -198,7 +207,17 @@ async fn run(mut worker: impl Worker, mut stop: watch::Receiver<bool>, metrics: 
                 );
                 scheduled_at = ended_at + wait;
                 summary.maybe_log(component, name, &ticker, Some(scheduled_at));
-                if until_stopped(&mut stop, tokio::time::sleep(wait)).await {
+                // A recovery before this failure does not cut its backoff short.
+                recoveries.mark_unchanged();
+                let backoff = async {
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        Ok(()) = recoveries.changed() => {
+                            tracing::info!(component, worker = name, "a dependency recovered; retrying now");
+                        }
+                    }
+                };
+                if until_stopped(&mut stop, backoff).await {
                     break;
                 }
                 continue;
@@ -327,6 +346,7 @@ mod tests {
     struct Counter {
         steps: Arc<AtomicU32>,
         finished: Arc<AtomicU32>,
+        interval: Duration,
     }
 
     #[async_trait]
@@ -338,7 +358,7 @@ mod tests {
             "test"
         }
         fn interval(&self) -> Option<Duration> {
-            Some(Duration::from_millis(1))
+            Some(self.interval)
         }
         async fn work(&mut self) -> anyhow::Result<WorkerState> {
             match self.steps.fetch_add(1, Ordering::SeqCst) {
@@ -356,8 +376,8 @@ mod tests {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (steps, finished) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
         let metrics = Metrics::new("embedded");
-        let mut workers = Workers::new(stop_rx, metrics.clone());
-        workers.spawn(Counter { steps: steps.clone(), finished: finished.clone() });
+        let mut workers = Workers::new(stop_rx, watch::channel(0).1, metrics.clone());
+        workers.spawn(Counter { steps: steps.clone(), finished: finished.clone(), interval: Duration::from_millis(1) });
         while steps.load(Ordering::SeqCst) < 5 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
@@ -367,6 +387,31 @@ mod tests {
         let steps = |result: &str| metrics.worker_steps_total.with_label_values(&["retention", result]).get();
         assert_eq!(steps("error"), 2);
         assert!(steps("ok") >= 3);
+    }
+
+    #[tokio::test]
+    async fn a_recovery_ends_the_backoff() {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (recovered, recoveries) = watch::channel(0);
+        let (steps, finished) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+        let mut workers = Workers::new(stop_rx, recoveries, Metrics::new("embedded"));
+        // Failures back off an hour or more: only a recovery brings the next step.
+        let interval = Duration::from_secs(3600);
+        workers.spawn(Counter { steps: steps.clone(), finished: finished.clone(), interval });
+        for expected in [2, 3] {
+            while steps.load(Ordering::SeqCst) < expected - 1 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert_eq!(steps.load(Ordering::SeqCst), expected - 1, "backing off");
+            recovered.send_modify(|n| *n += 1);
+            while steps.load(Ordering::SeqCst) < expected {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        stop_tx.send(true).unwrap();
+        workers.join().await;
+        assert_eq!(finished.load(Ordering::SeqCst), 1);
     }
 
     #[test]

@@ -141,16 +141,29 @@ impl LiveEvent {
 /// A live subscription to one conversation. Dropping it releases the
 /// instance-wide channel subscription when it was the last one.
 pub struct LiveSubscription {
-    receiver: broadcast::Receiver<LiveEvent>,
+    receiver: broadcast::Receiver<Carried>,
     _guard: SubscriptionGuard,
 }
 
 impl LiveSubscription {
     /// The next event; `Err(Lagged(n))` when this subscriber fell `n` events
     /// behind and must catch up from the tail.
+    /// After an upstream reconnect it is `Err(Lagged(0))` as well: events
+    /// published meanwhile never arrived.
     pub async fn recv(&mut self) -> Result<LiveEvent, broadcast::error::RecvError> {
-        self.receiver.recv().await
+        match self.receiver.recv().await? {
+            Carried::Event(event) => Ok(event),
+            Carried::Resync => Err(broadcast::error::RecvError::Lagged(0)),
+        }
     }
+}
+
+/// What a local channel carries: events, and the hub's word that some may
+/// have been missed.
+#[derive(Clone)]
+enum Carried {
+    Event(LiveEvent),
+    Resync,
 }
 
 /// Where a hub's events come from beyond this process.
@@ -178,7 +191,7 @@ struct HubInner {
 }
 
 struct Channel {
-    sender: broadcast::Sender<LiveEvent>,
+    sender: broadcast::Sender<Carried>,
     subscribers: usize,
 }
 
@@ -242,7 +255,16 @@ impl LiveHub {
         let channels = self.inner.channels.lock().expect("live hub lock");
         if let Some(local) = channels.get(channel) {
             // No receiver left is fine: the guard is about to remove the channel.
-            let _ = local.sender.send(event);
+            let _ = local.sender.send(Carried::Event(event));
+        }
+    }
+
+    /// Tells every local subscriber that events may have been missed (the
+    /// upstream connection was lost and is back): each catches up from the
+    /// timeline as if it had lagged.
+    pub(super) fn resync_all(&self) {
+        for local in self.inner.channels.lock().expect("live hub lock").values() {
+            let _ = local.sender.send(Carried::Resync);
         }
     }
 
@@ -309,6 +331,18 @@ mod tests {
         }
         assert_eq!(LiveEvent::decode(b"mx:1:"), None);
         assert_eq!(LiveEvent::decode(b""), None);
+    }
+
+    #[tokio::test]
+    async fn a_resync_reads_as_lagged_to_every_subscriber_then_events_flow() {
+        let hub = LiveHub::new(None);
+        let (mut a, mut b) = (hub.subscribe("a".into()).await.unwrap(), hub.subscribe("b".into()).await.unwrap());
+        hub.resync_all();
+        let event = LiveEvent::Event(b"e".to_vec());
+        hub.deliver("a", event.clone());
+        assert!(matches!(a.recv().await, Err(broadcast::error::RecvError::Lagged(0))));
+        assert!(matches!(b.recv().await, Err(broadcast::error::RecvError::Lagged(0))));
+        assert_eq!(a.recv().await.unwrap(), event);
     }
 
     #[tokio::test]

@@ -356,9 +356,28 @@ fn manager_config() -> ConnectionManagerConfig {
 }
 
 /// The dispatch loop: each pushed pub/sub message, decoded, to the hub's
-/// local subscribers of its channel.
-async fn dispatch_pushes(hub: LiveHub, mut pushes: tokio::sync::mpsc::UnboundedReceiver<redis::PushInfo>) {
+/// local subscribers of its channel. When the connection drops it
+/// reconnects (the manager alone gives up after a few tries, and nothing
+/// else would use the connection again), then has every local subscriber
+/// catch up from the timeline: what was published meanwhile never came.
+async fn dispatch_pushes(
+    hub: LiveHub,
+    mut pubsub: ConnectionManager,
+    mut pushes: tokio::sync::mpsc::UnboundedReceiver<redis::PushInfo>,
+) {
     while let Some(push) = pushes.recv().await {
+        if push.kind == PushKind::Disconnection {
+            tracing::warn!(component = "live", "redis pub/sub connection lost; reconnecting");
+            let mut delay = Duration::from_millis(250);
+            // The manager re-subscribes every channel before the connection answers.
+            while redis::cmd("PING").query_async::<()>(&mut pubsub).await.is_err() {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            tracing::info!(component = "live", "redis pub/sub reconnected; subscribers catch up from the timeline");
+            hub.resync_all();
+            continue;
+        }
         if push.kind != PushKind::Message {
             continue;
         }
@@ -412,8 +431,8 @@ impl RedisTail {
         )
         .map_err(|e| anyhow::anyhow!("cannot set up the redis pub/sub connection to {shown}: {e}"))?;
 
-        let hub = LiveHub::new(Some(Box::new(RedisUpstream { connection: pubsub })));
-        let dispatcher = OwnedTask::spawn(dispatch_pushes(hub.clone(), pushes));
+        let hub = LiveHub::new(Some(Box::new(RedisUpstream { connection: pubsub.clone() })));
+        let dispatcher = OwnedTask::spawn(dispatch_pushes(hub.clone(), pubsub, pushes));
 
         Ok(RedisTail {
             commands,

@@ -11,6 +11,7 @@ mod cli_config;
 mod compaction;
 mod edges;
 mod edits;
+mod faults;
 mod history;
 mod idempotency;
 mod inbox;

@@ -20,6 +20,7 @@ pub mod api;
 pub mod history;
 pub mod oidc;
 pub mod servers;
+pub mod workload;
 pub mod wsclient;
 
 pub const MSGD: &str = env!("CARGO_BIN_EXE_msgd");

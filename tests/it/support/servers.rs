@@ -41,6 +41,16 @@ impl PrivateRedis {
         stop_child(&mut self.child);
     }
 
+    /// Stops the way an operator's restart does: SIGTERM, so Redis writes
+    /// its append-only file out before it exits.
+    pub fn shut_down(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id().to_string();
+            Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
+            child.wait().expect("redis-server exits");
+        }
+    }
+
     pub fn resume(&mut self) {
         let mut command = Command::new(&self.binary);
         match &self.config {

@@ -1,0 +1,395 @@
+//! Live load for the fault suite: senders over HTTP and over WebSocket that
+//! retry each message under its `client_msg_id` until it is acknowledged (as
+//! a real client does), and receivers that reconnect with `since_seq`. They
+//! keep going through whatever the test breaks; afterwards [`Workload::verify`]
+//! holds msgd to its promise: every acknowledged message is in history exactly
+//! once at its seq, seqs are gap-free, and every receiver saw each exactly
+//! once, in order.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use reqwest::Method;
+use serde_json::{json, Value};
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::api::Api;
+use super::wsclient::Socket;
+
+/// Error codes a client retries (the same message, same `client_msg_id`).
+const TRANSIENT: [&str; 4] = ["dependency_unavailable", "seq_unavailable", "internal_error", "too_many_connections"];
+
+/// How long one attempt (a request, an ack, a connect) may take.
+const ATTEMPT: Duration = Duration::from_secs(3);
+
+/// How long a sender retries its last message after the load is stopped.
+const DRAIN: Duration = Duration::from_secs(30);
+
+/// What the clients share.
+struct Shared {
+    /// Instances' `host:port`; clients move to the next one when one fails.
+    addrs: Vec<String>,
+    key: String,
+    token: String,
+    conversation: String,
+    stop: AtomicBool,
+    /// `client_msg_id` → acknowledged seq.
+    acked: Mutex<HashMap<String, u64>>,
+    /// Acks so far, and when the latest came (ms since `started`).
+    acks: AtomicU64,
+    last_ack_ms: AtomicU64,
+    started: Instant,
+    /// Answers no client should ever get (a 4xx on a valid send, a mismatch).
+    wrong: Mutex<Vec<String>>,
+}
+
+impl Shared {
+    fn addr(&self, attempt: usize) -> &str {
+        &self.addrs[attempt % self.addrs.len()]
+    }
+
+    fn ack(&self, client_msg_id: &str, seq: u64) {
+        let previous = self.acked.lock().unwrap().insert(client_msg_id.to_string(), seq);
+        if previous.is_some_and(|p| p != seq) {
+            self.wrong(format!("{client_msg_id} acknowledged as {previous:?} and as {seq}"));
+        }
+        self.acks.fetch_add(1, Ordering::SeqCst);
+        self.last_ack_ms.store(self.started.elapsed().as_millis() as u64, Ordering::SeqCst);
+    }
+
+    fn wrong(&self, what: String) {
+        self.wrong.lock().unwrap().push(what);
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+}
+
+/// What one receiver saw.
+#[derive(Default)]
+struct Seen {
+    seqs: Vec<u64>,
+    duplicates: u64,
+    /// (last seq held, seq that arrived) for each jump forward.
+    gaps: Vec<(u64, u64)>,
+    reconnects: u64,
+}
+
+pub struct Workload {
+    shared: Arc<Shared>,
+    receivers: Vec<Arc<Mutex<Seen>>>,
+    tasks: JoinSet<()>,
+}
+
+impl Workload {
+    /// Starts `http` + `ws` senders and `receivers` receivers on one
+    /// conversation of `api`'s app, spread over `addrs`.
+    pub async fn start(api: &Api, addrs: Vec<String>, http: usize, ws: usize, receivers: usize) -> Workload {
+        let token = api.token("alice").await;
+        let conversation = api.conversation(&token, &["bob"]).await;
+        let shared = Arc::new(Shared {
+            addrs,
+            key: api.write_key.clone(),
+            token,
+            conversation,
+            stop: AtomicBool::new(false),
+            acked: Mutex::default(),
+            acks: AtomicU64::new(0),
+            last_ack_ms: AtomicU64::new(0),
+            started: Instant::now(),
+            wrong: Mutex::default(),
+        });
+        let mut tasks = JoinSet::new();
+        let mut seen = Vec::new();
+        for n in 0..receivers {
+            let receiver = Arc::new(Mutex::new(Seen::default()));
+            seen.push(receiver.clone());
+            tasks.spawn(receive(shared.clone(), receiver, n));
+        }
+        for n in 0..http {
+            tasks.spawn(send_http(shared.clone(), format!("h{n}"), n));
+        }
+        for n in 0..ws {
+            tasks.spawn(send_ws(shared.clone(), format!("w{n}"), n + 1));
+        }
+        Workload { shared, receivers: seen, tasks }
+    }
+
+    pub fn conversation(&self) -> &str {
+        &self.shared.conversation
+    }
+
+    pub fn acks(&self) -> u64 {
+        self.shared.acks.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `more` acks arrive after now; how long that took, or None after `timeout`.
+    pub async fn next_acks(&self, more: u64, timeout: Duration) -> Option<Duration> {
+        let (start, from) = (Instant::now(), self.acks());
+        while start.elapsed() < timeout {
+            if self.acks() >= from + more {
+                return Some(start.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    /// Stops the senders (each finishes the message it holds), waits for the
+    /// receivers to hold the last acknowledged seq, and checks everything
+    /// against history read from `api`. Returns the number of messages.
+    pub async fn verify(mut self, api: &Api, history_from: &super::Msgd) -> u64 {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        let acked = {
+            // Senders return once their last message is acknowledged (or after DRAIN).
+            let deadline = Instant::now() + DRAIN + ATTEMPT * 2;
+            loop {
+                let senders_done = self.tasks.len() == self.receivers.len();
+                if senders_done || Instant::now() > deadline {
+                    break;
+                }
+                tokio::select! {
+                    _ = self.tasks.join_next() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+            self.shared.acked.lock().unwrap().clone()
+        };
+        let wrong = self.shared.wrong.lock().unwrap().clone();
+        assert!(wrong.is_empty(), "answers no client should get: {wrong:#?}");
+        let top = acked.values().copied().max().unwrap_or(0);
+        let caught_up = super::eventually(Duration::from_secs(30), async || {
+            self.receivers.iter().all(|r| r.lock().unwrap().seqs.last().copied().unwrap_or(0) >= top)
+        })
+        .await;
+        self.tasks.abort_all();
+
+        let history = read_history(api, history_from, &self.shared).await;
+        let seqs: Vec<u64> = history.iter().map(|(seq, _)| *seq).collect();
+        let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+        assert_eq!(seqs, expected, "history's seqs are 1..=n, each once, in order");
+        let mut in_history = HashMap::new();
+        for (seq, id) in &history {
+            let earlier = in_history.insert(id.clone(), *seq);
+            assert!(earlier.is_none(), "{id} is in history twice: at {earlier:?} and {seq}");
+        }
+        for (id, seq) in &acked {
+            assert_eq!(in_history.get(id), Some(seq), "acknowledged {id} at {seq}: history has it at");
+        }
+        let unacknowledged: Vec<_> = in_history.keys().filter(|id| !acked.contains_key(*id)).collect();
+        assert!(unacknowledged.is_empty(), "in history but never acknowledged (a sender gave up): {unacknowledged:?}");
+        let states: Vec<String> = (self.receivers.iter())
+            .map(|r| {
+                let r = r.lock().unwrap();
+                format!("last {:?}, gaps {:?}, reconnects {}", r.seqs.last(), r.gaps, r.reconnects)
+            })
+            .collect();
+        assert!(caught_up, "a receiver never reached seq {top}: {states:?}");
+        for (n, receiver) in self.receivers.iter().enumerate() {
+            let seen = receiver.lock().unwrap();
+            assert_eq!((seen.duplicates, &seen.gaps), (0, &vec![]), "receiver {n}: duplicates, gaps");
+            assert_eq!(seen.seqs, expected, "receiver {n} saw every message once, in order");
+        }
+        let reconnects: Vec<u64> = self.receivers.iter().map(|r| r.lock().unwrap().reconnects).collect();
+        eprintln!("workload: {} messages; the receivers reconnected {reconnects:?} times", seqs.len());
+        seqs.len() as u64
+    }
+}
+
+/// Every message of the conversation, as (seq, client_msg_id), oldest first.
+async fn read_history(api: &Api, from: &super::Msgd, shared: &Shared) -> Vec<(u64, String)> {
+    let path = format!("/v1/conversations/{}/messages", shared.conversation);
+    let mut query = "order=asc&limit=500".to_string();
+    let mut messages = Vec::new();
+    loop {
+        let reply = api
+            .request_to(
+                from,
+                Method::GET,
+                &format!("{path}?{query}"),
+                Some(&shared.key),
+                Some(&shared.token),
+                None,
+                &[],
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        for message in reply.body["messages"].as_array().unwrap() {
+            let id = message["client_msg_id"].as_str().unwrap_or_default().to_string();
+            messages.push((message["seq"].as_u64().unwrap(), id));
+        }
+        match reply.body["next_cursor"].as_str() {
+            Some(cursor) => query = format!("cursor={cursor}"),
+            None => break,
+        }
+    }
+    messages.sort_by_key(|(seq, _)| *seq);
+    messages
+}
+
+/// Sends over HTTP, one message at a time, each retried until acknowledged.
+async fn send_http(shared: Arc<Shared>, tag: String, mut attempt: usize) {
+    let client = reqwest::Client::builder().timeout(ATTEMPT).build().unwrap();
+    for n in 0.. {
+        if shared.stopped() {
+            return;
+        }
+        let id = format!("{tag}-{n}");
+        let body = json!({"payload": {"n": n}, "client_msg_id": id});
+        let give_up = Instant::now() + Duration::from_secs(600);
+        let mut drain_until = None;
+        loop {
+            if shared.stopped() && drain_until.is_none() {
+                drain_until = Some(Instant::now() + DRAIN);
+            }
+            if drain_until.is_some_and(|until| Instant::now() > until) || Instant::now() > give_up {
+                return;
+            }
+            let url = format!("http://{}/v1/conversations/{}/messages", shared.addr(attempt), shared.conversation);
+            let sent = client
+                .post(url)
+                .header("x-api-key", &shared.key)
+                .header("authorization", format!("Bearer {}", shared.token))
+                .json(&body)
+                .send()
+                .await;
+            let answer = match sent {
+                Ok(response) => Some((response.status().as_u16(), response.json::<Value>().await.unwrap_or_default())),
+                Err(_) => None,
+            };
+            match answer {
+                Some((200 | 201, reply)) => {
+                    shared.ack(&id, reply["seq"].as_u64().unwrap());
+                    break;
+                }
+                Some((status, reply)) if status == 429 || status >= 500 => {
+                    let code = reply["error"]["code"].as_str().unwrap_or_default().to_string();
+                    if status >= 500 && !TRANSIENT.contains(&code.as_str()) {
+                        shared.wrong(format!("{id}: {status} {reply}"));
+                    }
+                }
+                Some((status, reply)) => shared.wrong(format!("{id}: {status} {reply}")),
+                None => {}
+            }
+            attempt += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Sends `send` frames over one WebSocket at a time, each retried (on the same
+/// or a new socket) until its `ack` arrives.
+async fn send_ws(shared: Arc<Shared>, tag: String, mut attempt: usize) {
+    let mut socket: Option<Socket> = None;
+    for n in 0.. {
+        if shared.stopped() {
+            return;
+        }
+        let id = format!("{tag}-{n}");
+        let frame =
+            json!({"op": "send", "conversation_id": shared.conversation, "payload": {"n": n}, "client_msg_id": id})
+                .to_string();
+        let mut drain_until = None;
+        loop {
+            if shared.stopped() && drain_until.is_none() {
+                drain_until = Some(Instant::now() + DRAIN);
+            }
+            if drain_until.is_some_and(|until| Instant::now() > until) {
+                return;
+            }
+            if socket.is_none() {
+                socket = connect(&shared, attempt).await;
+            }
+            if let Some(ws) = socket.as_mut() {
+                match send_and_wait(ws, &frame, &id).await {
+                    Ok(Some(seq)) => {
+                        shared.ack(&id, seq);
+                        break;
+                    }
+                    Ok(None) => {}
+                    Err(Some(error)) => shared.wrong(format!("{id}: {error}")),
+                    Err(None) => socket = None,
+                }
+            }
+            attempt += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Ok(Some(seq)) acked; Ok(None) a transient error (retry); Err(None) the
+/// socket failed; Err(Some(frame)) an answer no valid send should get.
+async fn send_and_wait(ws: &mut Socket, frame: &str, id: &str) -> Result<Option<u64>, Option<Value>> {
+    ws.send(Message::Text(frame.into())).await.map_err(|_| None)?;
+    loop {
+        let frame = match tokio::time::timeout(ATTEMPT, ws.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => serde_json::from_str::<Value>(text.as_str()).map_err(|_| None)?,
+            Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_))) | Ok(None) | Err(_) => return Err(None),
+            Ok(Some(Ok(_))) => continue,
+        };
+        if frame["client_msg_id"] != id {
+            continue;
+        }
+        match frame["op"].as_str() {
+            Some("ack") => return Ok(frame["seq"].as_u64()),
+            Some("error") if TRANSIENT.contains(&frame["code"].as_str().unwrap_or_default()) => return Ok(None),
+            _ => return Err(Some(frame)),
+        }
+    }
+}
+
+async fn connect(shared: &Shared, attempt: usize) -> Option<Socket> {
+    let url = format!("ws://{}/v1/ws?api_key={}&access_token={}", shared.addr(attempt), shared.key, shared.token);
+    match tokio::time::timeout(ATTEMPT, tokio_tungstenite::connect_async(url)).await {
+        Ok(Ok((socket, _))) => Some(socket),
+        _ => None,
+    }
+}
+
+/// Subscribes with `since_seq` = the last seq held, reconnecting whenever the
+/// socket fails, and checks each message continues the sequence.
+async fn receive(shared: Arc<Shared>, seen: Arc<Mutex<Seen>>, n: usize) {
+    let mut attempt = n;
+    loop {
+        let Some(mut ws) = connect(&shared, attempt).await else {
+            attempt += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let since = seen.lock().unwrap().seqs.last().copied().unwrap_or(0);
+        let subscribe = json!({"op": "subscribe", "conversation_id": shared.conversation, "since_seq": since});
+        if ws.send(Message::Text(subscribe.to_string().into())).await.is_ok() {
+            // Quiet for a while is fine (senders may be stalled by the fault); a failed socket is not.
+            while let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(60), ws.next()).await {
+                let Message::Text(text) = message else { continue };
+                let Ok(frame) = serde_json::from_str::<Value>(text.as_str()) else { continue };
+                match frame["op"].as_str() {
+                    Some("message") => {
+                        let seq = frame["message"]["seq"].as_u64().unwrap_or(0);
+                        let mut seen = seen.lock().unwrap();
+                        let last = seen.seqs.last().copied().unwrap_or(0);
+                        if seq <= last {
+                            seen.duplicates += 1;
+                        } else {
+                            if seq != last + 1 {
+                                seen.gaps.push((last, seq));
+                            }
+                            seen.seqs.push(seq);
+                        }
+                    }
+                    // A refused subscribe (the dependency it reads is down): subscribe again.
+                    Some("error") => break,
+                    _ => {}
+                }
+            }
+        }
+        seen.lock().unwrap().reconnects += 1;
+        attempt += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
