@@ -140,26 +140,35 @@ impl Workload {
         None
     }
 
-    /// Stops the senders (each finishes the message it holds), waits for the
-    /// receivers to hold the last acknowledged seq, and checks everything
-    /// against history read from `api`. Returns the number of messages.
-    pub async fn verify(mut self, api: &Api, history_from: &super::Msgd) -> u64 {
+    /// Stops the senders (each finishes the message it holds, within
+    /// [`DRAIN`]) and returns what was acknowledged: `client_msg_id` → seq.
+    pub async fn stop_senders(&mut self) -> HashMap<String, u64> {
         self.shared.stop.store(true, Ordering::SeqCst);
-        let acked = {
-            // Senders return once their last message is acknowledged (or after DRAIN).
-            let deadline = Instant::now() + DRAIN + ATTEMPT * 2;
-            loop {
-                let senders_done = self.tasks.len() == self.receivers.len();
-                if senders_done || Instant::now() > deadline {
-                    break;
-                }
-                tokio::select! {
-                    _ = self.tasks.join_next() => {}
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                }
+        let deadline = Instant::now() + DRAIN + ATTEMPT * 2;
+        while self.tasks.len() > self.receivers.len() && Instant::now() < deadline {
+            tokio::select! {
+                _ = self.tasks.join_next() => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
-            self.shared.acked.lock().unwrap().clone()
-        };
+        }
+        self.shared.acked.lock().unwrap().clone()
+    }
+
+    /// What was acknowledged so far: `client_msg_id` → seq.
+    pub fn acked(&self) -> HashMap<String, u64> {
+        self.shared.acked.lock().unwrap().clone()
+    }
+
+    /// Every message of the conversation as (seq, client_msg_id), oldest first, read from `from`.
+    pub async fn history(&self, api: &Api, from: &super::Msgd) -> Vec<(u64, String)> {
+        read_history(api, from, &self.shared).await
+    }
+
+    /// Stops the senders, waits for the receivers to hold the last
+    /// acknowledged seq, and checks everything against history read from
+    /// `history_from`. Returns the number of messages.
+    pub async fn verify(mut self, api: &Api, history_from: &super::Msgd) -> u64 {
+        let acked = self.stop_senders().await;
         let wrong = self.shared.wrong.lock().unwrap().clone();
         assert!(wrong.is_empty(), "answers no client should get: {wrong:#?}");
         let top = acked.values().copied().max().unwrap_or(0);
@@ -169,7 +178,7 @@ impl Workload {
         .await;
         self.tasks.abort_all();
 
-        let history = read_history(api, history_from, &self.shared).await;
+        let history = self.history(api, history_from).await;
         let seqs: Vec<u64> = history.iter().map(|(seq, _)| *seq).collect();
         let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
         assert_eq!(seqs, expected, "history's seqs are 1..=n, each once, in order");
