@@ -277,6 +277,18 @@ pub fn new_app_id() -> String {
     format!("app_{}", random_base62(12))
 }
 
+/// The app `app_id` names, when it has the shape of one: anything else
+/// (a NUL, which Postgres refuses in text, or a megabyte) is no app, and
+/// is never sent to the database.
+async fn known_app(meta: &Metadata, app_id: &str) -> Result<(), KeyError> {
+    let shaped = app_id.strip_prefix("app_").is_some_and(|id| id.len() == 12 && is_base62(id));
+    if !shaped || meta.get_app(app_id).await?.is_none() {
+        let shown: String = app_id.chars().take(40).collect();
+        return Err(KeyError::NoSuchApp(shown));
+    }
+    Ok(())
+}
+
 /// Every app, oldest first.
 pub async fn list_apps(meta: &Metadata) -> Result<Vec<AppRow>, KeyError> {
     Ok(meta.list_apps().await?)
@@ -321,9 +333,7 @@ pub async fn create_key(
         return Err(KeyError::Invalid("a key's lifetime must be more than zero".into()));
     }
     let expires_at = expires_in.map(|d| check_duration("a key's lifetime", d)).transpose()?.map(|ms| now + ms);
-    if meta.get_app(app_id).await?.is_none() {
-        return Err(KeyError::NoSuchApp(app_id.to_string()));
-    }
+    known_app(meta, app_id).await?;
     let (key, row) = new_key_row(app_id, scope, name, expires_at, now);
     meta.insert_api_key(&row).await?;
     Ok(IssuedKey { key, info: KeyInfo::from_row(row)? })
@@ -332,9 +342,7 @@ pub async fn create_key(
 /// Lists keys, of one app or all; never their secrets.
 pub async fn list_keys(meta: &Metadata, app_id: Option<&str>) -> Result<Vec<KeyInfo>, KeyError> {
     if let Some(app_id) = app_id {
-        if meta.get_app(app_id).await?.is_none() {
-            return Err(KeyError::NoSuchApp(app_id.to_string()));
-        }
+        known_app(meta, app_id).await?;
     }
     let rows = meta.list_api_keys(app_id).await?;
     Ok(rows.into_iter().map(KeyInfo::from_row).collect::<Result<_, _>>()?)

@@ -138,6 +138,12 @@ backend_test! {
         assert_eq!(cli_apps.json()["apps"], apps);
         let missing = admin(&api, Method::GET, "/v1/admin/keys?app_id=app_nope", None).await;
         assert_eq!((missing.status, missing.code()), (404, "not_found"));
+        // An id no app can have never reaches the database (Postgres refuses a NUL in text: a 503).
+        for app_id in ["\u{0}app", "app_\u{0}bcdefghijk", &"a".repeat(1000)] {
+            let body = json!({"app_id": app_id, "scope": "read"});
+            let odd = admin(&api, Method::POST, "/v1/admin/keys", Some(&body)).await;
+            assert_eq!((odd.status, odd.code()), (404, "not_found"), "{backend:?}: {}", odd.body);
+        }
 
         // A body that is not an object rotates nothing (serde would read `[]` as "all defaults").
         let array = admin(&api, Method::POST, &format!("/v1/admin/keys/{write_id}/rotate"), Some(&json!([]))).await;
