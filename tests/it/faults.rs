@@ -79,6 +79,24 @@ async fn resumes(api: &Api, workload: &Workload, what: &str) {
     assert!(ready, "not ready within {RESUME:?} of {what}");
 }
 
+/// Takes `dependency` down for `down_for` under the load, checking the outage
+/// shows, then brings it back and checks service resumes and the load runs on.
+async fn ride_out(
+    api: &Api,
+    workload: &Workload,
+    dependency: &str,
+    down_for: Duration,
+    stop: impl FnOnce(),
+    resume: impl FnOnce(),
+) {
+    stop();
+    outage_shows(api, dependency).await;
+    tokio::time::sleep(down_for).await;
+    resume();
+    resumes(api, workload, &format!("{dependency}'s return")).await;
+    workload.next_acks(100, Duration::from_secs(30)).await.expect("the load runs on");
+}
+
 backend_test! {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sigkill_under_load_loses_nothing_acknowledged(backend: Backend) {
@@ -116,14 +134,11 @@ services_test! {
     async fn a_redis_restart_with_aof_loses_nothing(services: ServicesEnv) {
         let dir = tempfile::tempdir().unwrap();
         let conf = concat!(env!("CARGO_MANIFEST_DIR"), "/load/vps-redis.conf");
-        let mut redis = PrivateRedis::start_with_config(&services.redis_server, conf.as_ref(), dir.path());
+        let redis = PrivateRedis::start_with_config(&services.redis_server, conf.as_ref(), dir.path());
         let (api, workload) = loaded(Backend::Services, &[("MSGD_REDIS__URL", &redis.url())]).await;
-        redis.shut_down();
-        outage_shows(&api, "redis").await;
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        redis.resume();
-        resumes(&api, &workload, "Redis' return").await;
-        workload.next_acks(100, Duration::from_secs(30)).await.expect("the load runs on");
+        let redis = std::cell::RefCell::new(redis);
+        let (down, up) = (|| redis.borrow_mut().shut_down(), || redis.borrow_mut().resume());
+        ride_out(&api, &workload, "redis", Duration::from_secs(3), down, up).await;
         verified(&api, workload).await;
     }
 }
@@ -205,12 +220,7 @@ services_test! {
     async fn postgres_down_for_30_seconds_loses_nothing(services: ServicesEnv) {
         let postgres = PrivatePostgres::start(&services.pg_bin);
         let (api, workload) = loaded(Backend::Services, &[("MSGD_POSTGRES__URL", &postgres.url())]).await;
-        postgres.stop();
-        outage_shows(&api, "postgres").await;
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        postgres.resume();
-        resumes(&api, &workload, "Postgres' return").await;
-        workload.next_acks(100, Duration::from_secs(30)).await.expect("the load runs on");
+        ride_out(&api, &workload, "postgres", Duration::from_secs(30), || postgres.stop(), || postgres.resume()).await;
         verified(&api, workload).await;
     }
 }

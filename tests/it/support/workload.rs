@@ -241,49 +241,46 @@ async fn read_history(api: &Api, from: &super::Msgd, shared: &Shared) -> Vec<(u6
     messages
 }
 
-/// Sends over HTTP, one message at a time, each retried until acknowledged.
-async fn send_http(shared: Arc<Shared>, tag: String, mut attempt: usize) {
-    let client = reqwest::Client::builder().timeout(ATTEMPT).build().unwrap();
+/// What one attempt to send a message came to.
+enum Attempt {
+    Acked(u64),
+    /// Failed the way a client retries (a transient error, no answer).
+    Retry,
+    /// An answer no valid send should get.
+    Wrong(String),
+}
+
+/// One kind of sender: makes one attempt to send message `n` under `id`, on
+/// `shared.addr(attempt)`.
+trait Sender: Send {
+    fn shared(&self) -> &Shared;
+    fn attempt(&mut self, attempt: usize, id: &str, n: u64) -> impl std::future::Future<Output = Attempt> + Send;
+}
+
+/// Sends message after message, each retried every 100 ms under its
+/// `client_msg_id` until acknowledged, moving to the next instance after each
+/// failure; once stopped, finishes the message it holds (within [`DRAIN`]).
+async fn keep_sending(mut sender: impl Sender, tag: String, mut attempt: usize) {
     for n in 0.. {
-        if shared.stopped() {
+        if sender.shared().stopped() {
             return;
         }
         let id = format!("{tag}-{n}");
-        let body = json!({"payload": {"n": n}, "client_msg_id": id});
-        let give_up = Instant::now() + Duration::from_secs(600);
         let mut drain_until = None;
         loop {
-            if shared.stopped() && drain_until.is_none() {
+            if sender.shared().stopped() && drain_until.is_none() {
                 drain_until = Some(Instant::now() + DRAIN);
             }
-            if drain_until.is_some_and(|until| Instant::now() > until) || Instant::now() > give_up {
+            if drain_until.is_some_and(|until| Instant::now() > until) {
                 return;
             }
-            let url = format!("http://{}/v1/conversations/{}/messages", shared.addr(attempt), shared.conversation);
-            let sent = client
-                .post(url)
-                .header("x-api-key", &shared.key)
-                .header("authorization", format!("Bearer {}", shared.token))
-                .json(&body)
-                .send()
-                .await;
-            let answer = match sent {
-                Ok(response) => Some((response.status().as_u16(), response.json::<Value>().await.unwrap_or_default())),
-                Err(_) => None,
-            };
-            match answer {
-                Some((200 | 201, reply)) => {
-                    shared.ack(&id, reply["seq"].as_u64().unwrap());
+            match sender.attempt(attempt, &id, n).await {
+                Attempt::Acked(seq) => {
+                    sender.shared().ack(&id, seq);
                     break;
                 }
-                Some((status, reply)) if status == 429 || status >= 500 => {
-                    let code = reply["error"]["code"].as_str().unwrap_or_default().to_string();
-                    if status >= 500 && !TRANSIENT.contains(&code.as_str()) {
-                        shared.wrong(format!("{id}: {status} {reply}"));
-                    }
-                }
-                Some((status, reply)) => shared.wrong(format!("{id}: {status} {reply}")),
-                None => {}
+                Attempt::Retry => {}
+                Attempt::Wrong(what) => sender.shared().wrong(format!("{id}: {what}")),
             }
             attempt += 1;
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -291,44 +288,76 @@ async fn send_http(shared: Arc<Shared>, tag: String, mut attempt: usize) {
     }
 }
 
-/// Sends `send` frames over one WebSocket at a time, each retried (on the same
-/// or a new socket) until its `ack` arrives.
-async fn send_ws(shared: Arc<Shared>, tag: String, mut attempt: usize) {
-    let mut socket: Option<Socket> = None;
-    for n in 0.. {
-        if shared.stopped() {
-            return;
-        }
-        let id = format!("{tag}-{n}");
-        let frame =
-            json!({"op": "send", "conversation_id": shared.conversation, "payload": {"n": n}, "client_msg_id": id})
-                .to_string();
-        let mut drain_until = None;
-        loop {
-            if shared.stopped() && drain_until.is_none() {
-                drain_until = Some(Instant::now() + DRAIN);
-            }
-            if drain_until.is_some_and(|until| Instant::now() > until) {
-                return;
-            }
-            if socket.is_none() {
-                socket = connect(&shared, attempt).await;
-            }
-            if let Some(ws) = socket.as_mut() {
-                match send_and_wait(ws, &frame, &id).await {
-                    Ok(Some(seq)) => {
-                        shared.ack(&id, seq);
-                        break;
-                    }
-                    Ok(None) => {}
-                    Err(Some(error)) => shared.wrong(format!("{id}: {error}")),
-                    Err(None) => socket = None,
-                }
-            }
-            attempt += 1;
-            tokio::time::sleep(Duration::from_millis(100)).await;
+/// Sends over HTTP.
+struct HttpSender {
+    shared: Arc<Shared>,
+    client: reqwest::Client,
+}
+
+impl Sender for HttpSender {
+    fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    async fn attempt(&mut self, attempt: usize, id: &str, n: u64) -> Attempt {
+        let shared = &self.shared;
+        let url = format!("http://{}/v1/conversations/{}/messages", shared.addr(attempt), shared.conversation);
+        let sent = (self.client.post(url))
+            .header("x-api-key", &shared.key)
+            .header("authorization", format!("Bearer {}", shared.token))
+            .json(&json!({"payload": {"n": n}, "client_msg_id": id}))
+            .send()
+            .await;
+        let Ok(response) = sent else { return Attempt::Retry };
+        let status = response.status().as_u16();
+        let reply = response.json::<Value>().await.unwrap_or_default();
+        match status {
+            200 | 201 => Attempt::Acked(reply["seq"].as_u64().unwrap()),
+            429 => Attempt::Retry,
+            500.. if TRANSIENT.contains(&reply["error"]["code"].as_str().unwrap_or_default()) => Attempt::Retry,
+            _ => Attempt::Wrong(format!("{status} {reply}")),
         }
     }
+}
+
+async fn send_http(shared: Arc<Shared>, tag: String, attempt: usize) {
+    let client = reqwest::Client::builder().timeout(ATTEMPT).build().unwrap();
+    keep_sending(HttpSender { shared, client }, tag, attempt).await;
+}
+
+/// Sends `send` frames over one WebSocket at a time, each retried (on the same
+/// or a new socket) until its `ack` arrives.
+struct WsSender {
+    shared: Arc<Shared>,
+    socket: Option<Socket>,
+}
+
+impl Sender for WsSender {
+    fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    async fn attempt(&mut self, attempt: usize, id: &str, n: u64) -> Attempt {
+        if self.socket.is_none() {
+            self.socket = connect(&self.shared, attempt).await;
+        }
+        let Some(ws) = self.socket.as_mut() else { return Attempt::Retry };
+        let conversation = &self.shared.conversation;
+        let frame = json!({"op": "send", "conversation_id": conversation, "payload": {"n": n}, "client_msg_id": id});
+        match send_and_wait(ws, &frame.to_string(), id).await {
+            Ok(Some(seq)) => Attempt::Acked(seq),
+            Ok(None) => Attempt::Retry,
+            Err(Some(error)) => Attempt::Wrong(error.to_string()),
+            Err(None) => {
+                self.socket = None;
+                Attempt::Retry
+            }
+        }
+    }
+}
+
+async fn send_ws(shared: Arc<Shared>, tag: String, attempt: usize) {
+    keep_sending(WsSender { shared, socket: None }, tag, attempt).await;
 }
 
 /// Ok(Some(seq)) acked; Ok(None) a transient error (retry); Err(None) the
